@@ -1,0 +1,45 @@
+"""Typed errors raised by tvm-sparse-rnn.
+
+Every error names the offending input and the limit it broke, so that a user can fix the input
+without reading the source. The CLI maps :class:`SparseRNNError` subclasses to non-zero exit
+codes with a one-line message.
+"""
+
+from __future__ import annotations
+
+
+class SparseRNNError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class BSRFormatError(SparseRNNError, ValueError):
+    """A block-sparse (BSR) weight is malformed.
+
+    Parameters
+    ----------
+    array : str
+        Name of the offending array (``"data"``, ``"indices"``, ``"indptr"``, ``"shape"`` or
+        ``"block_size"``).
+    message : str
+        What is wrong, with the bad value and the limit it broke.
+    """
+
+    def __init__(self, array: str, message: str) -> None:
+        self.array = array
+        super().__init__(f"BSR {array}: {message}")
+
+
+class UnsupportedError(SparseRNNError, NotImplementedError):
+    """A valid request this package does not implement (an ONNX attribute, a dtype, a target)."""
+
+
+class CapacityError(SparseRNNError):
+    """The weights or activations do not fit on chip for the requested kernel."""
+
+
+class ModelError(SparseRNNError):
+    """A model file cannot be read, or its inputs do not match what was given."""
+
+
+class TuningError(SparseRNNError):
+    """A tuning run or a tuning database cannot be used."""
