@@ -280,11 +280,24 @@ class BSRWeight:
         """Return the same structure with values cast to ``dtype``."""
         return BSRWeight(self.data.astype(_check_dtype(dtype)), self.indices, self.indptr, self.shape)
 
+    def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(data, indices, indptr)`` as kernels take them.
+
+        An all-zero weight (``nnzb == 0``) gets one zero block, because TVM buffers cannot be
+        empty; ``indptr`` stays all zeros, so no kernel reads it.
+        """
+        if self.nnzb:
+            return self.data, self.indices, self.indptr
+        bs_r, bs_c = self.block_size
+        return np.zeros((1, bs_r, bs_c), self.dtype), np.zeros(1, np.int32), self.indptr
+
     def to_scipy(self) -> sp.bsr_array:
-        """Return a :class:`scipy.sparse.bsr_array` sharing no memory with ``self``."""
-        return sp.bsr_array(
-            (self.data.copy(), self.indices.copy(), self.indptr.copy()), shape=self.shape
-        )
+        """Return a :class:`scipy.sparse.bsr_array` sharing no memory with ``self``.
+
+        scipy.sparse has no float16: float16 values come back as float32.
+        """
+        data = self.data.astype(np.float32) if self.dtype == "float16" else self.data.copy()
+        return sp.bsr_array((data, self.indices.copy(), self.indptr.copy()), shape=self.shape)
 
     def toarray(self) -> np.ndarray:
         """Return the dense ``(N, K)`` weight."""

@@ -7,6 +7,8 @@ codes with a one-line message.
 
 from __future__ import annotations
 
+import tvm_ffi
+
 
 class SparseRNNError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -43,3 +45,10 @@ class ModelError(SparseRNNError):
 
 class TuningError(SparseRNNError):
     """A tuning run or a tuning database cannot be used."""
+
+
+# Errors raised inside a Python pass or callback cross TVM's FFI; registering the classes keeps
+# their type (otherwise they arrive as RuntimeError). BSRFormatError takes two arguments and is
+# raised outside passes, so it is not registered.
+for _cls in (SparseRNNError, UnsupportedError, CapacityError, ModelError, TuningError):
+    tvm_ffi.register_error(_cls)

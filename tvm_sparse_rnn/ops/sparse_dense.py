@@ -1,28 +1,46 @@
 """Target-neutral TE compute of the block-sparse ``sparse_dense`` operator.
 
 ``Y[M, N] = X[M, K] @ W.T`` with ``W[N, K]`` in BSR form (see :mod:`tvm_sparse_rnn.bsr`).
-Products are accumulated in float32 for float16 inputs and cast back in a separate stage.
+Products are accumulated in float32 (also for float16 inputs, cast back in a last stage).
 
-``te.create_prim_func`` turns the data-dependent reduction (over the stored blocks of a block
-row) into two nested blocks: :data:`BLOCK_OUTER` (loops ``m, n, c`` and the init) around
-:data:`BLOCK_INNER` (the loop over the row's blocks). Schedules look them up by these names.
+The compute has two (three for float16) stages, shaped so that schedules can vectorize and
+bind them without rewriting the data-dependent loop:
+
+1. :data:`BLOCK_PARTIAL` ``P[m, n, l, c]``: the stored blocks of block row ``n // bs_r`` are
+   dealt round-robin to ``lanes`` lanes; lane ``l`` sums, over *its* blocks ``e``, the
+   products ``W[e, n % bs_r, c] * X[m, indices[e] * bs_c + c]``. Every axis of ``P`` is spatial,
+   the only reduction is the data-dependent loop over the lane's blocks. ``te.create_prim_func``
+   makes two nested blocks of it: ``<name>_l1`` (loops ``m, n, l, c``) around :data:`BLOCK_PARTIAL`
+   (the loop over the lane's blocks, with the init).
+2. :data:`BLOCK_SUM` ``Y[m, n] = sum_{l, c} P[m, n, l, c]``: a static reduction that x86
+   schedules keep in registers and CUDA schedules bind to threads (a warp-shuffle all-reduce).
+3. :data:`BLOCK_CAST` (float16 only): ``Y = Yacc.astype("float16")``.
+
+``lanes = 1`` (x86) makes stage 1 the plain row loop; ``lanes = 32`` (CUDA) lets a warp share
+one row.
 """
 
 from __future__ import annotations
 
 from tvm import te, tirx
 
-#: Name of the reduction compute; create_prim_func names its outer block ``<name>_l1``.
 COMPUTE_NAME = "sparse_dense"
-BLOCK_OUTER = f"{COMPUTE_NAME}_l1"
-BLOCK_INNER = COMPUTE_NAME
-#: Elementwise float32 -> float16 cast stage, present only for float16.
-BLOCK_CAST = "sparse_dense_cast"
+#: Stage 1, data-dependent reduction (inner block); its outer block is :data:`BLOCK_PARTIAL_OUTER`.
+BLOCK_PARTIAL = f"{COMPUTE_NAME}_partial"
+BLOCK_PARTIAL_OUTER = f"{BLOCK_PARTIAL}_l1"
+#: Stage 2, static reduction over lanes and block columns.
+BLOCK_SUM = COMPUTE_NAME
+#: Stage 3, float32 -> float16 cast, present only for float16.
+BLOCK_CAST = f"{COMPUTE_NAME}_cast"
 ACC_DTYPE = "float32"
 
 
 def sparse_dense(
-    x: te.Tensor, w_data: te.Tensor, w_indices: te.Tensor, w_indptr: te.Tensor
+    x: te.Tensor,
+    w_data: te.Tensor,
+    w_indices: te.Tensor,
+    w_indptr: te.Tensor,
+    lanes: int = 1,
 ) -> te.Tensor:
     """TE compute of ``Y = X @ W.T`` with ``W`` block-sparse.
 
@@ -36,6 +54,8 @@ def sparse_dense(
         ``(nnzb,)`` int32 block-column indices.
     w_indptr : te.Tensor
         ``(N // bs_r + 1,)`` int32 block-row pointers.
+    lanes : int
+        Lanes sharing one block row (block ``e`` of a row goes to lane ``e % lanes``).
 
     Returns
     -------
@@ -47,18 +67,31 @@ def sparse_dense(
     n = (int(w_indptr.shape[0]) - 1) * bs_r
     dtype = x.dtype
 
-    def _fcompute(i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+    def _partial(i: tirx.Var, j: tirx.Var, lane: tirx.Var, c: tirx.Var) -> tirx.PrimExpr:
         row = j // bs_r
         start = w_indptr[row]
-        elem = te.reduce_axis((0, w_indptr[row + 1] - start), name="elem")
-        c = te.reduce_axis((0, bs_c), name="c")
-        w = w_data[start + elem, j % bs_r, c]
-        a = x[i, w_indices[start + elem] * bs_c + c]
+        # Lane `lane` owns blocks start + lane, start + lane + lanes, ... < indptr[row + 1].
+        count = (w_indptr[row + 1] - start + (lanes - 1) - lane) // lanes
+        elem = te.reduce_axis((0, count), name="elem")
+        # A unit static reduction axis puts the init in the outer block, so that rows (or
+        # lanes) without blocks are zeroed too; the init of the inner block only runs at elem 0.
+        unit = te.reduce_axis((0, 1), name="unit")
+        e = start + elem * lanes + lane + unit
+        w = w_data[e, j % bs_r, c]
+        a = x[i, w_indices[e] * bs_c + c]
         if dtype != ACC_DTYPE:
             w, a = w.astype(ACC_DTYPE), a.astype(ACC_DTYPE)
-        return te.sum(w * a, axis=[elem, c])
+        return te.sum(w * a, axis=[unit, elem])
 
-    acc = te.compute((m, n), _fcompute, name=COMPUTE_NAME, tag="sparse_dense_bsr")
+    part = te.compute((m, n, lanes, bs_c), _partial, name=BLOCK_PARTIAL)
+    lane = te.reduce_axis((0, lanes), name="lane")
+    c = te.reduce_axis((0, bs_c), name="c")
+    acc = te.compute(
+        (m, n),
+        lambda i, j: te.sum(part[i, j, lane, c], axis=[lane, c]),
+        name=BLOCK_SUM,
+        tag="sparse_dense_bsr",
+    )
     if dtype == ACC_DTYPE:
         return acc
     return te.compute((m, n), lambda i, j: acc[i, j].astype(dtype), name=BLOCK_CAST)
@@ -71,6 +104,7 @@ def sparse_dense_prim_func(
     block_size: tuple[int, int],
     nnzb: int,
     dtype: str = "float32",
+    lanes: int = 1,
 ) -> tirx.PrimFunc:
     """Return the unscheduled PrimFunc ``main(X, W_data, W_indices, W_indptr, Y)``.
 
@@ -86,11 +120,13 @@ def sparse_dense_prim_func(
         Stored blocks.
     dtype : str
         ``"float32"`` or ``"float16"``.
+    lanes : int
+        See :func:`sparse_dense`.
     """
     bs_r, bs_c = block_size
     x = te.placeholder((m, k), dtype, name="X")
     w_data = te.placeholder((nnzb, bs_r, bs_c), dtype, name="W_data")
     w_indices = te.placeholder((nnzb,), "int32", name="W_indices")
     w_indptr = te.placeholder((n // bs_r + 1,), "int32", name="W_indptr")
-    y = sparse_dense(x, w_data, w_indices, w_indptr)
+    y = sparse_dense(x, w_data, w_indices, w_indptr, lanes)
     return te.create_prim_func([x, w_data, w_indices, w_indptr, y])

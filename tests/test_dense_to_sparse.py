@@ -1,0 +1,272 @@
+"""DenseToSparse pass and the per-layer block-size rule: structure, thresholds, numerics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+from tvm_sparse_rnn.bsr import BSRWeight
+from tvm_sparse_rnn.demo import pruned_weight
+from tvm_sparse_rnn.errors import UnsupportedError
+from tvm_sparse_rnn.sparse_dense import emit_sparse_dense
+from tvm_sparse_rnn.target import resolve_target
+from tvm_sparse_rnn.testing import TOLERANCES
+from tvm_sparse_rnn.transform import (
+    DenseToSparse,
+    ScheduleDenseCPU,
+    choose_block_size,
+    cpu_pipeline,
+    plan_layer,
+)
+from tvm_sparse_rnn.transform.block_size import CostParams, block_stats, parse_block_size
+
+LLVM = resolve_target("llvm")
+
+
+# ----------------------------------------------------------------------------- block-size rule
+@pytest.mark.parametrize("block", [(1, 16), (4, 4), (8, 1), (16, 1)])
+def test_choose_block_size_finds_the_pruning_block(block):
+    w = pruned_weight(np.random.default_rng(0), (64, 128), 0.9, block)
+    choice = choose_block_size(w)
+    assert choice.block_size == block
+    assert choice.fill == 0.0
+    assert choice.stored_fraction == pytest.approx(np.count_nonzero(w) / w.size)
+
+
+def test_choose_block_size_unstructured_picks_1x1():
+    w = pruned_weight(np.random.default_rng(1), (64, 64), 0.95)
+    assert choose_block_size(w).block_size == (1, 1)
+
+
+def test_block_stats_counts_fill_by_hand():
+    w = np.zeros((4, 4), "float32")
+    w[0, 0] = w[0, 1] = w[3, 3] = 1.0  # 2x2 blocks: (0,0) holds 2 nonzeros, (1,1) holds 1
+    stats = block_stats(w != 0, (2, 2), block_overhead=4.0)
+    assert stats.nnzb == 2
+    assert stats.stored_fraction == 8 / 16
+    assert stats.fill == 1 - 3 / 8
+    assert stats.cost == pytest.approx(0.5 * (1 + 4 / 4))
+
+
+def test_choose_block_size_skips_non_dividing_candidates():
+    w = pruned_weight(np.random.default_rng(2), (12, 20), 0.5, (4, 4))
+    assert choose_block_size(w, candidates=((3, 3), (4, 4))).block_size == (4, 4)
+    assert choose_block_size(w, candidates=((3, 3),)) is None
+
+
+def test_plan_layer_threshold_cost_and_fixed_block():
+    rng = np.random.default_rng(3)
+    blocked = pruned_weight(rng, (64, 64), 0.9, (1, 16))
+    plan = plan_layer(blocked, "llvm", sparsity_threshold=0.8)
+    assert plan.sparse and plan.choice.block_size == (1, 16)
+    below = plan_layer(blocked, "llvm", sparsity_threshold=0.95)
+    assert not below.sparse and "threshold" in below.reason
+    # 50 % unstructured: sparse enough for the old element-wise rule, too costly for ours
+    scattered = pruned_weight(rng, (64, 64), 0.5)
+    costly = plan_layer(scattered, "llvm", sparsity_threshold=0.4)
+    assert not costly.sparse and "break-even" in costly.reason
+    forced = plan_layer(blocked, "llvm", sparsity_threshold=0.5, block_size=(16, 1))
+    assert forced.choice.block_size == (16, 1) and forced.choice.fill > 0.5
+    assert not plan_layer(blocked, "llvm", block_size=(3, 1)).sparse
+    with pytest.raises(ValueError, match="sparsity_threshold"):
+        plan_layer(blocked, "llvm", sparsity_threshold=1.5)
+    with pytest.raises(UnsupportedError, match="rocm"):
+        plan_layer(blocked, "rocm")
+
+
+def test_parse_block_size():
+    assert parse_block_size("4x1") == (4, 1)
+    assert parse_block_size((2, 8)) == (2, 8)
+    for bad in ("4", "0x4", "ax1", (1, 2, 3)):
+        with pytest.raises(ValueError, match="block size"):
+            parse_block_size(bad)
+
+
+# ----------------------------------------------------------------------------- pass structure
+def _dense_module(x_shape, weights, form="permute"):
+    """``main(x)`` chaining ``x @ W.T`` for each ``(N, K)`` weight, in the given IR form."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = x
+            for w in weights:
+                if form == "permute":
+                    wt = bb.emit(relax.op.permute_dims(relax.const(w)))
+                elif form == "masked":  # (w_dense * mask).T, as a pruned export carries it
+                    masked = relax.op.multiply(
+                        relax.const(np.where(w != 0, w, 1.0).astype("float32")),
+                        relax.const((w != 0).astype("float32")),
+                    )
+                    wt = bb.emit(relax.op.permute_dims(bb.emit(masked)))
+                else:  # "constant": ONNX MatMul with a (K, N) initializer
+                    wt = relax.const(np.ascontiguousarray(w.T))
+                h = bb.emit(relax.op.matmul(h, wt))
+            out = bb.emit_output(h)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _expected_module(x_shape, weights, blocks):
+    """What the pass must produce: sparse_dense per weight (``None`` block keeps it dense)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = x
+            for w, block in zip(weights, blocks, strict=True):
+                if block is None:
+                    h = bb.emit(relax.op.matmul(h, relax.const(np.ascontiguousarray(w.T))))
+                else:
+                    h = emit_sparse_dense(bb, h, BSRWeight.from_dense(w, block), LLVM)
+            out = bb.emit_output(h)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _canonical(mod):
+    return relax.transform.CanonicalizeBindings()(relax.transform.DeadCodeElimination()(mod))
+
+
+@pytest.mark.parametrize("form", ["permute", "masked", "constant"])
+def test_structure_per_layer_block_and_dense_kept(form):
+    rng = np.random.default_rng(4)
+    weights = [
+        pruned_weight(rng, (64, 32), 0.9, (1, 16)),
+        pruned_weight(rng, (64, 64), 0.9, (4, 4)),
+        pruned_weight(rng, (16, 64), 0.3),  # under the threshold: stays dense
+    ]
+    rewrite = DenseToSparse(LLVM, sparsity_threshold=0.5)
+    after = rewrite(_dense_module((8, 32), weights, form))
+    expected = _expected_module((8, 32), weights, [(1, 16), (4, 4), None])
+    tvm.ir.assert_structural_equal(_canonical(after), _canonical(expected))
+    assert [la.plan.sparse for la in rewrite.layers] == [True, True, False]
+
+
+def test_target_from_scope_and_missing_target():
+    w = pruned_weight(np.random.default_rng(5), (32, 32), 0.9, (1, 16))
+    mod = _dense_module((4, 32), [w])
+    with LLVM:
+        after = DenseToSparse()(mod)
+    assert "call_tir" in after.script()
+    with pytest.raises(UnsupportedError, match="needs a target"):
+        DenseToSparse()(mod)
+
+
+def test_analyze_does_not_rewrite():
+    w = pruned_weight(np.random.default_rng(6), (32, 32), 0.9, (1, 16))
+    mod = _dense_module((4, 32), [w])
+    layers = DenseToSparse(LLVM).analyze(mod)
+    assert len(layers) == 1 and layers[0].plan.sparse
+    assert layers[0].input_shape == (4, 32)
+
+
+def test_non_constant_and_unsupported_dtype_untouched():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 32), "float32"))
+    w = relax.Var("w", relax.TensorType((32, 32), "float32"))
+    xi = relax.Var("xi", relax.TensorType((4, 32), "int32"))
+    wi = np.zeros((32, 32), "int32")
+    wi[0, 0] = 1
+    with bb.function("main", [x, w, xi]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.matmul(x, w))
+            b = bb.emit(relax.op.matmul(xi, relax.const(wi)))
+            out = bb.emit_output(relax.Tuple([a, b]))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    rewrite = DenseToSparse(LLVM, sparsity_threshold=0.0)
+    tvm.ir.assert_structural_equal(rewrite(mod), mod)
+    assert rewrite.layers == []
+
+
+# ----------------------------------------------------------------------------- numerics
+def _run(mod, *args):
+    with LLVM:
+        executable = tvm.compile(mod, target=LLVM, relax_pipeline=cpu_pipeline(LLVM))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy()
+
+
+def test_batched_3d_input_and_linear_match_numpy():
+    """``relax.op.linear`` on a ``[B, S, K]`` input, bias added after the sparse kernel."""
+    rng = np.random.default_rng(7)
+    w = pruned_weight(rng, (48, 32), 0.9, (8, 1))
+    b = rng.standard_normal(48).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 3, 32), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.linear(x, relax.const(w), relax.const(b)))
+        bb.emit_func_output(out)
+    rewrite = DenseToSparse(LLVM)
+    after = rewrite(bb.get())
+    assert rewrite.layers[0].plan.choice.block_size == (8, 1)
+    assert "matmul" not in after.script()
+    xv = rng.standard_normal((2, 3, 32)).astype("float32")
+    rtol, atol = TOLERANCES["float32"]
+    np.testing.assert_allclose(_run(after, xv), xv @ w.T + b, rtol=rtol, atol=atol)
+
+
+def test_user_pipeline_numerics_multi_layer():
+    rng = np.random.default_rng(8)
+    weights = [
+        pruned_weight(rng, (64, 32), 0.9, (1, 16)),
+        pruned_weight(rng, (32, 64), 0.9, (4, 4)),
+    ]
+    mod = _dense_module((5, 32), weights, "masked")
+    pipeline = tvm.transform.Sequential(
+        [DenseToSparse(LLVM, block_size=(1, 4)), relax.transform.CanonicalizeBindings()]
+    )
+    after = pipeline(mod)
+    xv = rng.standard_normal((5, 32)).astype("float32")
+    rtol, atol = TOLERANCES["float32"]
+    np.testing.assert_allclose(
+        _run(after, xv), xv @ weights[0].T @ weights[1].T, rtol=rtol, atol=atol
+    )
+    assert after.script().count("call_tir") == 2
+
+
+def test_cost_params_override_keeps_layer_dense():
+    w = pruned_weight(np.random.default_rng(9), (32, 32), 0.9, (1, 16))
+    rewrite = DenseToSparse(LLVM, params=CostParams(block_overhead=4.0, break_even=0.01))
+    after = rewrite(_dense_module((4, 32), [w]))
+    assert "call_tir" not in after.script()
+    assert not rewrite.layers[0].plan.sparse
+
+
+# ----------------------------------------------------------------------------- dense CPU schedule
+@pytest.mark.parametrize(("x_shape", "n"), [((32, 48), 64), ((5, 24), 10), ((2, 3, 16), 8)])
+def test_cpu_pipeline_schedules_dense_layers(x_shape, n):
+    """Layers kept dense get ScheduleDenseCPU (parallel, vectorized) and stay exact."""
+    rng = np.random.default_rng(10)
+    w = rng.standard_normal((n, x_shape[-1])).astype("float32")
+    b = rng.standard_normal(n).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = relax.op.nn.relu(relax.op.linear(x, relax.const(w), relax.const(b)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    with LLVM:
+        lowered = tvm.transform.Sequential(
+            cpu_generic.library_dispatch_passes(LLVM)
+            + cpu_generic.legalize_passes(LLVM)
+            + [ScheduleDenseCPU]
+        )(bb.get())
+    scheduled = [
+        f
+        for _, f in lowered.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and "matmul" in f.script()
+    ]
+    assert scheduled and all(f.attrs["tirx.is_scheduled"] for f in scheduled)
+    assert "T.parallel" in scheduled[0].script()
+    xv = rng.standard_normal(x_shape).astype("float32")
+    rtol, atol = TOLERANCES["float32"]
+    np.testing.assert_allclose(
+        _run(bb.get(), xv), np.maximum(xv @ w.T + b, 0), rtol=rtol, atol=atol
+    )

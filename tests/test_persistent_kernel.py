@@ -1,0 +1,103 @@
+"""CPU tests of the persistent RNN CUDA kernels: they build for sm_90a and have the right code."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from tvm_sparse_rnn.rnn.kernel_cuda import SENTINEL_BITS, make_persistent_kernel
+from tvm_sparse_rnn.rnn.persistent import build_kernel, cuda_source, persistent_prim_func
+from tvm_sparse_rnn.rnn.planner import plan_persistent
+
+CUDA = {"kind": "cuda", "arch": "sm_90a"}
+
+
+def plan_for(hidden: int, batch: int, density: float):
+    rng = np.random.default_rng(0)
+    longest = int(rng.binomial(hidden, density, size=hidden).max())
+    return plan_persistent(hidden=hidden, max_row_nnz=longest, batch=batch)
+
+
+def kernel_body(src: str) -> str:
+    """Source of the persistent kernel (the one that copies h with cp.async)."""
+    bodies = re.split(r'extern "C" __global__', src)
+    return next(b for b in bodies if "sprnn_cp16(" in b and "{" in b.split(")")[-2] + "{")
+
+
+@pytest.mark.parametrize(("batch", "barrier"), [(4, "grid"), (8, "flag"), (16, "grid"), (2, "flag")])
+def test_source_has_registers_vector_loads_and_barrier(batch: int, barrier: str) -> None:
+    plan = plan_for(1152, batch, 0.10)
+    src = cuda_source(build_kernel(plan, "tanh", barrier, True, CUDA))
+    # Weights in fully unrolled thread-local arrays: every access has a constant index.
+    nv = plan.pairs_per_thread
+    assert re.search(rf"float wv_ptr\[{nv}\];", src)
+    assert f"wv_ptr[{nv - 1}]" in src and not re.search(r"wv_ptr\[[a-z_(]", src)
+    assert not re.search(r"wi_ptr\[[a-z_(]", src)
+    if batch % 4 == 0:  # LDS.128: one float4 per 4 samples, column scaled in the kernel
+        assert re.search(r"\*\(float4\*\)\(h_sh_ptr \+ \(\(?wi_ptr\[", src) or re.search(
+            r"\*\(float4\*\)\(\(?buf_dyn_shmem|h_sh_ptr \+", src
+        )
+        assert "make_float4(h_sh" not in src  # no gather
+    else:
+        assert "*(float2*)(h_sh_ptr + (wi_ptr[" in src
+    assert "cp.async.cg.shared.global" in src and "cp.async.wait_all" in src
+    if barrier == "grid":
+        assert "cg::this_grid().sync()" in src
+    else:
+        assert "this_grid" not in src and "sprnn_ready16" in src and str(SENTINEL_BITS) in src
+        assert "while (1)" in src and "1048576 <= spins_ptr[0]" in src  # bounded spin
+    assert "tvm_builtin_cuda_warp_reduce_sum" in src and "tanhf" in src
+
+
+def test_relu_fallback_and_prim_func() -> None:
+    plan = plan_for(256, 1, 0.3)
+    src = cuda_source(build_kernel(plan, "relu", "flag", True, CUDA))
+    assert "max(" in src and "tanhf" not in src
+    R = sp.random(300, 300, density=0.05, random_state=0, format="csr", dtype=np.float32)
+    func, consts, p = persistent_prim_func(R, 3, "tanh", "grid")
+    assert p.batch_kernel == 4 and p.hidden_padded == 300
+    assert consts["vals"].shape == (p.rows_padded, p.nz_per_row)
+    assert len(func.params) == 6
+    with pytest.raises(ValueError, match="barrier"):
+        make_persistent_kernel(p, "tanh", "spin")
+    with pytest.raises(ValueError, match="activation"):
+        make_persistent_kernel(p, "sigmoid", "grid")
+
+
+def test_cooperative_launch_tag(tmp_path) -> None:
+    plan = plan_for(1792, 8, 0.10)  # 57 KB of h: dynamic shared memory
+    mod = build_kernel(plan, "tanh", "flag", True, CUDA)
+    src = cuda_source(mod)
+    assert "extern __shared__" in src
+    path = tmp_path / "k.so"
+    mod.export_library(str(path))
+    data = path.read_bytes()
+    assert b"tirx.use_cooperative_launch" in data and b"tirx.use_dyn_shared_memory" in data
+
+
+NVCC = shutil.which("nvcc")
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+@pytest.mark.parametrize(("hidden", "batch", "density"), [(1792, 4, 0.10), (5760, 2, 0.10)])
+def test_no_register_spills(tmp_path, hidden: int, batch: int, density: float) -> None:
+    """ptxas -v for sm_90a: the register-resident weights do not spill."""
+    plan = plan_for(hidden, batch, density)
+    cu = tmp_path / "k.cu"
+    cu.write_text(cuda_source(build_kernel(plan, "tanh", "flag", True, CUDA)))
+    env = {**os.environ, "CUDA_PATH": os.environ.get("CUDA_PATH", "/usr/local/cuda-13.0")}
+    res = subprocess.run(
+        [NVCC, "-cubin", "-arch=sm_90a", "-O3", "--use_fast_math", "-Xptxas", "-v",
+         "-o", str(tmp_path / "k.cubin"), str(cu)],
+        capture_output=True, text=True, env=env, check=True,
+    )
+    info = res.stderr[res.stderr.index("main_kernel_1"):]
+    assert "0 bytes spill stores, 0 bytes spill loads" in info
+    regs = int(re.search(r"Used (\d+) registers", info).group(1))
+    assert regs <= 255 and regs * plan.threads <= 65536

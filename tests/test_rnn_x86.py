@@ -1,0 +1,112 @@
+"""The x86 recurrent sequence op (llvm) against the float64 numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from tvm_sparse_rnn.rnn.cells import CellConfig
+from tvm_sparse_rnn.rnn.kernel_x86 import UNROLL, pack_recurrent_weight, recurrent_prim_func
+from tvm_sparse_rnn.rnn.reference import recurrent_sequence_reference
+from tvm_sparse_rnn.rnn.sequence import RecurrentWeights, build_recurrent_sequence
+from tvm_sparse_rnn.testing import TOLERANCES, random_recurrent_weights
+
+RTOL, ATOL = TOLERANCES["float32"]
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("num_gates", [1, 3, 4])
+def test_pack_round_trips(num_gates, dense):
+    h = 10
+    rng = np.random.default_rng(0)
+    r = (rng.uniform(-1, 1, (num_gates * h, h)) * (rng.random((num_gates * h, h)) < 0.3)).astype(
+        "float32"
+    )
+    packed = pack_recurrent_weight(r, num_gates, dense)
+    hp = packed.padded_hidden
+    assert hp % UNROLL == 0 or not dense
+    rebuilt = np.zeros((num_gates * h, hp), np.float32)
+    for j in range(h):
+        for g in range(num_gates):
+            row = j * num_gates + g
+            if dense:
+                rebuilt[g * h + j] = packed.values[row * hp : (row + 1) * hp]
+            else:
+                lo, hi = packed.indptr[row], packed.indptr[row + 1]
+                assert lo % UNROLL == 0 and hi % UNROLL == 0
+                np.add.at(rebuilt[g * h + j], packed.indices[lo:hi], packed.values[lo:hi])
+    np.testing.assert_array_equal(rebuilt[:, :h], r)
+    assert packed.nonzeros == np.count_nonzero(r)
+    if not dense:
+        assert packed.index_dtype == "uint16"
+        np.testing.assert_array_equal(
+            pack_recurrent_weight(sp.csr_array(r), num_gates, False).values, packed.values
+        )
+
+
+def test_pack_rejects_bad_shape():
+    with pytest.raises(ValueError, match="expected"):
+        pack_recurrent_weight(np.zeros((7, 4), np.float32), 2, False)
+
+
+def test_prim_func_structure():
+    """One serial loop over t with a parallel loop over units and a vectorized batch inside."""
+    cfg = CellConfig("LSTM", 8)
+    packed = pack_recurrent_weight(np.eye(32, 8, dtype="float32"), 4, False)
+    script = recurrent_prim_func(cfg, 0, 5, 4, packed).script()
+    assert "T.parallel(8)" in script and "T.vectorized(4)" in script
+    assert script.count("T.parallel") == 4  # init h, init c, the step, final state
+
+
+@pytest.mark.parametrize(
+    ("kind", "direction", "batch", "density", "options"),
+    [
+        ("RNN", "forward", 1, 0.1, {}),
+        ("RNN", "bidirectional", 5, 0.7, {}),  # dense R
+        ("GRU", "reverse", 4, 0.1, {}),
+        ("GRU", "forward", 3, 0.1, {"linear_before_reset": True}),
+        ("GRU", "bidirectional", 2, 0.9, {}),  # dense R, two-phase step
+        ("LSTM", "forward", 4, 0.1, {"peepholes": True, "clip": 1.0}),
+        ("LSTM", "bidirectional", 8, 0.2, {}),
+        ("LSTM", "reverse", 4, 0.9, {}),  # dense R
+    ],
+)
+def test_x86_op_matches_reference(kind, direction, batch, density, options):
+    seq_len, input_size, hidden = 7, 9, 70  # H not a multiple of UNROLL
+    cfg = CellConfig(kind, hidden, direction, **options)
+    d = cfg.num_directions
+    w = random_recurrent_weights(
+        kind, hidden, input_size, d, density, peepholes=cfg.peepholes, seed=batch
+    )
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((seq_len, batch, input_size)).astype("float32")
+    h0 = rng.standard_normal((d, batch, hidden)).astype("float32")
+    c0 = rng.standard_normal((d, batch, hidden)).astype("float32")
+    lens = rng.integers(1, seq_len + 1, batch).astype("int32")
+    layer = build_recurrent_sequence(cfg, RecurrentWeights(**w), x.shape)
+    c_in = c0 if kind == "LSTM" else None
+    got = layer(x, lens, h0, c_in)
+    ref = recurrent_sequence_reference(cfg, x, w["W"], w["R"], w["B"], lens, h0, c_in, w.get("P"))
+    assert len(got) == (3 if kind == "LSTM" else 2)
+    for g, r in zip(got, ref, strict=False):
+        np.testing.assert_allclose(g, r, rtol=RTOL, atol=ATOL)
+    # defaults: full lengths and zero states
+    got = layer(x)
+    ref = recurrent_sequence_reference(cfg, x, w["W"], w["R"], w["B"], P=w.get("P"))
+    np.testing.assert_allclose(got[0], ref[0], rtol=RTOL, atol=ATOL)
+
+
+def test_layer_checks_inputs():
+    cfg = CellConfig("RNN", 4)
+    w = random_recurrent_weights("RNN", 4, 3, 1, 0.5)
+    layer = build_recurrent_sequence(cfg, RecurrentWeights(**w), (2, 1, 3))
+    with pytest.raises(ValueError, match="X has shape"):
+        layer(np.zeros((3, 1, 3), "float32"))
+    with pytest.raises(ValueError, match=r"sequence_lens must be \(1,\) with values in \[1, 2\]"):
+        layer(np.zeros((2, 1, 3), "float32"), np.array([3]))
+    with pytest.raises(ValueError, match="initial_h has shape"):
+        layer(np.zeros((2, 1, 3), "float32"), None, np.zeros((1, 1, 5), "float32"))
+    with pytest.raises(ValueError, match=r"weight R has shape \(1, 4, 5\)"):
+        bad = RecurrentWeights(w["W"], np.zeros((1, 4, 5), "float32"))
+        build_recurrent_sequence(cfg, bad, (2, 1, 3))

@@ -1,0 +1,121 @@
+"""CUDA ``sparse_dense``: generated source for sm_90a (no GPU needed) and GPU numerics."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+import tvm
+from tvm import s_tir, tirx
+
+from tvm_sparse_rnn.ops.sparse_dense import sparse_dense_prim_func
+from tvm_sparse_rnn.schedule.sparse_dense_cuda import (
+    KNOB_CHOICES,
+    LANES,
+    CudaConfig,
+    schedule_sparse_dense_cuda,
+)
+from tvm_sparse_rnn.sparse_dense import build_sparse_dense, kernel_arrays, sparse_dense_func
+from tvm_sparse_rnn.target import resolve_target
+from tvm_sparse_rnn.testing import TOLERANCES, random_bsr, reference_sparse_dense
+
+BLOCKS = [(1, 1), (1, 4), (1, 16), (4, 4), (8, 1), (16, 16), (32, 1)]
+N, K = 256, 512
+
+
+def _cuda_source(func: tirx.PrimFunc) -> str:
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    ex = tvm.compile(mod, target=resolve_target("cuda"))
+    (cuda,) = [m for m in ex.mod.imports if m.kind == "cuda"]
+    return cuda.inspect_source()
+
+
+def _kernel_body(src: str, name: str = "main_kernel") -> str:
+    start = src.index("void __launch_bounds__")
+    start = src.index(name, start)
+    start = src.index("{", src.index(")", start))
+    return src[start:]
+
+
+@pytest.mark.parametrize("m", [1, 4, 16])
+def test_source_small_batch_register_accumulators_and_warp_reduction(m):
+    weight = random_bsr(N, K, (1, 16), 0.1)
+    src = _cuda_source(sparse_dense_func(weight, m, "cuda"))
+    config = CudaConfig()
+    threads = config.rows_per_cta * config.threads_x
+    assert f"__launch_bounds__({threads})" in src
+    body = _kernel_body(src)
+    # Per-thread accumulators (m_tile x bs_c) live in a local (register) array, not shared.
+    acc = re.search(r"float sparse_dense_partial_local_ptr\[(\d+)\]", body)
+    assert acc and int(acc.group(1)) == 16
+    assert "__shared__" not in body
+    # Rows of W -> (blockIdx.x, threadIdx.y); lanes of a row -> threadIdx.x; shuffle all-reduce.
+    assert f"((int)blockIdx.x) * {config.rows_per_cta}) + ((int)threadIdx.y)" in body
+    assert body.count("__shfl_down_sync") == 5
+    # 16-byte loads of W_data and X.
+    assert "*(float4*)(W_data_ptr" in body and "*(float4*)(X_ptr" in body
+
+
+def test_source_float16_accumulates_in_float32():
+    weight = random_bsr(N, K, (4, 4), 0.1, dtype="float16")
+    body = _kernel_body(_cuda_source(sparse_dense_func(weight, 4, "cuda")))
+    assert "float sparse_dense_partial_local_ptr[" in body
+    assert "half" in body and "float4" in body
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_default_config_builds_for_every_block(block, dtype):
+    weight = random_bsr(N, K, block, 0.1, dtype=dtype)
+    assert "main_kernel" in _cuda_source(sparse_dense_func(weight, tirx.Var("m", "int32"), "cuda"))
+
+
+def test_knobs_accept_sampled_variables_and_defaults_are_choices():
+    for field in dataclasses.fields(CudaConfig):
+        assert getattr(CudaConfig(), field.name) in KNOB_CHOICES[field.name]
+    sch = s_tir.Schedule(sparse_dense_prim_func(4, N, K, (4, 4), 10, lanes=LANES))
+    sampled = {
+        name: sch.sample_categorical(list(vals), [1 / len(vals)] * len(vals))
+        for name, vals in KNOB_CHOICES.items()
+    }
+    schedule_sparse_dense_cuda(sch, CudaConfig(**sampled))
+    assert 'thread="threadIdx.x"' in sch.mod.script()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.1, 0.5])
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"{b[0]}x{b[1]}")
+def test_gpu_matches_scipy(block, density, dtype):
+    """One kernel with a symbolic batch per case, run for M in {1, 3, 16, 64}; NaN-filled
+    outputs catch rows that are never written."""
+    weight = random_bsr(N, K, block, density, dtype=dtype, seed=11)
+    func = sparse_dense_func(weight, tirx.Var("m", "int32"), "cuda")
+    ex = tvm.compile(
+        tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), resolve_target("cuda")
+    )
+    dev = tvm.cuda(0)
+    w_args = [tvm.runtime.tensor(a, dev) for a in kernel_arrays(weight)]
+    rtol, atol = TOLERANCES[dtype]
+    rng = np.random.default_rng(4)
+    for m in (1, 3, 16, 64):
+        x = rng.uniform(-1, 1, (m, K)).astype(dtype)
+        out = tvm.runtime.tensor(np.full((m, N), np.nan, dtype), dev)
+        ex(tvm.runtime.tensor(x, dev), *w_args, out)
+        np.testing.assert_allclose(
+            out.numpy(), reference_sparse_dense(x, weight), rtol=rtol, atol=atol
+        )
+
+
+@pytest.mark.gpu
+def test_gpu_every_knob_value():
+    weight = random_bsr(N, K, (4, 4), 0.2, seed=3)
+    x = np.random.default_rng(2).uniform(-1, 1, (5, K)).astype("float32")
+    ref = reference_sparse_dense(x, weight)
+    for knob, values in KNOB_CHOICES.items():
+        for value in values:
+            config = dataclasses.replace(CudaConfig(), **{knob: value})
+            kernel = build_sparse_dense(weight, 5, "cuda", config)
+            np.testing.assert_allclose(kernel(x), ref, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,1 @@
+"""The ``tvm-sparse-rnn`` command line: one module per subcommand, registered in :mod:`.main`."""

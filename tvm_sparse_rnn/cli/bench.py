@@ -1,0 +1,200 @@
+"""``tvm-sparse-rnn bench MODEL.onnx``: this package vs dense TVM vs onnxruntime, same run.
+
+:func:`benchmark_model` is also what ``demo`` and ``benchmarks/bench_models.py`` run. Every
+engine is timed the same way: one call = numpy inputs in, numpy outputs out (host copies
+included, as a user calls them), ``warmup`` calls discarded, then the median of ``repeat``
+calls. onnxruntime runs on the CPU with its default thread pool (all cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..compile import build_onnx, load_executable
+from ..demo import random_inputs
+from ..frontend.onnx import load_onnx
+from ..target import resolve_target
+from ..testing import TOLERANCES
+from .options import add_compile_options, shape_dict
+from .table import format_table
+
+logger = logging.getLogger(__name__)
+
+SPARSE, DENSE, ORT = "tvm-sparse-rnn", "tvm-dense", "onnxruntime-cpu"
+
+
+@dataclass
+class BenchResult:
+    """Medians and checks of one model on one target.
+
+    Attributes
+    ----------
+    target : str
+        ``"llvm"`` or ``"cuda"``.
+    host : str
+        CPU / platform description.
+    median_ms : dict of str to float
+        Median milliseconds per call, per engine (:data:`SPARSE`, :data:`DENSE`, :data:`ORT`).
+    max_abs_err : dict of str to float
+        Largest absolute difference from onnxruntime, per TVM engine.
+    matches : bool
+        Whether every TVM engine is within :data:`tvm_sparse_rnn.testing.TOLERANCES` of
+        onnxruntime.
+    repeat : int
+        Timed calls per engine.
+    """
+
+    target: str
+    host: str
+    median_ms: dict[str, float] = field(default_factory=dict)
+    max_abs_err: dict[str, float] = field(default_factory=dict)
+    matches: bool = True
+    repeat: int = 0
+
+    def speedup(self, baseline: str) -> float:
+        """``median_ms[baseline] / median_ms[SPARSE]``."""
+        return self.median_ms[baseline] / self.median_ms[SPARSE]
+
+    def to_json(self) -> dict:
+        """A JSON-serializable dict including the speed-ups."""
+        out = asdict(self)
+        out["speedup"] = {b: self.speedup(b) for b in self.median_ms if b != SPARSE}
+        return out
+
+
+def median_ms(fn: Callable[[], object], warmup: int, repeat: int) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``repeat`` calls after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(samples)
+
+
+def benchmark_model(
+    model_or_path: onnx.ModelProto | str | Path,
+    *,
+    target: str = "llvm",
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    sparsity_threshold: float = 0.5,
+    block_size: str | tuple[int, int] = "auto",
+    warmup: int = 5,
+    repeat: int = 50,
+    dense: bool = True,
+    seed: int = 1,
+) -> BenchResult:
+    """Build ``model`` sparse (and dense) with TVM, check both against onnxruntime, time all.
+
+    Parameters
+    ----------
+    model_or_path : onnx.ModelProto or path
+        The pruned model.
+    target : str
+        ``"llvm"`` or ``"cuda"`` for the TVM builds.
+    shapes : mapping, optional
+        Static shapes for symbolic inputs.
+    sparsity_threshold, block_size
+        As in :func:`tvm_sparse_rnn.frontend.from_onnx`.
+    warmup, repeat : int
+        Discarded and timed calls per engine.
+    dense : bool
+        Also build and time the dense TVM model.
+    seed : int
+        Seed of the random inputs.
+    """
+    model = load_onnx(model_or_path)
+    resolve_target(target)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    engines = {}
+    inputs = outputs = None
+    for name, sparse in ((SPARSE, True), (DENSE, False))[: 2 if dense else 1]:
+        logger.info("building %s for %s", name, target)
+        executable, inputs, outputs = build_onnx(
+            model,
+            target=target,
+            shape_dict=shapes,
+            sparsity_threshold=sparsity_threshold,
+            block_size=block_size,
+            sparse=sparse,
+        )
+        engines[name] = load_executable(executable, inputs, outputs, target).run
+    feeds = random_inputs(inputs, seed)
+    reference = session.run(None, feeds)
+    result = BenchResult(target, f"{platform.processor() or platform.machine()}", repeat=repeat)
+    for name, run in engines.items():
+        got = run(feeds)
+        errs = []
+        for spec, ref in zip(outputs, reference, strict=True):
+            rtol, atol = TOLERANCES[spec.dtype] if spec.dtype in TOLERANCES else (0, 0)
+            errs.append(float(np.max(np.abs(got[spec.name] - ref), initial=0.0)))
+            result.matches &= bool(np.allclose(got[spec.name], ref, rtol=rtol, atol=atol))
+        result.max_abs_err[name] = max(errs)
+    engines[ORT] = lambda f: session.run(None, f)
+    for name, run in engines.items():
+        result.median_ms[name] = median_ms(lambda run=run: run(feeds), warmup, repeat)
+    return result
+
+
+def format_result(result: BenchResult) -> str:
+    """The result as a table: engine, median ms, this package's speed-up over it, error."""
+    rows = [
+        [
+            name,
+            f"{ms:.3f}",
+            f"{result.speedup(name):.2f}x" if name != SPARSE else "-",
+            f"{result.max_abs_err[name]:.2e}" if name in result.max_abs_err else "reference",
+        ]
+        for name, ms in result.median_ms.items()
+    ]
+    header = ["engine", "median ms", f"{SPARSE} speed-up", "max |err| vs onnxruntime"]
+    return format_table(header, rows)
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="time the model sparse vs dense in TVM vs onnxruntime, same run",
+        description="Build MODEL.onnx with sparse kernels and dense, check both against "
+        "onnxruntime, and print median times and speed-ups.",
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL.onnx")
+    add_compile_options(parser)
+    parser.add_argument("--repeat", type=int, default=50, help="timed calls (default 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="discarded calls (default 5)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the result here")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Benchmark, print, optionally save; exit 1 if the TVM outputs do not match."""
+    result = benchmark_model(
+        args.model,
+        target=args.target,
+        shapes=shape_dict(args),
+        sparsity_threshold=args.sparsity_threshold,
+        block_size=args.block_size,
+        warmup=args.warmup,
+        repeat=args.repeat,
+    )
+    print(format_result(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return 0 if result.matches else 1

@@ -1,0 +1,119 @@
+"""``tvm-sparse-rnn tune``: tune a model's sparse kernels, or one op, with MetaSchedule.
+
+Examples
+--------
+``tvm-sparse-rnn tune model.onnx --target llvm --trials 32 --work-dir tuning_logs``
+``tvm-sparse-rnn tune --op sparse_dense --m 4 --n 1792 --k 1792 --block-size 1x16 --density 0.1``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..target import resolve_target
+from ..testing import random_bsr
+from ..transform.block_size import parse_block_size
+from ..tuning.database import default_work_dir
+from ..tuning.lookup import collect_tasks
+from ..tuning.spaces import sparse_dense_task
+from ..tuning.task import TuneTask
+from ..tuning.tune import TaskResult, tune
+from .options import add_compile_options, shape_dict
+from .table import format_table
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``tune`` subcommand."""
+    parser = subparsers.add_parser(
+        "tune",
+        help="tune the sparse kernels of a model (or one op) with MetaSchedule",
+        description="Tune every sparse kernel MODEL.onnx compiles to (or one --op), measured "
+        "with the real sparsity structure. Records go to the MetaSchedule JSON database in "
+        "--work-dir/<device>/ (append-only, resumable); `compile --tuning-logs DIR` applies them.",
+    )
+    parser.add_argument("model", type=Path, nargs="?", metavar="MODEL.onnx")
+    parser.add_argument("--op", choices=("sparse_dense",), help="tune one op instead of a model")
+    parser.add_argument("--m", type=int, default=4, help="--op: batch rows (default 4)")
+    parser.add_argument("--n", type=int, default=1792, help="--op: output features")
+    parser.add_argument("--k", type=int, default=1792, help="--op: input features")
+    parser.add_argument("--density", type=float, default=0.1, help="--op: fraction of blocks kept")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    parser.add_argument("--seed", type=int, default=0, help="--op: seed of the random pattern")
+    add_compile_options(parser)
+    parser.add_argument("--trials", type=int, default=32, help="records per task (default 32)")
+    parser.add_argument("--trials-per-iter", type=int, default=8, help="default 8")
+    parser.add_argument(
+        "--cost-model",
+        choices=("xgb", "random"),
+        default="xgb",
+        help="xgb (default) or random: a search without cost model, for hosts without xgboost",
+    )
+    parser.add_argument("--work-dir", type=Path, default=Path("tuning_logs"), metavar="DIR")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _tasks(args: argparse.Namespace) -> list[TuneTask]:
+    target = resolve_target(args.target)
+    if args.op == "sparse_dense":
+        block = (1, 1) if args.block_size == "auto" else parse_block_size(args.block_size)
+        weight = random_bsr(args.n, args.k, block, args.density, args.dtype, args.seed)
+        return [sparse_dense_task(weight, args.m, target)]
+    from ..frontend.onnx import from_onnx
+
+    with collect_tasks() as found:
+        from_onnx(
+            args.model,
+            target=target,
+            shape_dict=shape_dict(args),
+            sparsity_threshold=args.sparsity_threshold,
+            block_size=args.block_size,
+        )
+    return list(found.values())
+
+
+def run(args: argparse.Namespace) -> int:
+    """List the tasks, tune them, print the default-vs-tuned summary."""
+    if (args.model is None) == (args.op is None):
+        print("tvm-sparse-rnn tune: error: give either MODEL.onnx or --op", file=sys.stderr)
+        return 2
+    target = resolve_target(args.target)
+    tasks = _tasks(args)
+    if not tasks:
+        print(f"{args.model}: no sparse kernel to tune (no layer passed the sparsity threshold)")
+        return 0
+    work_dir = default_work_dir(target, args.work_dir)
+    print(f"{len(tasks)} task(s) on {target.kind.name}, {args.trials} trials each -> {work_dir}")
+    for i, task in enumerate(tasks, 1):
+        print(f"  [{i}] {task.name}")
+    results = tune(
+        tasks,
+        target,
+        work_dir,
+        args.trials,
+        num_trials_per_iter=args.trials_per_iter,
+        cost_model=args.cost_model,
+    )
+    print(
+        format_table(
+            ["task", "trials", "default (us)", "tuned (us)", "speed-up", "best config"],
+            [_row(r) for r in results],
+        )
+    )
+    return 0
+
+
+def _row(result: TaskResult) -> list[str]:
+    return [
+        result.name,
+        str(result.trials),
+        f"{result.default_s * 1e6:.1f}",
+        f"{result.tuned_s * 1e6:.1f}",
+        f"{result.speedup:.2f}x",
+        str(result.best_config),
+    ]

@@ -1,0 +1,282 @@
+"""Compile a Relax module into a self-contained shared library and run it by ONNX names.
+
+:func:`compile_onnx` writes two files:
+
+* ``OUT.so`` -- the Relax VM executable with every kernel and weight inside (for CUDA the kernel
+  source is packed in and compiled when the library is loaded on a GPU machine). A user needs
+  only TVM to run it::
+
+      lib = tvm.runtime.load_module("OUT.so")
+      vm = tvm.relax.VirtualMachine(lib, tvm.cpu())      # tvm.cuda() for a cuda build
+      y = vm["main"](tvm.runtime.tensor(x))
+
+* ``OUT.json`` -- the signature: target, and the ONNX names, shapes and dtypes of the inputs (in
+  ``main``'s parameter order) and outputs, so that :func:`load_compiled` (and
+  ``tvm-sparse-rnn run``) can key ``.npz`` files by the model's own names and check them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import tvm
+from tvm import relax
+from tvm.target import Target
+
+from .errors import ModelError
+from .frontend.onnx import TensorSpec, from_onnx, import_relax, load_onnx, model_signature
+from .target import is_cuda, resolve_target
+from .transform.block_size import DEFAULT_CANDIDATES
+from .transform.schedule_dense import cpu_pipeline
+from .tuning.lookup import use_tuning_logs
+
+logger = logging.getLogger(__name__)
+
+#: Version of the ``OUT.json`` signature layout.
+SIGNATURE_VERSION = 1
+
+
+def signature_path(library: str | os.PathLike) -> Path:
+    """The signature file beside a compiled library (``OUT.so`` -> ``OUT.json``)."""
+    return Path(library).with_suffix(".json")
+
+
+def build(mod: tvm.IRModule, target: str | dict | Target) -> tvm.runtime.Executable:
+    """Compile a Relax module for ``target``.
+
+    CUDA uses TVM's default pipeline (dlight schedules the dense ops); llvm uses it with
+    :data:`~tvm_sparse_rnn.transform.schedule_dense.ScheduleDenseCPU` added, so that layers kept
+    dense get a parallel, vectorized schedule instead of TVM's naive default loop.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        Relax module, e.g. from :func:`tvm_sparse_rnn.frontend.from_onnx`.
+    target : str, dict or Target
+        ``"llvm"`` or ``"cuda"``.
+    """
+    target = resolve_target(target)
+    with target:
+        if is_cuda(target):
+            return tvm.compile(mod, target=target)
+        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+
+
+def build_onnx(
+    model_or_path: onnx.ModelProto | str | os.PathLike,
+    *,
+    target: str | dict | Target,
+    shape_dict: Mapping[str, tuple[int, ...]] | None = None,
+    sparsity_threshold: float = 0.5,
+    block_size: str | tuple[int, int] = "auto",
+    candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES,
+    tuning_logs: str | os.PathLike | None = None,
+    sparse: bool = True,
+) -> tuple[tvm.runtime.Executable, list[TensorSpec], list[TensorSpec]]:
+    """Import, rewrite and build an ONNX model in memory.
+
+    Parameters
+    ----------
+    model_or_path : onnx.ModelProto or path
+        The pruned model.
+    target, shape_dict, sparsity_threshold, block_size, candidates
+        As in :func:`tvm_sparse_rnn.frontend.from_onnx`.
+    tuning_logs : path, optional
+        Tuning database (a directory, or a root of ``<device>/`` directories as
+        ``tvm-sparse-rnn tune`` writes): the sparse kernels are built with its best records
+        (:func:`tvm_sparse_rnn.tuning.lookup.use_tuning_logs`), else with the shipped configs,
+        else with the defaults.
+    sparse : bool
+        ``False`` builds the dense model (no layer rewritten), for comparison.
+
+    Returns
+    -------
+    tuple
+        ``(executable, inputs, outputs)``: the Relax VM executable and the ONNX signature.
+    """
+    model = load_onnx(model_or_path)
+    target = resolve_target(target)
+    with use_tuning_logs(tuning_logs):
+        if sparse:
+            mod = from_onnx(
+                model,
+                target=target,
+                shape_dict=shape_dict,
+                sparsity_threshold=sparsity_threshold,
+                block_size=block_size,
+                candidates=candidates,
+            )
+        else:
+            mod = import_relax(model, target=target, shape_dict=shape_dict)
+    inputs, outputs = model_signature(model, shape_dict)
+    return build(mod, target), inputs, outputs
+
+
+def compile_onnx(
+    model_or_path: onnx.ModelProto | str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    target: str | dict | Target,
+    **options: object,
+) -> Path:
+    """Build an ONNX model (:func:`build_onnx`) and export it with its signature.
+
+    Parameters
+    ----------
+    model_or_path : onnx.ModelProto or path
+        The pruned model.
+    output : path
+        Library to write (``.so``); the signature goes beside it (:func:`signature_path`).
+    target : str, dict or Target
+        ``"llvm"`` or ``"cuda"``.
+    **options
+        Keyword options of :func:`build_onnx`.
+
+    Returns
+    -------
+    Path
+        The written library.
+    """
+    target = resolve_target(target)
+    executable, inputs, outputs = build_onnx(model_or_path, target=target, **options)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    executable.export_library(str(output))
+    signature = {
+        "version": SIGNATURE_VERSION,
+        "target": target.kind.name,
+        "inputs": [s.to_json() for s in inputs],
+        "outputs": [s.to_json() for s in outputs],
+    }
+    signature_path(output).write_text(json.dumps(signature, indent=2) + "\n")
+    logger.info("wrote %s and %s", output, signature_path(output))
+    return output
+
+
+@dataclass
+class CompiledModel:
+    """A compiled model loaded with its signature, callable with arrays keyed by ONNX name.
+
+    Attributes
+    ----------
+    inputs, outputs : list of TensorSpec
+        The ONNX signature, inputs in the VM's parameter order.
+    target_kind : str
+        ``"llvm"`` or ``"cuda"``.
+    vm : tvm.relax.VirtualMachine
+        The loaded VM.
+    device : tvm.runtime.Device
+        Where inputs are copied.
+    """
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    target_kind: str
+    vm: relax.VirtualMachine
+    device: tvm.runtime.Device
+
+    def check_inputs(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Validate names, shapes and dtypes; return the arrays in parameter order.
+
+        Raises
+        ------
+        ModelError
+            On a missing or unknown input name, a wrong rank or static dim, or a dtype that
+            cannot be cast safely.
+        """
+        names = [s.name for s in self.inputs]
+        unknown = sorted(set(feeds) - set(names))
+        missing = [n for n in names if n not in feeds]
+        if unknown or missing:
+            raise ModelError(
+                f"input names do not match the model: unknown {unknown}, missing {missing}; "
+                f"the model expects {names}"
+            )
+        arrays = []
+        for spec in self.inputs:
+            arr = np.asarray(feeds[spec.name])
+            ok = arr.ndim == len(spec.shape) and all(
+                not isinstance(d, int) or d == a for d, a in zip(spec.shape, arr.shape, strict=True)
+            )
+            if not ok:
+                raise ModelError(
+                    f"input {spec.name!r} has shape {arr.shape}, the model expects "
+                    f"{tuple(spec.shape)}"
+                )
+            if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind"):
+                raise ModelError(
+                    f"input {spec.name!r} has dtype {arr.dtype}, the model expects {spec.dtype}"
+                )
+            arrays.append(np.ascontiguousarray(arr, dtype=spec.dtype))
+        return arrays
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run ``main`` on ``feeds`` (ONNX input name -> array); return outputs by ONNX name."""
+        args = [tvm.runtime.tensor(a, self.device) for a in self.check_inputs(feeds)]
+        result = self.vm["main"](*args)
+        values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
+        return {s.name: v.numpy() for s, v in zip(self.outputs, values, strict=True)}
+
+
+def _device(target_kind: str) -> tvm.runtime.Device:
+    return tvm.cuda(0) if target_kind == "cuda" else tvm.cpu(0)
+
+
+def load_executable(
+    executable: tvm.runtime.Executable | tvm.runtime.Module,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    target_kind: str,
+) -> CompiledModel:
+    """Wrap a built executable (or a loaded library) with its signature."""
+    device = _device(target_kind)
+    return CompiledModel(
+        inputs, outputs, target_kind, relax.VirtualMachine(executable, device), device
+    )
+
+
+def load_compiled(library: str | os.PathLike) -> CompiledModel:
+    """Load a library written by :func:`compile_onnx` with its signature.
+
+    Raises
+    ------
+    ModelError
+        If the library or its signature is missing or unreadable.
+    """
+    library = Path(library)
+    sig_path = signature_path(library)
+    if not library.is_file():
+        raise ModelError(f"compiled model {str(library)!r} does not exist")
+    try:
+        signature = json.loads(sig_path.read_text())
+        inputs = [TensorSpec.from_json(s) for s in signature["inputs"]]
+        outputs = [TensorSpec.from_json(s) for s in signature["outputs"]]
+        target_kind = signature["target"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(
+            f"signature {str(sig_path)!r} of {str(library)!r} is unreadable: {err}"
+        ) from err
+    try:
+        lib = tvm.runtime.load_module(str(library))
+    except Exception as err:  # TVM raises several types for a bad or foreign library
+        reason = str(err).strip().splitlines()
+        raise ModelError(f"cannot load {str(library)!r}: {reason[-1] if reason else err}") from err
+    return load_executable(lib, inputs, outputs, target_kind)
+
+
+__all__ = [
+    "CompiledModel",
+    "build",
+    "build_onnx",
+    "compile_onnx",
+    "load_compiled",
+    "load_executable",
+    "signature_path",
+]

@@ -1,0 +1,387 @@
+"""x86 (llvm) kernel of the recurrent sequence op: one PrimFunc runs all steps of a direction.
+
+Design (the CPU counterpart of the sparse persistent RNN, Zhu et al., ICLR 2018):
+
+* The recurrent weight ``R`` (``G*H x H``, all gates) is packed **unit-major**: row ``j*G + g``
+  holds gate ``g`` of hidden unit ``j``, so one parallel iteration owns every gate of its unit and
+  the cell update (sigmoid/tanh, ``c_t``) is fused right after the mat-vec. Each row is padded with
+  ``<col 0, 0.0>`` pairs to a multiple of :data:`UNROLL`, so the inner loop has no remainder and
+  runs :data:`UNROLL` independent accumulators (hides the FMA latency).
+* The state is kept as ``h[H, N]`` (batch innermost): one nonzero ``R[r, c]`` multiplies the
+  contiguous vector ``h[c, 0:N]``, which is what the batch loop vectorizes.
+* Sparse rows use CSR with 16-bit column indices when ``H <= 65535`` (6 bytes per nonzero); the
+  dense variant of the same code path drops the index array (``col = k - row_start``) and pads
+  rows to ``Hpad`` (a multiple of :data:`UNROLL`), reading zero rows of ``h`` past ``H``.
+* A step is one parallel loop over hidden units (two for GRU with ``linear_before_reset=0``, whose
+  candidate mat-vec needs every unit's reset gate first); the loop over ``t`` is serial inside the
+  PrimFunc, so there is no per-step Python or VM dispatch.
+* ``sequence_lens``: at step ``s`` a batch entry with ``s >= len[b]`` keeps its state and gets a
+  zero output. The kernel always runs forward; the reverse direction is handled by the caller
+  (:mod:`tvm_sparse_rnn.rnn.sequence`), which reverses each sequence's valid prefix around it.
+
+Profile with ``perf record -g python benchmarks/bench_rnn_cpu.py`` (the kernel shows up as the
+``*_compute_`` closures of ``recurrent_x86``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import tvm
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T  # noqa: N812 - TVMScript convention
+
+from .cells import CellConfig, gru_gates, gru_output, lstm_cell, rnn_cell
+
+logger = logging.getLogger(__name__)
+
+#: Independent accumulators of the inner loop; every packed row is padded to a multiple of it.
+UNROLL = 4
+_F32 = "float32"
+
+
+@dataclass(frozen=True)
+class PackedRecurrentWeight:
+    """``R`` of one direction in the kernel's unit-major layout.
+
+    Attributes
+    ----------
+    values : numpy.ndarray
+        ``(nnz,)`` float32; row ``j*G + g`` occupies ``values[indptr[r]:indptr[r+1]]`` (sparse) or
+        ``values[r*Hpad:(r+1)*Hpad]`` (dense).
+    indices : numpy.ndarray or None
+        ``(nnz,)`` uint16 (``H <= 65535``) or int32 column indices; ``None`` for dense.
+    indptr : numpy.ndarray or None
+        ``(G*H + 1,)`` int32 row pointers, multiples of :data:`UNROLL`; ``None`` for dense.
+    hidden_size, num_gates : int
+        ``H`` and ``G``.
+    padded_hidden : int
+        Rows of the state buffer: ``H`` (sparse) or ``H`` rounded up to :data:`UNROLL` (dense).
+    nonzeros : int
+        Nonzeros of ``R`` before padding.
+    """
+
+    values: np.ndarray
+    indices: np.ndarray | None
+    indptr: np.ndarray | None
+    hidden_size: int
+    num_gates: int
+    padded_hidden: int
+    nonzeros: int
+
+    @property
+    def dense(self) -> bool:
+        """Whether this is the dense (index-free) variant."""
+        return self.indices is None
+
+    @property
+    def index_dtype(self) -> str | None:
+        """dtype name of :attr:`indices` (``None`` for dense)."""
+        return None if self.indices is None else self.indices.dtype.name
+
+    def arrays(self) -> list[np.ndarray]:
+        """The kernel's weight arguments, in parameter order."""
+        if self.dense:
+            return [self.values]
+        return [self.values, self.indices, self.indptr]
+
+
+def pack_recurrent_weight(
+    r: np.ndarray | sp.sparray, num_gates: int, dense: bool
+) -> PackedRecurrentWeight:
+    """Pack ``R`` (``(G*H, H)``, ONNX gate-major rows) for :func:`recurrent_prim_func`.
+
+    Parameters
+    ----------
+    r : numpy.ndarray or scipy sparse
+        ``(G*H, H)`` recurrent weight of one direction.
+    num_gates : int
+        ``G``.
+    dense : bool
+        Pack all entries (dense mat-vec) instead of the nonzeros.
+    """
+    gh, h = r.shape
+    if gh != num_gates * h:
+        raise ValueError(f"R has shape {r.shape}; expected ({num_gates} * H, H)")
+    # unit-major row order: new row j*G + g is old row g*H + j
+    order = np.arange(gh).reshape(num_gates, h).T.reshape(-1)
+    if dense:
+        hpad = -(-h // UNROLL) * UNROLL
+        rd = r.toarray() if sp.issparse(r) else np.asarray(r)
+        vals = np.zeros((gh, hpad), np.float32)
+        vals[:, :h] = rd[order]
+        nnz = int(np.count_nonzero(rd))
+        return PackedRecurrentWeight(vals.reshape(-1), None, None, h, num_gates, hpad, nnz)
+    csr = sp.csr_array(r, dtype=np.float32)[order]
+    csr.sum_duplicates()
+    csr.sort_indices()
+    counts = np.diff(csr.indptr)
+    padded = -(-counts // UNROLL) * UNROLL
+    indptr = np.zeros(gh + 1, np.int64)
+    np.cumsum(padded, out=indptr[1:])
+    idx_dtype = np.uint16 if h <= np.iinfo(np.uint16).max else np.int32
+    vals = np.zeros(max(int(indptr[-1]), UNROLL), np.float32)
+    cols = np.zeros(vals.shape[0], idx_dtype)
+    pos = indptr[:-1].repeat(counts) + (np.arange(csr.nnz) - csr.indptr[:-1].repeat(counts))
+    vals[pos] = csr.data
+    cols[pos] = csr.indices
+    return PackedRecurrentWeight(
+        vals, cols, indptr.astype(np.int32), h, num_gates, h, int(np.count_nonzero(csr.data))
+    )
+
+
+def _f32(value: float) -> tirx.PrimExpr:
+    return tirx.const(value, _F32)
+
+
+def _let(name: str, value: tirx.PrimExpr, body: Callable) -> tirx.PrimExpr:
+    """``body(v)`` with ``v = value`` bound once (keeps expression trees from blowing up)."""
+    var = tirx.Var(name, _F32)
+    return tirx.Let(var, value, body(var))
+
+
+def _exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``exp(x)`` for float32 as inline arithmetic (Cephes ``expf``, ~1 ulp), so that it
+    vectorizes; LLVM would otherwise call the scalar libm ``expf`` per lane."""
+
+    def with_n(x: tirx.PrimExpr, n: tirx.PrimExpr) -> tirx.PrimExpr:
+        def with_r(r: tirx.PrimExpr) -> tirx.PrimExpr:
+            p = _f32(1.9875691500e-4)
+            for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1):
+                p = p * r + _f32(coef)
+            y = (p * r + _f32(0.5)) * r * r + r + _f32(1.0)
+            scale = tirx.shift_left(tirx.Cast("int32", n) + 127, 23)
+            return y * tirx.reinterpret(_F32, scale)
+
+        # Cody-Waite reduction: r = x - n * ln2 with ln2 split in two parts
+        return _let("r", x - n * _f32(0.693359375) + n * _f32(2.12194440e-4), with_r)
+
+    clamped = tirx.max(tirx.min(x, _f32(88.3762626647949)), _f32(-87.3365447505531))
+    return _let(
+        "x",
+        clamped,
+        lambda x: _let(
+            "n", tirx.floor(x * _f32(1.44269504088896341) + _f32(0.5)), lambda n: with_n(x, n)
+        ),
+    )
+
+
+class TirOps:
+    """:class:`~tvm_sparse_rnn.rnn.cells.CellOps` on float32 TIR expressions (vectorizable)."""
+
+    def add(self, a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+        return a + b
+
+    def mul(self, a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+        return a * b
+
+    def one_minus(self, a: tirx.PrimExpr) -> tirx.PrimExpr:
+        return tirx.const(1.0, _F32) - a
+
+    def activation(self, name: str, a: tirx.PrimExpr) -> tirx.PrimExpr:
+        if name == "Sigmoid":
+            return _f32(1.0) / (_f32(1.0) + _exp(-a))
+        if name == "Tanh":  # sign(a) * (1 - e) / (1 + e), e = exp(-2|a|) <= 1: no overflow
+            return _let("a", a, self._tanh)
+        return tirx.max(a, _f32(0.0))
+
+    @staticmethod
+    def _tanh(a: tirx.PrimExpr) -> tirx.PrimExpr:
+        def from_e(e: tirx.PrimExpr) -> tirx.PrimExpr:
+            t = (_f32(1.0) - e) / (_f32(1.0) + e)
+            return tirx.Select(a < _f32(0.0), -t, t)
+
+        return _let("e", _exp(_f32(-2.0) * tirx.abs(a)), from_e)
+
+    def clip(self, a: tirx.PrimExpr, bound: float) -> tirx.PrimExpr:
+        return tirx.max(tirx.min(a, tirx.const(bound, _F32)), tirx.const(-bound, _F32))
+
+
+def _stack_buffer(shape: tuple[int, ...]) -> tirx.Buffer:
+    """A small per-iteration scratch buffer that LLVM keeps on the stack (in registers).
+
+    ``scope="global"`` is deliberate: in TVM 0.27 ``LowerTVMBuiltin`` turns small constant-size
+    *global* allocations on the CPU into ``alloca``, while ``"local"`` ones become a
+    ``TVMBackendAllocWorkspace`` call per loop iteration (hundreds of ns per hidden unit).
+    """
+    return T.alloc_buffer(shape, _F32, scope="global")
+
+
+def _arg(name: str, shape: tuple[int, ...], dtype: str = _F32) -> tirx.Buffer:
+    return T.arg(name, T.buffer(shape, dtype))
+
+
+def recurrent_prim_func(
+    cfg: CellConfig,
+    direction: int,
+    seq_len: int,
+    batch: int,
+    packed: PackedRecurrentWeight,
+) -> tirx.PrimFunc:
+    """Build the PrimFunc running ``seq_len`` forward steps of one direction.
+
+    Parameters
+    ----------
+    cfg : CellConfig
+        Cell math (kind, activations, clip, GRU/LSTM options).
+    direction : int
+        Which direction's activations to use (0 or 1).
+    seq_len, batch : int
+        ``T`` and ``N`` (static).
+    packed : PackedRecurrentWeight
+        Layout metadata of ``R`` (only shapes and dtypes are baked in, not values).
+
+    Returns
+    -------
+    tvm.tirx.PrimFunc
+        ``main(U, R_values, [R_indices, R_indptr,] Rb, [P,] H0, [C0,] L, Y, Y_h, [Y_c])`` with
+
+        * ``U`` ``(T, N, G*H)`` float32: ``X @ W^T + Wb`` in processing order;
+        * ``Rb`` ``(G*H,)``, ``P`` ``(3, H)`` (LSTM with peepholes), ``H0``/``C0`` ``(N, H)``;
+        * ``L`` ``(N,)`` int32 sequence lengths;
+        * outputs ``Y`` ``(T, N, H)``, ``Y_h``/``Y_c`` ``(N, H)``.
+    """
+    H, G, N, Hp = cfg.hidden_size, cfg.num_gates, batch, packed.padded_hidden
+    lstm = cfg.cell.has_cell_state
+    ops = TirOps()
+    zero = tirx.const(0.0, _F32)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("recurrent_x86")
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            U = _arg("U", (seq_len, N, G * H))
+            vals = _arg("R_values", packed.values.shape)
+            if not packed.dense:
+                idx = _arg("R_indices", packed.indices.shape, packed.index_dtype)
+                ptr = _arg("R_indptr", packed.indptr.shape, "int32")
+            Rb = _arg("Rb", (G * H,))
+            P = _arg("P", (3, H)) if cfg.peepholes else None
+            H0 = _arg("H0", (N, H))
+            C0 = _arg("C0", (N, H)) if lstm else None
+            L = _arg("L", (N,), "int32")
+            Y = _arg("Y", (seq_len, N, H))
+            Yh = _arg("Y_h", (N, H))
+            Yc = _arg("Y_c", (N, H)) if lstm else None
+
+            hs = T.alloc_buffer((2, Hp, N), _F32)  # ping-pong state, batch innermost
+            cs = T.alloc_buffer((H, N), _F32) if lstm else None  # c is per unit: updated in place
+            if cfg.two_phase:
+                zs = T.alloc_buffer((H, N), _F32)  # update gate z of the step
+                rh = T.alloc_buffer((Hp, N), _F32)  # reset * h_prev, input of the h-gate mat-vec
+
+            def mat_vec(j: tirx.PrimExpr, g: int, src: Callable) -> tirx.Buffer:
+                """Local ``(N,)`` buffer with ``sum_c R[g*H + j, c] * src(c, b)``."""
+                r = j * G + g
+                if packed.dense:
+                    start, end = 0, Hp // UNROLL
+                else:
+                    start, end = ptr[r] // UNROLL, ptr[r + 1] // UNROLL
+                part = _stack_buffer((UNROLL, N))
+                total = _stack_buffer((N,))
+                with T.unroll(0, UNROLL) as u:
+                    with T.vectorized(0, N) as b:
+                        T.buffer_store(part, zero, [u, b])
+                with T.serial(start, end) as kk:
+                    with T.unroll(0, UNROLL) as u:
+                        if packed.dense:
+                            k, col = r * Hp + kk * UNROLL + u, kk * UNROLL + u
+                        else:
+                            k, col = kk * UNROLL + u, tirx.Cast("int32", idx[kk * UNROLL + u])
+                        with T.vectorized(0, N) as b:
+                            T.buffer_store(part, part[u, b] + vals[k] * src(col, b), [u, b])
+                with T.vectorized(0, N) as b:
+                    acc = part[0, b]
+                    for u in range(1, UNROLL):
+                        acc = acc + part[u, b]
+                    T.buffer_store(total, acc, [b])
+                return total
+
+            # ---- initial state (rows past H stay zero for the dense variant)
+            with T.parallel(0, Hp) as j:
+                with T.serial(0, N) as b:
+                    init = tirx.if_then_else(j < H, H0[b, tirx.min(j, H - 1)], zero)
+                    T.buffer_store(hs, init, [0, j, b])
+                    T.buffer_store(hs, zero, [1, j, b])
+                    if cfg.two_phase:
+                        T.buffer_store(rh, zero, [j, b])
+            if lstm:
+                with T.parallel(0, H) as j:
+                    with T.serial(0, N) as b:
+                        T.buffer_store(cs, C0[b, j], [j, b])
+
+            # ---- the recurrence; gate math is vectorized over the batch like the mat-vec
+            with T.serial(0, seq_len) as s:
+                cur = tirx.floormod(s, 2)
+
+                def h_prev(col: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+                    return hs[cur, col, b]
+
+                def pre(acc: dict, j: tirx.PrimExpr, b: tirx.PrimExpr) -> tuple[dict, dict]:
+                    """Input pre-activations of every gate, recurrent ones of the gates in acc."""
+                    xs = {g: U[s, b, g * H + j] for g in range(G)}
+                    rs = {g: acc[g][b] + Rb[g * H + j] for g in acc}
+                    return xs, rs
+
+                if cfg.two_phase:  # GRU, lbr=0: z, r and reset * h_prev of every unit first
+                    with T.parallel(0, H) as j:
+                        acc = {g: mat_vec(j, g, h_prev) for g in (0, 1)}
+                        with T.vectorized(0, N) as b:
+                            xs, rs = pre(acc, j, b)
+                            z, reset = gru_gates(ops, cfg, direction, xs, rs)
+                            T.buffer_store(zs, z, [j, b])
+                            T.buffer_store(rh, reset * hs[cur, j, b], [j, b])
+                with T.parallel(0, H) as j:
+                    if cfg.two_phase:
+                        acc = {2: mat_vec(j, 2, lambda col, b: rh[col, b])}
+                    else:
+                        acc = {g: mat_vec(j, g, h_prev) for g in range(G)}
+                    new = _stack_buffer((2, N))  # h_t, c_t before masking
+                    with T.vectorized(0, N) as b:
+                        active = s < L[b]
+                        xs, rs = pre(acc, j, b)
+                        if cfg.kind == "RNN":
+                            h_new = rnn_cell(ops, cfg, direction, xs, rs)
+                        elif cfg.two_phase:
+                            h_new = gru_output(
+                                ops, cfg, direction, zs[j, b], None, xs[2], rs[2], hs[cur, j, b]
+                            )
+                        elif cfg.kind == "GRU":
+                            z, reset = gru_gates(ops, cfg, direction, xs, rs)
+                            h_new = gru_output(
+                                ops, cfg, direction, z, reset, xs[2], rs[2], hs[cur, j, b]
+                            )
+                        else:
+                            peep = None if P is None else [P[k, j] for k in range(3)]
+                            h_new, c_new = lstm_cell(ops, cfg, direction, xs, rs, cs[j, b], peep)
+                            T.buffer_store(new, c_new, [1, b])
+                        T.buffer_store(new, h_new, [0, b])  # both read c_{t-1} before its update
+                        if lstm:
+                            T.buffer_store(cs, tirx.Select(active, new[1, b], cs[j, b]), [j, b])
+                        h_next = tirx.Select(active, new[0, b], hs[cur, j, b])
+                        T.buffer_store(hs, h_next, [1 - cur, j, b])
+                        T.buffer_store(Y, tirx.Select(active, new[0, b], zero), [s, b, j])
+
+            # ---- final state
+            with T.parallel(0, H) as j:
+                with T.serial(0, N) as b:
+                    T.buffer_store(Yh, hs[seq_len % 2, j, b], [b, j])
+                    if lstm:
+                        T.buffer_store(Yc, cs[j, b], [b, j])
+    return ib.get()
+
+
+def build_recurrent_x86(
+    cfg: CellConfig,
+    direction: int,
+    seq_len: int,
+    batch: int,
+    packed: PackedRecurrentWeight,
+    target: tvm.target.Target | str = "llvm",
+) -> tvm.runtime.Executable:
+    """Compile :func:`recurrent_prim_func` for ``target`` (an llvm target)."""
+    return tvm.compile(recurrent_prim_func(cfg, direction, seq_len, batch, packed), target=target)

@@ -1,0 +1,113 @@
+"""CUDA schedule of the block-sparse ``sparse_dense`` compute, built for small batches.
+
+With ``M`` of 1 to 64 the kernel is bound by reading ``W`` once, so it is organised around the
+rows of ``W`` (a CSR-vector / warp-per-row design, as in cuSPARSE's SpMV), not around output
+tiles as TVM's old padded kernel was (that one needed ``M >= 32 * bs_r``)::
+
+    blockIdx.x  : rows_per_cta consecutive rows n of Y (= of W)
+    blockIdx.y  : tiles of m_tile rows of X
+    threadIdx.y : one row n inside the CTA
+    threadIdx.x : lane in 0 .. threads_x-1 of the warp sharing row n; the row's stored blocks are
+                  dealt round-robin to the compute's 32 lanes, so lane t handles blocks
+                  t, t + 32, ... (and lanes t + threads_x, ... when threads_x < 32)
+      for m in m_tile:                       # accumulators in registers
+        acc[m][c] += W_data[e, n % bs_r, c] * X[m, indices[e] * bs_c + c]   (each lane's e)
+      Y[m, n] = warp all-reduce over lanes (shuffles) of sum_c acc[m][c]
+
+Consecutive lanes read consecutive blocks of the row (coalesced ``W_data``); ``X`` comes through
+L1/L2 (it is small). Knobs are :class:`CudaConfig`, each used only as a split factor or an
+annotation value, so MetaSchedule can pass sampled variables instead of ints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tvm import s_tir
+
+from ..ops.sparse_dense import ACC_DTYPE, BLOCK_CAST, BLOCK_PARTIAL_OUTER, BLOCK_SUM
+
+logger = logging.getLogger(__name__)
+
+#: Lanes of the compute this schedule expects (one warp shares a row).
+LANES = 32
+#: Width (elements) of the vector loads along a block's columns.
+VECTOR_LANES = 4
+
+
+@dataclass(frozen=True)
+class CudaConfig:
+    """Knobs of :func:`schedule_sparse_dense_cuda`.
+
+    Attributes
+    ----------
+    rows_per_cta : int
+        Rows of ``W`` per thread block (``threadIdx.y`` extent).
+    threads_x : int
+        Threads sharing one row (``threadIdx.x`` extent, divides 32).
+    m_tile : int
+        Rows of ``X`` per thread (register accumulators); ``blockIdx.y`` covers the rest.
+    unroll : int
+        ``pragma_auto_unroll_max_step`` of the per-thread loops.
+    """
+
+    rows_per_cta: int = 4
+    threads_x: int = 32
+    m_tile: int = 4
+    unroll: int = 16
+
+
+#: Candidate values per knob, for tuning.
+KNOB_CHOICES: dict[str, tuple[int, ...]] = {
+    "rows_per_cta": (1, 2, 4, 8, 16),
+    "threads_x": (4, 8, 16, 32),
+    "m_tile": (1, 2, 4, 8, 16),
+    "unroll": (0, 16, 64),
+}
+
+
+def schedule_sparse_dense_cuda(sch: s_tir.Schedule, config: Any = None) -> None:
+    """Schedule ``sch`` (made from :func:`~tvm_sparse_rnn.ops.sparse_dense.sparse_dense_prim_func`
+    with ``lanes=32``) for CUDA in place.
+
+    Parameters
+    ----------
+    sch : tvm.s_tir.Schedule
+        Schedule of the unscheduled PrimFunc ``main``.
+    config : CudaConfig, optional
+        Knobs; fields may be MetaSchedule random variables. Defaults to ``CudaConfig()``.
+    """
+    config = config or CudaConfig()
+    part = sch.get_sblock(BLOCK_PARTIAL_OUTER)
+    acc = sch.get_sblock(BLOCK_SUM)
+    i, j, lane, c = sch.get_loops(acc)
+    row_outer, row = sch.split(j, [None, config.rows_per_cta])
+    m_outer, m_inner = sch.split(i, [None, config.m_tile])
+    lane_outer, tx = sch.split(lane, [None, config.threads_x])
+    sch.reorder(row_outer, m_outer, row, m_inner, tx, lane_outer, c)
+    sch.bind(row_outer, "blockIdx.x")
+    sch.bind(m_outer, "blockIdx.y")
+    sch.bind(row, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    sch.set_scope(part, 0, "local")
+    sch.compute_at(part, m_inner, preserve_unit_loops=True)
+    # Partial loops under `m_inner`: m(=1), r(=1), lane, c, unit; the lane loop goes to threads.
+    p_m, _, p_lane, p_c, _ = sch.get_loops(part)[-5:]
+    p_lane_outer, p_tx = sch.split(p_lane, [None, config.threads_x])
+    sch.reorder(p_tx, p_m, p_lane_outer)
+    sch.bind(p_tx, "threadIdx.x")
+    # Vector loads (float4 / half4) of W_data and X along the block's columns where bs_c allows;
+    # the float32 accumulators are float4.
+    bs_c = int(sch.mod["main"].params[1].shape[2])
+    vec = math.gcd(bs_c, VECTOR_LANES)
+    if vec > 1:
+        sch.vectorize(sch.split(p_c, [None, vec])[1])
+    sch.annotate(p_m, "pragma_auto_unroll_max_step", config.unroll)
+    sch.annotate(p_m, "pragma_unroll_explicit", 1)
+    if sch.mod["main"].params[0].dtype != ACC_DTYPE:
+        # float16: the all-reduced float32 sum stays in a register and is cast when stored.
+        sch.set_scope(acc, 0, "local")
+        sch.reverse_compute_at(sch.get_sblock(BLOCK_CAST), m_inner)

@@ -1,0 +1,264 @@
+"""Per-layer BSR block-size choice and the sparse-or-dense cost rule (pure numpy).
+
+Old TVM (``relay.transform.DenseToSparse``) converted every weight whose element-wise density was
+under a threshold, all with one block size for the whole model. That converts layers whose
+nonzeros are scattered (a big block then stores mostly zeros) and misses the block size that fits
+each layer's pruning pattern. Here each layer is judged on its own:
+
+1. For every candidate block size ``(bs_r, bs_c)`` that divides the weight ``(N, K)``, count the
+   blocks holding a nonzero (``nnzb``) and the **stored fraction**
+   ``s = nnzb * bs_r * bs_c / (N * K)``: the share of the dense multiply-adds the kernel still
+   does, explicit zeros inside stored blocks (the **fill**) included.
+2. Estimate the sparse kernel's time relative to the dense layer as
+   ``cost = s * (1 + block_overhead / (bs_r * bs_c))``: each stored block costs its
+   ``bs_r * bs_c`` multiply-adds plus a fixed ``block_overhead`` (loading its column index,
+   gathering the input slice, loop control), expressed in multiply-adds.
+3. Pick the candidate of least cost (ties go to the larger block: fewer indices, wider vectors).
+4. Keep the layer **dense** unless its element-wise sparsity reaches ``sparsity_threshold`` *and*
+   ``cost <= break_even``, the target's break-even point: the sparse kernels reach only part of
+   a dense GEMM's arithmetic rate, so sparse must do sufficiently less work to be faster.
+
+The per-target constants are in :data:`COST_PARAMS`; they are estimates from the kernels' ratio
+to dense BLAS / cuBLAS at 90 % sparsity and can be overridden per call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UnsupportedError
+
+logger = logging.getLogger(__name__)
+
+#: Block sizes tried by ``block_size="auto"`` (those that do not divide the weight are skipped).
+DEFAULT_CANDIDATES: tuple[tuple[int, int], ...] = (
+    (1, 1),
+    (1, 4),
+    (1, 8),
+    (1, 16),
+    (2, 2),
+    (4, 1),
+    (4, 4),
+    (8, 1),
+    (8, 8),
+    (16, 1),
+    (16, 16),
+    (32, 1),
+)
+
+
+@dataclass(frozen=True)
+class CostParams:
+    """Constants of the cost rule for one target kind.
+
+    Parameters
+    ----------
+    block_overhead : float
+        Fixed cost of one stored block, in multiply-adds.
+    break_even : float
+        Largest estimated sparse/dense cost ratio at which sparse is still chosen.
+    """
+
+    block_overhead: float
+    break_even: float
+
+
+#: Cost-rule constants per TVM target kind.
+COST_PARAMS: dict[str, CostParams] = {
+    "llvm": CostParams(block_overhead=4.0, break_even=0.5),
+    "cuda": CostParams(block_overhead=8.0, break_even=0.4),
+}
+
+
+@dataclass(frozen=True)
+class BlockStats:
+    """How a weight looks stored with one block size.
+
+    Attributes
+    ----------
+    block_size : tuple of int
+        ``(bs_r, bs_c)``.
+    nnzb : int
+        Blocks holding at least one nonzero.
+    stored_fraction : float
+        ``nnzb * bs_r * bs_c / (N * K)``.
+    fill : float
+        Explicit zeros over stored elements (0 when nothing is stored).
+    cost : float
+        Estimated sparse time over dense time (see the module docstring).
+    """
+
+    block_size: tuple[int, int]
+    nnzb: int
+    stored_fraction: float
+    fill: float
+    cost: float
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The decision for one dense layer.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(N, K)`` of the weight in ``nn.Linear`` layout.
+    sparsity : float
+        Element-wise zero fraction of the weight.
+    choice : BlockStats or None
+        The chosen block size and its statistics; ``None`` when no candidate divides the shape.
+    sparse : bool
+        Whether the layer becomes ``sparse_dense``.
+    reason : str
+        One line saying why (printed by ``tvm-sparse-rnn inspect``).
+    """
+
+    shape: tuple[int, int]
+    sparsity: float
+    choice: BlockStats | None
+    sparse: bool
+    reason: str
+
+
+def cost_params(target_kind: str) -> CostParams:
+    """Return the cost-rule constants of a target kind (``"llvm"`` or ``"cuda"``)."""
+    try:
+        return COST_PARAMS[target_kind]
+    except KeyError:
+        raise UnsupportedError(
+            f"no sparse cost rule for target kind {target_kind!r}; use one of {sorted(COST_PARAMS)}"
+        ) from None
+
+
+def block_stats(
+    nonzero: np.ndarray, block_size: tuple[int, int], block_overhead: float
+) -> BlockStats:
+    """Statistics of storing a weight with ``block_size``.
+
+    Parameters
+    ----------
+    nonzero : numpy.ndarray
+        ``(N, K)`` bool, where the weight is nonzero.
+    block_size : tuple of int
+        ``(bs_r, bs_c)``; must divide ``(N, K)``.
+    block_overhead : float
+        Fixed cost of a stored block in multiply-adds.
+    """
+    n, k = nonzero.shape
+    bs_r, bs_c = block_size
+    blocks = nonzero.reshape(n // bs_r, bs_r, k // bs_c, bs_c).any(axis=(1, 3))
+    nnzb = int(blocks.sum())
+    stored = nnzb * bs_r * bs_c
+    fill = 1.0 - int(nonzero.sum()) / stored if stored else 0.0
+    stored_fraction = stored / (n * k)
+    cost = stored_fraction * (1.0 + block_overhead / (bs_r * bs_c))
+    return BlockStats((bs_r, bs_c), nnzb, stored_fraction, fill, cost)
+
+
+def choose_block_size(
+    weight: np.ndarray,
+    candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES,
+    block_overhead: float = COST_PARAMS["llvm"].block_overhead,
+) -> BlockStats | None:
+    """Pick the candidate block size of least estimated cost for ``weight``.
+
+    Parameters
+    ----------
+    weight : numpy.ndarray
+        ``(N, K)`` dense weight in ``nn.Linear`` layout (any dtype).
+    candidates : tuple of (int, int)
+        Block sizes to try; those not dividing ``(N, K)`` are skipped.
+    block_overhead : float
+        Fixed cost of a stored block in multiply-adds.
+
+    Returns
+    -------
+    BlockStats or None
+        The cheapest candidate (ties: the larger block); ``None`` if no candidate divides.
+    """
+    nonzero = np.asarray(weight) != 0
+    n, k = nonzero.shape
+    stats = [
+        block_stats(nonzero, (r, c), block_overhead)
+        for r, c in candidates
+        if n % r == 0 and k % c == 0
+    ]
+    if not stats:
+        return None
+    return min(stats, key=lambda s: (round(s.cost, 9), -s.block_size[0] * s.block_size[1]))
+
+
+def plan_layer(
+    weight: np.ndarray,
+    target_kind: str,
+    sparsity_threshold: float = 0.5,
+    block_size: str | tuple[int, int] = "auto",
+    candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES,
+    params: CostParams | None = None,
+) -> LayerPlan:
+    """Decide whether a dense layer becomes sparse, and with which block size.
+
+    Parameters
+    ----------
+    weight : numpy.ndarray
+        ``(N, K)`` dense weight in ``nn.Linear`` layout.
+    target_kind : str
+        ``"llvm"`` or ``"cuda"``; selects :data:`COST_PARAMS` unless ``params`` is given.
+    sparsity_threshold : float
+        Minimum element-wise zero fraction, in ``[0, 1]``.
+    block_size : "auto" or tuple of int
+        ``"auto"`` tries ``candidates``; a fixed ``(bs_r, bs_c)`` is used for every layer it
+        divides (the others stay dense).
+    candidates : tuple of (int, int)
+        Block sizes tried by ``"auto"``.
+    params : CostParams, optional
+        Overrides the target's cost constants.
+
+    Raises
+    ------
+    ValueError
+        If ``sparsity_threshold`` is outside ``[0, 1]`` or ``block_size`` is malformed.
+    """
+    if not 0.0 <= sparsity_threshold <= 1.0:
+        raise ValueError(f"sparsity_threshold must be in [0, 1], got {sparsity_threshold}")
+    params = params or cost_params(target_kind)
+    w = np.asarray(weight)
+    shape = (int(w.shape[0]), int(w.shape[1]))
+    sparsity = 1.0 - float(np.count_nonzero(w)) / w.size
+    if block_size == "auto":
+        choice = choose_block_size(w, candidates, params.block_overhead)
+    else:
+        r, c = parse_block_size(block_size)
+        divides = shape[0] % r == 0 and shape[1] % c == 0
+        choice = block_stats(w != 0, (r, c), params.block_overhead) if divides else None
+    if choice is None:
+        return LayerPlan(shape, sparsity, None, False, "no block size divides the shape")
+    if sparsity < sparsity_threshold:
+        reason = f"sparsity {sparsity:.1%} < threshold {sparsity_threshold:.1%}"
+        return LayerPlan(shape, sparsity, choice, False, reason)
+    if choice.cost > params.break_even:
+        reason = f"est. cost {choice.cost:.2f} x dense > break-even {params.break_even:.2f}"
+        return LayerPlan(shape, sparsity, choice, False, reason)
+    reason = f"est. cost {choice.cost:.2f} x dense <= break-even {params.break_even:.2f}"
+    return LayerPlan(shape, sparsity, choice, True, reason)
+
+
+def parse_block_size(block_size: str | tuple[int, int]) -> tuple[int, int]:
+    """Parse ``"RxC"`` or ``(R, C)`` into a tuple of positive ints.
+
+    Raises
+    ------
+    ValueError
+        If the value is not two positive integers.
+    """
+    parts = block_size.lower().split("x") if isinstance(block_size, str) else list(block_size)
+    try:
+        r, c = (int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"block size must be 'RxC' or (R, C), got {block_size!r}") from None
+    if r < 1 or c < 1:
+        raise ValueError(f"block size must be positive, got {block_size!r}")
+    return r, c

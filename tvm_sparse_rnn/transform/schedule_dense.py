@@ -1,0 +1,96 @@
+"""``ScheduleDenseCPU``: a default x86 schedule for the dense layers that stay dense.
+
+TVM's default Relax pipeline for ``llvm`` legalizes ``R.matmul`` into a naive single-threaded
+triple loop (no dlight rule covers a CPU GEMM with ``M > 1``), which makes every layer the
+:class:`~tvm_sparse_rnn.transform.DenseToSparse` pass keeps dense -- and the dense reference
+build -- far slower than onnxruntime. This pass schedules each unscheduled PrimFunc whose
+reduction block is named ``matmul`` (what ``LegalizeOps`` emits, fused epilogues included):
+
+* the output columns are split by the widest vector width dividing ``N`` (16, 8, 4);
+* rows (the last spatial loop before the columns) are tiled by the largest of 16, 8, 4, 2
+  dividing their count, and loops become
+  ``(row_outer, col_outer) parallel -> k -> row_inner unrolled -> col_inner vectorized``: each
+  step of ``k`` loads one vector of the ``(K, N)`` weight and does up to 16 FMAs with it into an
+  accumulator tile held in registers (``cache_write`` to ``local``), so the weight is streamed
+  from memory ``M / 16`` times instead of ``M`` times;
+* fused epilogues (bias add, ReLU, ...) are computed at the parallel loop.
+
+It runs after ``FuseTIR`` (see :func:`cpu_pipeline`) and leaves functions marked
+``tirx.is_scheduled`` (the sparse kernels) untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.relax.backend.cpu_generic import pipeline as _cpu
+
+logger = logging.getLogger(__name__)
+
+_MATMUL_BLOCK = "matmul"
+_VECTOR_WIDTHS = (16, 8, 4)
+#: Rows computed together, reusing each loaded weight vector.
+_ROW_TILES = (16, 8, 4, 2)
+
+
+def schedule_dense_func(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+    """Schedule one legalized (fused) matmul PrimFunc; ``None`` if it is not one."""
+    if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
+        return None
+    sch = s_tir.Schedule(func)
+    try:
+        block = sch.get_sblock(_MATMUL_BLOCK)
+    except s_tir.ScheduleError:
+        return None
+    *spatial, col, k = sch.get_loops(block)
+    extent = sch.get(col).extent
+    if not spatial or not isinstance(extent, tirx.IntImm):
+        return None
+    width = next((w for w in _VECTOR_WIDTHS if int(extent) % w == 0), 1)
+    # Leading (batch) loops join the parallel loop; tiling only the last row loop by a divisor
+    # keeps every parallel iteration's accumulator region exact.
+    *batch, rows = spatial
+    n_rows = sch.get(rows).extent
+    tile = next((t for t in _ROW_TILES if isinstance(n_rows, tirx.IntImm) and n_rows % t == 0), 1)
+    rows_outer, rows_inner = sch.split(rows, [None, tile])
+    col_outer, col_inner = sch.split(col, [None, width])
+    sch.reorder(*batch, rows_outer, col_outer, k, rows_inner, col_inner)
+    outer = sch.fuse(*batch, rows_outer, col_outer)
+    sch.parallel(outer)
+    sch.unroll(rows_inner)
+    sch.vectorize(col_inner)
+    accumulate = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(accumulate, outer)
+    sch.decompose_reduction(block, k)
+    for consumer in sch.get_consumers(accumulate):
+        sch.reverse_compute_at(consumer, outer)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+@tvm.transform.module_pass(opt_level=0, name="ScheduleDenseCPU")
+def ScheduleDenseCPU(mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Apply :func:`schedule_dense_func` to every PrimFunc of ``mod`` it fits."""
+    updates = {}
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            scheduled = schedule_dense_func(func)
+            if scheduled is not None:
+                updates[gv] = scheduled
+    for gv, func in updates.items():
+        mod[gv] = func
+    logger.debug("ScheduleDenseCPU scheduled %d dense function(s)", len(updates))
+    return mod
+
+
+def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's default Relax CPU pipeline with :data:`ScheduleDenseCPU` after fusion."""
+    return tvm.transform.Sequential(
+        _cpu.library_dispatch_passes(target)
+        + _cpu.legalize_passes(target)
+        + [ScheduleDenseCPU]
+        + _cpu.dataflow_lower_passes(target)
+        + _cpu.finalize_passes(target),
+        name="tvm_sparse_rnn_cpu",
+    )
