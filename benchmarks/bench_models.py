@@ -2,7 +2,8 @@
 
 Models (90 % pruned, generated in code by :mod:`tvm_sparse_rnn.demo`):
 
-* ``mlp3``  -- 3-layer MLP 512 -> 1024 -> 1024 -> 256, 32 rows, blocks 1x16 / 4x4 / 1x16;
+* ``mlp3_m4``, ``mlp3_m32`` -- 3-layer MLP 512 -> 1024 -> 1024 -> 256 on 4 and 32 rows (a
+  latency-bound and a larger batch), weights pruned in 1x16 / 4x4 / 1x16 blocks;
 * ``rnn``   -- one ONNX ``RNN`` (T=8, B=4, I=256, H=512, unstructured);
 * ``demo``  -- the CLI demo: that RNN feeding the MLP (classifier 50 % pruned, kept dense).
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 from pathlib import Path
 
 import matplotlib
@@ -38,10 +38,10 @@ RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 def models() -> dict:
     """The benchmarked ONNX models by name."""
+    mlp = {"recurrent": False, "classifier_sparsity": 0.9, "classifier_block": (1, 16)}
     return {
-        "mlp3": build_demo_model(
-            recurrent=False, classifier_sparsity=0.9, classifier_block=(1, 16)
-        ),
+        "mlp3_m4": build_demo_model(seq_len=1, batch=4, **mlp),
+        "mlp3_m32": build_demo_model(seq_len=8, batch=4, **mlp),
         "rnn": build_recurrent_model("RNN"),
         "demo": build_demo_model(),
     }
@@ -59,7 +59,8 @@ def plot(results: dict, target: str, path: Path) -> None:
     ax.set_xticks(range(len(results)), list(results))
     ax.set_yscale("log")
     ax.set_ylabel("median ms per call (lower is better)")
-    ax.set_title(f"Pruned models end to end, target {target} ({platform.processor() or ''})")
+    host = next(iter(results.values()))["host"]
+    ax.set_title(f"Pruned models end to end, {target}: {host}", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -69,7 +70,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", choices=("llvm", "cuda"), default="llvm")
     parser.add_argument("--repeat", type=int, default=100)
-    parser.add_argument("--models", nargs="*", default=None, help="subset of mlp3 rnn demo")
+    parser.add_argument(
+        "--models", nargs="*", default=None, help="subset of mlp3_m4 mlp3_m32 rnn demo"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -83,9 +86,8 @@ def main() -> None:
         results[name] = result.to_json()
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench_models_{args.target}"
-    command = "python benchmarks/bench_models.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("target", "repeat")
-    )
+    command = f"python benchmarks/bench_models.py --target {args.target} --repeat {args.repeat}"
+    command += f" --models {' '.join(args.models)}" if args.models else ""
     stem.with_suffix(".json").write_text(
         json.dumps({"command": command, "results": results}, indent=2) + "\n"
     )

@@ -8,7 +8,8 @@ Vanilla RNN ``h_t = tanh(R h_{t-1} + u_t)``, fp32, T = 256, on one GPU, all in o
 * baselines: cuBLAS ``addmm`` loop eager and as a CUDA graph, cuSPARSE CSR ``mm`` loop as a CUDA
   graph, cuDNN ``nn.RNN`` fp32 and fp16 (``input_size = H``, so it also does ``W x_t``);
 * the ablation naive (scalar loads, naive order, grid barrier) -> +LDS.128 -> +guided layout
-  -> +flag (Lamport) barrier at H=1152/B=8/23% and H=1792/B=4/10%.
+  -> +flag (Lamport) barrier -> +pipelined (double-buffered h, one CTA barrier per step),
+  at H=1152/B=8/23% and H=1792/B=4/10%.
 
 Run on the GPU machine (``--quick`` for a smoke run)::
 
@@ -21,6 +22,7 @@ Run on the GPU machine (``--quick`` for a smoke run)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import statistics
@@ -42,12 +44,13 @@ SWEEPS = {
     "fixed_params": [(2304, 4, 0.25), (3456, 4, 0.11), (4608, 4, 0.0625), (5760, 4, 0.04)],
 }
 ABLATION_CASES = [(1152, 8, 0.23), (1792, 4, 0.10)]
-#: (label, vector loads, nonzero order, barrier)
+#: (label, vector loads, nonzero order, barrier, double-buffered h)
 ABLATION = [
-    ("naive", False, "naive", "grid"),
-    ("+LDS.128", True, "naive", "grid"),
-    ("+guided", True, "guided", "grid"),
-    ("+Lamport", True, "guided", "flag"),
+    ("naive", False, "naive", "grid", False),
+    ("+LDS.128", True, "naive", "grid", False),
+    ("+guided", True, "guided", "grid", False),
+    ("+Lamport", True, "guided", "flag", False),
+    ("+pipelined", True, "guided", "flag", True),
 ]
 TARGETS_MS = {(1792, 4, 0.10): 0.35, (1152, 8, 0.23): 0.5, (5760, 2, 0.10): 0.8}
 
@@ -187,8 +190,9 @@ def run(args: argparse.Namespace) -> dict:
                     ((h, b, d), f"{barrier}/KS{plan.lanes_per_row}", plan, "guided", True, barrier)
                 )
         if (h, b, d) in ABLATION_CASES:
-            plan = _candidates(weights[(h, d)], b, 1)[0]
-            for label, vector, order, barrier in ABLATION:
+            best = _candidates(weights[(h, d)], b, 1)[0]
+            for label, vector, order, barrier, double in ABLATION:
+                plan = dataclasses.replace(best, double_buffer=double)
                 jobs.append(((h, b, d), f"ablation/{label}", plan, order, vector, barrier))
     specs = [(plan, "tanh", barrier, vector) for _, _, plan, _, vector, barrier in jobs]
     cache = args.cache or tempfile.mkdtemp(prefix="sprnn_bench_")

@@ -16,14 +16,15 @@ from tvm_sparse_rnn.demo import build_demo_model
 from tvm_sparse_rnn.errors import ModelError, UnsupportedError
 
 CODE = dict(EXIT_CODES)
-SMALL = {"seq_len": 2, "batch": 2, "input_size": 32, "hidden": 64, "mlp": 64, "classes": 16}
+#: Big enough for the cost rule's per-kernel overhead: fc1 1024x512 and fc2 1024x1024 go sparse.
+MLP = {"seq_len": 4, "batch": 4, "hidden": 512, "mlp": 1024, "classes": 16, "recurrent": False}
 
 
 @pytest.fixture(scope="module")
 def mlp_path(tmp_path_factory):
-    """The demo MLP without its RNN, at test size: fc1 1x16, fc2 4x4, classifier dense."""
+    """The demo MLP without its RNN on 16 rows: fc1 1x16, fc2 4x4, classifier dense."""
     path = tmp_path_factory.mktemp("models") / "mlp.onnx"
-    path.write_bytes(build_demo_model(recurrent=False, **SMALL).SerializeToString())
+    path.write_bytes(build_demo_model(**MLP).SerializeToString())
     return path
 
 
@@ -41,22 +42,22 @@ def _ort(path, feeds):
 
 def test_compile_then_run_round_trip(mlp_path, compiled, tmp_path, capsys):
     signature = json.loads(compiled.with_suffix(".json").read_text())
-    assert signature["inputs"] == [{"name": "frames", "shape": [4, 64], "dtype": "float32"}]
+    assert signature["inputs"] == [{"name": "frames", "shape": [16, 512], "dtype": "float32"}]
     assert signature["outputs"][0]["name"] == "logits"
-    x = np.random.default_rng(0).standard_normal((4, 64)).astype("float32")
+    x = np.random.default_rng(0).standard_normal((16, 512)).astype("float32")
     np.savez(tmp_path / "in.npz", frames=x)
     rc = main(
         ["run", str(compiled), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o.npz")]
     )
     assert rc == 0
-    assert "logits (4, 16)" in capsys.readouterr().out
+    assert "logits (16, 16)" in capsys.readouterr().out
     got = np.load(tmp_path / "o.npz")["logits"]  # np.savez appends .npz
     np.testing.assert_allclose(got, _ort(mlp_path, {"frames": x}), rtol=1e-4, atol=1e-4)
 
 
 def test_library_loads_with_plain_tvm(mlp_path, compiled):
     """The .so is self-contained: tvm.runtime.load_module + the Relax VM run it."""
-    x = np.random.default_rng(1).standard_normal((4, 64)).astype("float32")
+    x = np.random.default_rng(1).standard_normal((16, 512)).astype("float32")
     vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(compiled)), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(got, _ort(mlp_path, {"frames": x}), rtol=1e-4, atol=1e-4)
@@ -65,9 +66,12 @@ def test_library_loads_with_plain_tvm(mlp_path, compiled):
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
-        ({"frame": np.zeros((4, 64), "float32")}, "unknown \\['frame'\\], missing \\['frames'\\]"),
-        ({"frames": np.zeros((4, 63), "float32")}, "'frames' has shape \\(4, 63\\)"),
-        ({"frames": np.zeros((4, 64), "complex64")}, "'frames' has dtype complex64"),
+        (
+            {"frame": np.zeros((16, 512), "float32")},
+            "unknown \\['frame'\\], missing \\['frames'\\]",
+        ),
+        ({"frames": np.zeros((16, 511), "float32")}, "'frames' has shape \\(16, 511\\)"),
+        ({"frames": np.zeros((16, 512), "complex64")}, "'frames' has dtype complex64"),
     ],
 )
 def test_run_rejects_wrong_inputs(compiled, tmp_path, capsys, arrays, message):
@@ -85,12 +89,8 @@ def test_run_rejects_wrong_inputs(compiled, tmp_path, capsys, arrays, message):
 def test_inspect_reports_per_layer_choice(mlp_path, capsys):
     assert main(["inspect", str(mlp_path)]) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[3:]}
-    assert rows["fc1"][1:2] + rows["fc1"][3:5] + rows["fc1"][6:7] == [
-        "64x64",
-        "1x16",
-        "0.0%",
-        "sparse",
-    ]
+    fc1 = rows["fc1"]
+    assert [fc1[1], fc1[3], fc1[4], fc1[6]] == ["1024x512", "1x16", "0.0%", "sparse"]
     assert rows["fc2"][3] == "4x4" and rows["fc2"][6] == "sparse"
     assert rows["classifier"][6] == "dense"
 
@@ -138,13 +138,12 @@ def test_bench_writes_json(mlp_path, tmp_path, capsys):
     assert "speed-up" in capsys.readouterr().out
 
 
-def test_demo_runs_end_to_end(capsys, monkeypatch):
-    """The demo at test size (the CLI's default model is larger)."""
-    monkeypatch.setattr(
-        "tvm_sparse_rnn.cli.demo.build_demo_model", lambda: build_demo_model(**SMALL)
-    )
+def test_demo_runs_end_to_end(capsys):
+    """The README's main job exactly as users run it (the embedded default model)."""
     assert main(["demo", "--repeat", "2"]) == 0
     out = capsys.readouterr().out
+    assert "fc2         1024x1024  90%       4x4    0.0%   sparse" in out
+    assert "rnn    RNN" in out
     assert "check: matches onnxruntime" in out and "vs dense TVM" in out
 
 
@@ -163,7 +162,7 @@ def test_compile_verbose_with_tuning_logs(mlp_path, tmp_path, capsys, caplog):
 def test_cuda_compile_then_run_round_trip(mlp_path, tmp_path):
     out = tmp_path / "mlp_cuda.so"
     assert main(["compile", str(mlp_path), "--target", "cuda", "-o", str(out)]) == 0
-    x = np.random.default_rng(2).standard_normal((4, 64)).astype("float32")
+    x = np.random.default_rng(2).standard_normal((16, 512)).astype("float32")
     np.savez(tmp_path / "in.npz", frames=x)
     assert (
         main(["run", str(out), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o")])

@@ -24,6 +24,9 @@ from tvm_sparse_rnn.transform import (
 from tvm_sparse_rnn.transform.block_size import CostParams, block_stats, parse_block_size
 
 LLVM = resolve_target("llvm")
+#: The llvm rule without its per-kernel overhead, so that small test layers are judged by their
+#: blocks alone (the overhead term has its own test).
+WORK_ONLY = CostParams(block_overhead=16.0, break_even=0.45)
 
 
 # ----------------------------------------------------------------------------- block-size rule
@@ -60,21 +63,37 @@ def test_choose_block_size_skips_non_dividing_candidates():
 def test_plan_layer_threshold_cost_and_fixed_block():
     rng = np.random.default_rng(3)
     blocked = pruned_weight(rng, (64, 64), 0.9, (1, 16))
-    plan = plan_layer(blocked, "llvm", sparsity_threshold=0.8)
+    plan = plan_layer(blocked, "llvm", sparsity_threshold=0.8, params=WORK_ONLY)
     assert plan.sparse and plan.choice.block_size == (1, 16)
-    below = plan_layer(blocked, "llvm", sparsity_threshold=0.95)
+    below = plan_layer(blocked, "llvm", sparsity_threshold=0.95, params=WORK_ONLY)
     assert not below.sparse and "threshold" in below.reason
     # 50 % unstructured: sparse enough for the old element-wise rule, too costly for ours
     scattered = pruned_weight(rng, (64, 64), 0.5)
-    costly = plan_layer(scattered, "llvm", sparsity_threshold=0.4)
+    costly = plan_layer(scattered, "llvm", sparsity_threshold=0.4, params=WORK_ONLY)
     assert not costly.sparse and "break-even" in costly.reason
-    forced = plan_layer(blocked, "llvm", sparsity_threshold=0.5, block_size=(16, 1))
+    forced = plan_layer(
+        blocked, "llvm", sparsity_threshold=0.5, block_size=(16, 1), params=WORK_ONLY
+    )
     assert forced.choice.block_size == (16, 1) and forced.choice.fill > 0.5
-    assert not plan_layer(blocked, "llvm", block_size=(3, 1)).sparse
+    assert not plan_layer(blocked, "llvm", block_size=(3, 1), params=WORK_ONLY).sparse
     with pytest.raises(ValueError, match="sparsity_threshold"):
         plan_layer(blocked, "llvm", sparsity_threshold=1.5)
     with pytest.raises(UnsupportedError, match="rocm"):
         plan_layer(blocked, "rocm")
+
+
+def test_kernel_overhead_keeps_small_layers_dense():
+    """The per-kernel term: the same 90 %-pruned pattern is sparse when big, dense when small,
+    and a larger batch amortizes it (below memory_bound_rows rows it does not shrink)."""
+    rng = np.random.default_rng(11)
+    big = plan_layer(pruned_weight(rng, (1024, 1024), 0.9, (1, 16)), "llvm", rows=1)
+    small = plan_layer(pruned_weight(rng, (128, 128), 0.9, (1, 16)), "llvm", rows=1)
+    assert big.sparse and not small.sparse
+    assert small.choice.block_size == (1, 16) and "break-even" in small.reason
+    w = pruned_weight(rng, (512, 512), 0.9, (1, 16))
+    costs = [plan_layer(w, "llvm", rows=m).cost for m in (1, 8, 64)]
+    assert costs[0] == costs[1] > costs[2]
+    assert costs[1] - costs[2] == pytest.approx(1e6 / (8 * 512 * 512) - 1e6 / (64 * 512 * 512))
 
 
 def test_parse_block_size():
@@ -139,7 +158,7 @@ def test_structure_per_layer_block_and_dense_kept(form):
         pruned_weight(rng, (64, 64), 0.9, (4, 4)),
         pruned_weight(rng, (16, 64), 0.3),  # under the threshold: stays dense
     ]
-    rewrite = DenseToSparse(LLVM, sparsity_threshold=0.5)
+    rewrite = DenseToSparse(LLVM, sparsity_threshold=0.5, params=WORK_ONLY)
     after = rewrite(_dense_module((8, 32), weights, form))
     expected = _expected_module((8, 32), weights, [(1, 16), (4, 4), None])
     tvm.ir.assert_structural_equal(_canonical(after), _canonical(expected))
@@ -150,7 +169,7 @@ def test_target_from_scope_and_missing_target():
     w = pruned_weight(np.random.default_rng(5), (32, 32), 0.9, (1, 16))
     mod = _dense_module((4, 32), [w])
     with LLVM:
-        after = DenseToSparse()(mod)
+        after = DenseToSparse(params=WORK_ONLY)(mod)
     assert "call_tir" in after.script()
     with pytest.raises(UnsupportedError, match="needs a target"):
         DenseToSparse()(mod)
@@ -159,7 +178,7 @@ def test_target_from_scope_and_missing_target():
 def test_analyze_does_not_rewrite():
     w = pruned_weight(np.random.default_rng(6), (32, 32), 0.9, (1, 16))
     mod = _dense_module((4, 32), [w])
-    layers = DenseToSparse(LLVM).analyze(mod)
+    layers = DenseToSparse(LLVM, params=WORK_ONLY).analyze(mod)
     assert len(layers) == 1 and layers[0].plan.sparse
     assert layers[0].input_shape == (4, 32)
 
@@ -202,7 +221,7 @@ def test_batched_3d_input_and_linear_match_numpy():
         with bb.dataflow():
             out = bb.emit_output(relax.op.linear(x, relax.const(w), relax.const(b)))
         bb.emit_func_output(out)
-    rewrite = DenseToSparse(LLVM)
+    rewrite = DenseToSparse(LLVM, params=WORK_ONLY)
     after = rewrite(bb.get())
     assert rewrite.layers[0].plan.choice.block_size == (8, 1)
     assert "matmul" not in after.script()
@@ -219,7 +238,10 @@ def test_user_pipeline_numerics_multi_layer():
     ]
     mod = _dense_module((5, 32), weights, "masked")
     pipeline = tvm.transform.Sequential(
-        [DenseToSparse(LLVM, block_size=(1, 4)), relax.transform.CanonicalizeBindings()]
+        [
+            DenseToSparse(LLVM, block_size=(1, 4), params=CostParams(16.0, break_even=1.0)),
+            relax.transform.CanonicalizeBindings(),
+        ]
     )
     after = pipeline(mod)
     xv = rng.standard_normal((5, 32)).astype("float32")

@@ -16,12 +16,16 @@ from tvm_sparse_rnn.compile import build
 from tvm_sparse_rnn.demo import OPSET, build_demo_model, build_recurrent_model, pruned_weight
 from tvm_sparse_rnn.errors import ModelError, UnsupportedError
 from tvm_sparse_rnn.frontend import analyze_onnx, from_onnx, load_onnx
+from tvm_sparse_rnn.transform import CostParams
 
 HAS_RNN = importlib.util.find_spec("tvm_sparse_rnn.frontend.onnx_rnn") is not None
 needs_rnn = pytest.mark.skipif(
     not HAS_RNN, reason="recurrent converters (tvm_sparse_rnn.frontend.onnx_rnn) not available"
 )
 RTOL = ATOL = 1e-4
+#: The cost rule without its per-kernel overhead: the test layers are small (see
+#: tests/test_dense_to_sparse.py for that term).
+WORK_ONLY = CostParams(block_overhead=16.0, break_even=0.45)
 
 
 def _model(nodes, inputs, outputs, inits):
@@ -42,7 +46,7 @@ def _ort(model, feeds):
 
 
 def _tvm(model, feeds, target="llvm", **kwargs):
-    mod = from_onnx(model, target=target, **kwargs)
+    mod = from_onnx(model, target=target, params=WORK_ONLY, **kwargs)
     vm = relax.VirtualMachine(build(mod, target), tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()])
     return mod, [out.numpy()] if isinstance(out, tvm.runtime.Tensor) else [o.numpy() for o in out]
@@ -84,7 +88,7 @@ def test_mlp_gemm_matmul_matches_onnxruntime():
     mod, got = _tvm(model, feeds)
     np.testing.assert_allclose(got[0], _ort(model, feeds)[0], rtol=RTOL, atol=ATOL)
     assert mod.script().count("R.call_tir") == 3
-    plans = {name: la.plan for name, la in analyze_onnx(model, target="llvm")}
+    plans = {name: la.plan for name, la in analyze_onnx(model, target="llvm", params=WORK_ONLY)}
     assert [plans[n].sparse for n in ("fc1", "fc2", "fc3", "head")] == [True, True, True, False]
     assert plans["fc1"].choice.block_size == (1, 16)
     assert plans["fc2"].choice.block_size == (4, 4)
@@ -101,7 +105,7 @@ def test_3d_matmul_and_fixed_block_size():
         [numpy_helper.from_array(np.ascontiguousarray(w.T), "W")],
     )
     feeds = {"X": rng.standard_normal((2, 5, 32)).astype("float32")}
-    for block in ("auto", (4, 4)):
+    for block in ("auto", (2, 8)):
         mod, got = _tvm(model, feeds, block_size=block)
         assert "R.call_tir" in mod.script()
         np.testing.assert_allclose(got[0], _ort(model, feeds)[0], rtol=RTOL, atol=ATOL)
@@ -151,7 +155,7 @@ def test_corrupt_and_missing_files(tmp_path):
 def test_cuda_build_packs_sparse_kernel_source():
     """Builds for sm_90a on a GPU-less machine; the sparse kernels are in the CUDA source."""
     model = gemm_matmul_mlp()
-    mod = from_onnx(model, target="cuda")
+    mod = from_onnx(model, target="cuda", params=WORK_ONLY)
     assert mod.script().count("cls.sparse_dense_bsr") == 3  # fc1, fc2, fc3; head stays dense
     executable = build(mod, "cuda")
     modules, cuda = [executable.mod], []
@@ -168,7 +172,9 @@ def test_cuda_build_packs_sparse_kernel_source():
 def test_cuda_end_to_end_matches_onnxruntime():
     model = gemm_matmul_mlp()
     feeds = {"X": np.random.default_rng(4).standard_normal((6, 32)).astype("float32")}
-    vm = relax.VirtualMachine(build(from_onnx(model, target="cuda"), "cuda"), tvm.cuda())
+    vm = relax.VirtualMachine(
+        build(from_onnx(model, target="cuda", params=WORK_ONLY), "cuda"), tvm.cuda()
+    )
     out = vm["main"](tvm.runtime.tensor(feeds["X"], tvm.cuda())).numpy()
     np.testing.assert_allclose(out, _ort(model, feeds)[0], rtol=RTOL, atol=ATOL)
 

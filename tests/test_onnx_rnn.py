@@ -113,11 +113,13 @@ def test_recurrent_options_match_onnxruntime(kind, density, attributes, peephole
 
 
 def test_only_y_h_output():
-    """A node whose only used output is Y_h (Y is left unnamed)."""
+    """A node whose only used output is Y_h (Y unnamed) and without the optional hidden_size."""
     w = random_recurrent_weights("GRU", H, IN, 1, density=0.2, seed=1)
     model = recurrent_onnx_model("GRU", w, T, N, IN, H)
     node = model.graph.node[0]
     node.output[0] = ""
+    hidden = next(a for a in node.attribute if a.name == "hidden_size")
+    node.attribute.remove(hidden)
     del model.graph.output[0]
     feeds = _feeds("forward", 0, (), seed=3)
     got = _run_tvm(model, feeds)

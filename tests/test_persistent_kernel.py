@@ -24,13 +24,9 @@ def plan_for(hidden: int, batch: int, density: float):
     return plan_persistent(hidden=hidden, max_row_nnz=longest, batch=batch)
 
 
-def kernel_body(src: str) -> str:
-    """Source of the persistent kernel (the one that copies h with cp.async)."""
-    bodies = re.split(r'extern "C" __global__', src)
-    return next(b for b in bodies if "sprnn_cp16(" in b and "{" in b.split(")")[-2] + "{")
-
-
-@pytest.mark.parametrize(("batch", "barrier"), [(4, "grid"), (8, "flag"), (16, "grid"), (2, "flag")])
+@pytest.mark.parametrize(
+    ("batch", "barrier"), [(4, "grid"), (8, "flag"), (16, "grid"), (2, "flag")]
+)
 def test_source_has_registers_vector_loads_and_barrier(batch: int, barrier: str) -> None:
     plan = plan_for(1152, batch, 0.10)
     src = cuda_source(build_kernel(plan, "tanh", barrier, True, CUDA))
@@ -40,12 +36,14 @@ def test_source_has_registers_vector_loads_and_barrier(batch: int, barrier: str)
     assert f"wv_ptr[{nv - 1}]" in src and not re.search(r"wv_ptr\[[a-z_(]", src)
     assert not re.search(r"wi_ptr\[[a-z_(]", src)
     if batch % 4 == 0:  # LDS.128: one float4 per 4 samples, column scaled in the kernel
-        assert re.search(r"\*\(float4\*\)\(h_sh_ptr \+ \(\(?wi_ptr\[", src) or re.search(
-            r"\*\(float4\*\)\(\(?buf_dyn_shmem|h_sh_ptr \+", src
+        assert re.search(
+            r"\*\(float4\*\)\(h_sh_ptr \+ \(+(\(t & 1\) \* \d+\) \+ \(?)?wi_ptr\[", src
         )
         assert "make_float4(h_sh" not in src  # no gather
     else:
-        assert "*(float2*)(h_sh_ptr + (wi_ptr[" in src
+        assert re.search(
+            r"\*\(float2\*\)\(h_sh_ptr \+ \(+(\(t & 1\) \* \d+\) \+ \(?)?wi_ptr\[", src
+        )
     assert "cp.async.cg.shared.global" in src and "cp.async.wait_all" in src
     if barrier == "grid":
         assert "cg::this_grid().sync()" in src
@@ -93,11 +91,34 @@ def test_no_register_spills(tmp_path, hidden: int, batch: int, density: float) -
     cu.write_text(cuda_source(build_kernel(plan, "tanh", "flag", True, CUDA)))
     env = {**os.environ, "CUDA_PATH": os.environ.get("CUDA_PATH", "/usr/local/cuda-13.0")}
     res = subprocess.run(
-        [NVCC, "-cubin", "-arch=sm_90a", "-O3", "--use_fast_math", "-Xptxas", "-v",
-         "-o", str(tmp_path / "k.cubin"), str(cu)],
-        capture_output=True, text=True, env=env, check=True,
+        [
+            NVCC,
+            "-cubin",
+            "-arch=sm_90a",
+            "-O3",
+            "--use_fast_math",
+            "-Xptxas",
+            "-v",
+            "-o",
+            str(tmp_path / "k.cubin"),
+            str(cu),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
-    info = res.stderr[res.stderr.index("main_kernel_1"):]
+    info = res.stderr[res.stderr.index("main_kernel_1") :]
     assert "0 bytes spill stores, 0 bytes spill loads" in info
     regs = int(re.search(r"Used (\d+) registers", info).group(1))
     assert regs <= 255 and regs * plan.threads <= 65536
+
+
+def test_most_copy_chunks_builds() -> None:
+    """The flag barrier's pending-chunk bit mask holds the planner's largest per-thread copy."""
+    from tvm_sparse_rnn.rnn.planner import MAX_COPY_CHUNKS, candidate_plans
+
+    plan = max(candidate_plans(5760, 300, 4), key=lambda p: p.copy_chunks)
+    assert 28 <= plan.copy_chunks <= MAX_COPY_CHUNKS
+    src = cuda_source(build_kernel(plan, "tanh", "flag", True, CUDA))
+    assert f"(~{1 << (plan.copy_chunks - 1)})" in src

@@ -88,12 +88,19 @@ def test_conflict_model_numbers() -> None:
     assert scalar.ideal == 4 * naive.ideal // 4 * 1 and scalar.conflicts > naive.conflicts
 
 
-BENCH_SIZES = [
-    (1792, b, 0.10) for b in (1, 2, 4, 8, 16)
-] + [(1792, 4, d) for d in (0.01, 0.3)] + [(2304, 4, d) for d in (0.01, 0.3)] + [
-    (5760, 2, 0.10), (2304, 4, 0.25), (3456, 4, 0.11), (4608, 4, 0.0625), (5760, 4, 0.04),
-    (1152, 8, 0.23),
-]
+BENCH_SIZES = (
+    [(1792, b, 0.10) for b in (1, 2, 4, 8, 16)]
+    + [(1792, 4, d) for d in (0.01, 0.3)]
+    + [(2304, 4, d) for d in (0.01, 0.3)]
+    + [
+        (5760, 2, 0.10),
+        (2304, 4, 0.25),
+        (3456, 4, 0.11),
+        (4608, 4, 0.0625),
+        (5760, 4, 0.04),
+        (1152, 8, 0.23),
+    ]
+)
 
 
 @pytest.mark.parametrize(("hidden", "batch", "density"), BENCH_SIZES)

@@ -7,7 +7,13 @@ import pytest
 import scipy.sparse as sp
 
 from tvm_sparse_rnn.rnn.cells import CellConfig
-from tvm_sparse_rnn.rnn.kernel_x86 import UNROLL, pack_recurrent_weight, recurrent_prim_func
+from tvm_sparse_rnn.rnn.kernel_x86 import (
+    UNROLL,
+    pack_weight,
+    projection_prim_func,
+    recurrent_prim_func,
+    unit_major_order,
+)
 from tvm_sparse_rnn.rnn.reference import recurrent_sequence_reference
 from tvm_sparse_rnn.rnn.sequence import RecurrentWeights, build_recurrent_sequence
 from tvm_sparse_rnn.testing import TOLERANCES, random_recurrent_weights
@@ -16,47 +22,66 @@ RTOL, ATOL = TOLERANCES["float32"]
 
 
 @pytest.mark.parametrize("dense", [False, True])
-@pytest.mark.parametrize("num_gates", [1, 3, 4])
-def test_pack_round_trips(num_gates, dense):
+@pytest.mark.parametrize(
+    ("num_gates", "cols", "multiple"), [(1, 10, UNROLL), (3, 10, 1), (4, 7, 4)]
+)
+def test_pack_round_trips(num_gates, cols, multiple, dense):
     h = 10
     rng = np.random.default_rng(0)
-    r = (rng.uniform(-1, 1, (num_gates * h, h)) * (rng.random((num_gates * h, h)) < 0.3)).astype(
-        "float32"
-    )
-    packed = pack_recurrent_weight(r, num_gates, dense)
-    hp = packed.padded_hidden
-    assert hp % UNROLL == 0 or not dense
-    rebuilt = np.zeros((num_gates * h, hp), np.float32)
-    for j in range(h):
-        for g in range(num_gates):
-            row = j * num_gates + g
-            if dense:
-                rebuilt[g * h + j] = packed.values[row * hp : (row + 1) * hp]
-            else:
-                lo, hi = packed.indptr[row], packed.indptr[row + 1]
-                assert lo % UNROLL == 0 and hi % UNROLL == 0
-                np.add.at(rebuilt[g * h + j], packed.indices[lo:hi], packed.values[lo:hi])
-    np.testing.assert_array_equal(rebuilt[:, :h], r)
-    assert packed.nonzeros == np.count_nonzero(r)
+    shape = (num_gates * h, cols)
+    w = (rng.uniform(-1, 1, shape) * (rng.random(shape) < 0.3)).astype("float32")
+    packed = pack_weight(w, num_gates, dense, multiple)
+    kp = packed.padded_cols
+    assert packed.shape == shape and kp == (-(-cols // multiple) * multiple if dense else cols)
+    rebuilt = np.zeros((num_gates * h, kp), np.float32)
+    for new_row, old_row in enumerate(unit_major_order(num_gates, h)):
+        if dense:
+            rebuilt[old_row] = packed.values[new_row * kp : (new_row + 1) * kp]
+        else:
+            lo, hi = packed.indptr[new_row], packed.indptr[new_row + 1]
+            assert lo % multiple == 0 and hi % multiple == 0
+            np.add.at(rebuilt[old_row], packed.indices[lo:hi], packed.values[lo:hi])
+    np.testing.assert_array_equal(rebuilt[:, :cols], w)
+    assert packed.nonzeros == np.count_nonzero(w)
     if not dense:
         assert packed.index_dtype == "uint16"
-        np.testing.assert_array_equal(
-            pack_recurrent_weight(sp.csr_array(r), num_gates, False).values, packed.values
-        )
+        from_scipy = pack_weight(sp.csr_array(w), num_gates, False, multiple)
+        np.testing.assert_array_equal(from_scipy.values, packed.values)
 
 
 def test_pack_rejects_bad_shape():
-    with pytest.raises(ValueError, match="expected"):
-        pack_recurrent_weight(np.zeros((7, 4), np.float32), 2, False)
+    with pytest.raises(ValueError, match="expected 2 \\* H rows"):
+        pack_weight(np.zeros((7, 4), np.float32), 2, False)
 
 
 def test_prim_func_structure():
     """One serial loop over t with a parallel loop over units and a vectorized batch inside."""
     cfg = CellConfig("LSTM", 8)
-    packed = pack_recurrent_weight(np.eye(32, 8, dtype="float32"), 4, False)
-    script = recurrent_prim_func(cfg, 0, 5, 4, packed).script()
+    packed = pack_weight(np.eye(32, 8, dtype="float32"), 4, False)
+    script = recurrent_prim_func(cfg, 0, 5, 4, packed, parallel=True).script()
     assert "T.parallel(8)" in script and "T.vectorized(4)" in script
     assert script.count("T.parallel") == 4  # init h, init c, the step, final state
+    assert "alloc_local" not in script  # scratch stays on the stack, not the workspace pool
+    assert "T.parallel" not in recurrent_prim_func(cfg, 0, 5, 4, packed).script()  # tiny: serial
+
+
+@pytest.mark.parametrize(("dense", "m"), [(False, 12), (True, 12), (False, 260)])
+def test_projection_matches_numpy(dense, m):
+    import tvm
+
+    rng = np.random.default_rng(m)
+    w = (rng.uniform(-1, 1, (3 * 6, 9)) * (rng.random((18, 9)) < 0.4)).astype("float32")
+    xt = rng.standard_normal((9, m)).astype("float32")
+    bias = rng.standard_normal(18).astype("float32")
+    packed = pack_weight(w, 3, dense, row_multiple=1)
+    ex = tvm.compile(projection_prim_func(packed, m), target="llvm")
+    order = unit_major_order(3, 6)
+    args = [xt, *packed.arrays(), bias[order], np.zeros((18, m), "float32")]
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    ex(*tensors)
+    np.testing.assert_allclose(
+        tensors[-1].numpy(), (w @ xt + bias[:, None])[order], rtol=RTOL, atol=ATOL
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,3 +135,29 @@ def test_layer_checks_inputs():
     with pytest.raises(ValueError, match=r"weight R has shape \(1, 4, 5\)"):
         bad = RecurrentWeights(w["W"], np.zeros((1, 4, 5), "float32"))
         build_recurrent_sequence(cfg, bad, (2, 1, 3))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("RNN", {}),
+        ("GRU", {}),
+        ("GRU", {"linear_before_reset": True}),
+        ("LSTM", {"peepholes": True}),
+    ],
+)
+def test_cuda_path_matches_reference(kind, options):
+    """The CUDA per-step path (dlight-scheduled Relax ops) on the GPU, bidirectional, lengths."""
+    seq_len, batch, input_size, hidden = 5, 3, 6, 32
+    cfg = CellConfig(kind, hidden, "bidirectional", **options)
+    w = random_recurrent_weights(kind, hidden, input_size, 2, 0.2, peepholes=cfg.peepholes)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((seq_len, batch, input_size)).astype("float32")
+    h0 = rng.standard_normal((2, batch, hidden)).astype("float32")
+    lens = np.array([5, 2, 4], np.int32)
+    layer = build_recurrent_sequence(cfg, RecurrentWeights(**w), x.shape, target="cuda")
+    got = layer(x, lens, h0)
+    ref = recurrent_sequence_reference(cfg, x, w["W"], w["R"], w["B"], lens, h0, P=w.get("P"))
+    for g, r in zip(got, ref, strict=False):
+        np.testing.assert_allclose(g, r, rtol=RTOL, atol=ATOL)

@@ -17,7 +17,7 @@ from tvm_sparse_rnn.schedule.sparse_dense_cuda import (
     CudaConfig,
     schedule_sparse_dense_cuda,
 )
-from tvm_sparse_rnn.sparse_dense import build_sparse_dense, kernel_arrays, sparse_dense_func
+from tvm_sparse_rnn.sparse_dense import build_sparse_dense, sparse_dense_func
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import TOLERANCES, random_bsr, reference_sparse_dense
 
@@ -58,6 +58,18 @@ def test_source_small_batch_register_accumulators_and_warp_reduction(m):
     assert "*(float4*)(W_data_ptr" in body and "*(float4*)(X_ptr" in body
 
 
+def test_source_guards_the_store_of_a_partial_m_tile():
+    """M = 1 with m_tile = 4: the stores of m = 1..3 must be predicated away (an unguarded store
+    from the cross-thread reduction wrote out of bounds on the H100)."""
+    weight = random_bsr(N, K, (1, 4), 0.1)
+    config = CudaConfig(m_tile=4)
+    for m, guard in ((1, "i_1 < 1"), (tirx.Var("m", "int32"), "< m)")):
+        body = _kernel_body(_cuda_source(sparse_dense_func(weight, m, "cuda", config)))
+        store = body.index("sparse_dense_ptr[")
+        condition = body[body.rindex("if (", 0, store) : store]
+        assert "((int)threadIdx.x) == 0" in condition and guard in condition
+
+
 def test_source_float16_accumulates_in_float32():
     weight = random_bsr(N, K, (4, 4), 0.1, dtype="float16")
     body = _kernel_body(_cuda_source(sparse_dense_func(weight, 4, "cuda")))
@@ -65,10 +77,11 @@ def test_source_float16_accumulates_in_float32():
     assert "half" in body and "float4" in body
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("block", [*BLOCKS, (3, 5), (32, 32)], ids=lambda b: f"{b[0]}x{b[1]}")
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_default_config_builds_for_every_block(block, dtype):
-    weight = random_bsr(N, K, block, 0.1, dtype=dtype)
+    n, k = (N, K) if block != (3, 5) else (96, 130)
+    weight = random_bsr(n, k, block, 0.1, dtype=dtype)
     assert "main_kernel" in _cuda_source(sparse_dense_func(weight, tirx.Var("m", "int32"), "cuda"))
 
 
@@ -97,7 +110,7 @@ def test_gpu_matches_scipy(block, density, dtype):
         tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), resolve_target("cuda")
     )
     dev = tvm.cuda(0)
-    w_args = [tvm.runtime.tensor(a, dev) for a in kernel_arrays(weight)]
+    w_args = [tvm.runtime.tensor(a, dev) for a in weight.kernel_arrays()]
     rtol, atol = TOLERANCES[dtype]
     rng = np.random.default_rng(4)
     for m in (1, 3, 16, 64):

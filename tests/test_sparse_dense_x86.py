@@ -21,7 +21,6 @@ from tvm_sparse_rnn.schedule.sparse_dense_x86 import (
 from tvm_sparse_rnn.sparse_dense import (
     build_sparse_dense,
     emit_sparse_dense,
-    kernel_arrays,
     sparse_dense_func,
 )
 from tvm_sparse_rnn.testing import TOLERANCES, random_bsr, reference_sparse_dense
@@ -34,7 +33,7 @@ N, K = 64, 128
 
 def _run(ex: tvm.runtime.Executable, x: np.ndarray, weight, n: int) -> np.ndarray:
     dev = tvm.cpu()
-    args = [tvm.runtime.tensor(a, dev) for a in (x, *kernel_arrays(weight))]
+    args = [tvm.runtime.tensor(a, dev) for a in (x, *weight.kernel_arrays())]
     out = tvm.runtime.tensor(np.full((x.shape[0], n), np.nan, weight.dtype), dev)
     ex(*args, out)
     return out.numpy()
@@ -55,6 +54,16 @@ def test_matches_scipy_for_every_batch(block, density, dtype):
         x = rng.uniform(-1, 1, (m, K)).astype(dtype)
         got = _run(ex, x, weight, N)
         np.testing.assert_allclose(got, reference_sparse_dense(x, weight), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("block", [(2, 2), (3, 5), (8, 4), (32, 8), (1, 128)], ids=str)
+def test_other_block_sizes(block):
+    """Non-square, odd and wide blocks (incl. the replicated-X and split-vector paths)."""
+    n, k = 96 if block[0] == 3 else 128, 130 if block[1] == 5 else 256
+    weight = random_bsr(n, k, block, 0.3, seed=1)
+    x = np.random.default_rng(0).uniform(-1, 1, (5, k)).astype("float32")
+    got = build_sparse_dense(weight, 5)(x)
+    np.testing.assert_allclose(got, reference_sparse_dense(x, weight), rtol=1e-4, atol=1e-4)
 
 
 def test_empty_rows_are_zero():

@@ -48,7 +48,9 @@ def _as_index_array(name: str, arr: object) -> np.ndarray:
 def _check_dtype(dtype: object) -> str:
     name = np.dtype(dtype).name
     if name not in SUPPORTED_DTYPES:
-        raise BSRFormatError("data", f"dtype {name} is not supported; use one of {SUPPORTED_DTYPES}")
+        raise BSRFormatError(
+            "data", f"dtype {name} is not supported; use one of {SUPPORTED_DTYPES}"
+        )
     return name
 
 
@@ -278,7 +280,9 @@ class BSRWeight:
 
     def astype(self, dtype: str) -> BSRWeight:
         """Return the same structure with values cast to ``dtype``."""
-        return BSRWeight(self.data.astype(_check_dtype(dtype)), self.indices, self.indptr, self.shape)
+        return BSRWeight(
+            self.data.astype(_check_dtype(dtype)), self.indices, self.indptr, self.shape
+        )
 
     def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(data, indices, indptr)`` as kernels take them.

@@ -33,7 +33,7 @@ from tvm.target import Target
 from .errors import ModelError
 from .frontend.onnx import TensorSpec, from_onnx, import_relax, load_onnx, model_signature
 from .target import is_cuda, resolve_target
-from .transform.block_size import DEFAULT_CANDIDATES
+from .transform.block_size import DEFAULT_CANDIDATES, CostParams
 from .transform.schedule_dense import cpu_pipeline
 from .tuning.lookup import use_tuning_logs
 
@@ -77,6 +77,7 @@ def build_onnx(
     sparsity_threshold: float = 0.5,
     block_size: str | tuple[int, int] = "auto",
     candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES,
+    params: CostParams | None = None,
     tuning_logs: str | os.PathLike | None = None,
     sparse: bool = True,
 ) -> tuple[tvm.runtime.Executable, list[TensorSpec], list[TensorSpec]]:
@@ -86,7 +87,7 @@ def build_onnx(
     ----------
     model_or_path : onnx.ModelProto or path
         The pruned model.
-    target, shape_dict, sparsity_threshold, block_size, candidates
+    target, shape_dict, sparsity_threshold, block_size, candidates, params
         As in :func:`tvm_sparse_rnn.frontend.from_onnx`.
     tuning_logs : path, optional
         Tuning database (a directory, or a root of ``<device>/`` directories as
@@ -112,6 +113,7 @@ def build_onnx(
                 sparsity_threshold=sparsity_threshold,
                 block_size=block_size,
                 candidates=candidates,
+                params=params,
             )
         else:
             mod = import_relax(model, target=target, shape_dict=shape_dict)

@@ -56,16 +56,30 @@ def default_config(target: Target) -> Any:
     return sparse_dense_cuda.CudaConfig() if is_cuda(target) else sparse_dense_x86.X86Config()
 
 
-def kernel_arrays(weight: BSRWeight) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(data, indices, indptr)`` as the kernel takes them.
+def unscheduled_func(
+    weight: BSRWeight, m: int | tirx.Var, target: str | dict | Target
+) -> tirx.PrimFunc:
+    """The unscheduled PrimFunc the schedule of ``target`` expects (compute variant included).
 
-    An all-zero weight (``nnzb == 0``) gets one zero block, because TVM buffers cannot be
-    empty; ``indptr`` stays all zeros, so the kernel never reads it.
+    Parameters
+    ----------
+    weight : BSRWeight
+        ``W[N, K]``; an all-zero weight gets one zero block (:meth:`BSRWeight.kernel_arrays`).
+    m : int or tirx.Var
+        Rows of ``X``.
+    target : str, dict or Target
+        ``"llvm"``, ``"cuda"`` or a TVM target.
     """
-    if weight.nnzb:
-        return weight.data, weight.indices, weight.indptr
-    bs_r, bs_c = weight.block_size
-    return np.zeros((1, bs_r, bs_c), weight.dtype), np.zeros(1, np.int32), weight.indptr
+    target = resolve_target(target)
+    if isinstance(m, int) and m < 1:
+        raise UnsupportedError(f"sparse_dense: batch m must be >= 1, got {m}")
+    n, k = weight.shape
+    nnzb = weight.kernel_arrays()[0].shape[0]
+    if is_cuda(target):
+        lanes, replicate = sparse_dense_cuda.LANES, False
+    else:
+        lanes, replicate = sparse_dense_x86.LANES, sparse_dense_x86.replicate_x(*weight.block_size)
+    return sparse_dense_prim_func(m, n, k, weight.block_size, nnzb, weight.dtype, lanes, replicate)
 
 
 def sparse_dense_func(
@@ -95,16 +109,10 @@ def sparse_dense_func(
         ``global_symbol`` (the caller names it).
     """
     target = resolve_target(target)
-    if isinstance(m, int) and m < 1:
-        raise UnsupportedError(f"sparse_dense: batch m must be >= 1, got {m}")
-    cuda = is_cuda(target)
     config = config or default_config(target)
-    lanes = sparse_dense_cuda.LANES if cuda else sparse_dense_x86.LANES
-    n, k = weight.shape
-    nnzb = max(weight.nnzb, 1)
-    func = sparse_dense_prim_func(m, n, k, weight.block_size, nnzb, weight.dtype, lanes)
+    func = unscheduled_func(weight, m, target)
     sch = s_tir.Schedule(func)
-    if cuda:
+    if is_cuda(target):
         sparse_dense_cuda.schedule_sparse_dense_cuda(sch, config)
     else:
         sparse_dense_x86.schedule_sparse_dense_x86(sch, config)
@@ -164,7 +172,7 @@ def emit_sparse_dense(
     m_arg: int | tirx.Var = int(m) if isinstance(m, tirx.IntImm) else tirx.Var("m", "int64")
     func = sparse_dense_func(weight, m_arg, target, config)
     gv = bb.add_func(func, "sparse_dense_bsr")
-    data, indices, indptr = kernel_arrays(weight)
+    data, indices, indptr = weight.kernel_arrays()
     args = [x, relax.const(data), relax.const(indices), relax.const(indptr)]
     return bb.emit(relax.call_tir(gv, args, relax.TensorType((m, n), weight.dtype)))
 
@@ -194,7 +202,7 @@ class SparseDenseKernel:
         func = sparse_dense_func(weight, m, target, config).with_attr("global_symbol", "main")
         self.executable = tvm.compile(tvm.IRModule({"main": func}), target=target)
         self.device = tvm.cuda(0) if is_cuda(target) else tvm.cpu(0)
-        self._weight_args = [tvm.runtime.tensor(a, self.device) for a in kernel_arrays(weight)]
+        self._weight_args = [tvm.runtime.tensor(a, self.device) for a in weight.kernel_arrays()]
         self._out = tvm.runtime.tensor(np.zeros((m, weight.shape[0]), weight.dtype), self.device)
 
     @property

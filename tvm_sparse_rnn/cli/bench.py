@@ -9,8 +9,10 @@ calls. onnxruntime runs on the CPU with its default thread pool (all cores).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import platform
 import statistics
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import tvm
 
 from ..compile import build_onnx, load_executable
 from ..demo import random_inputs
@@ -44,7 +47,7 @@ class BenchResult:
     target : str
         ``"llvm"`` or ``"cuda"``.
     host : str
-        CPU / platform description.
+        The machine: CPU model and core count, plus the GPU for ``cuda``.
     median_ms : dict of str to float
         Median milliseconds per call, per engine (:data:`SPARSE`, :data:`DENSE`, :data:`ORT`).
     max_abs_err : dict of str to float
@@ -72,6 +75,18 @@ class BenchResult:
         out = asdict(self)
         out["speedup"] = {b: self.speedup(b) for b in self.median_ms if b != SPARSE}
         return out
+
+
+def describe_host(target: str) -> str:
+    """CPU model and core count (and the GPU's name for ``cuda``), for result files."""
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    host = f"{cpu}, {os.cpu_count()} cores"
+    return f"{tvm.cuda(0).device_name} + {host}" if target == "cuda" else host
 
 
 def median_ms(fn: Callable[[], object], warmup: int, repeat: int) -> float:
@@ -135,7 +150,7 @@ def benchmark_model(
         engines[name] = load_executable(executable, inputs, outputs, target).run
     feeds = random_inputs(inputs, seed)
     reference = session.run(None, feeds)
-    result = BenchResult(target, f"{platform.processor() or platform.machine()}", repeat=repeat)
+    result = BenchResult(target, describe_host(target), repeat=repeat)
     for name, run in engines.items():
         got = run(feeds)
         errs = []

@@ -12,6 +12,7 @@ import argparse
 from ..demo import build_demo_model
 from ..frontend.onnx import analyze_onnx
 from .bench import DENSE, ORT, benchmark_model, format_result
+from .inspect import recurrent_rows
 from .table import format_table
 
 
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     print("demo model: pruned RNN + 3-layer MLP (built in code)")
     print(format_table(["layer", "W (NxK)", "sparsity", "block", "fill", "kernel"], rows))
+    header = ["layer", "op", "hidden", "W sparsity", "R sparsity", "on-chip (H100)", "plan"]
+    print(format_table(header, recurrent_rows(model, None)))
     result = benchmark_model(model, target=args.target, repeat=args.repeat)
     print(format_result(result))
     check = "matches" if result.matches else "DOES NOT match"

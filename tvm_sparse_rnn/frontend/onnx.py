@@ -25,10 +25,12 @@ from tvm.target import Target
 from ..errors import ModelError, SparseRNNError, UnsupportedError
 from ..target import resolve_target
 from ..transform import DenseLayer, DenseToSparse
-from ..transform.block_size import DEFAULT_CANDIDATES
+from ..transform.block_size import DEFAULT_CANDIDATES, CostParams
 
 logger = logging.getLogger(__name__)
 
+#: ONNX ops converted by :mod:`tvm_sparse_rnn.frontend.onnx_rnn`.
+RECURRENT_OPS = ("RNN", "GRU", "LSTM")
 #: Ops TVM's importer handles outside its converter map.
 _BUILTIN_OPS = frozenset({"If", "Constant"})
 
@@ -129,7 +131,7 @@ def model_signature(
 
 
 def _recurrent_converters() -> dict[str, type]:
-    # imported on use: onnx_rnn imports this package's recurrent kernels, which are heavier
+    # imported only for models with recurrent nodes: it pulls in the recurrent kernels
     from .onnx_rnn import RECURRENT_CONVERTERS
 
     return dict(RECURRENT_CONVERTERS)
@@ -170,7 +172,8 @@ def import_relax(
     model = load_onnx(model_or_path)
     target = resolve_target(target)
     model_signature(model, shape_dict)  # validates shape_dict's names
-    extra = _recurrent_converters()
+    recurrent = any(node.op_type in RECURRENT_OPS for node in model.graph.node)
+    extra = _recurrent_converters() if recurrent else {}
     with _extra_converters(extra), target:
         _check_supported(model, _onnx_frontend._get_convert_map())
         try:
@@ -194,6 +197,7 @@ def from_onnx(
     sparsity_threshold: float = 0.5,
     block_size: str | tuple[int, int] = "auto",
     candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES,
+    params: CostParams | None = None,
     config: object = None,
 ) -> tvm.IRModule:
     """Import a pruned ONNX model into Relax with its sparse layers rewritten.
@@ -212,6 +216,8 @@ def from_onnx(
         Per-layer choice by the cost rule, or one fixed ``(bs_r, bs_c)``.
     candidates : tuple of (int, int)
         Block sizes tried by ``"auto"``.
+    params : CostParams, optional
+        Overrides the target's cost-rule constants (:mod:`tvm_sparse_rnn.transform.block_size`).
     config : object, optional
         Schedule configuration for the sparse kernels.
 
@@ -234,6 +240,7 @@ def from_onnx(
         sparsity_threshold=sparsity_threshold,
         block_size=block_size,
         candidates=candidates,
+        params=params,
         config=config,
     )
     with target:
@@ -254,11 +261,12 @@ def analyze_onnx(
     shape_dict: Mapping[str, tuple[int, ...]] | None = None,
     sparsity_threshold: float = 0.5,
     block_size: str | tuple[int, int] = "auto",
+    params: CostParams | None = None,
 ) -> list[tuple[str, DenseLayer]]:
     """Per dense layer: its ONNX node name and the decision :func:`from_onnx` would take.
 
-    Layers are matched in graph order to the ONNX ``MatMul``/``Gemm`` nodes and the input
-    projections of ``RNN``/``GRU``/``LSTM`` nodes (``<node>.W``) when their counts agree;
+    Layers are matched in graph order to the ONNX ``MatMul``/``Gemm`` nodes, with or without the
+    input projections of ``RNN``/``GRU``/``LSTM`` nodes (``<node>.W``), whichever count agrees;
     otherwise they are named ``dense<i>``.
     """
     model = load_onnx(model_or_path)
@@ -266,15 +274,21 @@ def analyze_onnx(
     mod = import_relax(model, target=target, shape_dict=shape_dict)
     with target:
         layers = DenseToSparse(
-            target, sparsity_threshold=sparsity_threshold, block_size=block_size
+            target, sparsity_threshold=sparsity_threshold, block_size=block_size, params=params
         ).analyze(mod)
-    nodes = []
+    dense_nodes, with_projections = [], []
     for i, node in enumerate(model.graph.node):
         name = node.name or f"{node.op_type}#{i}"
         if node.op_type in ("MatMul", "Gemm"):
-            nodes.append(name)
-        elif node.op_type in ("RNN", "GRU", "LSTM"):  # input projection(s) X @ W^T
+            dense_nodes.append(name)
+            with_projections.append(name)
+        elif node.op_type in RECURRENT_OPS:  # input projection(s) X @ W^T, if emitted as matmul
             directions = {"bidirectional": 2}.get(_string_attr(node, "direction"), 1)
-            nodes += [f"{name}.W"] if directions == 1 else [f"{name}.W_fw", f"{name}.W_bw"]
-    names = nodes if len(nodes) == len(layers) else [f"dense{la.index}" for la in layers]
+            with_projections += (
+                [f"{name}.W"] if directions == 1 else [f"{name}.W_fw", f"{name}.W_bw"]
+            )
+    names = next(
+        (c for c in (with_projections, dense_nodes) if len(c) == len(layers)),
+        [f"dense{layer.index}" for layer in layers],
+    )
     return list(zip(names, layers, strict=True))

@@ -81,17 +81,16 @@ def _convert(kind: str, bb: relax.BlockBuilder, inputs: list, attr: dict, params
         raise UnsupportedError(f"{node}: attribute(s) {unknown} are not supported")
     if kind == "LSTM" and int(attr.get("input_forget", 0)):
         raise UnsupportedError(f"{node}: attribute input_forget=1 is not supported")
-    if "hidden_size" not in attr:
-        raise ModelError(f"{node}: attribute hidden_size is required")
     slots = dict(zip(_SLOTS, list(inputs) + [None] * (len(_SLOTS) - len(inputs)), strict=False))
     weights = {s: _constant(node, s, slots[s], params) for s in ("W", "R", "B", "P")}
     if weights["W"] is None or weights["R"] is None:
         raise ModelError(f"{node}: inputs W and R are required")
     direction = attr.get("direction", b"forward")
+    hidden_size = int(attr.get("hidden_size", weights["R"].shape[-1]))  # optional in ONNX
     try:
         cfg = CellConfig(
             kind,
-            int(attr["hidden_size"]),
+            hidden_size,
             direction.decode() if isinstance(direction, bytes) else str(direction),
             activations=_decode(attr.get("activations", ())) or None,
             clip=attr.get("clip"),

@@ -30,6 +30,8 @@ BLOCK_PARTIAL = f"{COMPUTE_NAME}_partial"
 BLOCK_PARTIAL_OUTER = f"{BLOCK_PARTIAL}_l1"
 #: Stage 2, static reduction over lanes and block columns.
 BLOCK_SUM = COMPUTE_NAME
+#: Optional stage 0, ``X`` with its block columns replicated ``bs_r`` times.
+BLOCK_XREP = f"{COMPUTE_NAME}_xrep"
 #: Stage 3, float32 -> float16 cast, present only for float16.
 BLOCK_CAST = f"{COMPUTE_NAME}_cast"
 ACC_DTYPE = "float32"
@@ -41,6 +43,7 @@ def sparse_dense(
     w_indices: te.Tensor,
     w_indptr: te.Tensor,
     lanes: int = 1,
+    replicate_x: bool = False,
 ) -> te.Tensor:
     """TE compute of ``Y = X @ W.T`` with ``W`` block-sparse.
 
@@ -56,6 +59,10 @@ def sparse_dense(
         ``(N // bs_r + 1,)`` int32 block-row pointers.
     lanes : int
         Lanes sharing one block row (block ``e`` of a row goes to lane ``e % lanes``).
+    replicate_x : bool
+        Read ``X`` through :data:`BLOCK_XREP` ``Xr[m, k // bs_c, r, k % bs_c] = X[m, k]``
+        (``bs_r`` copies), so that a block's ``bs_r * bs_c`` products read ``W_data`` and ``Xr``
+        at the same contiguous offsets: one vector FMA per block on CPUs.
 
     Returns
     -------
@@ -66,22 +73,39 @@ def sparse_dense(
     _, bs_r, bs_c = (int(s) for s in w_data.shape)
     n = (int(w_indptr.shape[0]) - 1) * bs_r
     dtype = x.dtype
+    if replicate_x:
+        k_blocks = int(x.shape[1]) // bs_c
+        xrep = te.compute(
+            (m, k_blocks, bs_r, bs_c), lambda i, kb, r, c: x[i, kb * bs_c + c], name=BLOCK_XREP
+        )
+
+        def x_at(i: tirx.PrimExpr, kb: tirx.PrimExpr, r: tirx.PrimExpr, c: tirx.PrimExpr):
+            return xrep[i, kb, r, c]
+    else:
+
+        def x_at(i: tirx.PrimExpr, kb: tirx.PrimExpr, r: tirx.PrimExpr, c: tirx.PrimExpr):
+            return x[i, kb * bs_c + c]
 
     def _partial(i: tirx.Var, j: tirx.Var, lane: tirx.Var, c: tirx.Var) -> tirx.PrimExpr:
         row = j // bs_r
         start = w_indptr[row]
-        # Lane `lane` owns blocks start + lane, start + lane + lanes, ... < indptr[row + 1].
-        count = (w_indptr[row + 1] - start + (lanes - 1) - lane) // lanes
-        elem = te.reduce_axis((0, count), name="elem")
+        length = w_indptr[row + 1] - start
+        # Lane `lane` owns blocks start + lane, start + lane + lanes, ... < indptr[row + 1]. All
+        # lanes run the same trip count (the last round is predicated), so that the lanes of a
+        # warp leave the loop together: the shuffle all-reduce after it uses __activemask().
+        elem = te.reduce_axis((0, (length + lanes - 1) // lanes), name="elem")
         # A unit static reduction axis puts the init in the outer block, so that rows (or
         # lanes) without blocks are zeroed too; the init of the inner block only runs at elem 0.
         unit = te.reduce_axis((0, 1), name="unit")
         e = start + elem * lanes + lane + unit
         w = w_data[e, j % bs_r, c]
-        a = x[i, w_indices[e] * bs_c + c]
+        a = x_at(i, w_indices[e], j % bs_r, c)
         if dtype != ACC_DTYPE:
             w, a = w.astype(ACC_DTYPE), a.astype(ACC_DTYPE)
-        return te.sum(w * a, axis=[unit, elem])
+        prod = w * a
+        if lanes > 1:
+            prod = tirx.if_then_else(elem * lanes + lane < length, prod, tirx.const(0, ACC_DTYPE))
+        return te.sum(prod, axis=[unit, elem])
 
     part = te.compute((m, n, lanes, bs_c), _partial, name=BLOCK_PARTIAL)
     lane = te.reduce_axis((0, lanes), name="lane")
@@ -105,6 +129,7 @@ def sparse_dense_prim_func(
     nnzb: int,
     dtype: str = "float32",
     lanes: int = 1,
+    replicate_x: bool = False,
 ) -> tirx.PrimFunc:
     """Return the unscheduled PrimFunc ``main(X, W_data, W_indices, W_indptr, Y)``.
 
@@ -120,7 +145,7 @@ def sparse_dense_prim_func(
         Stored blocks.
     dtype : str
         ``"float32"`` or ``"float16"``.
-    lanes : int
+    lanes, replicate_x
         See :func:`sparse_dense`.
     """
     bs_r, bs_c = block_size
@@ -128,5 +153,5 @@ def sparse_dense_prim_func(
     w_data = te.placeholder((nnzb, bs_r, bs_c), dtype, name="W_data")
     w_indices = te.placeholder((nnzb,), "int32", name="W_indices")
     w_indptr = te.placeholder((n // bs_r + 1,), "int32", name="W_indptr")
-    y = sparse_dense(x, w_data, w_indices, w_indptr, lanes)
+    y = sparse_dense(x, w_data, w_indices, w_indptr, lanes, replicate_x)
     return te.create_prim_func([x, w_data, w_indices, w_indptr, y])

@@ -37,7 +37,7 @@ import logging
 
 import numpy as np
 from tvm import tirx
-from tvm.script import tirx as T
+from tvm.script import tirx as T  # noqa: N812
 
 from .planner import PersistentPlan
 
@@ -141,7 +141,8 @@ def make_persistent_kernel(
     FILL_T, FILL_B = 256, 4 * NCTA  # fill kernel: grid-stride over out[0 : T-1]
     RELU = activation == "relu"
     SMEM = Hk * Bk
-    SCOPE = "shared.dyn" if SMEM * 4 > 48 * 1024 else "shared"
+    NBUF = 2 if plan.double_buffer else 1
+    SCOPE = "shared.dyn" if NBUF * SMEM * 4 > 48 * 1024 else "shared"
 
     def dst_word(e):
         """Shared word of 16-byte chunk ``e`` of ``h`` (flat ``[Hk, Bk]``)."""
@@ -151,26 +152,28 @@ def make_persistent_kernel(
 
     @T.macro
     def copy_chunk(h_sh, h0, out, t, tx, i, first):
+        # buffer t % NBUF of h_sh receives h_{t-1}
         # chunk e = i*NT + tx of h_{t-1} (flat [Hk, Bk]) -> shared memory with cp.async.cg
         if first:
             _call(
                 COPY_HELPER,
-                T.address_of(h_sh[dst_word(i * NT + tx)]),
+                T.address_of(h_sh[(t % NBUF) * SMEM + dst_word(i * NT + tx)]),
                 T.address_of(h0[((i * NT + tx) * 4) // Bk, ((i * NT + tx) * 4) % Bk]),
             )
         else:
             _call(
                 COPY_HELPER,
-                T.address_of(h_sh[dst_word(i * NT + tx)]),
+                T.address_of(h_sh[(t % NBUF) * SMEM + dst_word(i * NT + tx)]),
                 T.address_of(out[t - 1, ((i * NT + tx) * 4) // Bk, ((i * NT + tx) * 4) % Bk]),
             )
 
     @T.macro
-    def pair(acc, wv, h_sh, rr, slot, col):
+    def pair(acc, wv, h_sh, t, rr, slot, col):
         for v in T.unroll(NV):
             for bi in T.vectorized(VW):
                 acc[v * VW + bi] = (
-                    acc[v * VW + bi] + wv[rr * NZT + slot] * h_sh[col * SC + v * SV + bi]
+                    acc[v * VW + bi]
+                    + wv[rr * NZT + slot] * h_sh[(t % NBUF) * SMEM + col * SC + v * SV + bi]
                 )
 
     @T.prim_func
@@ -194,14 +197,14 @@ def make_persistent_kernel(
                     for it in range(T.ceildiv((steps - 1) * Hk * Bk, 4 * FILL_T * FILL_B)):
                         if ((it * FILL_B + fb) * FILL_T + ft) * 4 < (steps - 1) * Hk * Bk:
                             for v in T.vectorized(4):
-                                out_flat[((it * FILL_B + fb) * FILL_T + ft) * 4 + v] = (
-                                    _call("sprnn_sentinel", ret="float32")
+                                out_flat[((it * FILL_B + fb) * FILL_T + ft) * 4 + v] = _call(
+                                    "sprnn_sentinel", ret="float32"
                                 )
                     if fb == 0 and ft == 0:
                         status[0] = 0
         for bx in T.thread_binding(NCTA, thread="blockIdx.x"):
             for tx in T.thread_binding(NT, thread="threadIdx.x"):
-                h_sh = T.alloc_buffer((SMEM,), "float32", scope=SCOPE)
+                h_sh = T.alloc_buffer((NBUF * SMEM,), "float32", scope=SCOPE)
                 wv = T.alloc_buffer((RPT * NZT,), "float32", scope="local")
                 wi = T.alloc_buffer((RPT * NIW,), "int32", scope="local")
                 acc = T.alloc_buffer((Bk,), "float32", scope="local")
@@ -245,7 +248,9 @@ def make_persistent_kernel(
                                     if (
                                         _call(
                                             "sprnn_ready16",
-                                            T.address_of(h_sh[dst_word(i * NT + tx)]),
+                                            T.address_of(
+                                                h_sh[(t % NBUF) * SMEM + dst_word(i * NT + tx)]
+                                            ),
                                             ret="int32",
                                         )
                                         != 0
@@ -266,11 +271,20 @@ def make_persistent_kernel(
                             acc[b] = T.float32(0)
                         if I16:
                             for m in T.unroll(NIW):
-                                pair(acc, wv, h_sh, rr, 2 * m, T.bitwise_and(wi[rr * NIW + m], 65535))
                                 pair(
                                     acc,
                                     wv,
                                     h_sh,
+                                    t,
+                                    rr,
+                                    2 * m,
+                                    T.bitwise_and(wi[rr * NIW + m], 65535),
+                                )
+                                pair(
+                                    acc,
+                                    wv,
+                                    h_sh,
+                                    t,
                                     rr,
                                     2 * m + 1,
                                     T.Cast(
@@ -282,7 +296,7 @@ def make_persistent_kernel(
                                 )
                         else:
                             for j in T.unroll(NZT):
-                                pair(acc, wv, h_sh, rr, j, wi[rr * NIW + j])
+                                pair(acc, wv, h_sh, t, rr, j, wi[rr * NIW + j])
                         if KS > 1:
                             for b in T.unroll(Bk):
                                 acc[b] = T.cuda.warp_sum(acc[b], KS)
@@ -291,18 +305,19 @@ def make_persistent_kernel(
                                 for v in T.unroll(NV):
                                     for bi in T.vectorized(VW):
                                         if RELU:
-                                            out[t, (bx * GPC + tx // KS) * RPT + rr, v * VW + bi] = (
-                                                T.max(
-                                                    acc[v * VW + bi] + uu[rr * Bk + v * VW + bi],
-                                                    T.float32(0),
-                                                )
+                                            out[
+                                                t, (bx * GPC + tx // KS) * RPT + rr, v * VW + bi
+                                            ] = T.max(
+                                                acc[v * VW + bi] + uu[rr * Bk + v * VW + bi],
+                                                T.float32(0),
                                             )
                                         else:
-                                            out[t, (bx * GPC + tx // KS) * RPT + rr, v * VW + bi] = (
-                                                T.tanh(acc[v * VW + bi] + uu[rr * Bk + v * VW + bi])
-                                            )
+                                            out[
+                                                t, (bx * GPC + tx // KS) * RPT + rr, v * VW + bi
+                                            ] = T.tanh(acc[v * VW + bi] + uu[rr * Bk + v * VW + bi])
                     if FLAG:
-                        T.cuda.cta_sync()
+                        if NBUF == 1:  # the next copy overwrites the buffer read now
+                            T.cuda.cta_sync()
                     else:
                         T.cuda.grid_sync()
 

@@ -93,7 +93,9 @@ def build_kernel(
     """Build (or load from ``cache_dir``) the runtime module of one kernel; memoized in-process."""
     tgt = resolve_target(target)
     if not is_cuda(tgt):
-        raise UnsupportedError(f"the persistent RNN kernel needs a cuda target, got {tgt.kind.name}")
+        raise UnsupportedError(
+            f"the persistent RNN kernel needs a cuda target, got {tgt.kind.name}"
+        )
     key = (plan, activation, barrier, vector, str(tgt))
     if key in _MODULES:
         return _MODULES[key]
@@ -105,7 +107,9 @@ def build_kernel(
             return _MODULES[key]
     func = make_prim_func(plan, activation, barrier, vector)
     with tgt:
-        mod = tirx.build(tvm.IRModule({"main": func}), target=tgt, pipeline=cuda_pipeline.register())
+        mod = tirx.build(
+            tvm.IRModule({"main": func}), target=tgt, pipeline=cuda_pipeline.register()
+        )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -236,7 +240,7 @@ class PersistentRNN:
             if X is None or W is None:
                 raise ValueError("give U, or X and W")
             steps, batch = X.shape[:2]
-            U = (X.reshape(steps * batch, -1).astype(np.float64) @ np.asarray(W, np.float64).T)
+            U = X.reshape(steps * batch, -1).astype(np.float64) @ np.asarray(W, np.float64).T
             if b is not None:
                 U = U + np.asarray(b, np.float64)
             U = U.reshape(steps, batch, -1)

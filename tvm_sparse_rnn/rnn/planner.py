@@ -38,7 +38,7 @@ REG_OVERHEAD = 40
 REG_HEADROOM = 16
 #: Largest number of 16-byte chunks of ``h`` one thread copies per step (bit mask of pending
 #: chunks in the flag barrier).
-MAX_COPY_CHUNKS = 32
+MAX_COPY_CHUNKS = 31
 SUPPORTED_DTYPES = ("float32",)
 BARRIERS = ("grid", "flag")
 
@@ -110,6 +110,9 @@ class PersistentPlan:
         ``"i32"`` (one int32 column per register) or ``"i16x2"`` (two 16-bit columns).
     dtype : str
         Value dtype.
+    double_buffer : bool
+        Two shared buffers of ``h`` (alternating steps), so that a warp may start copying
+        ``h_t`` while the others still compute step ``t`` (one CTA barrier per step).
     reason : str
         Why this plan (the capacity numbers for ``per_step``).
     """
@@ -127,6 +130,7 @@ class PersistentPlan:
     nz_per_row: int
     index_mode: str
     dtype: str = "float32"
+    double_buffer: bool = False
     reason: str = field(default="", compare=False)
 
     @property
@@ -158,8 +162,8 @@ class PersistentPlan:
 
     @property
     def smem_bytes(self) -> int:
-        """Shared memory of one CTA: ``h_{t-1}`` for one batch chunk."""
-        return self.hidden_padded * self.batch_kernel * 4
+        """Shared memory of one CTA: ``h_{t-1}`` for one batch chunk (twice if double-buffered)."""
+        return self.hidden_padded * self.batch_kernel * 4 * (2 if self.double_buffer else 1)
 
     @property
     def copy_chunks(self) -> int:
@@ -196,14 +200,14 @@ class PersistentPlan:
             f"{self.num_ctas}x{self.threads} KS={self.lanes_per_row} RPT={self.rows_per_group} "
             f"NZ={self.nz_per_row} ({self.pairs_per_thread} pairs/thread, {self.index_mode}, "
             f"~{self.regs_estimate} regs) B={self.batch_kernel}x{self.num_batch_chunks} "
-            f"smem={self.smem_bytes} B"
+            f"smem={self.smem_bytes} B{' x2' if self.double_buffer else ''}"
         )
 
 
 def estimate_registers(pairs: int, index_mode: str, batch: int, rows_per_group: int) -> int:
     """Registers per thread for ``pairs`` register-resident pairs (fp32 values)."""
     per_pair = 1.5 if index_mode == "i16x2" else 2.0
-    return int(math.ceil(per_pair * pairs)) + REG_OVERHEAD + 2 * batch * rows_per_group
+    return math.ceil(per_pair * pairs) + REG_OVERHEAD + 2 * batch * rows_per_group
 
 
 def kernel_batch(batch: int) -> int:
@@ -264,9 +268,12 @@ def candidate_plans(
         The GPU.
     """
     if dtype not in SUPPORTED_DTYPES:
-        raise UnsupportedError(f"dtype {dtype!r}: the persistent kernel supports {SUPPORTED_DTYPES}")
+        raise UnsupportedError(
+            f"dtype {dtype!r}: the persistent kernel supports {SUPPORTED_DTYPES}"
+        )
     hp = _round_up(hidden, 4)
     bk, chunks = _batch_split(hp, batch, device)
+    double = 2 * hp * bk * 4 <= device.smem_per_block
     index_modes = ("i32", "i16x2") if hp <= 65536 else ("i32",)
     reg_cap = device.max_regs_per_thread - REG_HEADROOM
     out = []
@@ -286,8 +293,20 @@ def candidate_plans(
                         continue
                     out.append(
                         PersistentPlan(
-                            "persistent", hidden, hp, batch, bk, chunks, ctas, threads, ks, rpt,
-                            nz, mode, dtype,
+                            "persistent",
+                            hidden,
+                            hp,
+                            batch,
+                            bk,
+                            chunks,
+                            ctas,
+                            threads,
+                            ks,
+                            rpt,
+                            nz,
+                            mode,
+                            dtype,
+                            double,
                         )
                     )
     # Among equal costs prefer fewer registers (i32 first: no unpacking), then fewer threads.
@@ -354,8 +373,20 @@ def plan_persistent(
     bk, chunks = _batch_split(hp, batch, device)
     logger.warning("persistent kernel does not fit, per-step fallback: %s", reason)
     return PersistentPlan(
-        "per_step", hidden, hp, batch, bk, chunks, 0, 0, 1, 1, max(max_row_nnz, 1), "i32",
-        dtype, reason,
+        "per_step",
+        hidden,
+        hp,
+        batch,
+        bk,
+        chunks,
+        0,
+        0,
+        1,
+        1,
+        max(max_row_nnz, 1),
+        "i32",
+        dtype,
+        reason=reason,
     )
 
 
@@ -368,7 +399,7 @@ def max_hidden(density: float, batch: int = 4, device: DeviceLimits = H100) -> i
     while hi - lo > 64:
         mid = (lo + hi) // 2 // 64 * 64
         mean = density * mid
-        longest = int(math.ceil(mean + 4.0 * math.sqrt(mean * (1 - density)) + 1))
+        longest = math.ceil(mean + 4.0 * math.sqrt(mean * (1 - density)) + 1)
         if candidate_plans(mid, longest, batch, "float32", device):
             lo = mid
         else:

@@ -33,7 +33,13 @@ from tvm.target import Target
 from ..errors import UnsupportedError
 from ..target import is_cuda, resolve_target
 from .cells import CellConfig, gru_gates, gru_output, lstm_cell, rnn_cell
-from .kernel_x86 import pack_recurrent_weight, recurrent_prim_func
+from .kernel_x86 import (
+    UNROLL,
+    pack_weight,
+    projection_prim_func,
+    recurrent_prim_func,
+    unit_major_order,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -135,96 +141,121 @@ def _reverse_index(
 
 
 def _reverse_sequences(
-    bb: relax.BlockBuilder, x: relax.Expr, rev_index: relax.Expr | None
+    bb: relax.BlockBuilder, x: relax.Expr, rev_index: relax.Expr | None, axis: int
 ) -> relax.Expr:
-    """Reverse each sequence's valid prefix of ``x`` ``(T, N, F)`` along time (an involution)."""
+    """Reverse each sequence's valid prefix of ``x`` along time ``axis`` (an involution).
+
+    ``x`` has its time axis at ``axis`` and the batch axis right after it; ``rev_index`` is
+    :func:`_reverse_index` (``None``: all sequences are full, a plain flip).
+    """
     if rev_index is None:
-        return bb.emit(op.flip(x, axis=0))
+        return bb.emit(op.flip(x, axis=axis))
     shape = _static_shape(x, "sequence tensor")
-    index = op.broadcast_to(op.expand_dims(rev_index, [2]), shape)
-    return bb.emit(op.gather_elements(x, index, axis=0))
+    others = [i for i in range(len(shape)) if i not in (axis, axis + 1)]
+    index = op.broadcast_to(op.expand_dims(rev_index, others), shape)
+    return bb.emit(op.gather_elements(x, index, axis=axis))
 
 
-def _input_projection(
-    bb: relax.BlockBuilder, x: relax.Expr, w: np.ndarray, wb: np.ndarray | None
-) -> relax.Expr:
-    """``(T, N, G*H)`` = ``X @ W^T + Wb`` as one matmul over all steps."""
-    seq_len, batch, input_size = _static_shape(x, "X")
-    flat = op.reshape(x, [seq_len * batch, input_size])
-    u = op.matmul(flat, _const(w.T, _F32))
-    if wb is not None:
-        u = op.add(u, _const(wb, _F32))
-    return bb.emit(op.reshape(u, [seq_len, batch, w.shape[0]]))
+@dataclass(frozen=True)
+class _Direction:
+    """What one direction's recurrence needs, in ONNX shapes (``G*H`` rows gate-major)."""
+
+    index: int
+    w: np.ndarray  # (G*H, I)
+    wb: np.ndarray  # (G*H,)
+    r: np.ndarray  # (G*H, H)
+    rb: np.ndarray  # (G*H,)
+    peep: np.ndarray | None  # (3*H,)
+    h0: relax.Expr  # (N, H)
+    c0: relax.Expr | None  # (N, H)
 
 
 def _emit_x86(
     bb: relax.BlockBuilder,
     cfg: CellConfig,
-    d: int,
-    u: relax.Expr,
-    r: np.ndarray,
-    rb: np.ndarray,
-    peep: np.ndarray | None,
-    h0: relax.Expr,
-    c0: relax.Expr | None,
+    x: relax.Expr,
+    batch: int,
+    dirn: _Direction,
     lens: relax.Expr,
+    rev_index: relax.Expr | None,
     density_threshold: float,
 ) -> list[relax.Expr]:
-    """The recurrence of one direction as one ``call_tir`` of the x86 kernel."""
-    seq_len, batch, _ = _static_shape(u, "U")
-    H = cfg.hidden_size
-    density = np.count_nonzero(r) / r.size
-    packed = pack_recurrent_weight(r, cfg.num_gates, dense=density > density_threshold)
-    logger.info(
-        "%s direction %d: R density %.3f -> %s x86 kernel (T=%d, N=%d, H=%d)",
-        cfg.kind,
-        d,
-        density,
-        "dense" if packed.dense else "sparse",
-        seq_len,
-        batch,
-        H,
-    )
-    func = recurrent_prim_func(cfg, d, seq_len, batch, packed)
-    func = func.without_attr("global_symbol").with_attr("op_pattern", 8)  # opaque: never fused
-    gv = bb.add_func(func, f"{cfg.kind.lower()}_recurrent_x86")
-    args = [u, *(_const(a) for a in packed.arrays()), _const(rb, _F32)]
-    if peep is not None:
-        args.append(_const(peep.reshape(3, H), _F32))
-    args.append(h0)
-    if c0 is not None:
-        args.append(c0)
-    args.append(lens)
+    """One direction on x86: projection kernel, then one ``call_tir`` of the recurrent kernel.
+
+    ``x`` is ``X`` transposed to ``(I, T*N)``. Returns ``[Y (T, N, H), Y_h (N, H), [Y_c]]``.
+    """
+    m = _static_shape(x, "X")[1]
+    seq_len = m // batch
+    H, G = cfg.hidden_size, cfg.num_gates
+    order = unit_major_order(G, H)
+    packed = {}
+    for name, w, multiple in (("W", dirn.w, 1), ("R", dirn.r, UNROLL)):
+        density = np.count_nonzero(w) / w.size
+        packed[name] = pack_weight(w, G, dense=density > density_threshold, row_multiple=multiple)
+        logger.info(
+            "%s direction %d: %s density %.3f -> %s x86 kernel (T=%d, N=%d, H=%d)",
+            cfg.kind,
+            dirn.index,
+            name,
+            density,
+            "dense" if packed[name].dense else "sparse",
+            seq_len,
+            batch,
+            H,
+        )
+
+    def add(func: tvm.tirx.PrimFunc, name: str) -> relax.GlobalVar:
+        func = func.without_attr("global_symbol").with_attr("op_pattern", 8)  # opaque: no fusion
+        return bb.add_func(func, name)
+
+    proj = add(projection_prim_func(packed["W"], m), f"{cfg.kind.lower()}_projection_x86")
+    args = [x, *(_const(a) for a in packed["W"].arrays()), _const(dirn.wb[order], _F32)]
+    u = bb.emit(relax.call_tir(proj, args, relax.TensorType((G * H, m), _F32)))
+    u = bb.emit(op.reshape(u, [G * H, seq_len, batch]))
+    if cfg.is_reverse(dirn.index):
+        u = _reverse_sequences(bb, u, rev_index, axis=1)
+    func = recurrent_prim_func(cfg, dirn.index, seq_len, batch, packed["R"])
+    gv = add(func, f"{cfg.kind.lower()}_recurrent_x86")
+    args = [u, *(_const(a) for a in packed["R"].arrays()), _const(dirn.rb[order], _F32)]
+    if dirn.peep is not None:
+        args.append(_const(dirn.peep.reshape(3, H), _F32))
+    args += [dirn.h0] + ([dirn.c0] if dirn.c0 is not None else []) + [lens]
     n_state = 2 if cfg.cell.has_cell_state else 1
-    out_ty = [relax.TensorType((seq_len, batch, H), _F32)] + [
-        relax.TensorType((batch, H), _F32)
-    ] * n_state
+    out_ty = [relax.TensorType((seq_len, batch, H), _F32)]
+    out_ty += [relax.TensorType((batch, H), _F32)] * n_state
     res = bb.emit(relax.call_tir(gv, args, out_ty))
-    return [bb.emit(relax.TupleGetItem(res, k)) for k in range(1 + n_state)]
+    outs = [bb.emit(relax.TupleGetItem(res, k)) for k in range(1 + n_state)]
+    if cfg.is_reverse(dirn.index):
+        outs[0] = _reverse_sequences(bb, outs[0], rev_index, axis=0)
+    return outs
 
 
 def _emit_steps(
     bb: relax.BlockBuilder,
     cfg: CellConfig,
-    d: int,
-    u: relax.Expr,
-    r: np.ndarray,
-    rb: np.ndarray,
-    peep: np.ndarray | None,
-    h0: relax.Expr,
-    c0: relax.Expr | None,
+    x: relax.Expr,
+    dirn: _Direction,
     lens: relax.Expr,
+    rev_index: relax.Expr | None,
 ) -> list[relax.Expr]:
-    """The recurrence of one direction as a static per-step composition of Relax ops."""
-    seq_len = _static_shape(u, "U")[0]
+    """One direction as a static per-step composition of Relax ops (the CUDA path).
+
+    ``x`` is ``X`` as ``(T, N, I)``. Returns ``[Y (T, N, H), Y_h (N, H), [Y_c]]``.
+    """
+    seq_len, batch, input_size = _static_shape(x, "X")
     H, G = cfg.hidden_size, cfg.num_gates
+    d = dirn.index
+    u = op.matmul(op.reshape(x, [seq_len * batch, input_size]), _const(dirn.w.T, _F32))
+    u = bb.emit(op.reshape(op.add(u, _const(dirn.wb, _F32)), [seq_len, batch, G * H]))
+    if cfg.is_reverse(d):
+        u = _reverse_sequences(bb, u, rev_index, axis=0)
     ops = RelaxOps()
-    r_t = [_const(np.ascontiguousarray(r[g * H : (g + 1) * H].T), _F32) for g in range(G)]
-    rb_g = [_const(rb[g * H : (g + 1) * H], _F32) for g in range(G)]
-    p_g = None if peep is None else [_const(p, _F32) for p in np.split(peep, 3)]
+    r_t = [_const(np.ascontiguousarray(dirn.r[g * H : (g + 1) * H].T), _F32) for g in range(G)]
+    rb_g = [_const(dirn.rb[g * H : (g + 1) * H], _F32) for g in range(G)]
+    p_g = None if dirn.peep is None else [_const(p, _F32) for p in np.split(dirn.peep, 3)]
     lens_col = op.expand_dims(lens, [1])
     zero = relax.const(0.0, _F32)
-    h, c = h0, c0
+    h, c = dirn.h0, dirn.c0
     ys = []
     for s in range(seq_len):
         x_t = bb.emit(op.squeeze(op.strided_slice(u, axes=[0], begin=[s], end=[s + 1]), [0]))
@@ -240,18 +271,18 @@ def _emit_steps(
         if cfg.kind == "RNN":
             h_new = rnn_cell(ops, cfg, d, xs, [rec(0, h)])
         elif cfg.kind == "GRU":
-            z, reset = gru_gates(ops, cfg, d, xs, [rec(0, h), rec(1, h)])
-            z, reset = bb.emit(z), bb.emit(reset)
+            z, reset = (bb.emit(e) for e in gru_gates(ops, cfg, d, xs, [rec(0, h), rec(1, h)]))
             r_h = rec(2, h) if cfg.linear_before_reset else rec(2, op.multiply(reset, h))
             h_new = gru_output(ops, cfg, d, z, reset, xs[2], r_h, h)
         else:
             h_new, c_new = lstm_cell(ops, cfg, d, xs, [rec(g, h) for g in range(4)], c, p_g)
-            c_new = bb.emit(c_new)
-            c = bb.emit(op.where(active, c_new, c))
+            c = bb.emit(op.where(active, bb.emit(c_new), c))
         h_new = bb.emit(h_new)
         ys.append(op.expand_dims(op.where(active, h_new, zero), [0]))
         h = bb.emit(op.where(active, h_new, h))
     y = bb.emit(op.concat(ys, axis=0))
+    if cfg.is_reverse(d):
+        y = _reverse_sequences(bb, y, rev_index, axis=0)
     return [y, h] + ([c] if c is not None else [])
 
 
@@ -285,10 +316,11 @@ def emit_recurrent_sequence(
     layout : int
         ONNX ``layout``, 0 or 1.
     target : Target or str, optional
-        ``llvm`` (x86 kernel) or ``cuda`` (per-step Relax ops); defaults to
+        ``llvm`` (x86 kernels) or ``cuda`` (per-step Relax ops); defaults to
         ``Target.current()``, else ``llvm``.
     density_threshold : float
-        Largest ``R`` density packed sparse on x86.
+        Largest density of ``W`` / ``R`` packed sparse on x86 (denser ones use the dense
+        variant of the same kernels).
 
     Returns
     -------
@@ -307,31 +339,34 @@ def emit_recurrent_sequence(
     seq_len, batch, input_size = _static_shape(X, "X")
     weights.check(cfg, input_size)
     H, G = cfg.hidden_size, cfg.num_gates
-    lstm = cfg.cell.has_cell_state
+    reverses = any(cfg.is_reverse(d) for d in range(cfg.num_directions))
     if sequence_lens is None:
         lens = _const(np.full(batch, seq_len, np.int32))
-        rev_index = None
     else:
         lens = bb.emit(op.astype(sequence_lens, "int32"))
+    rev_index = None  # None: all sequences are full, reversing is a plain flip
+    if reverses and sequence_lens is not None:
         rev_index = _reverse_index(bb, lens, seq_len, batch)
+    cuda = is_cuda(target)
+    if not cuda:  # (I, T*N): one nonzero of W multiplies a contiguous row
+        x_in = bb.emit(op.reshape(op.permute_dims(X, [2, 0, 1]), [input_size, seq_len * batch]))
     outs: list[list[relax.Expr]] = []
     for d in range(cfg.num_directions):
-        b = weights.B[d] if weights.B is not None else None
-        wb = None if b is None else b[: G * H]
-        rb = np.zeros(G * H, _F32) if b is None else b[G * H :]
-        peep = None if weights.P is None else weights.P[d]
-        u = _input_projection(bb, X, weights.W[d], wb)
-        if cfg.is_reverse(d):
-            u = _reverse_sequences(bb, u, rev_index)
-        h0 = _direction_state(bb, initial_h, d, batch, H)
-        c0 = _direction_state(bb, initial_c, d, batch, H) if lstm else None
-        if is_cuda(target):
-            res = _emit_steps(bb, cfg, d, u, weights.R[d], rb, peep, h0, c0, lens)
+        b = np.zeros(2 * G * H, _F32) if weights.B is None else weights.B[d]
+        dirn = _Direction(
+            d,
+            weights.W[d],
+            b[: G * H],
+            weights.R[d],
+            b[G * H :],
+            None if weights.P is None else weights.P[d],
+            _direction_state(bb, initial_h, d, batch, H),
+            _direction_state(bb, initial_c, d, batch, H) if cfg.cell.has_cell_state else None,
+        )
+        if cuda:
+            outs.append(_emit_steps(bb, cfg, X, dirn, lens, rev_index))
         else:
-            res = _emit_x86(bb, cfg, d, u, weights.R[d], rb, peep, h0, c0, lens, density_threshold)
-        if cfg.is_reverse(d):
-            res[0] = _reverse_sequences(bb, res[0], rev_index)
-        outs.append(res)
+            outs.append(_emit_x86(bb, cfg, x_in, batch, dirn, lens, rev_index, density_threshold))
     y = bb.emit(op.stack([o[0] for o in outs], axis=1))  # (T, D, N, H)
     states = [bb.emit(op.stack([o[k] for o in outs], axis=0)) for k in range(1, len(outs[0]))]
     if layout == 1:
@@ -365,13 +400,35 @@ class RecurrentSequence:
         self.x_shape = x_shape
         self.layout = layout
         self.device = device
+        self.seq_len, self.batch = (x_shape[0], x_shape[1]) if layout == 0 else x_shape[1::-1]
+        d, h = cfg.num_directions, cfg.hidden_size
+        self.state_shape = (d, self.batch, h) if layout == 0 else (self.batch, d, h)
         self._vm: relax.VirtualMachine | None = None  # created on first call (needs the device)
+        self._defaults: dict[str, tvm.runtime.Tensor] = {}
 
-    def _state_shape(self) -> tuple[int, int, int]:
-        seq_axis = 0 if self.layout == 0 else 1
-        batch = self.x_shape[1 - seq_axis]
-        d, h = self.cfg.num_directions, self.cfg.hidden_size
-        return (d, batch, h) if self.layout == 0 else (batch, d, h)
+    def _arg(self, name: str, value: np.ndarray | None) -> tvm.runtime.Tensor:
+        """``value`` on the device, or the cached default (full lengths, zero state)."""
+        if value is None:
+            if name not in self._defaults:
+                default = (
+                    np.full(self.batch, self.seq_len, np.int32)
+                    if name == "sequence_lens"
+                    else np.zeros(self.state_shape, _F32)
+                )
+                self._defaults[name] = tvm.runtime.tensor(default, self.device)
+            return self._defaults[name]
+        if name == "sequence_lens":
+            lens = np.asarray(value).astype(np.int32)
+            if lens.shape != (self.batch,) or lens.min() < 1 or lens.max() > self.seq_len:
+                raise ValueError(
+                    f"sequence_lens must be ({self.batch},) with values in [1, {self.seq_len}], "
+                    f"got {lens}"
+                )
+            return tvm.runtime.tensor(lens, self.device)
+        state = np.asarray(value, _F32)
+        if state.shape != self.state_shape:
+            raise ValueError(f"{name} has shape {state.shape}; expected {self.state_shape}")
+        return tvm.runtime.tensor(state, self.device)
 
     def __call__(
         self,
@@ -384,26 +441,16 @@ class RecurrentSequence:
         X = np.asarray(X, _F32)
         if X.shape != self.x_shape:
             raise ValueError(f"X has shape {X.shape}; this layer was built for {self.x_shape}")
-        seq_len = self.x_shape[0 if self.layout == 0 else 1]
-        batch = self.x_shape[1 if self.layout == 0 else 0]
-        lens = np.full(batch, seq_len, np.int32) if sequence_lens is None else sequence_lens
-        lens = np.asarray(lens).astype(np.int32)
-        if lens.shape != (batch,) or lens.min() < 1 or lens.max() > seq_len:
-            raise ValueError(
-                f"sequence_lens must be ({batch},) with values in [1, {seq_len}], got {lens}"
-            )
-        state_shape = self._state_shape()
-        args = [X, lens]
-        states = [initial_h] + ([initial_c] if self.cfg.cell.has_cell_state else [])
-        for name, s in zip(("initial_h", "initial_c"), states, strict=False):
-            s = np.zeros(state_shape, _F32) if s is None else np.asarray(s, _F32)
-            if s.shape != state_shape:
-                raise ValueError(f"{name} has shape {s.shape}; expected {state_shape}")
-            args.append(s)
+        args = [
+            tvm.runtime.tensor(X, self.device),
+            self._arg("sequence_lens", sequence_lens),
+            self._arg("initial_h", initial_h),
+        ]
+        if self.cfg.cell.has_cell_state:
+            args.append(self._arg("initial_c", initial_c))
         if self._vm is None:
             self._vm = relax.VirtualMachine(self.executable, self.device)
-        out = self._vm["main"](*(tvm.runtime.tensor(a, self.device) for a in args))
-        return tuple(o.numpy() for o in out)
+        return tuple(o.numpy() for o in self._vm["main"](*args))
 
 
 def build_recurrent_sequence(

@@ -1,22 +1,28 @@
 """CUDA schedule of the block-sparse ``sparse_dense`` compute, built for small batches.
 
-With ``M`` of 1 to 64 the kernel is bound by reading ``W`` once, so it is organised around the
-rows of ``W`` (a CSR-vector / warp-per-row design, as in cuSPARSE's SpMV), not around output
-tiles as TVM's old padded kernel was (that one needed ``M >= 32 * bs_r``)::
+With ``M`` of 1 to 64 the kernel is bound by streaming ``W``, so it is organised around the rows
+of ``W`` (a CSR-vector / warp-per-row design, as in cuSPARSE's SpMV), not around output tiles as
+TVM's old padded kernel was (that one needed ``M >= 32 * bs_r``)::
 
     blockIdx.x  : rows_per_cta consecutive rows n of Y (= of W)
     blockIdx.y  : tiles of m_tile rows of X
     threadIdx.y : one row n inside the CTA
-    threadIdx.x : lane in 0 .. threads_x-1 of the warp sharing row n; the row's stored blocks are
-                  dealt round-robin to the compute's 32 lanes, so lane t handles blocks
-                  t, t + 32, ... (and lanes t + threads_x, ... when threads_x < 32)
-      for m in m_tile:                       # accumulators in registers
-        acc[m][c] += W_data[e, n % bs_r, c] * X[m, indices[e] * bs_c + c]   (each lane's e)
-      Y[m, n] = warp all-reduce over lanes (shuffles) of sum_c acc[m][c]
+    threadIdx.x : lane t of the warp sharing row n; the row's stored blocks are dealt
+                  round-robin to the compute's 32 lanes (lane t: blocks t, t + 32, ...; with
+                  threads_x < 32 a thread also runs lanes t + threads_x, ...)
+      for m in the m tile:
+        acc[bs_c] = 0                                  # registers, float4 along bs_c
+        for round in ceil(blocks / 32):                # same trip count for every lane
+          if round * 32 + t < blocks: e = start + round * 32 + t
+            acc[:] += W_data[e, n % bs_r, :] * X[m, indices[e] * bs_c : ... + bs_c]
+        Y[m, n] = warp all-reduce (5 __shfl_down_sync) of sum(acc), stored by lane 0
 
-Consecutive lanes read consecutive blocks of the row (coalesced ``W_data``); ``X`` comes through
-L1/L2 (it is small). Knobs are :class:`CudaConfig`, each used only as a split factor or an
-annotation value, so MetaSchedule can pass sampled variables instead of ints.
+Consecutive lanes read consecutive blocks (coalesced ``W_data``); ``X`` comes through L1/L2.
+Every lane runs the same number of rounds so the warp reaches the shuffles converged (the
+all-reduce takes ``__activemask()``). Knobs are :class:`CudaConfig`, each used only as a split
+factor or an annotation value, so MetaSchedule can pass sampled variables instead of ints.
+
+Profile with ``ncu --set full python benchmarks/bench_sparse_dense.py --device gpu --quick``.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ class CudaConfig:
 
     rows_per_cta: int = 4
     threads_x: int = 32
-    m_tile: int = 4
+    m_tile: int = 1
     unroll: int = 16
 
 
@@ -107,7 +113,12 @@ def schedule_sparse_dense_cuda(sch: s_tir.Schedule, config: Any = None) -> None:
         sch.vectorize(sch.split(p_c, [None, vec])[1])
     sch.annotate(p_m, "pragma_auto_unroll_max_step", config.unroll)
     sch.annotate(p_m, "pragma_unroll_explicit", 1)
+    # The all-reduced float32 sum goes to a register and a separate block stores it (casting
+    # float16). Storing from the reduction block itself loses the `m < M` guard of a partial
+    # m tile in LowerCrossThreadReduction (out-of-bounds stores, seen on the H100 for M = 1).
     if sch.mod["main"].params[0].dtype != ACC_DTYPE:
-        # float16: the all-reduced float32 sum stays in a register and is cast when stored.
         sch.set_scope(acc, 0, "local")
-        sch.reverse_compute_at(sch.get_sblock(BLOCK_CAST), m_inner)
+        store = sch.get_sblock(BLOCK_CAST)
+    else:
+        store = sch.cache_write(acc, 0, "local")
+    sch.reverse_compute_at(store, m_inner)

@@ -9,22 +9,31 @@ each layer's pruning pattern. Here each layer is judged on its own:
    blocks holding a nonzero (``nnzb``) and the **stored fraction**
    ``s = nnzb * bs_r * bs_c / (N * K)``: the share of the dense multiply-adds the kernel still
    does, explicit zeros inside stored blocks (the **fill**) included.
-2. Estimate the sparse kernel's time relative to the dense layer as
-   ``cost = s * (1 + block_overhead / (bs_r * bs_c))``: each stored block costs its
+2. Estimate the sparse kernel's work relative to the dense layer's as
+   ``block cost = s * (1 + block_overhead / (bs_r * bs_c))``: each stored block costs its
    ``bs_r * bs_c`` multiply-adds plus a fixed ``block_overhead`` (loading its column index,
-   gathering the input slice, loop control), expressed in multiply-adds.
-3. Pick the candidate of least cost (ties go to the larger block: fewer indices, wider vectors).
-4. Keep the layer **dense** unless its element-wise sparsity reaches ``sparsity_threshold`` *and*
-   ``cost <= break_even``, the target's break-even point: the sparse kernels reach only part of
-   a dense GEMM's arithmetic rate, so sparse must do sufficiently less work to be faster.
+   gathering the input slice, loop control), counted in multiply-adds.
+3. Pick the candidate of least block cost (ties go to the larger block).
+4. Add the kernel's fixed cost (launch, thread-pool wake-up), ``kernel_overhead`` multiply-adds,
+   relative to the dense layer's work ``max(M, memory_bound_rows) * N * K`` (below
+   ``memory_bound_rows`` rows the dense layer is bound by reading its weight, so it does not get
+   cheaper): ``cost = block cost + kernel_overhead / (max(M, memory_bound_rows) * N * K)``.
+   Small layers therefore stay dense.
+5. Keep the layer **dense** unless its element-wise sparsity reaches ``sparsity_threshold`` *and*
+   ``cost <= break_even``: the sparse kernels reach only part of a dense GEMM's arithmetic rate,
+   so sparse must do sufficiently less work to be faster.
 
-The per-target constants are in :data:`COST_PARAMS`; they are estimates from the kernels' ratio
-to dense BLAS / cuBLAS at 90 % sparsity and can be overridden per call.
+The per-target constants are in :data:`COST_PARAMS` and can be overridden per call. The llvm
+values fit ``benchmarks/calibrate_cost_rule.py`` (x86 ``sparse_dense`` with its default schedule
+vs the layer compiled dense by this package, 90 % sparsity, 2-core development CPU; see
+``docs/relax_pass.md``): measured sparse/dense time is about ``cost / 0.8``, and
+``break_even = 0.45`` keeps a margin. The cuda values are not calibrated yet.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,16 +69,24 @@ class CostParams:
         Fixed cost of one stored block, in multiply-adds.
     break_even : float
         Largest estimated sparse/dense cost ratio at which sparse is still chosen.
+    kernel_overhead : float
+        Fixed cost of one sparse kernel call, in multiply-adds of the dense layer.
+    memory_bound_rows : int
+        Rows ``M`` below which the dense layer's time does not shrink (it reads its weight).
     """
 
     block_overhead: float
     break_even: float
+    kernel_overhead: float = 0.0
+    memory_bound_rows: int = 1
 
 
 #: Cost-rule constants per TVM target kind.
 COST_PARAMS: dict[str, CostParams] = {
-    "llvm": CostParams(block_overhead=4.0, break_even=0.5),
-    "cuda": CostParams(block_overhead=8.0, break_even=0.4),
+    "llvm": CostParams(
+        block_overhead=16.0, break_even=0.45, kernel_overhead=1e6, memory_bound_rows=8
+    ),
+    "cuda": CostParams(block_overhead=16.0, break_even=0.4),
 }
 
 
@@ -88,7 +105,7 @@ class BlockStats:
     fill : float
         Explicit zeros over stored elements (0 when nothing is stored).
     cost : float
-        Estimated sparse time over dense time (see the module docstring).
+        Block cost: stored work with block overheads over dense work (step 2 of the rule).
     """
 
     block_size: tuple[int, int]
@@ -110,6 +127,8 @@ class LayerPlan:
         Element-wise zero fraction of the weight.
     choice : BlockStats or None
         The chosen block size and its statistics; ``None`` when no candidate divides the shape.
+    cost : float
+        Estimated sparse over dense time, kernel overhead included (``inf`` without a choice).
     sparse : bool
         Whether the layer becomes ``sparse_dense``.
     reason : str
@@ -119,6 +138,7 @@ class LayerPlan:
     shape: tuple[int, int]
     sparsity: float
     choice: BlockStats | None
+    cost: float
     sparse: bool
     reason: str
 
@@ -198,6 +218,7 @@ def plan_layer(
     block_size: str | tuple[int, int] = "auto",
     candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES,
     params: CostParams | None = None,
+    rows: int | None = None,
 ) -> LayerPlan:
     """Decide whether a dense layer becomes sparse, and with which block size.
 
@@ -216,6 +237,8 @@ def plan_layer(
         Block sizes tried by ``"auto"``.
     params : CostParams, optional
         Overrides the target's cost constants.
+    rows : int, optional
+        Rows ``M`` of the layer's input; ``None`` (dynamic) assumes ``memory_bound_rows``.
 
     Raises
     ------
@@ -235,15 +258,16 @@ def plan_layer(
         divides = shape[0] % r == 0 and shape[1] % c == 0
         choice = block_stats(w != 0, (r, c), params.block_overhead) if divides else None
     if choice is None:
-        return LayerPlan(shape, sparsity, None, False, "no block size divides the shape")
+        return LayerPlan(shape, sparsity, None, math.inf, False, "no block size divides the shape")
+    dense_work = max(rows or 1, params.memory_bound_rows) * shape[0] * shape[1]
+    cost = choice.cost + params.kernel_overhead / dense_work
     if sparsity < sparsity_threshold:
         reason = f"sparsity {sparsity:.1%} < threshold {sparsity_threshold:.1%}"
-        return LayerPlan(shape, sparsity, choice, False, reason)
-    if choice.cost > params.break_even:
-        reason = f"est. cost {choice.cost:.2f} x dense > break-even {params.break_even:.2f}"
-        return LayerPlan(shape, sparsity, choice, False, reason)
-    reason = f"est. cost {choice.cost:.2f} x dense <= break-even {params.break_even:.2f}"
-    return LayerPlan(shape, sparsity, choice, True, reason)
+        return LayerPlan(shape, sparsity, choice, cost, False, reason)
+    sparse = cost <= params.break_even
+    relation = "<=" if sparse else ">"
+    reason = f"est. cost {cost:.2f} x dense {relation} break-even {params.break_even:.2f}"
+    return LayerPlan(shape, sparsity, choice, cost, sparse, reason)
 
 
 def parse_block_size(block_size: str | tuple[int, int]) -> tuple[int, int]:

@@ -28,6 +28,7 @@ Examples
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,21 +104,20 @@ class _DenseToSparseMutator(relax.PyExprMutator):
         self.function = ""
         self.layers: list[DenseLayer] = []
 
+    def _bound(self, expr: relax.Expr) -> relax.Expr:
+        """See through a dataflow variable to the expression bound to it."""
+        bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+        return bound if bound is not None else expr
+
     def _weight_nk(self, expr: relax.Expr) -> np.ndarray | None:
         """The ``(N, K)`` weight behind ``expr``, or ``None`` if it is not a 2-D constant."""
-        if isinstance(expr, relax.Var):
-            bound = self.lookup_binding(expr)
-            expr = bound if bound is not None else expr
+        expr = self._bound(expr)
         value = _constant_value(expr)
         if value is not None:
             return value.T if value.ndim == 2 else None
         if isinstance(expr, relax.Call) and expr.op == _PERMUTE_DIMS:
             axes = expr.attrs.axes
-            src = expr.args[0]
-            if isinstance(src, relax.Var):
-                bound = self.lookup_binding(src)
-                src = bound if bound is not None else src
-            value = _constant_value(src)
+            value = _constant_value(self._bound(expr.args[0]))
             if value is not None and value.ndim == 2 and (axes is None or list(axes) == [1, 0]):
                 return value
         return None
@@ -133,12 +133,15 @@ class _DenseToSparseMutator(relax.PyExprMutator):
         if (
             weight is None
             or not isinstance(x_ty, relax.TensorType)
+            or not isinstance(x_ty.shape, relax.ShapeExpr)
             or x_ty.ndim < 2
             or dtype not in SUPPORTED_DTYPES
             or str(call.ty.dtype) != dtype
             or weight.dtype.name != dtype
         ):
             return call
+        lead = x_ty.shape.values[:-1]
+        static = all(isinstance(d, tvm.tirx.IntImm) for d in lead)
         plan = plan_layer(
             weight,
             self.target.kind.name,
@@ -146,6 +149,7 @@ class _DenseToSparseMutator(relax.PyExprMutator):
             self.block_size,
             self.candidates,
             self.params,
+            rows=math.prod(int(d) for d in lead) if static else None,
         )
         layer = DenseLayer(len(self.layers), self.function, tuple(x_ty.shape.values), plan)
         self.layers.append(layer)

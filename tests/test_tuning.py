@@ -1,0 +1,149 @@
+"""MetaSchedule tuning: spaces, resumable databases, structure keys, lookup at compile time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tvm import s_tir
+from tvm.s_tir import meta_schedule as ms
+
+from tvm_sparse_rnn.schedule import sparse_dense_cuda, sparse_dense_x86
+from tvm_sparse_rnn.sparse_dense import build_sparse_dense
+from tvm_sparse_rnn.target import resolve_target
+from tvm_sparse_rnn.testing import TOLERANCES, random_bsr, reference_sparse_dense
+from tvm_sparse_rnn.tuning.database import RECORD_FILE, open_database, repair_database
+from tvm_sparse_rnn.tuning.lookup import use_tuning_logs
+from tvm_sparse_rnn.tuning.mutator import MutateCategorical
+from tvm_sparse_rnn.tuning.spaces import sparse_dense_task
+from tvm_sparse_rnn.tuning.tune import tune
+
+LLVM = resolve_target("llvm")
+CUDA = resolve_target("cuda")
+
+
+def test_structure_keys_tell_patterns_apart() -> None:
+    a = random_bsr(256, 256, (4, 4), 0.1, seed=0)
+    b = random_bsr(256, 256, (4, 4), 0.1, seed=1)
+    assert a.nnzb == b.nnzb and a.shape == b.shape
+    assert a.structure_key() != b.structure_key()
+    ta, tb = sparse_dense_task(a, 4, LLVM), sparse_dense_task(b, 4, LLVM)
+    # same shapes, same kernel code, yet different workloads for MetaSchedule's database
+    db = ms.database.MemoryDatabase()
+    db.commit_workload(ta.mod)
+    assert db.has_workload(sparse_dense_task(a, 4, LLVM).mod)
+    assert not db.has_workload(tb.mod)
+
+
+@pytest.mark.parametrize("target", [LLVM, CUDA], ids=["llvm", "cuda"])
+def test_default_trace_decodes_to_default(target) -> None:
+    weight = random_bsr(128, 256, (1, 16), 0.1, seed=2)
+    task = sparse_dense_task(weight, 16, target)
+    trace = task.default_trace()
+    assert task.decode(trace) == task.default_config
+    mutated = MutateCategorical(seed=3).apply(trace)
+    assert mutated is not None and task.decode(mutated) != task.default_config
+    # every sampled config is a valid schedule of the same function
+    sch = s_tir.Schedule(task.mod)
+    mutated.apply_to_schedule(sch, remove_postproc=True)
+    assert "sparse_dense" in sch.mod["main"].script()
+
+
+def test_knob_choices_contain_defaults() -> None:
+    for module, cfg in (
+        (sparse_dense_x86, sparse_dense_x86.X86Config()),
+        (sparse_dense_cuda, sparse_dense_cuda.CudaConfig()),
+    ):
+        for name, choices in module.KNOB_CHOICES.items():
+            assert getattr(cfg, name) in choices, (module.__name__, name)
+
+
+def test_tune_resume_and_compile_with_record(tmp_path: Path, caplog) -> None:
+    weight = random_bsr(256, 512, (1, 16), 0.1, seed=4)
+    task = sparse_dense_task(weight, 4, LLVM)
+    first = tune([task], LLVM, tmp_path, trials=5, num_trials_per_iter=4, progress=False)
+    assert first[0].trials == 5
+    assert np.isfinite(first[0].default_s) and first[0].tuned_s <= first[0].default_s
+    lines = (tmp_path / RECORD_FILE).read_text().splitlines()
+    assert len(lines) == 5
+    # resume: only the missing trials run, earlier records are kept (append-only)
+    second = tune([task], LLVM, tmp_path, trials=8, num_trials_per_iter=4, progress=False)
+    assert second[0].trials == 8
+    assert (tmp_path / RECORD_FILE).read_text().splitlines()[:5] == lines
+    # compile picks the best record and still computes the right numbers
+    caplog.set_level(logging.INFO, logger="tvm_sparse_rnn")
+    with use_tuning_logs(tmp_path):
+        kernel = build_sparse_dense(weight, 4, "llvm")
+    assert any("tuned record" in r.getMessage() for r in caplog.records)
+    assert str(second[0].best_config) in caplog.text
+    x = np.random.default_rng(5).uniform(-1, 1, (4, 512)).astype("float32")
+    np.testing.assert_allclose(kernel(x), reference_sparse_dense(x, weight), *TOLERANCES["float32"])
+
+
+def test_compile_without_record_uses_default(caplog) -> None:
+    weight = random_bsr(64, 64, (4, 4), 0.2, seed=6)
+    caplog.set_level(logging.INFO, logger="tvm_sparse_rnn")
+    build_sparse_dense(weight, 2, "llvm")
+    assert "using the default config" in caplog.text
+
+
+def test_truncated_database_is_repaired(tmp_path: Path) -> None:
+    weight = random_bsr(128, 128, (4, 4), 0.1, seed=7)
+    task = sparse_dense_task(weight, 2, LLVM)
+    tune([task], LLVM, tmp_path, trials=2, num_trials_per_iter=2, progress=False)
+    path = tmp_path / RECORD_FILE
+    text = path.read_text()
+    path.write_text(text + text.splitlines()[-1][:40])  # a killed writer's partial line
+    assert repair_database(tmp_path) == 1
+    assert len(open_database(tmp_path)) == 2
+
+
+@pytest.mark.slow
+def test_interrupted_tune_cli_leaves_readable_database(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "tvm_sparse_rnn",
+        "tune",
+        "--op",
+        "sparse_dense",
+        "--m",
+        "2",
+        "--n",
+        "256",
+        "--k",
+        "256",
+        "--block-size",
+        "4x4",
+        "--density",
+        "0.1",
+        "--trials",
+        "64",
+        "--trials-per-iter",
+        "4",
+        "--work-dir",
+        str(tmp_path),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(records) < 3 and proc.poll() is None:
+        time.sleep(1)
+        records = list(tmp_path.glob(f"*/{RECORD_FILE}"))
+        records = records[0].read_text().splitlines() if records else []
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(records) >= 3, "tuning produced no records in time"
+    (db_dir,) = [p.parent for p in tmp_path.glob(f"*/{RECORD_FILE}")]
+    repair_database(db_dir)
+    db = open_database(db_dir, create=False)
+    assert len(db) >= 3
+    for line in (db_dir / RECORD_FILE).read_text().splitlines():
+        json.loads(line)
