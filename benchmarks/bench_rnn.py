@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import statistics
@@ -184,11 +185,12 @@ def run(args: argparse.Namespace) -> dict:
     weights = {(h, d): random_recurrent(h, d) for h, _, d in cases}
     specs, jobs = [], []  # jobs: (case, label, plan, order, vector, barrier)
     for h, b, d in cases:
+        # B >= 8: vector (LDS.128) and scalar loads are both tried (scalar won at 116x160).
+        vectors = (True, False) if b >= 8 else (True,)
         for plan in _candidates(weights[(h, d)], b, args.candidates):
-            for barrier in ("flag", "grid"):
-                jobs.append(
-                    ((h, b, d), f"{barrier}/KS{plan.lanes_per_row}", plan, "guided", True, barrier)
-                )
+            for barrier, vector in itertools.product(("flag", "grid"), vectors):
+                label = f"{barrier}/KS{plan.lanes_per_row}{'' if vector else '/scalar'}"
+                jobs.append(((h, b, d), label, plan, "guided", vector, barrier))
         if (h, b, d) in ABLATION_CASES:
             best = _candidates(weights[(h, d)], b, 1)[0]
             for label, vector, order, barrier, double in ABLATION:
@@ -294,6 +296,24 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def ablation_table(results: dict) -> str:
+    """Markdown table of the ablation (ms and modelled bank conflicts per step)."""
+    labels = [a[0] for a in ABLATION]
+    rows = ["| case | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for c in results["cases"]:
+        abl = {k.split("/", 1)[1]: v for k, v in c["ours"].items() if k.startswith("ablation/")}
+        if not abl:
+            continue
+        cells = [
+            f"{abl[a]['ms_median']:.3f} ({abl[a]['model_conflicts_per_step']})" if a in abl else "-"
+            for a in labels
+        ]
+        rows.append(
+            f"| H={c['hidden']} B={c['batch']} {c['density']:.0%} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(rows)
+
+
 def plot(results: dict, out_dir: Path) -> None:
     """One figure per sweep: ms vs the swept parameter, ours vs baselines (log scale)."""
     import matplotlib
@@ -343,13 +363,19 @@ def main() -> None:
     if args.plot:
         results = json.loads(args.plot.read_text())
         plot(results, args.plot.parent)
-        print(table(results))
+        print(table(results) + "\n\n" + ablation_table(results))
         return
     results = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_rnn.json").write_text(json.dumps(results, indent=1))
-    (args.out / "bench_rnn.md").write_text(table(results) + "\n")
-    print(table(results))
+    text = table(results) + "\n\nAblation: ms (modelled bank conflicts per step)\n\n"
+    text += ablation_table(results) + "\n"
+    (args.out / "bench_rnn.md").write_text(text)
+    try:
+        plot(results, args.out)
+    except ImportError:  # matplotlib is optional on the GPU machine: --plot later
+        logger.warning("matplotlib missing: run --plot %s", args.out / "bench_rnn.json")
+    print(text)
 
 
 if __name__ == "__main__":

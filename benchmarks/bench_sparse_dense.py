@@ -136,7 +136,7 @@ def run_gpu_case(case: Case, seed: int) -> dict[str, Any]:
     ref = reference_sparse_dense(x, weight)
     kernel = build_sparse_dense(weight, case.m, "cuda")
     err = _check(kernel(x), ref, case.dtype, "tvm")
-    args = kernel._args(x)  # device arguments, uploaded once
+    args = kernel.device_args(x)  # device arguments, uploaded once
     times: dict[str, float | None] = {}
     methods: dict[str, str] = {}
     times["tvm"], methods["tvm"] = _gpu_time(lambda: kernel.executable(*args))
@@ -197,7 +197,7 @@ def sweep_gpu_configs() -> list[dict[str, Any]]:
             for r, t, mt in grid:
                 config = CudaConfig(rows_per_cta=r, threads_x=t, m_tile=mt)
                 kernel = build_sparse_dense(weight, m, "cuda", config)
-                args = kernel._args(x)
+                args = kernel.device_args(x)
                 seconds, _ = _gpu_time(lambda k=kernel, a=args: k.executable(*a))
                 rows.append(
                     {"block": "x".join(map(str, block)), "m": m, **dataclasses.asdict(config)}

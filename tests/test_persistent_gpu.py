@@ -112,6 +112,9 @@ def test_input_projection_and_fallback(build_cache: str) -> None:
     ref = reference(R, U, np.zeros((4, 1152)), "tanh")
     rnn = build_persistent_rnn(R, 4, "tanh", "flag", cache_dir=build_cache)
     np.testing.assert_allclose(rnn(X=X, W=W, b=b), ref, rtol=1e-4, atol=1e-4)
+    plan = dataclasses.replace(rnn.plan, double_buffer=True)
+    double = build_persistent_rnn(R, 4, "tanh", "flag", plan=plan, cache_dir=build_cache)
+    np.testing.assert_allclose(double(X=X, W=W, b=b), ref, rtol=1e-4, atol=1e-4)
     tiny = dataclasses.replace(H100, num_sms=2)
     fallback = build_persistent_rnn(R, 4, "tanh", "grid", device_limits=tiny)
     assert fallback.plan.kind == "per_step"

@@ -129,4 +129,6 @@ def test_planner_fallback_and_chunks() -> None:
     with pytest.raises(UnsupportedError, match="float16"):
         plan_persistent(hidden=256, max_row_nnz=10, batch=1, dtype="float16")
     assert plan_persistent(hidden=255, max_row_nnz=3, batch=3).batch_kernel == 4
+    wide = plan_persistent(hidden=16384, max_row_nnz=150, batch=4)  # 3 samples of h fit
+    assert (wide.batch_kernel, wide.num_batch_chunks) == (2, 2)
     assert 5760 <= max_hidden(0.10, batch=2) < 8192

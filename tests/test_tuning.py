@@ -16,13 +16,12 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
 from tvm_sparse_rnn.schedule import sparse_dense_cuda, sparse_dense_x86
-from tvm_sparse_rnn.sparse_dense import build_sparse_dense
+from tvm_sparse_rnn.sparse_dense import build_sparse_dense, tune_task
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import TOLERANCES, random_bsr, reference_sparse_dense
 from tvm_sparse_rnn.tuning.database import RECORD_FILE, open_database, repair_database
 from tvm_sparse_rnn.tuning.lookup import use_tuning_logs
 from tvm_sparse_rnn.tuning.mutator import MutateCategorical
-from tvm_sparse_rnn.tuning.spaces import sparse_dense_task
 from tvm_sparse_rnn.tuning.tune import tune
 
 LLVM = resolve_target("llvm")
@@ -34,18 +33,18 @@ def test_structure_keys_tell_patterns_apart() -> None:
     b = random_bsr(256, 256, (4, 4), 0.1, seed=1)
     assert a.nnzb == b.nnzb and a.shape == b.shape
     assert a.structure_key() != b.structure_key()
-    ta, tb = sparse_dense_task(a, 4, LLVM), sparse_dense_task(b, 4, LLVM)
+    ta, tb = tune_task(a, 4, LLVM), tune_task(b, 4, LLVM)
     # same shapes, same kernel code, yet different workloads for MetaSchedule's database
     db = ms.database.MemoryDatabase()
     db.commit_workload(ta.mod)
-    assert db.has_workload(sparse_dense_task(a, 4, LLVM).mod)
+    assert db.has_workload(tune_task(a, 4, LLVM).mod)
     assert not db.has_workload(tb.mod)
 
 
 @pytest.mark.parametrize("target", [LLVM, CUDA], ids=["llvm", "cuda"])
 def test_default_trace_decodes_to_default(target) -> None:
     weight = random_bsr(128, 256, (1, 16), 0.1, seed=2)
-    task = sparse_dense_task(weight, 16, target)
+    task = tune_task(weight, 16, target)
     trace = task.default_trace()
     assert task.decode(trace) == task.default_config
     mutated = MutateCategorical(seed=3).apply(trace)
@@ -67,7 +66,7 @@ def test_knob_choices_contain_defaults() -> None:
 
 def test_tune_resume_and_compile_with_record(tmp_path: Path, caplog) -> None:
     weight = random_bsr(256, 512, (1, 16), 0.1, seed=4)
-    task = sparse_dense_task(weight, 4, LLVM)
+    task = tune_task(weight, 4, LLVM)
     first = tune([task], LLVM, tmp_path, trials=5, num_trials_per_iter=4, progress=False)
     assert first[0].trials == 5
     assert np.isfinite(first[0].default_s) and first[0].tuned_s <= first[0].default_s
@@ -96,7 +95,7 @@ def test_compile_without_record_uses_default(caplog) -> None:
 
 def test_truncated_database_is_repaired(tmp_path: Path) -> None:
     weight = random_bsr(128, 128, (4, 4), 0.1, seed=7)
-    task = sparse_dense_task(weight, 2, LLVM)
+    task = tune_task(weight, 2, LLVM)
     tune([task], LLVM, tmp_path, trials=2, num_trials_per_iter=2, progress=False)
     path = tmp_path / RECORD_FILE
     text = path.read_text()

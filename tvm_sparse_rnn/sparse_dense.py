@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax, s_tir, tirx
+from tvm import relax, tirx
 from tvm.target import Target
 
 from .bsr import BSRWeight
@@ -31,6 +31,8 @@ from .errors import UnsupportedError
 from .ops.sparse_dense import sparse_dense_prim_func
 from .schedule import sparse_dense_cuda, sparse_dense_x86
 from .target import is_cuda, resolve_target
+from .tuning.lookup import resolve_config
+from .tuning.task import STRUCTURE_ATTR, TuneTask
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +41,55 @@ OP_PATTERN_OPAQUE = 8
 
 
 def default_config(target: Target) -> Any:
-    """The schedule configuration used when none is given.
-
-    This is the single place the configuration lookup happens (tuning records and shipped
-    configurations plug in here); today it returns the schedule's hand-picked defaults.
-
-    Parameters
-    ----------
-    target : Target
-        A resolved target (see :func:`~tvm_sparse_rnn.target.resolve_target`).
+    """The schedule's hand-picked knobs for ``target`` (a resolved target).
 
     Returns
     -------
     CudaConfig or X86Config
     """
     return sparse_dense_cuda.CudaConfig() if is_cuda(target) else sparse_dense_x86.X86Config()
+
+
+def tune_task(weight: BSRWeight, m: int | tirx.Var, target: str | dict | Target) -> TuneTask:
+    """The kernel of ``weight`` for batch ``m`` on ``target`` as a MetaSchedule tuning task.
+
+    Its workload carries ``weight.structure_key()``, so two weights of one shape but different
+    sparsity patterns are tuned and looked up separately; it is measured with the real
+    ``data``/``indices``/``indptr``.
+    """
+    target = resolve_target(target)
+    schedule = sparse_dense_cuda if is_cuda(target) else sparse_dense_x86
+    config_cls = sparse_dense_cuda.CudaConfig if is_cuda(target) else sparse_dense_x86.X86Config
+    schedule_fn = (
+        sparse_dense_cuda.schedule_sparse_dense_cuda
+        if is_cuda(target)
+        else sparse_dense_x86.schedule_sparse_dense_x86
+    )
+    n, k = weight.shape
+    bs_r, bs_c = weight.block_size
+    data, indices, indptr = weight.kernel_arrays()
+    key = weight.structure_key()
+    m_desc = m if isinstance(m, int) else "dyn"
+    return TuneTask(
+        name=f"sparse_dense m={m_desc} {n}x{k} bs={bs_r}x{bs_c} {weight.dtype} "
+        f"{weight.stored_fraction:.0%} [{key[:8]}]",
+        op="sparse_dense",
+        func=unscheduled_func(weight, m, target).with_attr(STRUCTURE_ATTR, key),
+        config_cls=config_cls,
+        choices=schedule.KNOB_CHOICES,
+        schedule=schedule_fn,
+        fixed_args={1: data, 2: indices, 3: indptr},
+        default_config=default_config(target),
+        meta={
+            "m": m_desc,
+            "n": n,
+            "k": k,
+            "block_size": [bs_r, bs_c],
+            "dtype": weight.dtype,
+            "density": round(weight.stored_fraction, 4),
+            "structure_key": key,
+        },
+    )
 
 
 def unscheduled_func(
@@ -100,7 +136,7 @@ def sparse_dense_func(
     target : str, dict or Target
         ``"llvm"``, ``"cuda"`` or a TVM target.
     config : X86Config or CudaConfig, optional
-        Schedule knobs; ``None`` uses :func:`default_config`.
+        Schedule knobs; ``None`` uses :func:`resolve_config`.
 
     Returns
     -------
@@ -109,17 +145,11 @@ def sparse_dense_func(
         ``global_symbol`` (the caller names it).
     """
     target = resolve_target(target)
-    config = config or default_config(target)
-    func = unscheduled_func(weight, m, target)
-    sch = s_tir.Schedule(func)
-    if is_cuda(target):
-        sparse_dense_cuda.schedule_sparse_dense_cuda(sch, config)
-    else:
-        sparse_dense_x86.schedule_sparse_dense_x86(sch, config)
-    logger.debug("sparse_dense %s m=%s on %s: %s", weight, m, target.kind.name, config)
+    task = tune_task(weight, m, target)
+    config = config or resolve_config(task, target)
+    logger.debug("sparse_dense %s m=%s: %s", weight, m, config)
     return (
-        sch.mod["main"]
-        .with_attr("tirx.is_scheduled", True)
+        task.scheduled(config)
         .with_attr("op_pattern", OP_PATTERN_OPAQUE)
         .without_attr("global_symbol")
     )
@@ -145,7 +175,7 @@ def emit_sparse_dense(
     target : str, dict or Target
         Target the kernel is scheduled for.
     config : X86Config or CudaConfig, optional
-        Schedule knobs; ``None`` uses :func:`default_config`.
+        Schedule knobs; ``None`` uses :func:`resolve_config`.
 
     Returns
     -------
@@ -226,7 +256,9 @@ class SparseDenseKernel:
             )
         return np.ascontiguousarray(x)
 
-    def _args(self, x: np.ndarray) -> list:
+    def device_args(self, x: np.ndarray) -> list:
+        """``[X, W_data, W_indices, W_indptr, Y]`` on the device, for ``self.executable``
+        (``x`` is validated and uploaded; the weight and ``Y`` are the kernel's own)."""
         x_dev = tvm.runtime.tensor(self._check(x), self.device)
         return [x_dev, *self._weight_args, self._out]
 
@@ -243,7 +275,7 @@ class SparseDenseKernel:
         numpy.ndarray
             ``(m, N)`` of the weight's dtype.
         """
-        self.executable(*self._args(x))
+        self.executable(*self.device_args(x))
         return self._out.numpy()
 
     def time(self, x: np.ndarray, number: int = 100, repeat: int = 5) -> list[float]:
@@ -251,7 +283,7 @@ class SparseDenseKernel:
         timer = self.executable.mod.time_evaluator(
             "main", self.device, number=number, repeat=repeat
         )
-        return list(timer(*self._args(x)).results)
+        return list(timer(*self.device_args(x)).results)
 
 
 def build_sparse_dense(
@@ -268,7 +300,7 @@ def build_sparse_dense(
     target : str, dict or Target
         ``"llvm"`` (this CPU), ``"cuda"`` (H100) or a TVM target.
     config : X86Config or CudaConfig, optional
-        Schedule knobs; ``None`` uses :func:`default_config`.
+        Schedule knobs; ``None`` uses :func:`resolve_config`.
 
     Returns
     -------

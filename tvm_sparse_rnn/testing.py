@@ -38,7 +38,7 @@ def random_bsr(
     rows, cols = n // bs_r, k // bs_c
     total = rows * cols
     keep = np.zeros(total, bool)
-    keep[rng.choice(total, size=int(round(density * total)), replace=False)] = True
+    keep[rng.choice(total, size=round(density * total), replace=False)] = True
     keep = keep.reshape(rows, cols)
     r, c = np.nonzero(keep)
     data = rng.uniform(-1, 1, size=(r.size, bs_r, bs_c)).astype(dtype)

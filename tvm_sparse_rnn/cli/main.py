@@ -28,7 +28,7 @@ from ..errors import (
 logger = logging.getLogger(__name__)
 
 #: Subcommand modules of this package, in ``--help`` order.
-SUBCOMMANDS = ("inspect", "compile", "run", "bench", "demo")
+SUBCOMMANDS = ("inspect", "compile", "run", "bench", "tune", "demo")
 
 #: Exit code per error class (the first matching class in order wins).
 EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (

@@ -13,12 +13,12 @@ import logging
 import sys
 from pathlib import Path
 
+from ..sparse_dense import tune_task
 from ..target import resolve_target
 from ..testing import random_bsr
 from ..transform.block_size import parse_block_size
 from ..tuning.database import default_work_dir
 from ..tuning.lookup import collect_tasks
-from ..tuning.spaces import sparse_dense_task
 from ..tuning.task import TuneTask
 from ..tuning.tune import TaskResult, tune
 from .options import add_compile_options, shape_dict
@@ -63,7 +63,7 @@ def _tasks(args: argparse.Namespace) -> list[TuneTask]:
     if args.op == "sparse_dense":
         block = (1, 1) if args.block_size == "auto" else parse_block_size(args.block_size)
         weight = random_bsr(args.n, args.k, block, args.density, args.dtype, args.seed)
-        return [sparse_dense_task(weight, args.m, target)]
+        return [tune_task(weight, args.m, target)]
     from ..frontend.onnx import from_onnx
 
     with collect_tasks() as found:

@@ -126,11 +126,8 @@ class _RecurrentConverter(_of.OnnxOpConverter):
 
     @classmethod
     def _impl_v7(cls, bb: relax.BlockBuilder, inputs: list, attr: dict, params: list) -> Any:
+        """Opsets 7 to 22: one body (opset 14 added ``layout``, absent means 0)."""
         return _convert(cls.kind, bb, inputs, attr, params)
-
-    @classmethod
-    def _impl_v14(cls, bb: relax.BlockBuilder, inputs: list, attr: dict, params: list) -> Any:
-        return _convert(cls.kind, bb, inputs, attr, params)  # adds the layout attribute
 
 
 class RNN(_RecurrentConverter):

@@ -241,7 +241,7 @@ def _batch_split(hidden_padded: int, batch: int, device: DeviceLimits) -> tuple[
             f"hidden size {hidden_padded}: one sample of h needs {hidden_padded * 4} B of shared "
             f"memory, more than the {device.smem_per_block} B per CTA of {device.name}"
         )
-    chunk = fit if fit <= 2 else fit // 4 * 4
+    chunk = min(fit, 2) if fit < 4 else fit // 4 * 4
     return chunk, -(-batch // chunk)
 
 
@@ -251,6 +251,7 @@ def candidate_plans(
     batch: int,
     dtype: str = "float32",
     device: DeviceLimits = H100,
+    double_buffer: bool = False,
 ) -> list[PersistentPlan]:
     """Every persistent geometry that fits ``device``, best (lowest :meth:`cost`) first.
 
@@ -266,6 +267,9 @@ def candidate_plans(
         ``"float32"``.
     device : DeviceLimits
         The GPU.
+    double_buffer : bool
+        Double-buffer ``h`` where it fits (off by default: on the H100 it measured 2-13 %
+        slower, see ``docs/persistent_rnn.md``).
     """
     if dtype not in SUPPORTED_DTYPES:
         raise UnsupportedError(
@@ -273,7 +277,7 @@ def candidate_plans(
         )
     hp = _round_up(hidden, 4)
     bk, chunks = _batch_split(hp, batch, device)
-    double = 2 * hp * bk * 4 <= device.smem_per_block
+    double = double_buffer and 2 * hp * bk * 4 <= device.smem_per_block
     index_modes = ("i32", "i16x2") if hp <= 65536 else ("i32",)
     reg_cap = device.max_regs_per_thread - REG_HEADROOM
     out = []

@@ -1,23 +1,29 @@
 """The recurrent sequence op (ONNX ``RNN``/``GRU``/``LSTM`` semantics) as a Relax builder.
 
-:func:`emit_recurrent_sequence` adds one recurrent layer to a Relax function under construction;
+:func:`emit_recurrent_sequence` adds one recurrent layer to a Relax function under construction
+(the ONNX converters of :mod:`tvm_sparse_rnn.frontend.onnx_rnn` call it);
 :func:`build_recurrent_sequence` wraps it into a compiled callable on numpy arrays.
 
 Structure of the emitted code, per direction ``d``:
 
-1. ``U = X @ W_d^T + Wb_d`` for all ``T`` steps as **one** matmul (``(T*N, I) x (I, G*H)``).
+1. The input projection ``U = X @ W_d^T + Wb_d`` for all ``T`` steps at once, before the
+   recurrence: on ``llvm`` one ``call_tir`` of
+   :func:`~tvm_sparse_rnn.rnn.kernel_x86.projection_prim_func` (``W`` packed sparse when its
+   density is at most ``density_threshold``, else dense); on ``cuda`` one Relax matmul.
 2. Reverse direction: each sequence's valid prefix is reversed (``U[t] <- U[len-1-t]``; a plain
    flip without ``sequence_lens``), so the recurrence itself always runs forward.
 3. The recurrence over ``t``:
 
-   * ``llvm``: one ``call_tir`` of :func:`tvm_sparse_rnn.rnn.kernel_x86.recurrent_prim_func`
+   * ``llvm``: one ``call_tir`` of :func:`~tvm_sparse_rnn.rnn.kernel_x86.recurrent_prim_func`
      with ``R`` packed sparse (CSR, all gates of a unit together) when its density is at most
-     ``density_threshold``, dense otherwise;
+     ``density_threshold``, dense otherwise (same kernel, dense mat-vec);
    * ``cuda``: a per-step composition of Relax ops (matmul with ``R_g^T``, the cell math of
      :mod:`tvm_sparse_rnn.rnn.cells`, masking by ``sequence_lens``) that the default CUDA
      pipeline schedules with dlight. It gives correct results; the sparse persistent kernel
-     (:mod:`tvm_sparse_rnn.rnn.persistent`) replaces it where it applies.
+     (:mod:`tvm_sparse_rnn.rnn.persistent`) is to replace it where it applies.
 4. The reversed outputs are put back in time order, directions are stacked, layout 1 transposed.
+
+Shapes must be static (``X`` and the optional inputs); float32 only.
 """
 
 from __future__ import annotations
@@ -43,9 +49,9 @@ from .kernel_x86 import (
 
 logger = logging.getLogger(__name__)
 
-#: ``R`` is packed sparse when its density (nonzeros / entries) is at most this; the sparse
-#: mat-vec reads 6 bytes per nonzero (value + 16-bit index) against 4 per dense entry, and its
-#: gathers are slower per byte, so it only pays off below about half density.
+#: ``W`` / ``R`` are packed sparse when their density (nonzeros / entries) is at most this: a
+#: sparse entry costs an index load and 6 bytes (value + 16-bit index) against 4 bytes and a
+#: contiguous access for a dense one, so sparse only pays off below about half density.
 DEFAULT_DENSITY_THRESHOLD = 0.5
 
 _F32 = "float32"
@@ -110,7 +116,7 @@ class RelaxOps:
         return op.clip(a, -bound, bound)
 
 
-def _const(a: np.ndarray, dtype: str | None = None) -> relax.Constant:
+def _const(a: np.ndarray, dtype: str | None = None) -> relax.Expr:
     return relax.const(np.ascontiguousarray(a, dtype=dtype or a.dtype))
 
 

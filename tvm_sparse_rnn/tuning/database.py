@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+import tvm
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
@@ -85,3 +87,17 @@ def open_database(work_dir: str | os.PathLike, *, create: bool = True) -> ms.dat
         path.mkdir(parents=True, exist_ok=True)
     repair_database(path)
     return ms.database.JSONDatabase(work_dir=str(path))
+
+
+def median_seconds(record: ms.database.TuningRecord) -> float:
+    """Median of a record's measured run times (``inf`` for a failed run)."""
+    secs = [float(s) for s in record.run_secs or []]
+    return float(np.median(secs)) if secs else float("inf")
+
+
+def task_records(db: ms.database.Database, mod: tvm.IRModule) -> list[ms.database.TuningRecord]:
+    """All successful records of ``mod``'s workload, fastest (by median) first."""
+    if not db.has_workload(mod):
+        return []
+    records = db.get_top_k(db.commit_workload(mod), 1 << 30)
+    return sorted(records, key=median_seconds)

@@ -24,7 +24,7 @@ from typing import Any
 
 from tvm.target import Target
 
-from .database import WORKLOAD_FILE, device_tag, open_database
+from .database import WORKLOAD_FILE, device_tag, median_seconds, open_database, task_records
 from .task import TuneTask
 
 logger = logging.getLogger(__name__)
@@ -86,24 +86,17 @@ def _tuned_config(task: TuneTask, target: Target) -> tuple[Any, str] | None:
     if path is None:
         return None
     db = _cached_database(str(path), (path / WORKLOAD_FILE).stat().st_mtime_ns)
-    if not db.has_workload(task.mod):
-        return None
-    records = db.get_top_k(db.commit_workload(task.mod), 1)
+    records = task_records(db, task.mod)
     if not records:
         return None
-    secs = [float(s) for s in records[0].run_secs]
-    return task.decode(records[0].trace), f"tuned record ({min(secs) * 1e6:.1f} us) in {path}"
+    best_us = median_seconds(records[0]) * 1e6
+    return task.decode(records[0].trace), f"tuned record ({best_us:.1f} us) in {path}"
 
 
 def _shipped_entries(target: Target, op: str) -> list[dict]:
-    try:
-        res = resources.files("tvm_sparse_rnn._schedules").joinpath(
-            device_tag(target), f"{op}.json"
-        )
-        text = res.read_text() if res.is_file() else None
-    except ModuleNotFoundError:
-        text = None
-    return json.loads(text)["entries"] if text else []
+    shipped = resources.files("tvm_sparse_rnn._schedules")
+    path = shipped.joinpath(device_tag(target)).joinpath(f"{op}.json")
+    return json.loads(path.read_text())["entries"] if path.is_file() else []
 
 
 def _shipped_config(task: TuneTask, target: Target) -> tuple[Any, str] | None:

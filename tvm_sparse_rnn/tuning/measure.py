@@ -76,7 +76,7 @@ def make_builder(timeout_s: float = 120.0) -> ms.builder.LocalBuilder:
 
 
 def make_runner(
-    fixed: Mapping[int, np.ndarray], *, number: int = 10, repeat: int = 3
+    fixed: Mapping[int, np.ndarray], *, number: int = 10, repeat: int = 5
 ) -> ms.runner.LocalRunner:
     """A :class:`LocalRunner` measuring with the real arrays in ``fixed``."""
     return ms.runner.LocalRunner(

@@ -20,7 +20,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
-from .database import open_database
+from .database import median_seconds, open_database, task_records
 from .measure import make_builder, make_runner
 from .task import TuneTask
 
@@ -38,7 +38,7 @@ class TaskResult:
     trials : int
         Records of the task in the database after this run.
     default_s, tuned_s : float
-        Mean runtime of the default config and of the best record, in seconds, measured by the
+        Median runtime of the default config and of the best record, in seconds, measured by the
         same runner.
     best_config : object
         The knob config of the best record.
@@ -54,11 +54,6 @@ class TaskResult:
     def speedup(self) -> float:
         """``default_s / tuned_s``."""
         return self.default_s / self.tuned_s
-
-
-def _mean(record: ms.database.TuningRecord) -> float:
-    secs = [float(s) for s in record.run_secs or []]
-    return float(np.mean(secs)) if secs else float("inf")
 
 
 def _measure_default(
@@ -99,7 +94,7 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
         secs = [
-            float(np.mean([float(s) for s in r.run_secs]))
+            float(np.median([float(s) for s in r.run_secs]))
             for r in runner_results
             if r.run_secs and not r.error_msg
         ]
@@ -178,7 +173,7 @@ def tune(
             )
             callbacks = [
                 *ms.measure_callback.MeasureCallback.create("default"),
-                _Progress(bar, _mean(db.get_top_k(workload, 1)[0])),
+                _Progress(bar, median_seconds(task_records(db, task.mod)[0])),
             ]
             ms.tune_tasks(
                 tasks=[ctx],
@@ -194,14 +189,19 @@ def tune(
                 measure_callbacks=callbacks,
             )
             bar.close()
-        records = db.get_top_k(workload, 1 << 30)
+        records = task_records(db, task.mod)
         default = task.default_config
         default_s = min(
-            (_mean(r) for r in records if task.decode(r.trace) == default), default=float("nan")
+            (median_seconds(r) for r in records if task.decode(r.trace) == default),
+            default=float("nan"),
         )
         results.append(
             TaskResult(
-                task.name, len(records), default_s, _mean(records[0]), task.decode(records[0].trace)
+                task.name,
+                len(records),
+                default_s,
+                median_seconds(records[0]),
+                task.decode(records[0].trace),
             )
         )
     return results

@@ -1,0 +1,1 @@
+"""Autotuning of this package's schedules with MetaSchedule (see ``docs/tuning.md``)."""
