@@ -4,6 +4,15 @@ Public API
 ----------
 BSRWeight
     Validated block-sparse weight (:mod:`tvm_sparse_rnn.bsr`).
+build_sparse_dense, sparse_dense_func, emit_sparse_dense
+    The block-sparse ``Y = X @ W.T`` operator as a callable, a scheduled PrimFunc, or inside a
+    Relax program (:mod:`tvm_sparse_rnn.sparse_dense`).
+CellConfig, RecurrentWeights, build_recurrent_sequence
+    RNN/GRU/LSTM sequence op with ONNX semantics (:mod:`tvm_sparse_rnn.rnn.sequence`).
+DenseToSparse
+    Relax pass rewriting pruned constant dense layers (:mod:`tvm_sparse_rnn.transform`).
+
+ONNX import lives in :mod:`tvm_sparse_rnn.frontend` (needs the ``onnx`` package).
 """
 
 from __future__ import annotations
@@ -17,6 +26,15 @@ from .errors import (
     TuningError,
     UnsupportedError,
 )
+from .rnn.cells import CellConfig
+from .rnn.sequence import RecurrentWeights, build_recurrent_sequence
+from .sparse_dense import (
+    SparseDenseKernel,
+    build_sparse_dense,
+    emit_sparse_dense,
+    sparse_dense_func,
+)
+from .transform import DenseToSparse
 
 __version__ = "0.1.0"
 
@@ -24,9 +42,17 @@ __all__ = [
     "BSRFormatError",
     "BSRWeight",
     "CapacityError",
+    "CellConfig",
+    "DenseToSparse",
     "ModelError",
+    "RecurrentWeights",
+    "SparseDenseKernel",
     "SparseRNNError",
     "TuningError",
     "UnsupportedError",
     "__version__",
+    "build_recurrent_sequence",
+    "build_sparse_dense",
+    "emit_sparse_dense",
+    "sparse_dense_func",
 ]

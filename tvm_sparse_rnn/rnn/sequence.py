@@ -241,12 +241,15 @@ def _emit_steps(
     cfg: CellConfig,
     x: relax.Expr,
     dirn: _Direction,
-    lens: relax.Expr,
+    lens: relax.Expr | None,
     rev_index: relax.Expr | None,
 ) -> list[relax.Expr]:
     """One direction as a static per-step composition of Relax ops (the CUDA path).
 
-    ``x`` is ``X`` as ``(T, N, I)``. Returns ``[Y (T, N, H), Y_h (N, H), [Y_c]]``.
+    ``x`` is ``X`` as ``(T, N, I)``; ``lens`` is ``None`` when every sequence is full. Returns
+    ``[Y (T, N, H), Y_h (N, H), [Y_c]]``. Steps past a sequence's length keep the state and
+    write zeros, through float 0/1 masks (``m * new + (1 - m) * old`` is exact for m in {0, 1});
+    boolean ``where`` would be vectorized into invalid CUDA by the default GPU schedules.
     """
     seq_len, batch, input_size = _static_shape(x, "X")
     H, G = cfg.hidden_size, cfg.num_gates
@@ -259,8 +262,15 @@ def _emit_steps(
     r_t = [_const(np.ascontiguousarray(dirn.r[g * H : (g + 1) * H].T), _F32) for g in range(G)]
     rb_g = [_const(dirn.rb[g * H : (g + 1) * H], _F32) for g in range(G)]
     p_g = None if dirn.peep is None else [_const(p, _F32) for p in np.split(dirn.peep, 3)]
-    lens_col = op.expand_dims(lens, [1])
-    zero = relax.const(0.0, _F32)
+    lens_col = None if lens is None else op.expand_dims(lens, [1])
+    one = relax.const(1.0, _F32)
+
+    def keep(mask: relax.Expr | None, new: relax.Expr, old: relax.Expr | None) -> relax.Expr:
+        if mask is None:
+            return new
+        kept = op.multiply(mask, new)
+        return kept if old is None else op.add(kept, op.multiply(op.subtract(one, mask), old))
+
     h, c = dirn.h0, dirn.c0
     ys = []
     for s in range(seq_len):
@@ -269,7 +279,11 @@ def _emit_steps(
             bb.emit(op.strided_slice(x_t, axes=[1], begin=[g * H], end=[(g + 1) * H]))
             for g in range(G)
         ]
-        active = bb.emit(op.less(relax.const(s, "int32"), lens_col))  # (N, 1)
+        active = (  # (N, 1) float 0/1
+            None
+            if lens_col is None
+            else bb.emit(op.astype(op.less(relax.const(s, "int32"), lens_col), _F32))
+        )
 
         def rec(g: int, vec: relax.Expr) -> relax.Expr:
             return op.add(op.matmul(vec, r_t[g]), rb_g[g])
@@ -282,10 +296,10 @@ def _emit_steps(
             h_new = gru_output(ops, cfg, d, z, reset, xs[2], r_h, h)
         else:
             h_new, c_new = lstm_cell(ops, cfg, d, xs, [rec(g, h) for g in range(4)], c, p_g)
-            c = bb.emit(op.where(active, bb.emit(c_new), c))
+            c = bb.emit(keep(active, bb.emit(c_new), c))
         h_new = bb.emit(h_new)
-        ys.append(op.expand_dims(op.where(active, h_new, zero), [0]))
-        h = bb.emit(op.where(active, h_new, h))
+        ys.append(op.expand_dims(keep(active, h_new, None), [0]))
+        h = bb.emit(keep(active, h_new, h))
     y = bb.emit(op.concat(ys, axis=0))
     if cfg.is_reverse(d):
         y = _reverse_sequences(bb, y, rev_index, axis=0)
@@ -370,7 +384,8 @@ def emit_recurrent_sequence(
             _direction_state(bb, initial_c, d, batch, H) if cfg.cell.has_cell_state else None,
         )
         if cuda:
-            outs.append(_emit_steps(bb, cfg, X, dirn, lens, rev_index))
+            full = None if sequence_lens is None else lens
+            outs.append(_emit_steps(bb, cfg, X, dirn, full, rev_index))
         else:
             outs.append(_emit_x86(bb, cfg, x_in, batch, dirn, lens, rev_index, density_threshold))
     y = bb.emit(op.stack([o[0] for o in outs], axis=1))  # (T, D, N, H)
