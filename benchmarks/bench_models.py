@@ -4,6 +4,8 @@ Models (90 % pruned, generated in code by :mod:`tvm_sparse_rnn.demo`):
 
 * ``mlp3_m4``, ``mlp3_m32`` -- 3-layer MLP 512 -> 1024 -> 1024 -> 256 on 4 and 32 rows (a
   latency-bound and a larger batch), weights pruned in 1x16 / 4x4 / 1x16 blocks;
+* ``mlp3_4096_m4``, ``mlp3_4096_m16`` -- the same MLP at the width of a speech/LM layer
+  (4096 -> 4096 -> 4096 -> 4096) on 4 and 16 rows;
 * ``rnn``   -- one ONNX ``RNN`` (T=8, B=4, I=256, H=512, unstructured);
 * ``demo``  -- the CLI demo: that RNN feeding the MLP (classifier 50 % pruned, kept dense).
 
@@ -39,9 +41,12 @@ RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 def models() -> dict:
     """The benchmarked ONNX models by name."""
     mlp = {"recurrent": False, "classifier_sparsity": 0.9, "classifier_block": (1, 16)}
+    wide = {"hidden": 4096, "mlp": 4096, "classes": 4096}
     return {
         "mlp3_m4": build_demo_model(seq_len=1, batch=4, **mlp),
         "mlp3_m32": build_demo_model(seq_len=8, batch=4, **mlp),
+        "mlp3_4096_m4": build_demo_model(seq_len=1, batch=4, **mlp, **wide),
+        "mlp3_4096_m16": build_demo_model(seq_len=4, batch=4, **mlp, **wide),
         "rnn": build_recurrent_model("RNN"),
         "demo": build_demo_model(),
     }
@@ -71,7 +76,7 @@ def main() -> None:
     parser.add_argument("--target", choices=("llvm", "cuda"), default="llvm")
     parser.add_argument("--repeat", type=int, default=100)
     parser.add_argument(
-        "--models", nargs="*", default=None, help="subset of mlp3_m4 mlp3_m32 rnn demo"
+        "--models", nargs="*", default=None, help="subset of the model names above"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

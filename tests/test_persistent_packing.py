@@ -132,3 +132,15 @@ def test_planner_fallback_and_chunks() -> None:
     wide = plan_persistent(hidden=16384, max_row_nnz=150, batch=4)  # 3 samples of h fit
     assert (wide.batch_kernel, wide.num_batch_chunks) == (2, 2)
     assert 5760 <= max_hidden(0.10, batch=2) < 8192
+
+
+def test_default_knobs_follow_h100_measurements() -> None:
+    from tvm_sparse_rnn.rnn.planner import default_knobs
+
+    def plan(hidden: int, batch: int, longest: int):
+        return plan_persistent(hidden=hidden, max_row_nnz=longest, batch=batch)
+
+    assert default_knobs(plan(1792, 1, 230)) == ("flag", True)  # 7 KB of h: flag won
+    assert default_knobs(plan(1792, 4, 230)) == ("flag", True)  # 28 KB: tie
+    assert default_knobs(plan(1152, 8, 320)) == ("grid", False)  # scalar loads won at B = 8
+    assert default_knobs(plan(5760, 2, 660)) == ("grid", True)

@@ -29,7 +29,7 @@ from ..target import is_cuda, resolve_target
 from . import cuda_pipeline
 from .kernel_cuda import make_persistent_kernel, make_step_kernel
 from .packing import PackedWeights, pack
-from .planner import H100, DeviceLimits, PersistentPlan, plan_persistent
+from .planner import H100, DeviceLimits, PersistentPlan, default_knobs, plan_persistent
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +47,16 @@ def persistent_prim_func(
     R: object,
     batch: int,
     activation: str = "tanh",
-    barrier: str = "flag",
+    barrier: str = "auto",
     *,
     order: str = "guided",
-    vector: bool = True,
+    vector: bool | None = None,
     plan: PersistentPlan | None = None,
     device: DeviceLimits = H100,
 ) -> tuple[tirx.PrimFunc, dict[str, np.ndarray], PersistentPlan]:
     """The scheduled PrimFunc and its packed constants, for emission with Relax ``call_tir``.
+
+    Parameters are those of :func:`build_persistent_rnn`.
 
     Returns
     -------
@@ -64,13 +66,27 @@ def persistent_prim_func(
         per-step fallback adds the step ``t``: call it for every step), with ``Hk`` and ``Bk``
         the plan's padded hidden size and batch; pad ``U``/``h0`` with zeros.
     """
+    plan, barrier, packed = _plan_and_pack(R, batch, barrier, order, vector, plan, device)
+    func = make_prim_func(plan, activation, barrier, packed.vector)
+    return func, {"vals": packed.vals, "idx": packed.idx}, plan
+
+
+def _plan_and_pack(
+    R: object,
+    batch: int,
+    barrier: str,
+    order: str,
+    vector: bool | None,
+    plan: PersistentPlan | None,
+    device: DeviceLimits,
+) -> tuple[PersistentPlan, str, PackedWeights]:
+    """Plan (unless given), resolve the ``"auto"`` knobs and pack ``R``."""
     plan = plan or plan_persistent(R, batch, device=device)
+    auto_barrier, auto_vector = default_knobs(plan)
+    barrier = auto_barrier if barrier == "auto" else barrier
+    vector = auto_vector if vector is None else vector
     packed = pack(R, plan, order if plan.kind == "persistent" else "naive", vector)
-    return make_prim_func(plan, activation, barrier, vector), _constants(packed), plan
-
-
-def _constants(packed: PackedWeights) -> dict[str, np.ndarray]:
-    return {"vals": packed.vals, "idx": packed.idx}
+    return plan, barrier, packed
 
 
 def kernel_key(plan: PersistentPlan, activation: str, barrier: str, vector: bool) -> str:
@@ -268,10 +284,10 @@ def build_persistent_rnn(
     R: object,
     batch: int,
     activation: str = "tanh",
-    barrier: str = "flag",
+    barrier: str = "auto",
     *,
     order: str = "guided",
-    vector: bool = True,
+    vector: bool | None = None,
     plan: PersistentPlan | None = None,
     target: str | tvm.target.Target = "cuda",
     device_limits: DeviceLimits = H100,
@@ -288,11 +304,12 @@ def build_persistent_rnn(
     activation : str
         ``"tanh"`` or ``"relu"``.
     barrier : str
-        ``"flag"`` (data-embedded, default) or ``"grid"`` (cooperative grid sync).
+        ``"flag"`` (data-embedded), ``"grid"`` (cooperative grid sync) or ``"auto"`` (the one
+        that measured faster for this size, :func:`~tvm_sparse_rnn.rnn.planner.default_knobs`).
     order : str
         ``"guided"`` (bank-aware, default) or ``"naive"`` nonzero order.
-    vector : bool
-        Vector (LDS.128) loads of ``h``.
+    vector : bool, optional
+        Vector (LDS.128) loads of ``h``; default: for ``B <= 4`` only.
     plan : PersistentPlan, optional
         Geometry (default: :func:`plan_persistent`).
     target : str or Target
@@ -302,7 +319,6 @@ def build_persistent_rnn(
     cache_dir : path, optional
         Build cache (see :func:`prebuild`).
     """
-    plan = plan or plan_persistent(R, batch, device=device_limits)
-    packed = pack(R, plan, order if plan.kind == "persistent" else "naive", vector)
-    module = build_kernel(plan, activation, barrier, vector, target, cache_dir)
+    plan, barrier, packed = _plan_and_pack(R, batch, barrier, order, vector, plan, device_limits)
+    module = build_kernel(plan, activation, barrier, packed.vector, target, cache_dir)
     return PersistentRNN(plan, packed, activation, barrier, module, tvm.cuda(0))

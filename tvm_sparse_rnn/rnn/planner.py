@@ -204,6 +204,24 @@ class PersistentPlan:
         )
 
 
+#: Largest ``h`` (bytes per CTA) for which the flag barrier beat the grid barrier on the H100:
+#: every CTA re-polls all of ``h``, which costs L2 bandwidth when ``h`` is large.
+FLAG_BARRIER_MAX_H_BYTES = 28 * 1024
+
+
+def default_knobs(plan: PersistentPlan) -> tuple[str, bool]:
+    """``(barrier, vector)`` that measured fastest on the H100 for ``plan``'s ``h`` size.
+
+    The flag barrier wins for ``h`` up to :data:`FLAG_BARRIER_MAX_H_BYTES` (B = 1, 2 at
+    H = 1792: 0.29 vs 0.39 ms), the grid barrier above (H=5760/B=2: 0.85 vs 1.02 ms). Vector
+    loads (LDS.128) tie with scalar loads at ``B = 4`` and lost 2.3x at ``B = 8`` (see
+    ``docs/persistent_rnn.md``), so they are used for ``B <= 4`` only.
+    """
+    h_bytes = plan.hidden_padded * plan.batch_kernel * 4
+    barrier = "flag" if h_bytes <= FLAG_BARRIER_MAX_H_BYTES else "grid"
+    return barrier, plan.batch_kernel <= 4
+
+
 def estimate_registers(pairs: int, index_mode: str, batch: int, rows_per_group: int) -> int:
     """Registers per thread for ``pairs`` register-resident pairs (fp32 values)."""
     per_pair = 1.5 if index_mode == "i16x2" else 2.0
