@@ -3,7 +3,8 @@
 For each case (90 % sparsity, the block sizes and batches of the ``sparse_dense`` targets) this
 tunes the kernel with the real sparsity pattern, then re-times the default and the tuned config
 in this process with ``time_evaluator`` (median of repeats, interleaved so both see the same
-machine state), prints a table and writes:
+machine state). A tuned config that does not re-measure faster than the default is not shipped
+(the default is kept, gain 1.0). It prints a table and writes:
 
 * ``docs/results/tuning_<device>.json`` (+ ``.png``): default vs tuned per case;
 * ``schedules/<device>/sparse_dense.json``: the tuned configs, shipped as package data
@@ -52,13 +53,15 @@ def main() -> None:
     parser.add_argument("--cost-model", choices=("xgb", "random"), default="xgb")
     parser.add_argument("--density", type=float, default=0.1)
     parser.add_argument("--quick", action="store_true", help="the first two cases only")
+    parser.add_argument("--m", type=int, nargs="*", help="only these batch sizes")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temp dir")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--schedules-dir", type=Path, default=SCHEDULES_DIR)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     target = resolve_target(args.target)
-    cases = CASES[args.target][: 2 if args.quick else None]
+    cases = [c for c in CASES[args.target] if not args.m or c[2] in args.m]
+    cases = cases[: 2 if args.quick else None]
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="tune_"))
     rows, entries = [], []
     for n, block, m in cases:
@@ -81,6 +84,9 @@ def main() -> None:
                 times["default"][-1] if tuned_k is default_k else _time(tuned_k, x, 5)
             )
         default_us, tuned_us = (median(times[k]) * 1e6 for k in ("default", "tuned"))
+        kept_default = tuned_us >= default_us  # validation: ship only a measured improvement
+        best = task.default_config if kept_default else result.best_config
+        tuned_us = min(tuned_us, default_us)
         case = f"{n} {block[0]}x{block[1]} m{m}"
         rows.append(
             {
@@ -89,13 +95,14 @@ def main() -> None:
                 "default_us": round(default_us, 2),
                 "tuned_us": round(tuned_us, 2),
                 "gain": round(default_us / tuned_us, 3),
-                "tuned_config": str(result.best_config),
+                "tuned_config": str(best),
+                "kept_default": kept_default,
             }
         )
         entries.append(
             {
                 "meta": task.meta,
-                "config": vars(result.best_config),
+                "config": vars(best),
                 "default_us": round(default_us, 2),
                 "tuned_us": round(tuned_us, 2),
             }
