@@ -3,7 +3,6 @@ compiled for llvm and compared with onnxruntime (fp32)."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 
 import numpy as np
@@ -12,11 +11,9 @@ import pytest
 import tvm
 from onnx import TensorProto, helper
 from tvm import relax
-from tvm.relax.frontend.onnx import from_onnx
-from tvm.relax.frontend.onnx import onnx_frontend as _of
 
 from tvm_sparse_rnn.errors import ModelError, UnsupportedError
-from tvm_sparse_rnn.frontend.onnx_rnn import RECURRENT_CONVERTERS
+from tvm_sparse_rnn.frontend.onnx import import_relax
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import (
     random_recurrent_weights,
@@ -28,20 +25,8 @@ T, N, IN, H = 6, 3, 5, 12
 SEQ_LENS = np.array([6, 2, 5], np.int32)
 
 
-@contextlib.contextmanager
-def recurrent_converters():
-    """Install :data:`RECURRENT_CONVERTERS` into the Relax ONNX importer for the block."""
-    original = _of._get_convert_map
-    _of._get_convert_map = lambda: {**original(), **RECURRENT_CONVERTERS}
-    try:
-        yield
-    finally:
-        _of._get_convert_map = original
-
-
 def _import(model: onnx.ModelProto, target: str = "llvm") -> tvm.IRModule:
-    with recurrent_converters(), resolve_target(target):
-        return from_onnx(model)
+    return import_relax(model, target=target)
 
 
 def _feeds(direction, layout, inputs, seed):
