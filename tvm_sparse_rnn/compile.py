@@ -32,6 +32,7 @@ from tvm.target import Target
 
 from .errors import ModelError
 from .frontend.onnx import TensorSpec, from_onnx, import_relax, load_onnx, model_signature
+from .rnn.persistent_relax import tir_pipeline
 from .target import is_cuda, resolve_target
 from .transform.block_size import DEFAULT_CANDIDATES, CostParams
 from .transform.schedule_dense import cpu_pipeline
@@ -51,7 +52,11 @@ def signature_path(library: str | os.PathLike) -> Path:
 def build(mod: tvm.IRModule, target: str | dict | Target) -> tvm.runtime.Executable:
     """Compile a Relax module for ``target``.
 
-    CUDA uses TVM's default pipeline (dlight schedules the dense ops); llvm uses it with
+    CUDA uses TVM's default Relax pipeline (dlight schedules the dense ops) and TVM's default
+    TIR pipeline followed by the pass that launches the sparse persistent RNN kernels
+    cooperatively (:func:`tvm_sparse_rnn.rnn.persistent_relax.tir_pipeline`; a kernel with a
+    grid barrier faults without it, every other kernel is unaffected). llvm uses TVM's
+    default pipelines with
     :data:`~tvm_sparse_rnn.transform.schedule_dense.ScheduleDenseCPU` added, so that layers kept
     dense get a parallel, vectorized schedule instead of TVM's naive default loop.
 
@@ -65,7 +70,7 @@ def build(mod: tvm.IRModule, target: str | dict | Target) -> tvm.runtime.Executa
     target = resolve_target(target)
     with target:
         if is_cuda(target):
-            return tvm.compile(mod, target=target)
+            return tvm.compile(mod, target=target, tir_pipeline=tir_pipeline(target))
         return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
 
 

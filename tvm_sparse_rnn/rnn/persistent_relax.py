@@ -73,8 +73,8 @@ def full_lengths(sequence_lens: relax.Expr | None, seq_len: int) -> bool:
     """Whether ``sequence_lens`` is absent or a constant with every length equal to ``seq_len``."""
     if sequence_lens is None:
         return True
-    if isinstance(sequence_lens, relax.Constant):
-        return bool(np.all(sequence_lens.data.numpy() == seq_len))
+    if isinstance(sequence_lens, tvm.ir.expr.Constant):
+        return bool(np.all(sequence_lens.value.numpy() == seq_len))
     return False
 
 
@@ -108,7 +108,7 @@ def persistent_rnn_plan(
     PersistentPlan or None
         A plan of kind ``"persistent"``; ``None`` (with the reason logged) otherwise.
     """
-    (activation,) = cfg.direction_activations(d) if cfg.kind == "RNN" else (None,)
+    activation = cfg.direction_activations(d)[0]
     density = np.count_nonzero(R) / R.size
     if cfg.kind != "RNN":
         reason = f"{cfg.kind} cell (the persistent kernel is a vanilla RNN)"
@@ -189,7 +189,9 @@ def emit_persistent_rnn(
     )
     gv = bb.add_func(func, f"rnn_persistent_{activation}")
 
-    u = op.matmul(op.reshape(x, [seq_len * batch, input_size]), relax.const(np.ascontiguousarray(w.T)))
+    u = op.matmul(
+        op.reshape(x, [seq_len * batch, input_size]), relax.const(np.ascontiguousarray(w.T))
+    )
     u = op.reshape(op.add(u, relax.const(bias.astype(_F32))), [seq_len, batch, H])
     if cfg.is_reverse(d):
         u = op.flip(u, axis=0)
@@ -212,7 +214,9 @@ def emit_persistent_rnn(
     out = chunks[0] if len(chunks) == 1 else bb.emit(op.concat(chunks, axis=2))
     out = op.strided_slice(out, axes=[1, 2], begin=[0, 0], end=[H, batch])
     y = bb.emit(op.permute_dims(out, [0, 2, 1]))  # (T, N, H), kernel time order
-    y_h = bb.emit(op.squeeze(op.strided_slice(y, axes=[0], begin=[seq_len - 1], end=[seq_len]), [0]))
+    y_h = bb.emit(
+        op.squeeze(op.strided_slice(y, axes=[0], begin=[seq_len - 1], end=[seq_len]), [0])
+    )
     if cfg.is_reverse(d):
         y = bb.emit(op.flip(y, axis=0))
     return [y, y_h]

@@ -17,10 +17,16 @@ Structure of the emitted code, per direction ``d``:
    * ``llvm``: one ``call_tir`` of :func:`~tvm_sparse_rnn.rnn.kernel_x86.recurrent_prim_func`
      with ``R`` packed sparse (CSR, all gates of a unit together) when its density is at most
      ``density_threshold``, dense otherwise (same kernel, dense mat-vec);
-   * ``cuda``: a per-step composition of Relax ops (matmul with ``R_g^T``, the cell math of
-     :mod:`tvm_sparse_rnn.rnn.cells`, masking by ``sequence_lens``) that the default CUDA
-     pipeline schedules with dlight. It gives correct results; the sparse persistent kernel
-     (:mod:`tvm_sparse_rnn.rnn.persistent`) is to replace it where it applies.
+   * ``cuda``, pruned vanilla ``RNN`` directions (``Tanh``/``Relu``, no ``clip``, full lengths,
+     ``R`` density at most ``density_threshold``, ``R`` fits in registers): one ``call_tir`` of
+     the sparse persistent kernel (:mod:`tvm_sparse_rnn.rnn.persistent_relax`, grid barrier),
+     all ``T`` steps in one launch. Build such a module with
+     :func:`tvm_sparse_rnn.compile.build` (or ``tir_pipeline=``
+     :func:`~tvm_sparse_rnn.rnn.persistent_relax.tir_pipeline`): the kernel must be launched
+     cooperatively;
+   * ``cuda``, everything else: a per-step composition of Relax ops (matmul with ``R_g^T``, the
+     cell math of :mod:`tvm_sparse_rnn.rnn.cells`, masking by ``sequence_lens``) that the
+     default CUDA pipeline schedules with dlight.
 4. The reversed outputs are put back in time order, directions are stacked, layout 1 transposed.
 
 Shapes must be static (``X`` and the optional inputs); float32 only.
@@ -45,6 +51,12 @@ from .kernel_x86 import (
     projection_prim_func,
     recurrent_prim_func,
     unit_major_order,
+)
+from .persistent_relax import (
+    emit_persistent_rnn,
+    full_lengths,
+    persistent_rnn_plan,
+    tir_pipeline,
 )
 
 logger = logging.getLogger(__name__)
@@ -336,11 +348,12 @@ def emit_recurrent_sequence(
     layout : int
         ONNX ``layout``, 0 or 1.
     target : Target or str, optional
-        ``llvm`` (x86 kernels) or ``cuda`` (per-step Relax ops); defaults to
+        ``llvm`` (x86 kernels) or ``cuda`` (the sparse persistent kernel for pruned ``RNN``
+        directions, per-step Relax ops otherwise; see the module docstring); defaults to
         ``Target.current()``, else ``llvm``.
     density_threshold : float
         Largest density of ``W`` / ``R`` packed sparse on x86 (denser ones use the dense
-        variant of the same kernels).
+        variant of the same kernels), and of ``R`` for the persistent kernel on cuda.
 
     Returns
     -------
@@ -383,7 +396,14 @@ def emit_recurrent_sequence(
             _direction_state(bb, initial_h, d, batch, H),
             _direction_state(bb, initial_c, d, batch, H) if cfg.cell.has_cell_state else None,
         )
+        plan = None
         if cuda:
+            lengths_full = full_lengths(sequence_lens, seq_len)
+            plan = persistent_rnn_plan(cfg, d, dirn.r, batch, lengths_full, density_threshold)
+        if plan is not None:
+            bias = dirn.wb + dirn.rb
+            outs.append(emit_persistent_rnn(bb, cfg, d, plan, X, dirn.w, bias, dirn.r, dirn.h0))
+        elif cuda:
             full = None if sequence_lens is None else lens
             outs.append(_emit_steps(bb, cfg, X, dirn, full, rev_index))
         else:
@@ -532,6 +552,6 @@ def build_recurrent_sequence(
             gv = bb.emit_output(out)
         bb.emit_func_output(gv)
     with target:
-        ex = tvm.compile(bb.get(), target=target)
+        ex = tvm.compile(bb.get(), target=target, tir_pipeline=tir_pipeline(target))
     device = tvm.cuda() if is_cuda(target) else tvm.cpu()
     return RecurrentSequence(ex, cfg, tuple(x_shape), layout, device)

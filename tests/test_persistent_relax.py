@@ -1,0 +1,189 @@
+"""ONNX ``RNN`` layers on CUDA use the sparse persistent kernel (one launch for all steps).
+
+CPU: the imported module holds one ``call_tir`` of the persistent kernel per direction, the
+CUDA source has the register arrays and the grid sync in exactly one kernel, the library is
+tagged for a cooperative launch, nvcc compiles it for sm_90a; layers that do not qualify keep the
+per-step path, and kernels other than the persistent one build exactly as with TVM's default.
+GPU: models compiled for cuda match onnxruntime.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from tvm import relax
+from tvm.support import nvcc
+
+from tvm_sparse_rnn.compile import build
+from tvm_sparse_rnn.frontend.onnx import from_onnx
+from tvm_sparse_rnn.rnn.cells import CellConfig
+from tvm_sparse_rnn.rnn.persistent_relax import full_lengths, persistent_rnn_plan
+from tvm_sparse_rnn.rnn.sequence import DEFAULT_DENSITY_THRESHOLD
+from tvm_sparse_rnn.target import resolve_target
+from tvm_sparse_rnn.testing import (
+    random_recurrent_weights,
+    recurrent_onnx_model,
+    recurrent_onnxruntime,
+)
+
+T, N, IN, H = 12, 3, 16, 128
+CUDA = resolve_target("cuda")
+COOPERATIVE_TAG = b"tirx.use_cooperative_launch"
+
+
+def _model(
+    kind: str = "RNN",
+    direction: str = "forward",
+    inputs: tuple[str, ...] = (),
+    attributes: dict | None = None,
+    density: float = 0.1,
+    shape: tuple[int, int, int, int] = (T, N, IN, H),
+    layout: int = 0,
+    seed: int = 3,
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    seq_len, batch, input_size, hidden = shape
+    d = 2 if direction == "bidirectional" else 1
+    w = random_recurrent_weights(kind, hidden, input_size, d, density=density, seed=seed)
+    model = recurrent_onnx_model(
+        kind, w, seq_len, batch, input_size, hidden, direction, layout, inputs, attributes
+    )
+    return model, w
+
+
+def _persistent_calls(mod: tvm.IRModule) -> int:
+    """Number of ``call_tir`` of the persistent kernel in ``main``."""
+    return len(re.findall(r"R\.call_tir\(cls\.rnn_persistent_", mod.script()))
+
+
+def _cuda_source(executable: tvm.runtime.Executable) -> str:
+    (cuda,) = [m for m in executable.mod.imports[0].imports if m.kind == "cuda"]
+    return cuda.inspect_source()
+
+
+def _kernels(source: str) -> dict[str, str]:
+    """Kernel name -> body text, for every ``__global__`` definition of ``source``."""
+    parts = re.split(r'extern "C" __global__ void ', source)[1:]
+    bodies = {}
+    for part in parts:
+        name = re.match(r"(?:__launch_bounds__\(\d+\) )?(\w+)\(", part).group(1)
+        bodies[name] = part
+    return bodies
+
+
+def test_rnn_uses_one_persistent_launch_per_direction(tmp_path):
+    model, _ = _model(direction="bidirectional", inputs=("initial_h",))
+    mod = from_onnx(model, target=CUDA)
+    assert _persistent_calls(mod) == 2
+    script = mod["main"].script()
+    assert script.count("R.matmul(") == 2  # the input projections only: no per-step mat-vecs
+    executable = build(mod, CUDA)
+    source = _cuda_source(executable)
+    kernels = _kernels(source)
+    assert "cg::this_grid().sync()" in source
+    synced = [name for name, body in kernels.items() if "tvm_builtin_cuda_grid_sync()" in body]
+    assert synced == ["rnn_persistent_tanh_kernel"]
+    body = kernels["rnn_persistent_tanh_kernel"]
+    assert re.search(r"float wv_ptr\[\d+\];", body) and re.search(r"int wi_ptr\[\d+\];", body)
+    assert not re.search(r"wv_ptr\[[a-z_(]", body)  # constant indices only: registers
+    assert "sprnn_cp16(" in body and "cp.async.cg.shared.global" in source and "tanhf" in body
+    assert len(kernels) <= 12  # a fixed number of kernels, independent of T
+    library = tmp_path / "rnn.so"
+    executable.export_library(str(library))
+    assert COOPERATIVE_TAG in library.read_bytes()
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not available")
+    with CUDA:
+        cubin = nvcc.compile_cuda(source, target_format="cubin", arch="sm_90a", compiler="nvcc")
+    assert len(cubin) > 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "inputs", "attributes", "density"),
+    [
+        ("GRU", (), None, 0.1),
+        ("RNN", ("sequence_lens",), None, 0.1),
+        ("RNN", (), None, 0.9),  # dense R
+        ("RNN", (), {"clip": 0.5}, 0.1),
+        ("RNN", (), {"activations": ["Sigmoid"]}, 0.1),
+    ],
+)
+def test_non_qualifying_layers_keep_the_per_step_path(kind, inputs, attributes, density):
+    model, _ = _model(
+        kind, inputs=inputs, attributes=attributes, density=density, shape=(3, N, IN, 32)
+    )
+    mod = from_onnx(model, target=CUDA)
+    assert _persistent_calls(mod) == 0
+    assert "R.matmul(" in mod["main"].script()
+
+
+def test_plan_conditions():
+    r = random_recurrent_weights("RNN", 64, 8, 2, density=0.1, seed=0)["R"]
+    cfg = CellConfig("RNN", 64, "bidirectional", activations=("Relu", "Sigmoid"))
+    plan = persistent_rnn_plan(cfg, 0, r[0], 5, True, DEFAULT_DENSITY_THRESHOLD)
+    assert plan is not None and plan.kind == "persistent" and plan.batch_kernel == 8
+    assert persistent_rnn_plan(cfg, 1, r[1], 5, True, DEFAULT_DENSITY_THRESHOLD) is None
+    assert persistent_rnn_plan(cfg, 0, r[0], 5, False, DEFAULT_DENSITY_THRESHOLD) is None
+    assert persistent_rnn_plan(cfg, 0, r[0], 5, True, 0.05) is None
+    assert full_lengths(None, 4)
+    assert full_lengths(relax.const(np.full(3, 4, np.int64)), 4)
+    assert not full_lengths(relax.const(np.array([4, 2, 4], np.int64)), 4)
+    assert not full_lengths(relax.Var("lens", relax.TensorType((3,), "int64")), 4)
+
+
+def test_other_kernels_build_as_with_the_default_pipeline(tmp_path):
+    """``compile.build`` keeps dlight and TVM's default TIR pipeline for the other kernels."""
+    model, _ = _model("GRU", shape=(2, N, IN, 32))
+    mod = from_onnx(model, target=CUDA)
+    ours = build(mod, CUDA)
+    with CUDA:
+        default = tvm.compile(mod, target=CUDA)
+    assert _cuda_source(ours) == _cuda_source(default)
+    assert "blockIdx.x" in _cuda_source(ours)  # scheduled by dlight
+    library = tmp_path / "gru.so"
+    ours.export_library(str(library))
+    assert COOPERATIVE_TAG not in library.read_bytes()
+
+
+GPU_CASES = [
+    # (direction, initial_h, activation, layout, (T, N, I, H))
+    ("forward", False, "Tanh", 0, (20, 4, 32, 256)),
+    ("forward", True, "Relu", 0, (20, 4, 32, 256)),
+    ("forward", True, "Tanh", 0, (9, 3, 24, 250)),
+    ("forward", False, "Relu", 0, (7, 1, 16, 130)),
+    ("reverse", False, "Relu", 0, (20, 4, 32, 256)),
+    ("reverse", True, "Tanh", 0, (20, 4, 32, 256)),
+    ("reverse", True, "Relu", 0, (9, 3, 24, 250)),
+    ("bidirectional", False, "Tanh", 0, (20, 4, 32, 256)),
+    ("bidirectional", True, "Relu", 0, (20, 4, 32, 256)),
+    ("bidirectional", True, "Tanh", 1, (9, 6, 24, 250)),
+    ("bidirectional", False, "Relu", 0, (7, 2, 16, 1152)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("direction", "initial_h", "activation", "layout", "shape"), GPU_CASES)
+def test_persistent_rnn_model_matches_onnxruntime(direction, initial_h, activation, layout, shape):
+    seq_len, batch, input_size, hidden = shape
+    d = 2 if direction == "bidirectional" else 1
+    inputs = ("initial_h",) if initial_h else ()
+    attributes = {"activations": [activation] * d}
+    model, w = _model("RNN", direction, inputs, attributes, 0.1, shape, layout, seed=hidden)
+    mod = from_onnx(model, target=CUDA)
+    assert _persistent_calls(mod) == d
+    rng = np.random.default_rng(batch)
+    x_shape = (seq_len, batch, input_size) if layout == 0 else (batch, seq_len, input_size)
+    feeds = {"X": rng.standard_normal(x_shape).astype("float32")}
+    if initial_h:
+        h_shape = (d, batch, hidden) if layout == 0 else (batch, d, hidden)
+        feeds["initial_h"] = rng.standard_normal(h_shape).astype("float32")
+    vm = relax.VirtualMachine(build(mod, CUDA), tvm.cuda(0))
+    names = [i.name for i in model.graph.input]
+    got = vm["main"](*(tvm.runtime.tensor(feeds[n], tvm.cuda(0)) for n in names))
+    expected = recurrent_onnxruntime("RNN", w, feeds, hidden, direction, layout, attributes)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g.numpy(), e, rtol=2e-4, atol=2e-4)
