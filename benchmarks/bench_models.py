@@ -75,9 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", choices=("llvm", "cuda"), default="llvm")
     parser.add_argument("--repeat", type=int, default=100)
-    parser.add_argument(
-        "--models", nargs="*", default=None, help="subset of the model names above"
-    )
+    parser.add_argument("--models", nargs="*", default=None, help="subset of the model names above")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -224,7 +224,11 @@ def from_onnx(
     Returns
     -------
     tvm.IRModule
-        The Relax module, ready for ``tvm.compile(mod, target)``.
+        The Relax module. Compile it with :func:`tvm_sparse_rnn.compile.build` (or
+        ``tvm.compile(mod, target, tir_pipeline=tvm_sparse_rnn.rnn.persistent_relax.tir_pipeline(
+        target))``): on cuda, pruned ``RNN`` layers use the persistent kernel, whose grid
+        barrier needs the cooperative launch that pipeline adds; a plain ``tvm.compile`` builds,
+        but the kernel then fails at run time with ``cudaErrorLaunchFailure``.
 
     Raises
     ------
