@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -75,6 +76,16 @@ def test_empty_rows_are_zero():
     kernel = build_sparse_dense(weight, 2)
     x = np.ones((2, K), "float32")
     np.testing.assert_array_equal(kernel(x), x @ dense.T)
+
+
+@pytest.mark.parametrize("block", [(1, 16), (16, 16), (8, 1)], ids=lambda b: f"{b[0]}x{b[1]}")
+def test_accumulators_are_not_allocated_per_row(block):
+    """Partial sums and the pairwise-sum stages live in stack arrays (registers), also with a
+    dynamic batch and float16: no ``TVMBackendAllocWorkspace`` call per block row."""
+    weight = random_bsr(N, K, block, 0.3, dtype="float16", seed=4)
+    func = sparse_dense_func(weight, tirx.Var("m", "int32"), "llvm")
+    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), "llvm")
+    assert not re.search(r"load ptr, ptr @__TVMBackendAllocWorkspace", ex.mod.inspect_source("ll"))
 
 
 @pytest.mark.parametrize("block", [(1, 1), (4, 4), (16, 16)], ids=lambda b: f"{b[0]}x{b[1]}")

@@ -146,3 +146,20 @@ def test_interrupted_tune_cli_leaves_readable_database(tmp_path: Path) -> None:
     assert len(db) >= 3
     for line in (db_dir / RECORD_FILE).read_text().splitlines():
         json.loads(line)
+
+
+def test_tune_model_cli_then_compile_uses_records(tmp_path: Path, caplog) -> None:
+    from tvm_sparse_rnn.cli.main import main
+    from tvm_sparse_rnn.demo import build_demo_model
+
+    model = tmp_path / "mlp.onnx"
+    model.write_bytes(build_demo_model(recurrent=False, seq_len=1, batch=4).SerializeToString())
+    logs = tmp_path / "logs"
+    args = ["tune", str(model), "--trials", "2", "--trials-per-iter", "2", "--work-dir", str(logs)]
+    assert main(args) == 0
+    assert list(logs.glob(f"*/{RECORD_FILE}"))
+    out = tmp_path / "mlp.so"
+    # -v: the CLI sets the package's log level itself (INFO), which caplog then captures
+    assert main(["-v", "compile", str(model), "--tuning-logs", str(logs), "-o", str(out)]) == 0
+    assert out.exists()
+    assert "using tuned record" in caplog.text

@@ -12,8 +12,10 @@ bind them without rewriting the data-dependent loop:
    the only reduction is the data-dependent loop over the lane's blocks. ``te.create_prim_func``
    makes two nested blocks of it: ``<name>_l1`` (loops ``m, n, l, c``) around :data:`BLOCK_PARTIAL`
    (the loop over the lane's blocks, with the init).
-2. :data:`BLOCK_SUM` ``Y[m, n] = sum_{l, c} P[m, n, l, c]``: a static reduction that x86
-   schedules keep in registers and CUDA schedules bind to threads (a warp-shuffle all-reduce).
+2. :data:`BLOCK_SUM` ``Y[m, n] = sum_{l, c} P[m, n, l, c]``: with ``lanes > 1`` a static
+   reduction that CUDA schedules bind to threads (a warp-shuffle all-reduce); with
+   ``lanes = 1`` a pairwise tree (stages :data:`BLOCK_TREE` ``0, 1, ...`` halve the ``bs_c``
+   columns, :data:`BLOCK_SUM` reads column 0) that CPU schedules vectorize.
 3. :data:`BLOCK_CAST` (float16 only): ``Y = Yacc.astype("float16")``.
 
 ``lanes = 1`` (x86) makes stage 1 the plain row loop; ``lanes = 32`` (CUDA) lets a warp share
@@ -21,6 +23,8 @@ one row.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from tvm import te, tirx
 
@@ -32,9 +36,13 @@ BLOCK_PARTIAL_OUTER = f"{BLOCK_PARTIAL}_l1"
 BLOCK_SUM = COMPUTE_NAME
 #: Optional stage 0, ``X`` with its block columns replicated ``bs_r`` times.
 BLOCK_XREP = f"{COMPUTE_NAME}_xrep"
+#: Prefix of the pairwise-sum stages ``<prefix>0``, ``<prefix>1``, ... of ``lanes = 1``.
+BLOCK_TREE = f"{COMPUTE_NAME}_tree"
 #: Stage 3, float32 -> float16 cast, present only for float16.
 BLOCK_CAST = f"{COMPUTE_NAME}_cast"
 ACC_DTYPE = "float32"
+#: ``tag`` of the :data:`BLOCK_SUM` compute.
+TAG = "sparse_dense_bsr"
 
 
 def sparse_dense(
@@ -108,17 +116,63 @@ def sparse_dense(
         return te.sum(prod, axis=[unit, elem])
 
     part = te.compute((m, n, lanes, bs_c), _partial, name=BLOCK_PARTIAL)
-    lane = te.reduce_axis((0, lanes), name="lane")
-    c = te.reduce_axis((0, bs_c), name="c")
-    acc = te.compute(
-        (m, n),
-        lambda i, j: te.sum(part[i, j, lane, c], axis=[lane, c]),
-        name=BLOCK_SUM,
-        tag="sparse_dense_bsr",
-    )
+    if lanes == 1:
+        acc = _tree_sum(part)
+    else:
+        lane = te.reduce_axis((0, lanes), name="lane")
+        c = te.reduce_axis((0, bs_c), name="c")
+        acc = te.compute(
+            (m, n),
+            lambda i, j: te.sum(part[i, j, lane, c], axis=[lane, c]),
+            name=BLOCK_SUM,
+            tag=TAG,
+        )
     if dtype == ACC_DTYPE:
         return acc
     return te.compute((m, n), lambda i, j: acc[i, j].astype(dtype), name=BLOCK_CAST)
+
+
+def _reader(stage: te.Tensor) -> Callable[..., tirx.PrimExpr]:
+    """``stage[i, j, c]`` as a function, like the first stage's reader of ``P``."""
+    return lambda i, j, c: stage[i, j, c]
+
+
+def _halve(src: Callable[..., tirx.PrimExpr], width: int) -> Callable[..., tirx.PrimExpr]:
+    """``out[i, j, c] = src[i, j, c] + src[i, j, c + ceil(width / 2)]`` (0 past ``width``)."""
+    half = (width + 1) // 2
+
+    def fcompute(i: tirx.PrimExpr, j: tirx.PrimExpr, c: tirx.PrimExpr) -> tirx.PrimExpr:
+        upper = src(i, j, tirx.min(c + half, width - 1))
+        if width % 2:  # odd: the last lower column has no partner
+            upper = tirx.Select(c + half < width, upper, tirx.const(0, ACC_DTYPE))
+        return src(i, j, c) + upper
+
+    return fcompute
+
+
+def _tree_sum(part: te.Tensor) -> te.Tensor:
+    """``Y[m, n] = sum_c P[m, n, 0, c]`` as a pairwise tree: stage ``t`` (:data:`BLOCK_TREE`
+    ``t``) adds the upper half of the previous stage's columns to the lower half, so that a CPU
+    reduces the ``bs_c`` vector in ``ceil(log2(bs_c))`` vector adds instead of a serial chain.
+
+    Parameters
+    ----------
+    part : te.Tensor
+        ``(M, N, 1, bs_c)`` float32 partial sums.
+
+    Returns
+    -------
+    te.Tensor
+        ``(M, N)`` float32, named :data:`BLOCK_SUM`.
+    """
+    m, n, _, width = part.shape
+    src, width, level = (lambda i, j, c: part[i, j, 0, c]), int(width), 0
+    while width > 1:
+        stage = te.compute(
+            (m, n, (width + 1) // 2), _halve(src, width), name=f"{BLOCK_TREE}{level}"
+        )
+        src, width, level = _reader(stage), (width + 1) // 2, level + 1
+    return te.compute((m, n), lambda i, j: src(i, j, 0), name=BLOCK_SUM, tag=TAG)
 
 
 def sparse_dense_prim_func(

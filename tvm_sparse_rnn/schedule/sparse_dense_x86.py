@@ -4,11 +4,13 @@ Loop nest (``lanes = 1`` compute, see :mod:`tvm_sparse_rnn.ops.sparse_dense`)::
 
     parallel for block_row in N // bs_r:            # threads split the block rows
       for m_outer in ceil(M / m_tile):
-        for m_inner in m_tile:
-          acc[bs_r, bs_c] = 0                        # "local": a vector register
+        for m_inner in m_tile:                       # unrolled where the extents allow
+          acc[bs_r, bs_c] = 0                        # stack array -> vector registers
           for e in blocks of block_row:              # data-dependent
             acc[:, :] += W_data[e, :, :] * X[m, indices[e] * bs_c + (0 .. bs_c)]   # vectorized
-        Y[m, block_row * bs_r + r] = sum_c acc[m_inner, r, c]     # unrolled
+          for t in ceil(log2(bs_c)):                 # pairwise sum: halve the columns
+            acc[:, 0 .. w/2] += acc[:, w/2 .. w]     # vectorized
+          Y[m, block_row * bs_r + r] = acc[r, 0]
 
 The vector runs over the block's columns, plus its rows where ``X`` is the same for all of them
 (``bs_c == 1``: a broadcast) or is replicated per row by the compute (:func:`replicate_x`: 4x4,
@@ -23,9 +25,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from tvm import s_tir
+from tvm import s_tir, tirx
 
-from ..ops.sparse_dense import ACC_DTYPE, BLOCK_CAST, BLOCK_PARTIAL_OUTER, BLOCK_SUM, BLOCK_XREP
+from ..ops.sparse_dense import (
+    ACC_DTYPE,
+    BLOCK_CAST,
+    BLOCK_PARTIAL_OUTER,
+    BLOCK_SUM,
+    BLOCK_TREE,
+    BLOCK_XREP,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +55,7 @@ class X86Config:
     m_tile : int
         Rows of ``X`` handled per pass over a block row (split factor of ``M``).
     unroll : int
-        ``pragma_auto_unroll_max_step`` of the final reduction over ``(m, bs_r, bs_c)``.
+        ``pragma_auto_unroll_max_step`` of the ``m_inner`` loop.
     """
 
     m_tile: int = 4
@@ -75,31 +84,52 @@ def schedule_sparse_dense_x86(sch: s_tir.Schedule, config: Any = None) -> None:
     _, bs_r, bs_c = (int(s) for s in sch.mod["main"].params[1].shape)
     part = sch.get_sblock(BLOCK_PARTIAL_OUTER)
     acc = sch.get_sblock(BLOCK_SUM)
-    i, j, lane, c = sch.get_loops(acc)
+    i, j = sch.get_loops(acc)
     block_row, r = sch.split(j, [None, bs_r])
-    m_outer, m_inner = sch.split(i, [None, config.m_tile])
-    sch.reorder(block_row, m_outer, m_inner, r, lane, c)
+    m_outer, m_inner = sch.split(i, [None, _m_tile(config.m_tile, sch.get(i).extent)])
+    sch.reorder(block_row, m_outer, m_inner, r)
     sch.parallel(block_row)
-    sch.set_scope(part, 0, "local")
-    sch.compute_at(part, m_outer, preserve_unit_loops=True)
-    # Partial loops under m_outer: m_inner, r, lane, c, unit. Vectorize (lane, c, unit), which
-    # is contiguous in W_data and X; also r where X is a broadcast (bs_c == 1) or replicated.
+    sch.annotate(m_inner, "pragma_auto_unroll_max_step", config.unroll)
+    sch.annotate(m_inner, "pragma_unroll_explicit", 1)
+    # Vectorize the partial sums over (lane, c, unit), contiguous in W_data and X; also over r
+    # where X is a broadcast (bs_c == 1) or replicated. The pairwise-sum stages (last first),
+    # the partial sums and the cast go under m_inner (or r), so that their buffers are static
+    # (also for a dynamic M) and small. They keep the default scope: "local" would be a
+    # workspace allocation per row, "global" a stack array that LLVM keeps in vector registers.
     root_blocks = sch.get_child_blocks(sch.get_sblock("root"))
     replicated = any(sch.get(b).name_hint == BLOCK_XREP for b in root_blocks)
     with_rows = bs_c == 1 or replicated
-    vec = sch.fuse(*sch.get_loops(part)[-4 if with_rows else -3 :])
-    if (bs_r * bs_c if with_rows else bs_c) > MAX_VECTOR:
-        _, vec = sch.split(vec, [None, MAX_VECTOR])
-    sch.vectorize(vec)
-    sch.annotate(m_inner, "pragma_auto_unroll_max_step", config.unroll)
-    sch.annotate(m_inner, "pragma_unroll_explicit", 1)
+    inner = m_inner if with_rows else r
+    for stage in reversed(root_blocks):
+        if sch.get(stage).name_hint.startswith(BLOCK_TREE):
+            sch.compute_at(stage, inner, preserve_unit_loops=True)
+            _vectorize(sch, sch.get_loops(stage)[-1])
+    sch.compute_at(part, inner, preserve_unit_loops=True)
+    _vectorize(sch, sch.fuse(*sch.get_loops(part)[-4 if with_rows else -3 :]))
     if sch.mod["main"].params[0].dtype != ACC_DTYPE:
-        sch.reverse_compute_at(sch.get_sblock(BLOCK_CAST), block_row)
+        sch.reverse_compute_at(sch.get_sblock(BLOCK_CAST), m_inner)
     if replicated:
         xrep = sch.get_sblock(BLOCK_XREP)
         i, kb, r, c = sch.get_loops(xrep)
         sch.parallel(sch.fuse(i, kb))
         sch.vectorize(sch.fuse(r, c))
+
+
+def _m_tile(m_tile: Any, m: Any) -> Any:
+    """``m_tile``, or a static ``M`` where that is smaller (the same loop nest without the
+    predicate that costs up to 2x); a sampled ``m_tile`` (tuning) is kept as it is."""
+    if isinstance(m_tile, int) and isinstance(m, tirx.IntImm):
+        return min(m_tile, int(m))
+    return m_tile
+
+
+def _vectorize(sch: s_tir.Schedule, loop: s_tir.LoopRV) -> None:
+    """Vectorize ``loop`` (a static extent), in pieces of :data:`MAX_VECTOR` if it is longer."""
+    extent = int(sch.get(loop).extent)
+    if extent > MAX_VECTOR:
+        _, loop = sch.split(loop, [None, MAX_VECTOR])
+    if extent > 1:
+        sch.vectorize(loop)
 
 
 def replicate_x(bs_r: int, bs_c: int) -> bool:
