@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from common import cuda_event_time, median
 
 logger = logging.getLogger("bench_rnn")
 
@@ -107,18 +108,8 @@ def _torch_baselines(R: sp.csr_array, U: np.ndarray, h0: np.ndarray) -> dict:
     out: dict[str, float | str] = {}
 
     def timed(fn, reps: int = 20) -> float:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        return statistics.median(times)
+        """Median milliseconds of one call, between CUDA events."""
+        return 1e3 * median(cuda_event_time(fn, calls=1, repeat=reps))
 
     def dense_loop():
         h = h0t
