@@ -163,3 +163,18 @@ def test_tune_model_cli_then_compile_uses_records(tmp_path: Path, caplog) -> Non
     assert main(["-v", "compile", str(model), "--tuning-logs", str(logs), "-o", str(out)]) == 0
     assert out.exists()
     assert "using tuned record" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tune"],  # neither a model nor --op
+        ["tune", "--op", "sparse_dense", "--trials", "0"],
+        ["tune", "--op", "sparse_dense", "--density", "1.5"],
+        ["tune", "--op", "sparse_dense", "--block-size", "3x"],
+    ],
+)
+def test_tune_cli_usage_errors(argv) -> None:
+    from tvm_sparse_rnn.cli.main import main
+
+    assert main(argv) == 2

@@ -7,13 +7,25 @@ import argparse
 from ..transform.block_size import parse_block_size
 
 
-def _threshold(text: str) -> float:
+def unit_fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
@@ -42,7 +54,7 @@ def add_compile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=("llvm", "cuda"), default="llvm", help="default llvm")
     parser.add_argument(
         "--sparsity-threshold",
-        type=_threshold,
+        type=unit_fraction,
         default=0.5,
         metavar="S",
         help="minimum zero fraction of a weight to consider it for sparse (default 0.5)",

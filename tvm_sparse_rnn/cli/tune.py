@@ -21,7 +21,7 @@ from ..tuning.database import default_work_dir
 from ..tuning.lookup import collect_tasks
 from ..tuning.task import TuneTask
 from ..tuning.tune import TaskResult, tune
-from .options import add_compile_options, shape_dict
+from .options import add_compile_options, positive_int, shape_dict, unit_fraction
 from .table import format_table
 
 logger = logging.getLogger(__name__)
@@ -38,15 +38,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, nargs="?", metavar="MODEL.onnx")
     parser.add_argument("--op", choices=("sparse_dense",), help="tune one op instead of a model")
-    parser.add_argument("--m", type=int, default=4, help="--op: batch rows (default 4)")
-    parser.add_argument("--n", type=int, default=1792, help="--op: output features")
-    parser.add_argument("--k", type=int, default=1792, help="--op: input features")
-    parser.add_argument("--density", type=float, default=0.1, help="--op: fraction of blocks kept")
+    parser.add_argument("--m", type=positive_int, default=4, help="--op: batch rows (default 4)")
+    parser.add_argument("--n", type=positive_int, default=1792, help="--op: output features")
+    parser.add_argument("--k", type=positive_int, default=1792, help="--op: input features")
+    parser.add_argument(
+        "--density", type=unit_fraction, default=0.1, help="--op: kept block fraction"
+    )
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     parser.add_argument("--seed", type=int, default=0, help="--op: seed of the random pattern")
     add_compile_options(parser)
-    parser.add_argument("--trials", type=int, default=32, help="records per task (default 32)")
-    parser.add_argument("--trials-per-iter", type=int, default=8, help="default 8")
+    parser.add_argument(
+        "--trials", type=positive_int, default=32, help="records per task (default 32)"
+    )
+    parser.add_argument("--trials-per-iter", type=positive_int, default=8, help="default 8")
     parser.add_argument(
         "--cost-model",
         choices=("xgb", "random"),
