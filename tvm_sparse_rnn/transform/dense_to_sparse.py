@@ -82,24 +82,12 @@ class _DenseToSparseMutator(relax.PyExprMutator):
     """Matches constant-weight ``R.matmul`` calls; rewrites them when ``rewrite`` is set."""
 
     def __init__(
-        self,
-        mod: tvm.IRModule,
-        target: Target,
-        sparsity_threshold: float,
-        block_size: str | tuple[int, int],
-        candidates: tuple[tuple[int, int], ...],
-        params: CostParams | None,
-        config: object,
-        rewrite: bool,
+        self, mod: tvm.IRModule, options: DenseToSparse, target: Target, rewrite: bool
     ) -> None:
         super().__init__(mod)
         self.mod = mod
+        self.options = options
         self.target = target
-        self.sparsity_threshold = sparsity_threshold
-        self.block_size = block_size
-        self.candidates = candidates
-        self.params = params
-        self.config = config
         self.rewrite = rewrite
         self.function = ""
         self.layers: list[DenseLayer] = []
@@ -145,10 +133,10 @@ class _DenseToSparseMutator(relax.PyExprMutator):
         plan = plan_layer(
             weight,
             self.target.kind.name,
-            self.sparsity_threshold,
-            self.block_size,
-            self.candidates,
-            self.params,
+            self.options.sparsity_threshold,
+            self.options.block_size,
+            self.options.candidates,
+            self.options.params,
             rows=math.prod(int(d) for d in lead) if static else None,
         )
         layer = DenseLayer(len(self.layers), self.function, tuple(x_ty.shape.values), plan)
@@ -169,7 +157,7 @@ class _DenseToSparseMutator(relax.PyExprMutator):
             return call
         bsr = BSRWeight.from_dense(weight, stats.block_size, dtype=dtype)
         x2d = x if x_ty.ndim == 2 else self.builder_.emit(relax.op.reshape(x, [-1, plan.shape[1]]))
-        y = emit_sparse_dense(self.builder_, x2d, bsr, self.target, self.config)
+        y = emit_sparse_dense(self.builder_, x2d, bsr, self.target, self.options.config)
         return y if x_ty.ndim == 2 else relax.op.reshape(y, call.ty.shape)
 
     def run(self) -> tvm.IRModule:
@@ -258,13 +246,4 @@ class DenseToSparse:
     def _mutator(self, mod: tvm.IRModule, rewrite: bool) -> _DenseToSparseMutator:
         if self.fold_constants:
             mod = relax.transform.FoldConstant()(mod)
-        return _DenseToSparseMutator(
-            mod,
-            _current_target(self.target),
-            self.sparsity_threshold,
-            self.block_size,
-            self.candidates,
-            self.params,
-            self.config,
-            rewrite,
-        )
+        return _DenseToSparseMutator(mod, self, _current_target(self.target), rewrite)
