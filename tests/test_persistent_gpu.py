@@ -1,9 +1,14 @@
-"""H100 numerics of the sparse persistent RNN kernel against a float64 numpy reference.
+"""H100 numerics of the sparse persistent kernel against a float64 numpy reference.
 
-The acceptance sweep: H in {256, 1152, 1792, 2304} x B in {1, 2, 4, 8, 16} x density in
-{1, 10, 30} % x T in {1, 7, 256} x barrier in {grid, flag} x activation in {tanh, relu}. One
-build serves every T (the step count is symbolic); all kernels are compiled up front in parallel
-processes into a session build cache.
+The vanilla-RNN acceptance sweep: H in {256, 1152, 1792, 2304} x B in {1, 2, 4, 8, 16} x density
+in {1, 10, 30} % x T in {1, 7, 256} x barrier in {grid, flag} x activation in {tanh, relu}; the
+gated cells and fp16: {GRU (linear_before_reset=1), LSTM, tanh RNN} x {fp32, fp16} x a few
+(H, B) x barrier, T in {1, 7, 64}, against the ONNX-semantics reference
+(:func:`~tvm_sparse_rnn.rnn.reference.recurrent_sequence_reference`). fp16 tolerance: 1e-2
+absolute and relative against the float64 reference run on the fp16-rounded weights and inputs
+(h is stored in fp16 every step, about 5e-4 relative each time). One build serves every T (the
+step count is symbolic); all kernels are compiled up front in parallel processes into a session
+build cache.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tvm_sparse_rnn.rnn.packing import pack
-from tvm_sparse_rnn.rnn.planner import plan_persistent
-from tvm_sparse_rnn.testing import TOLERANCES
+from tvm_sparse_rnn.rnn.cells import CellConfig
+from tvm_sparse_rnn.rnn.packing import pack, unit_major
+from tvm_sparse_rnn.rnn.planner import CELL_GATES, plan_persistent
+from tvm_sparse_rnn.rnn.reference import recurrent_sequence_reference
+from tvm_sparse_rnn.testing import TOLERANCES, random_recurrent_weights
 
 pytestmark = pytest.mark.gpu
 
@@ -27,6 +34,12 @@ DENSITY = (0.01, 0.10, 0.30)
 STEPS = (1, 7, 256)
 BARRIERS = ("grid", "flag")
 ACTIVATIONS = ("tanh", "relu")
+GATED_CELLS = ("gru", "lstm", "tanh")
+DTYPES = ("float32", "float16")
+GATED_SHAPES = ((256, 1), (1152, 4), (1024, 16), (1792, 8))
+GATED_STEPS = (1, 7, 64)
+ONNX_KIND = {"gru": "GRU", "lstm": "LSTM", "tanh": "RNN"}
+HALF_TOLERANCE = 1e-2
 
 
 @functools.cache
@@ -60,8 +73,25 @@ def build_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
         (plan_persistent(recurrent_weight(h, d), b), act, bar, True)
         for h, b, d, bar, act in itertools.product(HIDDEN, BATCH, DENSITY, BARRIERS, ACTIVATIONS)
     ]
+    for cell, dtype, (hidden, batch), barrier in itertools.product(
+        GATED_CELLS, DTYPES, GATED_SHAPES, BARRIERS
+    ):
+        plan = _gated(cell, dtype, hidden, batch)[1].plan
+        specs.append((plan, cell, barrier, plan.batch_kernel <= plan.vector_width))
     prebuild(specs, cache)
     return str(cache)
+
+
+@functools.cache
+def _gated(cell: str, dtype: str, hidden: int, batch: int):
+    """ONNX weights of one direction at 10 % density and ``R`` packed for the kernel."""
+    w = random_recurrent_weights(ONNX_KIND[cell], hidden, 48, density=0.1, seed=hidden + batch)
+    if dtype == "float16":  # the reference runs on the weights the kernel sees
+        w = {k: v.astype(np.float16).astype(np.float32) for k, v in w.items()}
+    gates = CELL_GATES[cell]
+    R = unit_major(w["R"][0], gates)
+    plan = plan_persistent(R, batch, dtype, gates=gates)
+    return w, pack(R, plan, "guided", plan.batch_kernel <= plan.vector_width)
 
 
 @functools.cache
@@ -119,3 +149,63 @@ def test_input_projection_and_fallback(build_cache: str) -> None:
     fallback = build_persistent_rnn(R, 4, "tanh", "grid", device_limits=tiny)
     assert fallback.plan.kind == "per_step"
     np.testing.assert_allclose(fallback(U=U), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("barrier", BARRIERS)
+@pytest.mark.parametrize(("hidden", "batch"), GATED_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", GATED_CELLS)
+def test_gated_cells_and_half_match_reference(
+    build_cache: str, cell: str, dtype: str, hidden: int, batch: int, barrier: str
+) -> None:
+    import tvm
+
+    from tvm_sparse_rnn.rnn.persistent import PersistentRNN, build_kernel, split_onnx_bias
+
+    w, packed = _gated(cell, dtype, hidden, batch)
+    plan = packed.plan
+    assert plan.kind == "persistent", plan.reason
+    module = build_kernel(plan, cell, barrier, packed.vector, "cuda", build_cache)
+    rnn = PersistentRNN(plan, packed, cell, barrier, module, tvm.cuda(0))
+    G, kind = plan.gates, ONNX_KIND[cell]
+    cfg = CellConfig(kind, hidden, linear_before_reset=cell == "gru")
+    bias, rbias = split_onnx_bias(cell, w["B"][0, : G * hidden], w["B"][0, G * hidden :])
+    rng = np.random.default_rng(11)
+    tol = HALF_TOLERANCE if dtype == "float16" else 1e-4
+    for steps in GATED_STEPS:
+        X = rng.standard_normal((steps, batch, 48)).astype(np.float32)
+        h0 = (rng.standard_normal((batch, hidden)) * 0.5).astype(dtype).astype(np.float32)
+        c0 = (rng.standard_normal((batch, hidden)) * 0.5).astype(dtype).astype(np.float32)
+        c_in = c0 if G == 4 else None
+        res = rnn.run(h0=h0, c0=c_in, X=X, W=w["W"][0], b=bias, rbias=rbias)
+        y, _, y_c = recurrent_sequence_reference(
+            cfg, X, w["W"], w["R"], w["B"], initial_h=h0[None], initial_c=c0[None]
+        )
+        np.testing.assert_allclose(res.h.astype(np.float32), y[:, 0], rtol=tol, atol=tol)
+        if G == 4:
+            np.testing.assert_allclose(res.c.astype(np.float32), y_c[0], rtol=tol, atol=tol)
+
+
+def test_gated_per_step_fallback() -> None:
+    """LSTM and GRU in fp16 on the per-step kernel (weights do not fit a 2-SM device)."""
+    import dataclasses
+
+    from tvm_sparse_rnn.rnn.persistent import build_persistent_rnn, split_onnx_bias
+    from tvm_sparse_rnn.rnn.planner import H100
+
+    tiny = dataclasses.replace(H100, num_sms=2)
+    rng = np.random.default_rng(5)
+    for cell in ("lstm", "gru"):
+        w, _ = _gated(cell, "float16", 1152, 4)
+        G, H = CELL_GATES[cell], 1152
+        rnn = build_persistent_rnn(w["R"][0], 4, cell, dtype="float16", device_limits=tiny)
+        assert rnn.plan.kind == "per_step"
+        bias, rbias = split_onnx_bias(cell, w["B"][0, : G * H], w["B"][0, G * H :])
+        X = rng.standard_normal((7, 4, 48)).astype(np.float32)
+        res = rnn.run(X=X, W=w["W"][0], b=bias, rbias=rbias)
+        cfg = CellConfig(ONNX_KIND[cell], H, linear_before_reset=cell == "gru")
+        y, _, y_c = recurrent_sequence_reference(cfg, X, w["W"], w["R"], w["B"])
+        tol = HALF_TOLERANCE
+        np.testing.assert_allclose(res.h.astype(np.float32), y[:, 0], rtol=tol, atol=tol)
+        if G == 4:
+            np.testing.assert_allclose(res.c.astype(np.float32), y_c[0], rtol=tol, atol=tol)

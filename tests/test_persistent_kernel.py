@@ -61,11 +61,35 @@ def test_relu_fallback_and_prim_func() -> None:
     func, consts, p = persistent_prim_func(R, 3, "tanh", "grid")
     assert p.batch_kernel == 4 and p.hidden_padded == 300
     assert consts["vals"].shape == (p.rows_padded, p.nz_per_row)
-    assert len(func.params) == 6
+    assert [str(v.name) for v in func.params] == [
+        *("vals", "idx", "U", "h0", "c0", "rbias", "out", "c_out", "status"),
+    ]
     with pytest.raises(ValueError, match="barrier"):
         make_persistent_kernel(p, "tanh", "spin")
-    with pytest.raises(ValueError, match="activation"):
+    with pytest.raises(ValueError, match="cell"):
         make_persistent_kernel(p, "sigmoid", "grid")
+    with pytest.raises(ValueError, match="gates"):
+        make_persistent_kernel(p, "lstm", "grid")  # a 1-gate plan
+
+
+@pytest.mark.parametrize(("cell", "dtype"), [("gru", "float32"), ("lstm", "float16")])
+def test_gated_and_half_sources(cell: str, dtype: str) -> None:
+    """Gate rows of a unit share a lane group; fp16 values are two per register."""
+    gates = {"gru": 3, "lstm": 4}[cell]
+    R = sp.random(gates * 512, 512, density=0.1, random_state=1, format="csr", dtype=np.float32)
+    _, consts, plan = persistent_prim_func(R, 4, cell, "grid", dtype=dtype)
+    assert plan.gates == gates and plan.rows_per_group % gates == 0
+    assert plan.rows_padded >= gates * plan.hidden_padded
+    src = cuda_source(build_kernel(plan, cell, "grid", True, CUDA))
+    assert "expf" in src and "tanhf" in src  # sigmoid and tanh of the gates
+    if cell == "lstm":
+        assert "c_out_ptr[" in src and "cst_ptr[" in src  # c_t stays in registers
+    if dtype == "float16":
+        assert consts["vals"].dtype == np.int32
+        assert consts["vals"].shape == (plan.rows_padded, plan.nz_per_row // 2)
+        assert re.search(rf"int wv_ptr\[{plan.pairs_per_thread // 2}\];", src)
+        assert "sprnn_half_lo" in src and "sprnn_half_hi" in src
+        assert "half h_sh_ptr" in src or "half* h_sh" in src
 
 
 def test_cooperative_launch_tag(tmp_path) -> None:
@@ -83,12 +107,31 @@ NVCC = shutil.which("nvcc")
 
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
-@pytest.mark.parametrize(("hidden", "batch", "density"), [(1792, 4, 0.10), (5760, 2, 0.10)])
-def test_no_register_spills(tmp_path, hidden: int, batch: int, density: float) -> None:
+@pytest.mark.parametrize(
+    ("hidden", "batch", "density", "cell", "dtype"),
+    [
+        (1792, 4, 0.10, "tanh", "float32"),
+        (5760, 2, 0.10, "tanh", "float32"),
+        (1792, 4, 0.10, "lstm", "float32"),
+        (1792, 16, 0.10, "gru", "float32"),
+        (2304, 4, 0.10, "gru", "float16"),
+        (6144, 4, 0.10, "tanh", "float16"),
+        (1792, 8, 0.10, "lstm", "float16"),  # LDS.128 of 8 halves
+    ],
+)
+def test_no_register_spills(
+    tmp_path, hidden: int, batch: int, density: float, cell: str, dtype: str
+) -> None:
     """ptxas -v for sm_90a: the register-resident weights do not spill."""
-    plan = plan_for(hidden, batch, density)
+    gates = {"tanh": 1, "gru": 3, "lstm": 4}[cell]
+    rng = np.random.default_rng(0)
+    longest = int(rng.binomial(hidden, density, size=gates * hidden).max())
+    plan = plan_persistent(
+        hidden=hidden, max_row_nnz=longest, batch=batch, dtype=dtype, gates=gates
+    )
+    assert plan.kind == "persistent"
     cu = tmp_path / "k.cu"
-    cu.write_text(cuda_source(build_kernel(plan, "tanh", "flag", True, CUDA)))
+    cu.write_text(cuda_source(build_kernel(plan, cell, "flag", True, CUDA)))
     env = {**os.environ, "CUDA_PATH": os.environ.get("CUDA_PATH", "/usr/local/cuda-13.0")}
     res = subprocess.run(
         [
@@ -111,7 +154,8 @@ def test_no_register_spills(tmp_path, hidden: int, batch: int, density: float) -
     info = res.stderr[res.stderr.index("main_kernel_1") :]
     assert "0 bytes spill stores, 0 bytes spill loads" in info
     regs = int(re.search(r"Used (\d+) registers", info).group(1))
-    assert regs <= 255 and regs * plan.threads <= 65536
+    warps = -(-plan.threads // 32)
+    assert regs <= 255 and regs * -(-warps // 4) * 4 * 32 <= 65536  # 4 schedulers' shares
 
 
 def test_most_copy_chunks_builds() -> None:

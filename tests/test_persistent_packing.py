@@ -126,8 +126,11 @@ def test_planner_fallback_and_chunks() -> None:
     chunked = plan_persistent(hidden=4096, max_row_nnz=40, batch=16)
     assert chunked.batch_kernel * chunked.num_batch_chunks >= 16 and chunked.num_batch_chunks == 2
     assert chunked.smem_bytes <= H100.smem_per_block
-    with pytest.raises(UnsupportedError, match="float16"):
-        plan_persistent(hidden=256, max_row_nnz=10, batch=1, dtype="float16")
+    with pytest.raises(UnsupportedError, match="bfloat16"):
+        plan_persistent(hidden=256, max_row_nnz=10, batch=1, dtype="bfloat16")
+    half = plan_persistent(hidden=256, max_row_nnz=10, batch=1, dtype="float16")
+    assert half.batch_kernel == 2 and half.smem_bytes == 256 * 2 * 2  # a column is one word
+    assert half.nz_per_row % (2 * half.lanes_per_row) == 0  # two halves per register
     assert plan_persistent(hidden=255, max_row_nnz=3, batch=3).batch_kernel == 4
     wide = plan_persistent(hidden=16384, max_row_nnz=150, batch=4)  # 3 samples of h fit
     assert (wide.batch_kernel, wide.num_batch_chunks) == (2, 2)

@@ -1,4 +1,4 @@
-"""ONNX ``RNN`` layers on CUDA use the sparse persistent kernel (one launch for all steps).
+"""ONNX ``RNN``/``GRU``/``LSTM`` layers on CUDA use the sparse persistent kernel (one launch).
 
 CPU: the imported module holds one ``call_tir`` of the persistent kernel per direction, the
 CUDA source has the register arrays and the grid sync in exactly one kernel, the library is
@@ -105,7 +105,9 @@ def test_rnn_uses_one_persistent_launch_per_direction(tmp_path):
 @pytest.mark.parametrize(
     ("kind", "inputs", "attributes", "density"),
     [
-        ("GRU", (), None, 0.1),
+        ("GRU", (), None, 0.1),  # linear_before_reset=0
+        ("GRU", (), {"linear_before_reset": 1, "activations": ["Sigmoid", "Relu"]}, 0.1),
+        ("LSTM", (), {"activations": ["Sigmoid", "Tanh", "Relu"]}, 0.1),
         ("RNN", ("sequence_lens",), None, 0.1),
         ("RNN", (), None, 0.9),  # dense R
         ("RNN", (), {"clip": 0.5}, 0.1),
@@ -129,15 +131,29 @@ def test_plan_conditions():
     assert persistent_rnn_plan(cfg, 1, r[1], 5, True, DEFAULT_DENSITY_THRESHOLD) is None
     assert persistent_rnn_plan(cfg, 0, r[0], 5, False, DEFAULT_DENSITY_THRESHOLD) is None
     assert persistent_rnn_plan(cfg, 0, r[0], 5, True, 0.05) is None
+    lstm = CellConfig("LSTM", 64, peepholes=True)
+    r4 = random_recurrent_weights("LSTM", 64, 8, density=0.1, seed=0)["R"][0]
+    assert persistent_rnn_plan(lstm, 0, r4, 5, True, 0.2, np.zeros(192, np.float32)).gates == 4
+    assert persistent_rnn_plan(lstm, 0, r4, 5, True, 0.2, np.ones(192, np.float32)) is None
     assert full_lengths(None, 4)
     assert full_lengths(relax.const(np.full(3, 4, np.int64)), 4)
     assert not full_lengths(relax.const(np.array([4, 2, 4], np.int64)), 4)
     assert not full_lengths(relax.Var("lens", relax.TensorType((3,), "int64")), 4)
 
 
+@pytest.mark.parametrize(
+    ("kind", "attributes"), [("GRU", {"linear_before_reset": 1}), ("LSTM", {})]
+)
+def test_gated_layers_use_the_persistent_kernel(kind, attributes):
+    model, _ = _model(kind, "bidirectional", ("initial_h",), attributes, shape=(3, N, IN, 64))
+    mod = from_onnx(model, target=CUDA)
+    assert _persistent_calls(mod) == 2
+    assert f"rnn_persistent_{kind.lower()}" in mod.script()
+
+
 def test_other_kernels_build_as_with_the_default_pipeline(tmp_path):
     """``compile.build`` keeps dlight and TVM's default TIR pipeline for the other kernels."""
-    model, _ = _model("GRU", shape=(2, N, IN, 32))
+    model, _ = _model("GRU", shape=(2, N, IN, 32))  # linear_before_reset=0: per-step path
     mod = from_onnx(model, target=CUDA)
     ours = build(mod, CUDA)
     with CUDA:
@@ -185,5 +201,40 @@ def test_persistent_rnn_model_matches_onnxruntime(direction, initial_h, activati
     names = [i.name for i in model.graph.input]
     got = vm["main"](*(tvm.runtime.tensor(feeds[n], tvm.cuda(0)) for n in names))
     expected = recurrent_onnxruntime("RNN", w, feeds, hidden, direction, layout, attributes)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g.numpy(), e, rtol=2e-4, atol=2e-4)
+
+
+GATED_GPU_CASES = [
+    # (kind, direction, initial states, layout, (T, N, I, H))
+    ("GRU", "forward", False, 0, (20, 4, 32, 256)),
+    ("GRU", "reverse", True, 0, (9, 3, 24, 250)),
+    ("GRU", "bidirectional", True, 1, (16, 16, 32, 1024)),
+    ("LSTM", "forward", True, 0, (20, 4, 32, 256)),
+    ("LSTM", "reverse", False, 0, (9, 1, 24, 250)),
+    ("LSTM", "bidirectional", True, 1, (16, 4, 32, 1792)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("kind", "direction", "states", "layout", "shape"), GATED_GPU_CASES)
+def test_persistent_gated_model_matches_onnxruntime(kind, direction, states, layout, shape):
+    seq_len, batch, input_size, hidden = shape
+    d = 2 if direction == "bidirectional" else 1
+    inputs = (("initial_h", "initial_c") if kind == "LSTM" else ("initial_h",)) if states else ()
+    attributes = {"linear_before_reset": 1} if kind == "GRU" else {}
+    model, w = _model(kind, direction, inputs, attributes, 0.1, shape, layout, seed=hidden)
+    mod = from_onnx(model, target=CUDA)
+    assert _persistent_calls(mod) == d
+    rng = np.random.default_rng(batch)
+    x_shape = (seq_len, batch, input_size) if layout == 0 else (batch, seq_len, input_size)
+    feeds = {"X": rng.standard_normal(x_shape).astype("float32")}
+    s_shape = (d, batch, hidden) if layout == 0 else (batch, d, hidden)
+    for name in inputs:
+        feeds[name] = rng.standard_normal(s_shape).astype("float32")
+    vm = relax.VirtualMachine(build(mod, CUDA), tvm.cuda(0))
+    names = [i.name for i in model.graph.input]
+    got = vm["main"](*(tvm.runtime.tensor(feeds[n], tvm.cuda(0)) for n in names))
+    expected = recurrent_onnxruntime(kind, w, feeds, hidden, direction, layout, attributes)
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g.numpy(), e, rtol=2e-4, atol=2e-4)

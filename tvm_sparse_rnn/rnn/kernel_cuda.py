@@ -39,11 +39,11 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T  # noqa: N812
 
-from .planner import PersistentPlan
+from .planner import CELL_GATES, PersistentPlan
 
 logger = logging.getLogger(__name__)
 
-ACTIVATIONS = ("tanh", "relu")
+CELLS = tuple(CELL_GATES)
 BARRIERS = ("grid", "flag")
 #: Bit pattern written into not-yet-computed ``h`` words (a negative quiet NaN with a payload
 #: that GPU arithmetic never produces; the canonical NaN is 0x7FFFFFFF).
@@ -55,7 +55,7 @@ COPY_HELPER = "sprnn_cp16"
 
 _HELPERS = {
     COPY_HELPER: """
-__forceinline__ __device__ void sprnn_cp16(float* dst, float* src) {
+__forceinline__ __device__ void sprnn_cp16(void* dst, const void* src) {
   unsigned s = (unsigned)__cvta_generic_to_shared(dst);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\\n" :: "r"(s), "l"(src) : "memory");
 }
@@ -65,13 +65,18 @@ __forceinline__ __device__ void sprnn_cp_wait() {
   asm volatile("cp.async.wait_all;\\n" ::: "memory");
 }
 """,
-    "sprnn_sentinel": f"""
-__forceinline__ __device__ float sprnn_sentinel() {{
-  return __int_as_float({SENTINEL_BITS});
-}}
+    "sprnn_half_lo": """
+__forceinline__ __device__ float sprnn_half_lo(int w) {
+  return __half2float(__ushort_as_half((unsigned short)(w & 0xFFFF)));
+}
+""",
+    "sprnn_half_hi": """
+__forceinline__ __device__ float sprnn_half_hi(int w) {
+  return __half2float(__ushort_as_half((unsigned short)((unsigned)w >> 16)));
+}
 """,
     "sprnn_ready16": f"""
-__forceinline__ __device__ int sprnn_ready16(float* p) {{
+__forceinline__ __device__ int sprnn_ready16(const void* p) {{
   const volatile int* q = reinterpret_cast<const volatile int*>(p);
   return (q[0] != {SENTINEL_BITS}) & (q[1] != {SENTINEL_BITS}) & (q[2] != {SENTINEL_BITS})
          & (q[3] != {SENTINEL_BITS});
@@ -84,149 +89,263 @@ def _call(name: str, *args: object, ret: str = "void") -> tirx.PrimExpr:
     return T.cuda.func_call(name, *args, source_code=_HELPERS[name], return_type=ret)
 
 
+def _check(plan: PersistentPlan, cell: str) -> None:
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    if CELL_GATES[cell] != plan.gates:
+        raise ValueError(f"cell {cell!r} has {CELL_GATES[cell]} gates, the plan {plan.gates}")
+
+
+def _converters(dtype: str) -> tuple:
+    """``(to_f32, to_dtype)``: casts between the storage dtype and fp32 (no-ops for fp32)."""
+    if dtype == "float32":
+        return (lambda x: x), (lambda x: x)
+    return (lambda x: T.Cast("float32", x)), (lambda x: T.Cast(dtype, x))
+
+
+def _cell_macro(cell: str, batch: int):
+    """``cell_update(hv, acc, a0, uu, u0, cst, c0, rb, h_prev, b)``: ``h_t`` of one sample.
+
+    ``acc[a0 + g*batch + b]`` holds ``(R_g h_{t-1})[b]`` and ``uu[u0 + g*batch + b]`` the input
+    projection of gate ``g`` (ONNX gate orders: GRU ``z, r, h`` with ``linear_before_reset=1``,
+    LSTM ``i, o, f, c``); ``cst[c0 + b]`` is the LSTM cell state (updated in place), ``rb`` the
+    GRU's recurrent bias of the ``h`` gate, ``h_prev`` the unit's ``h_{t-1}[b]``. The result goes
+    to ``hv[b]`` (float32).
+    """
+    Bk = batch
+
+    def pre(acc, a0, uu, u0, g, b):
+        return acc[a0 + g * Bk + b] + uu[u0 + g * Bk + b]
+
+    @T.macro
+    def cell_update(hv, acc, a0, uu, u0, cst, c0, rb, h_prev, b):
+        if cell == "tanh":
+            hv[b] = T.tanh(pre(acc, a0, uu, u0, 0, b))
+        elif cell == "relu":
+            hv[b] = T.max(pre(acc, a0, uu, u0, 0, b), T.float32(0))
+        elif cell == "gru":
+            z = T.sigmoid(pre(acc, a0, uu, u0, 0, b))
+            r = T.sigmoid(pre(acc, a0, uu, u0, 1, b))
+            n = T.tanh(uu[u0 + 2 * Bk + b] + r * (acc[a0 + 2 * Bk + b] + rb))
+            hv[b] = (T.float32(1) - z) * n + z * h_prev
+        else:
+            cst[c0 + b] = T.sigmoid(pre(acc, a0, uu, u0, 2, b)) * cst[c0 + b] + T.sigmoid(
+                pre(acc, a0, uu, u0, 0, b)
+            ) * T.tanh(pre(acc, a0, uu, u0, 3, b))
+            hv[b] = T.sigmoid(pre(acc, a0, uu, u0, 1, b)) * T.tanh(cst[c0 + b])
+
+    return cell_update
+
+
 def make_persistent_kernel(
     plan: PersistentPlan,
-    activation: str = "tanh",
+    cell: str = "tanh",
     barrier: str = "grid",
     vector: bool = True,
 ) -> tirx.PrimFunc:
-    """The persistent RNN PrimFunc ``main(vals, idx, U, h0, out, status)``.
+    """The persistent kernel ``main(vals, idx, U, h0, c0, rbias, out, c_out, status)``.
 
     Parameters
     ----------
     plan : PersistentPlan
-        Geometry (``kind == "persistent"``).
-    activation : str
-        ``"tanh"`` or ``"relu"``.
+        Geometry (``kind == "persistent"``); ``plan.gates`` must match ``cell``.
+    cell : str
+        ``"tanh"``, ``"relu"`` (vanilla RNN), ``"gru"`` (ONNX ``linear_before_reset=1``) or
+        ``"lstm"`` (no peepholes), with ONNX's default activations.
     barrier : str
         ``"grid"`` (cooperative grid sync) or ``"flag"`` (data-embedded sentinel barrier).
     vector : bool
-        Vector shared loads of ``h`` (LDS.128 / LDS.64); ``False`` gives the naive scalar loads.
+        Vector shared loads of ``h`` (up to 16 bytes: LDS.128); ``False`` gives scalar loads.
 
     Returns
     -------
     tvm.tirx.PrimFunc
-        Buffers (``Hk = plan.hidden_padded``, ``Bk = plan.batch_kernel``, ``RP = rows_padded``):
+        Buffers (``Hk = plan.hidden_padded``, ``Bk = plan.batch_kernel``, ``G = plan.gates``,
+        ``RP = rows_padded``, ``DT = plan.dtype``), ``T`` (the number of steps) symbolic:
 
-        * ``vals``   ``(RP, NZ)`` float32 and ``idx`` ``(RP, NZ or NZ/2)`` int32 from
-          :func:`~tvm_sparse_rnn.rnn.packing.pack`;
-        ``T`` (the number of steps) is symbolic: one build serves every sequence length.
-
-        * ``U``      ``(T, Hk, Bk)`` float32, ``u_t = W x_t + b``;
-        * ``h0``     ``(Hk, Bk)`` float32;
-        * ``out``    ``(T, Hk, Bk)`` float32, ``h_1 .. h_T``;
+        * ``vals`` ``(RP, NZ)`` float32 (fp16: ``(RP, NZ/2)`` int32, two halves per word) and
+          ``idx`` ``(RP, NZ or NZ/2)`` int32 from :func:`~tvm_sparse_rnn.rnn.packing.pack`;
+        * ``U``      ``(T, G * Hk, Bk)`` DT, row ``j*G + g``: ``W_g x_t + b_g`` of unit ``j``
+          (for the GRU ``h`` gate without the recurrent bias);
+        * ``h0``, ``c0`` ``(Hk, Bk)`` DT, initial states (``c0`` is read by LSTM only);
+        * ``rbias``  ``(Hk,)`` float32, GRU: recurrent bias of the ``h`` gate (else unused);
+        * ``out``    ``(T, Hk, Bk)`` DT, ``h_1 .. h_T``;
+        * ``c_out``  ``(Hk, Bk)`` DT, LSTM: ``c_T`` (else untouched);
         * ``status`` ``(1,)`` int32, 0 on success, 1 if a flag-barrier wait timed out.
     """
     if plan.kind != "persistent":
         raise ValueError(f"plan kind {plan.kind!r}: use make_step_kernel for the fallback")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    _check(plan, cell)
     if barrier not in BARRIERS:
         raise ValueError(f"barrier must be one of {BARRIERS}, got {barrier!r}")
     Hk, Bk, RP, NZ = plan.hidden_padded, plan.batch_kernel, plan.rows_padded, plan.nz_per_row
     NCTA, NT, KS, RPT = plan.num_ctas, plan.threads, plan.lanes_per_row, plan.rows_per_group
-    GPC, NZT = plan.groups_per_cta, plan.pairs_per_lane
+    GPC, NZT, G, UPG = plan.groups_per_cta, plan.pairs_per_lane, plan.gates, plan.units_per_group
+    DT, F32 = plan.dtype, "float32"
     I16 = plan.index_mode == "i16x2"
+    H16 = DT == "float16"  # values packed two per int32 register
+    PK = 2 if I16 or H16 else 1  # slots handled per unrolled iteration
     NIW = NZT // 2 if I16 else NZT  # index registers per lane and row
-    IDXW = NZ // 2 if I16 else NZ
-    CHUNKED = vector and Bk % 4 == 0
-    VW = 4 if CHUNKED else (Bk if vector else 1)  # floats per shared load
-    NV = Bk // VW  # loads per pair
-    SC = 4 if CHUNKED else Bk  # shared words per column
-    SV = 4 * Hk if CHUNKED else VW  # shared words per load chunk
-    NCH = Hk * Bk // 4  # 16-byte chunks of h
+    NVW = NZT // 2 if H16 else NZT  # value registers per lane and row
+    IDXW, VALW = NZ * NIW // NZT, NZ * NVW // NZT
+    WDT = "int32" if H16 else DT
+    EPC = 16 // plan.itemsize  # elements per 16-byte chunk
+    BW = plan.sub_batch  # samples per pass over the pairs (accumulators per row)
+    NBC = Bk // BW  # passes per step
+    CHUNKED = vector and Bk % EPC == 0
+    VW = BW if vector else 1  # elements per shared load
+    NVS = BW // VW  # loads per pair and pass
+    SC = EPC if CHUNKED else Bk  # shared elements per column
+    SBC = EPC * Hk if CHUNKED else BW  # shared elements between passes
+    NCH = Hk * Bk // EPC  # 16-byte chunks of h
     NCOPY = plan.copy_chunks
     ALL_VALID = NCOPY * NT == NCH
     FLAG = barrier == "flag"
-    FILL_T, FILL_B = 256, 4 * NCTA  # fill kernel: grid-stride over out[0 : T-1]
-    RELU = activation == "relu"
+    FILL_T, FILL_B = 256, 4 * NCTA  # fill kernel: grid-stride over out[0 : T-1] (int32 words)
+    HW = plan.h_bytes // 4  # int32 words of one step of h
     SMEM = Hk * Bk
     NBUF = 2 if plan.double_buffer else 1
-    SCOPE = "shared.dyn" if NBUF * SMEM * 4 > 48 * 1024 else "shared"
+    SCOPE = "shared.dyn" if NBUF * plan.h_bytes > 48 * 1024 else "shared"
+    cell_update = _cell_macro(cell, BW)
 
-    def dst_word(e):
-        """Shared word of 16-byte chunk ``e`` of ``h`` (flat ``[Hk, Bk]``)."""
+    f32, to_dt = _converters(DT)
+
+    def dst_elem(e):
+        """Shared element of 16-byte chunk ``e`` of ``h`` (flat ``[Hk, Bk]``)."""
         if CHUNKED:
-            return ((e % (Bk // 4)) * Hk + e // (Bk // 4)) * 4
-        return e * 4
+            return ((e % (Bk // EPC)) * Hk + e // (Bk // EPC)) * EPC
+        return e * EPC
+
+    def h_elem(t, col, b):
+        """Shared element of ``h_{t-1}[col, b]``."""
+        return (t % NBUF) * SMEM + (b // BW) * SBC + col * SC + b % BW
+
+    def row(bx, tx, rr):
+        """Packed row ``rr`` of the lane group of thread ``tx``."""
+        return (bx * GPC + tx // KS) * RPT + rr
+
+    def unit(bx, tx, ui):
+        """Hidden unit ``ui`` of the lane group of thread ``tx``."""
+        return (bx * GPC + tx // KS) * UPG + ui
+
+    @T.macro
+    def load_u(uu, U, t, bx, tx, bc):
+        # u_t of this lane's rows for samples bc*BW .. bc*BW + BW - 1
+        for rr in T.unroll(RPT):
+            for b in T.unroll(BW):
+                uu[rr * BW + b] = f32(U[t, T.min(row(bx, tx, rr), G * Hk - 1), bc * BW + b])
 
     @T.macro
     def copy_chunk(h_sh, h0, out, t, tx, i, first):
-        # buffer t % NBUF of h_sh receives h_{t-1}
-        # chunk e = i*NT + tx of h_{t-1} (flat [Hk, Bk]) -> shared memory with cp.async.cg
+        # chunk e = i*NT + tx of h_{t-1} (flat [Hk, Bk]) -> buffer t % NBUF, with cp.async.cg
         if first:
             _call(
                 COPY_HELPER,
-                T.address_of(h_sh[(t % NBUF) * SMEM + dst_word(i * NT + tx)]),
-                T.address_of(h0[((i * NT + tx) * 4) // Bk, ((i * NT + tx) * 4) % Bk]),
+                T.address_of(h_sh[(t % NBUF) * SMEM + dst_elem(i * NT + tx)]),
+                T.address_of(h0[((i * NT + tx) * EPC) // Bk, ((i * NT + tx) * EPC) % Bk]),
             )
         else:
             _call(
                 COPY_HELPER,
-                T.address_of(h_sh[(t % NBUF) * SMEM + dst_word(i * NT + tx)]),
-                T.address_of(out[t - 1, ((i * NT + tx) * 4) // Bk, ((i * NT + tx) * 4) % Bk]),
+                T.address_of(h_sh[(t % NBUF) * SMEM + dst_elem(i * NT + tx)]),
+                T.address_of(out[t - 1, ((i * NT + tx) * EPC) // Bk, ((i * NT + tx) * EPC) % Bk]),
             )
 
+    def value(wv, rr, m, k):
+        """Value of slot ``PK*m + k`` of row ``rr`` (float32)."""
+        if H16:
+            return _call("sprnn_half_hi" if k else "sprnn_half_lo", wv[rr * NVW + m], ret=F32)
+        return wv[rr * NVW + PK * m + k]
+
+    def column(wi, rr, m, k):
+        """Column of slot ``PK*m + k`` of row ``rr``."""
+        if not I16:
+            return wi[rr * NIW + PK * m + k]
+        if k:
+            return T.Cast("int32", T.shift_right(T.Cast("uint32", wi[rr * NIW + m]), T.uint32(16)))
+        return T.bitwise_and(wi[rr * NIW + m], 65535)
+
+    def h_load(h_sh, t, wi, rr, m, k, bc, v, bi):
+        return h_sh[(t % NBUF) * SMEM + bc * SBC + column(wi, rr, m, k) * SC + v * VW + bi]
+
     @T.macro
-    def pair(acc, wv, h_sh, t, rr, slot, col):
-        for v in T.unroll(NV):
-            for bi in T.vectorized(VW):
-                acc[v * VW + bi] = (
-                    acc[v * VW + bi]
-                    + wv[rr * NZT + slot] * h_sh[(t % NBUF) * SMEM + col * SC + v * SV + bi]
-                )
+    def pair(acc, a0, hb, wv, wi, h_sh, t, rr, m, k, bc):
+        for v in T.unroll(NVS):
+            if H16:
+                # One vector load of VW halves, then scalar fp32 math (a broadcast of the
+                # unpacked weight to 8 float lanes is not valid TVM CUDA codegen).
+                for bi in T.vectorized(VW):
+                    hb[bi] = h_load(h_sh, t, wi, rr, m, k, bc, v, bi)
+                for bi in T.unroll(VW):
+                    acc[a0 + v * VW + bi] = acc[a0 + v * VW + bi] + value(wv, rr, m, k) * f32(
+                        hb[bi]
+                    )
+            else:
+                for bi in T.vectorized(VW):
+                    acc[a0 + v * VW + bi] = acc[a0 + v * VW + bi] + value(wv, rr, m, k) * (
+                        h_load(h_sh, t, wi, rr, m, k, bc, v, bi)
+                    )
 
     @T.prim_func
     def main(
-        vals: T.Buffer((RP, NZ), "float32"),
+        vals: T.Buffer((RP, VALW), WDT),
         idx: T.Buffer((RP, IDXW), "int32"),
         u_handle: T.handle,
-        h0: T.Buffer((Hk, Bk), "float32"),
+        h0: T.Buffer((Hk, Bk), DT),
+        c0: T.Buffer((Hk, Bk), DT),
+        rbias: T.Buffer((Hk,), F32),
         out_handle: T.handle,
+        c_out: T.Buffer((Hk, Bk), DT),
         status: T.Buffer((1,), "int32"),
     ):
         T.func_attr({"tirx.noalias": True})
         steps = T.int32()
-        U = T.match_buffer(u_handle, (steps, Hk, Bk), "float32")
-        out = T.match_buffer(out_handle, (steps, Hk, Bk), "float32")
+        U = T.match_buffer(u_handle, (steps, G * Hk, Bk), DT)
+        out = T.match_buffer(out_handle, (steps, Hk, Bk), DT)
         if FLAG:
             # Fill out[0:T-1] with the sentinel: what the flag barrier waits on.
-            out_flat = T.decl_buffer((steps * Hk * Bk,), "float32", data=out.data)
+            words = T.decl_buffer((steps * HW,), "int32", data=out.data)
             for fb in T.thread_binding(FILL_B, thread="blockIdx.x"):
                 for ft in T.thread_binding(FILL_T, thread="threadIdx.x"):
-                    for it in range(T.ceildiv((steps - 1) * Hk * Bk, 4 * FILL_T * FILL_B)):
-                        if ((it * FILL_B + fb) * FILL_T + ft) * 4 < (steps - 1) * Hk * Bk:
+                    for it in range(T.ceildiv((steps - 1) * HW, 4 * FILL_T * FILL_B)):
+                        if ((it * FILL_B + fb) * FILL_T + ft) * 4 < (steps - 1) * HW:
                             for v in T.vectorized(4):
-                                out_flat[((it * FILL_B + fb) * FILL_T + ft) * 4 + v] = _call(
-                                    "sprnn_sentinel", ret="float32"
+                                words[((it * FILL_B + fb) * FILL_T + ft) * 4 + v] = T.int32(
+                                    SENTINEL_BITS
                                 )
                     if fb == 0 and ft == 0:
                         status[0] = 0
         for bx in T.thread_binding(NCTA, thread="blockIdx.x"):
             for tx in T.thread_binding(NT, thread="threadIdx.x"):
-                h_sh = T.alloc_buffer((NBUF * SMEM,), "float32", scope=SCOPE)
-                wv = T.alloc_buffer((RPT * NZT,), "float32", scope="local")
+                h_sh = T.alloc_buffer((NBUF * SMEM,), DT, scope=SCOPE)
+                wv = T.alloc_buffer((RPT * NVW,), WDT, scope="local")
                 wi = T.alloc_buffer((RPT * NIW,), "int32", scope="local")
-                acc = T.alloc_buffer((Bk,), "float32", scope="local")
-                uu = T.alloc_buffer((RPT * Bk,), "float32", scope="local")
+                acc = T.alloc_buffer((G * BW,), F32, scope="local")
+                uu = T.alloc_buffer((RPT * BW,), F32, scope="local")
+                hv = T.alloc_buffer((BW,), F32, scope="local")
+                hb = T.alloc_buffer((VW,), DT, scope="local")
+                cst = T.alloc_buffer((UPG * Bk,), F32, scope="local")
+                rbv = T.alloc_buffer((UPG,), F32, scope="local")
                 pend = T.alloc_buffer((1,), "int32", scope="local")
                 spins = T.alloc_buffer((1,), "int32", scope="local")
                 if not FLAG:
                     if bx == 0 and tx == 0:
                         status[0] = 0
-                # Weights -> registers, once.
+                # Weights -> registers, once; per-unit state of the cell.
                 for rr in T.unroll(RPT):
-                    for j in T.unroll(NZT):
-                        wv[rr * NZT + j] = vals[(bx * GPC + tx // KS) * RPT + rr, j * KS + tx % KS]
+                    for j in T.unroll(NVW):
+                        wv[rr * NVW + j] = vals[(bx * GPC + tx // KS) * RPT + rr, j * KS + tx % KS]
                     for m in T.unroll(NIW):
                         wi[rr * NIW + m] = idx[(bx * GPC + tx // KS) * RPT + rr, m * KS + tx % KS]
+                for ui in T.unroll(UPG):
+                    rbv[ui] = rbias[T.min((bx * GPC + tx // KS) * UPG + ui, Hk - 1)]
+                    for b in T.unroll(Bk):
+                        cst[ui * Bk + b] = f32(
+                            c0[T.min((bx * GPC + tx // KS) * UPG + ui, Hk - 1), b]
+                        )
                 for t in range(steps):
-                    # u_t for this lane's rows, before waiting for h_{t-1}.
-                    for rr in T.unroll(RPT):
-                        for b in T.unroll(Bk):
-                            uu[rr * Bk + b] = U[
-                                t, T.min((bx * GPC + tx // KS) * RPT + rr, Hk - 1), b
-                            ]
+                    if NBC == 1:  # u_t before waiting for h_{t-1}
+                        load_u(uu, U, t, bx, tx, 0)
                     if t == 0:
                         for i in T.unroll(NCOPY):
                             if ALL_VALID or i * NT + tx < NCH:
@@ -249,7 +368,7 @@ def make_persistent_kernel(
                                         _call(
                                             "sprnn_ready16",
                                             T.address_of(
-                                                h_sh[(t % NBUF) * SMEM + dst_word(i * NT + tx)]
+                                                h_sh[(t % NBUF) * SMEM + dst_elem(i * NT + tx)]
                                             ),
                                             ret="int32",
                                         )
@@ -266,111 +385,134 @@ def make_persistent_kernel(
                                 copy_chunk(h_sh, h0, out, t, tx, i, False)
                         _call("sprnn_cp_wait")
                     T.cuda.cta_sync()
-                    for rr in T.unroll(RPT):
-                        for b in T.unroll(Bk):
-                            acc[b] = T.float32(0)
-                        if I16:
-                            for m in T.unroll(NIW):
-                                pair(
-                                    acc,
-                                    wv,
-                                    h_sh,
-                                    t,
-                                    rr,
-                                    2 * m,
-                                    T.bitwise_and(wi[rr * NIW + m], 65535),
-                                )
-                                pair(
-                                    acc,
-                                    wv,
-                                    h_sh,
-                                    t,
-                                    rr,
-                                    2 * m + 1,
-                                    T.Cast(
-                                        "int32",
-                                        T.shift_right(
-                                            T.Cast("uint32", wi[rr * NIW + m]), T.uint32(16)
-                                        ),
-                                    ),
-                                )
-                        else:
-                            for j in T.unroll(NZT):
-                                pair(acc, wv, h_sh, t, rr, j, wi[rr * NIW + j])
-                        if KS > 1:
-                            for b in T.unroll(Bk):
-                                acc[b] = T.cuda.warp_sum(acc[b], KS)
-                        if tx % KS == 0:
-                            if (bx * GPC + tx // KS) * RPT + rr < Hk:
-                                for v in T.unroll(NV):
-                                    for bi in T.vectorized(VW):
-                                        if RELU:
-                                            out[
-                                                t, (bx * GPC + tx // KS) * RPT + rr, v * VW + bi
-                                            ] = T.max(
-                                                acc[v * VW + bi] + uu[rr * Bk + v * VW + bi],
-                                                T.float32(0),
+                    for bc in T.unroll(NBC):
+                        if NBC > 1:
+                            load_u(uu, U, t, bx, tx, bc)
+                        for ui in T.unroll(UPG):
+                            for g in T.unroll(G):
+                                for b in T.unroll(BW):
+                                    acc[g * BW + b] = T.float32(0)
+                                for m in T.unroll(NZT // PK):
+                                    pair(acc, g * BW, hb, wv, wi, h_sh, t, ui * G + g, m, 0, bc)
+                                    if PK == 2:
+                                        pair(acc, g * BW, hb, wv, wi, h_sh, t, ui * G + g, m, 1, bc)
+                            if KS > 1:
+                                for k in T.unroll(G * BW):
+                                    acc[k] = T.cuda.warp_sum(acc[k], KS)
+                            if tx % KS == 0:
+                                if unit(bx, tx, ui) < Hk:
+                                    for b in T.unroll(BW):
+                                        cell_update(
+                                            hv,
+                                            acc,
+                                            0,
+                                            uu,
+                                            ui * G * BW,
+                                            cst,
+                                            ui * Bk + bc * BW,
+                                            rbv[ui],
+                                            f32(h_sh[h_elem(t, unit(bx, tx, ui), bc * BW + b)]),
+                                            b,
+                                        )
+                                    for v in T.unroll(NVS):
+                                        for bi in T.vectorized(VW):
+                                            out[t, unit(bx, tx, ui), bc * BW + v * VW + bi] = to_dt(
+                                                hv[v * VW + bi]
                                             )
-                                        else:
-                                            out[
-                                                t, (bx * GPC + tx // KS) * RPT + rr, v * VW + bi
-                                            ] = T.tanh(acc[v * VW + bi] + uu[rr * Bk + v * VW + bi])
                     if FLAG:
                         if NBUF == 1:  # the next copy overwrites the buffer read now
                             T.cuda.cta_sync()
                     else:
                         T.cuda.grid_sync()
+                if G == 4:
+                    if tx % KS == 0:
+                        for ui in T.unroll(UPG):
+                            if unit(bx, tx, ui) < Hk:
+                                for b in T.unroll(Bk):
+                                    c_out[unit(bx, tx, ui), b] = to_dt(cst[ui * Bk + b])
 
     return main
 
 
-def make_step_kernel(plan: PersistentPlan, activation: str = "tanh") -> tirx.PrimFunc:
+def make_step_kernel(plan: PersistentPlan, cell: str = "tanh") -> tirx.PrimFunc:
     """Non-persistent fallback: one launch per step, weights read from global memory.
 
-    ``main(vals, idx, U, h0, out, status, t)`` computes ``out[t] = f(R h_{t-1} + U[t])`` with
-    ``h_{-1} = h0``, one thread per row; the host calls it for ``t = 0 .. T-1``. The buffers are
-    those of :func:`make_persistent_kernel` for a ``per_step`` plan (``KS = RPT = 1``, 32-bit
-    indices); ``status`` is set to 0.
+    ``main(vals, idx, U, h0, c0, rbias, out, c_out, status, t)`` computes step ``t`` (``h_t``
+    into ``out[t]``, LSTM ``c_t`` into ``c_out``) from ``h_{t-1}`` (``h0`` at ``t = 0``), one
+    thread per unit; the host calls it for ``t = 0 .. T-1``. The buffers are those of
+    :func:`make_persistent_kernel` for a ``per_step`` plan (``KS = 1``, 32-bit indices,
+    ``RP = G * Hk`` unit-major rows); ``status`` is set to 0.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    Hk, Bk, NZ = plan.hidden_padded, plan.batch_kernel, plan.nz_per_row
+    _check(plan, cell)
+    Hk, Bk, NZ, G, DT, F32 = (
+        plan.hidden_padded,
+        plan.batch_kernel,
+        plan.nz_per_row,
+        plan.gates,
+        plan.dtype,
+        "float32",
+    )
     NTH = 128
-    RELU = activation == "relu"
+    cell_update = _cell_macro(cell, Bk)
+
+    f32, to_dt = _converters(DT)
+
+    def h_prev(h0, out, t, col, b):
+        return T.if_then_else(t == 0, f32(h0[col, b]), f32(out[T.max(t - 1, 0), col, b]))
 
     @T.prim_func
     def main(
-        vals: T.Buffer((Hk, NZ), "float32"),
-        idx: T.Buffer((Hk, NZ), "int32"),
+        vals: T.Buffer((G * Hk, NZ), DT),
+        idx: T.Buffer((G * Hk, NZ), "int32"),
         u_handle: T.handle,
-        h0: T.Buffer((Hk, Bk), "float32"),
+        h0: T.Buffer((Hk, Bk), DT),
+        c0: T.Buffer((Hk, Bk), DT),
+        rbias: T.Buffer((Hk,), F32),
         out_handle: T.handle,
+        c_out: T.Buffer((Hk, Bk), DT),
         status: T.Buffer((1,), "int32"),
         t: T.int32,
     ):
         T.func_attr({"tirx.noalias": True})
         steps = T.int32()
-        U = T.match_buffer(u_handle, (steps, Hk, Bk), "float32")
-        out = T.match_buffer(out_handle, (steps, Hk, Bk), "float32")
+        U = T.match_buffer(u_handle, (steps, G * Hk, Bk), DT)
+        out = T.match_buffer(out_handle, (steps, Hk, Bk), DT)
         for bx in T.thread_binding(T.ceildiv(Hk, NTH), thread="blockIdx.x"):
             for tx in T.thread_binding(NTH, thread="threadIdx.x"):
-                acc = T.alloc_buffer((Bk,), "float32", scope="local")
+                acc = T.alloc_buffer((G * Bk,), F32, scope="local")
+                uu = T.alloc_buffer((G * Bk,), F32, scope="local")
+                hv = T.alloc_buffer((Bk,), F32, scope="local")
+                cst = T.alloc_buffer((Bk,), F32, scope="local")
                 if bx == 0 and tx == 0:
                     status[0] = 0
                 if bx * NTH + tx < Hk:
-                    for b in range(Bk):
-                        acc[b] = U[t, bx * NTH + tx, b]
-                    for k in range(NZ):
+                    for g in range(G):
                         for b in range(Bk):
-                            acc[b] = acc[b] + vals[bx * NTH + tx, k] * T.if_then_else(
-                                t == 0,
-                                h0[idx[bx * NTH + tx, k], b],
-                                out[T.max(t - 1, 0), idx[bx * NTH + tx, k], b],
-                            )
+                            acc[g * Bk + b] = T.float32(0)
+                            uu[g * Bk + b] = f32(U[t, (bx * NTH + tx) * G + g, b])
+                        for k in range(NZ):
+                            for b in range(Bk):
+                                acc[g * Bk + b] = acc[g * Bk + b] + f32(
+                                    vals[(bx * NTH + tx) * G + g, k]
+                                ) * h_prev(h0, out, t, idx[(bx * NTH + tx) * G + g, k], b)
                     for b in range(Bk):
-                        if RELU:
-                            out[t, bx * NTH + tx, b] = T.max(acc[b], T.float32(0))
-                        else:
-                            out[t, bx * NTH + tx, b] = T.tanh(acc[b])
+                        cst[b] = T.if_then_else(
+                            t == 0, f32(c0[bx * NTH + tx, b]), f32(c_out[bx * NTH + tx, b])
+                        )
+                        cell_update(
+                            hv,
+                            acc,
+                            0,
+                            uu,
+                            0,
+                            cst,
+                            0,
+                            rbias[bx * NTH + tx],
+                            h_prev(h0, out, t, bx * NTH + tx, b),
+                            b,
+                        )
+                        out[t, bx * NTH + tx, b] = to_dt(hv[b])
+                        if G == 4:
+                            c_out[bx * NTH + tx, b] = to_dt(cst[b])
 
     return main

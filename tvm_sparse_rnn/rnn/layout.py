@@ -58,29 +58,38 @@ class SmemAccess:
         return 32 // self.width
 
 
-def smem_access(batch_kernel: int, hidden_padded: int, vector: bool = True) -> SmemAccess:
+def smem_access(
+    batch_kernel: int, hidden_padded: int, vector: bool = True, itemsize: int = 4
+) -> SmemAccess:
     """The kernel's shared-memory access pattern for ``h``.
 
     Parameters
     ----------
     batch_kernel : int
-        Samples per launch (1, 2 or a multiple of 4).
+        Samples per launch (1 (fp32), 2 or a multiple of 4).
     hidden_padded : int
         Rows of ``h`` (multiple of 4).
     vector : bool
-        Vector loads (LDS.128 for ``B % 4 == 0``, LDS.64 for ``B == 2``); ``False`` reads the
-        ``B`` samples with scalar loads from the ``[H, B]`` layout.
+        Vector loads of up to 16 bytes (LDS.128 when a column's samples fill whole 16-byte
+        chunks, else one LDS.64/LDS.32 of the column's samples); ``False`` reads the ``B``
+        samples with scalar loads from the ``[H, B]`` layout.
+    itemsize : int
+        Bytes per element of ``h``: 4 (fp32) or 2 (fp16).
 
     Notes
     -----
-    With vector loads and ``B % 4 == 0`` ``h`` is stored as ``[B / 4, H, 4]`` (chunk-major), so
-    every LDS.128 of a warp has column stride 4 words: 8 colors for the 8 lanes of a phase.
+    With vector loads and ``B`` a multiple of 16 bytes' elements, ``h`` is stored as
+    ``[B / E, H, E]`` (chunk-major, ``E = 16 / itemsize``), so every LDS.128 of a warp has column
+    stride 4 words: 8 colors for the 8 lanes of a phase. fp16 scalar loads of two samples of a
+    column share a word; they are modelled as loads of that word.
     """
+    per_chunk = 16 // itemsize
+    column_words = batch_kernel * itemsize // 4
     if not vector:
-        return SmemAccess(batch_kernel, 1, batch_kernel, 1)
-    if batch_kernel % 4 == 0:
-        return SmemAccess(4, 4, batch_kernel // 4, 4 * hidden_padded)
-    return SmemAccess(batch_kernel, batch_kernel, 1, 0)
+        return SmemAccess(column_words, 1, batch_kernel, 1 if itemsize == 4 else 0)
+    if batch_kernel % per_chunk == 0:
+        return SmemAccess(4, 4, batch_kernel // per_chunk, 4 * hidden_padded)
+    return SmemAccess(column_words, column_words, 1, 0)
 
 
 @functools.cache

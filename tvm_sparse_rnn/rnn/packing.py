@@ -1,15 +1,21 @@
 """Pack a recurrent weight ``R`` into the persistent kernel's register layout.
 
-Row ``r`` of ``R`` (``H x H``, dense or scipy sparse) is owned by lane group ``r // RPT`` (CTA
+Row ``r`` of ``R`` (``G*H x H`` for a cell of ``G`` gates, unit-major: row ``j*G + g`` is gate
+``g`` of unit ``j``; dense or scipy sparse) is owned by lane group ``r // RPT`` (CTA
 ``group // groups_per_cta``); its ``KS`` lanes hold ``NZT = nz_per_row / KS`` pairs each. Every
-row is padded to ``nz_per_row`` pairs with ``<c, 0>``, rows ``H .. rows_padded-1`` are all padding.
+row is padded to ``nz_per_row`` pairs with ``<c, 0>``, rows ``G*H .. rows_padded-1`` are all
+padding. :func:`unit_major` reorders an ONNX (gate-major) ``R``.
 
 Storage (what the kernel loads once into registers), for packed row ``r``, part ``p``, slot ``j``:
 
-* ``vals[r, j * KS + p]`` float32: the value (lane-interleaved, so a warp's loads coalesce);
+* ``vals[r, j * KS + p]`` (the plan's dtype): the value (lane-interleaved, so a warp's loads
+  coalesce);
 * ``"i32"``: ``idx[r, j * KS + p]`` int32, the column;
 * ``"i16x2"`` (16-bit columns, ``H <= 65536``): ``idx[r, m * KS + p]`` int32 holds the columns of
-  slots ``2m`` (low 16 bits) and ``2m + 1`` (high 16 bits) of part ``p``.
+  slots ``2m`` (low 16 bits) and ``2m + 1`` (high 16 bits) of part ``p``;
+* fp16 values (persistent plans): ``vals[r, m * KS + p]`` int32 holds the halves of slots ``2m``
+  (low) and ``2m + 1`` (high), so two values take one register (ptxas does not pair ``half``
+  scalars by itself).
 
 The kernel multiplies the raw column by the shared-memory stride, so the vector load stays
 provably aligned (a pre-multiplied offset makes TVM emit a gather instead of LDS.128).
@@ -44,7 +50,8 @@ class PackedWeights:
     cols : numpy.ndarray
         ``(rows_padded, KS, NZT)`` int32, column of every slot (padding included).
     vals : numpy.ndarray
-        ``(rows_padded, nz_per_row)`` float32, kernel storage order.
+        ``(rows_padded, nz_per_row)`` in the plan's dtype, or for fp16 persistent plans
+        ``(rows_padded, nz_per_row / 2)`` int32 (two halves per word), kernel storage order.
     idx : numpy.ndarray
         ``(rows_padded, nz_per_row)`` (``"i32"``) or ``(rows_padded, nz_per_row / 2)``
         (``"i16x2"``) int32, kernel storage order.
@@ -60,23 +67,27 @@ class PackedWeights:
     @property
     def access(self) -> SmemAccess:
         """Shared-memory access pattern the layout was made for."""
-        return smem_access(self.plan.batch_kernel, self.plan.hidden_padded, self.vector)
-
-    def slot_values(self) -> np.ndarray:
-        """``(rows_padded, KS, NZT)`` float32 values per slot (inverse of the interleave)."""
-        p = self.plan
-        return self.vals.reshape(p.rows_padded, p.pairs_per_lane, p.lanes_per_row).transpose(
-            0, 2, 1
+        return smem_access(
+            self.plan.batch_kernel, self.plan.hidden_padded, self.vector, self.plan.itemsize
         )
 
+    def slot_values(self) -> np.ndarray:
+        """``(rows_padded, KS, NZT)`` values per slot (inverse of the interleave and pairing)."""
+        p = self.plan
+        words = self.vals.reshape(p.rows_padded, -1, p.lanes_per_row).transpose(0, 2, 1)
+        if words.dtype != np.int32:
+            return words
+        halves = np.stack([words & 0xFFFF, (words >> 16) & 0xFFFF], axis=-1)
+        return halves.reshape(p.rows_padded, p.lanes_per_row, -1).astype(np.uint16).view(np.float16)
+
     def to_dense(self) -> np.ndarray:
-        """Unpack to the dense ``(H, H)`` float32 ``R`` (round trip of :func:`pack`)."""
+        """Unpack to the dense ``(G*H, H)`` float32 ``R`` (round trip of :func:`pack`)."""
         p = self.plan
         H = p.hidden
         rows = np.broadcast_to(np.arange(p.rows_padded)[:, None, None], self.cols.shape)
         out = np.zeros((p.rows_padded, max(p.hidden_padded, H)), np.float64)
         np.add.at(out, (rows.ravel(), self.cols.ravel()), self.slot_values().ravel())
-        return out[:H, :H].astype(np.float32)
+        return out[: p.gates * H, :H].astype(np.float32)
 
 
 def _to_csr(R: np.ndarray | sp.spmatrix | sp.sparray) -> sp.csr_array:
@@ -85,6 +96,28 @@ def _to_csr(R: np.ndarray | sp.spmatrix | sp.sparray) -> sp.csr_array:
     csr.eliminate_zeros()
     csr.sort_indices()
     return csr
+
+
+def _pair_words(slots: np.ndarray) -> np.ndarray:
+    """``(rp, KS, NZT)`` 16-bit slots -> ``(rp, KS, NZT/2)`` int32, slot ``2m`` in the low half."""
+    s = slots.astype(np.uint32)
+    return (s[:, :, 0::2] | (s[:, :, 1::2] << np.uint32(16))).view(np.int32)
+
+
+def _interleave(slots: np.ndarray) -> np.ndarray:
+    """``(rp, KS, n)`` per-part slots -> ``(rp, n * KS)`` kernel storage (word ``j*KS + p``)."""
+    rp, ks, n = slots.shape
+    return np.ascontiguousarray(slots.transpose(0, 2, 1).reshape(rp, n * ks))
+
+
+def unit_major(R: np.ndarray | sp.spmatrix | sp.sparray, gates: int) -> sp.csr_array:
+    """ONNX's gate-major ``R`` (``G*H x H``, row ``g*H + j``) as unit-major rows ``j*G + g``."""
+    csr = _to_csr(R)
+    hidden = csr.shape[1]
+    if csr.shape[0] != gates * hidden:
+        raise ValueError(f"R has shape {csr.shape}, expected ({gates * hidden}, {hidden})")
+    order = np.arange(gates * hidden).reshape(gates, hidden).T.ravel()
+    return csr[order]
 
 
 def lane0_of_row(plan: PersistentPlan, row: int) -> int:
@@ -106,7 +139,8 @@ def pack(
     Parameters
     ----------
     R : numpy.ndarray or scipy sparse
-        ``(H, H)`` recurrent weight, ``H == plan.hidden``; converted to float32.
+        ``(G*H, H)`` recurrent weight, unit-major (:func:`unit_major`), ``H == plan.hidden``,
+        ``G == plan.gates``; converted to the plan's dtype.
     plan : PersistentPlan
         From :func:`~tvm_sparse_rnn.rnn.planner.plan_persistent`.
     order : str
@@ -119,33 +153,35 @@ def pack(
     PackedWeights
     """
     csr = _to_csr(R)
-    H = plan.hidden
-    if csr.shape != (H, H):
-        raise ValueError(f"R has shape {csr.shape}, the plan is for ({H}, {H})")
+    H, G = plan.hidden, plan.gates
+    if csr.shape != (G * H, H):
+        raise ValueError(f"R has shape {csr.shape}, the plan is for ({G * H}, {H})")
     if plan.index_mode == "i16x2" and plan.hidden_padded > 65536:
         raise ValueError(f"16-bit column indices need H <= 65536, got {plan.hidden_padded}")
     ks, nzt, rp = plan.lanes_per_row, plan.pairs_per_lane, plan.rows_padded
     longest = int(np.diff(csr.indptr).max()) if H else 0
+    real_rows = G * H
     if longest > plan.nz_per_row:
         raise ValueError(f"R has a row of {longest} nonzeros; the plan has {plan.nz_per_row}")
-    access = smem_access(plan.batch_kernel, plan.hidden_padded, vector)
+    access = smem_access(plan.batch_kernel, plan.hidden_padded, vector, plan.itemsize)
     cols = np.zeros((rp, ks, nzt), np.int32)
-    svals = np.zeros((rp, ks, nzt), np.float32)
-    data = csr.data.astype(np.float32)
+    svals = np.zeros((rp, ks, nzt), plan.dtype)
+    data = csr.data.astype(plan.dtype)
     for r in range(rp):
-        lo, hi = (csr.indptr[r], csr.indptr[r + 1]) if r < H else (0, 0)
+        lo, hi = (csr.indptr[r], csr.indptr[r + 1]) if r < real_rows else (0, 0)
         rc = csr.indices[lo:hi].astype(np.int64)
         slot = order_row(rc, lane0_of_row(plan, r), ks, nzt, access, order, H)
         real = slot >= 0
         cols[r] = np.where(real, rc[np.where(real, slot, 0)] if rc.size else 0, -1 - slot)
         if rc.size:
             svals[r][real] = data[lo:hi][slot[real]]
-    vals = np.ascontiguousarray(svals.transpose(0, 2, 1).reshape(rp, nzt * ks))
-    if plan.index_mode == "i32":
-        idx = np.ascontiguousarray(cols.transpose(0, 2, 1).reshape(rp, nzt * ks))
+    if plan.dtype == "float16" and plan.kind == "persistent":
+        vals = _interleave(_pair_words(svals.view(np.uint16)))
     else:
-        c = cols.astype(np.uint32)
-        words = c[:, :, 0::2] | (c[:, :, 1::2] << np.uint32(16))  # (rp, ks, nzt/2)
-        idx = np.ascontiguousarray(words.transpose(0, 2, 1).reshape(rp, -1)).view(np.int32)
-    logger.debug("packed R %dx%d (%s) for %s", H, H, order, plan.describe())
+        vals = _interleave(svals)
+    if plan.index_mode == "i32":
+        idx = _interleave(cols)
+    else:
+        idx = _interleave(_pair_words(cols.astype(np.uint32)))
+    logger.debug("packed R %dx%d (%s) for %s", G * H, H, order, plan.describe())
     return PackedWeights(plan, order, vector, cols, vals, idx)

@@ -1,10 +1,14 @@
-"""Public entry of the sparse persistent RNN on the GPU.
+"""Public entry of the sparse persistent RNN, GRU and LSTM on the GPU.
 
-``h_t = f(R h_{t-1} + u_t)``, ``u_t = W x_t + b``, ``f`` in {tanh, relu}, for ``t = 1 .. T``::
+Cells (ONNX semantics and gate orders, default activations): ``"tanh"`` / ``"relu"``
+(``h_t = f(R h_{t-1} + u_t)``), ``"gru"`` (``linear_before_reset=1``, gates ``z, r, h``) and
+``"lstm"`` (gates ``i, o, f, c``, no peepholes), with ``u_t = W x_t + b`` for all gates::
 
-    rnn = build_persistent_rnn(R, batch=4, activation="tanh", barrier="flag")
-    hs = rnn(U=U, h0=h0)            # U (T, B, H) float32 -> hs (T, B, H): h_1 .. h_T
-    hs = rnn(X=X, W=W, b=b, h0=h0)  # u_t = X[t] @ W.T + b, one GEMM for all t before the loop
+    rnn = build_persistent_rnn(R, batch=4, cell="lstm")   # R (4H, H), ONNX gate-major rows
+    hs = rnn(U=U, h0=h0, c0=c0)     # U (T, B, 4H) -> hs (T, B, H): h_1 .. h_T
+    res = rnn.run(X=X, W=W, b=b)    # u_t = X[t] @ W.T + b for all t before the loop; res.c = c_T
+
+fp16 (``dtype="float16"``) keeps weights and ``h`` in half precision and accumulates in fp32.
 
 The geometry comes from :func:`~tvm_sparse_rnn.rnn.planner.plan_persistent`; when ``R`` does not
 fit in registers the same callable runs the per-step fallback (one launch per step). For Relax,
@@ -28,27 +32,45 @@ from ..errors import SparseRNNError, UnsupportedError
 from ..target import is_cuda, resolve_target
 from . import cuda_pipeline
 from .kernel_cuda import make_persistent_kernel, make_step_kernel
-from .packing import PackedWeights, pack
-from .planner import H100, DeviceLimits, PersistentPlan, default_knobs, plan_persistent
+from .packing import PackedWeights, pack, unit_major
+from .planner import CELL_GATES, H100, DeviceLimits, PersistentPlan, default_knobs, plan_persistent
 
 logger = logging.getLogger(__name__)
 
 
+def split_onnx_bias(cell: str, wb: np.ndarray, rb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ONNX biases ``Wb``, ``Rb`` (``(G*H,)`` each) -> the kernel's ``(b (G*H,), rbias (H,))``.
+
+    ``b`` is added to the input projection of every gate: ``Wb + Rb``, except ``Wb`` alone for
+    the GRU ``h`` gate, whose ``Rb_h`` stays inside the reset gate (``linear_before_reset=1``)
+    and is returned as ``rbias`` (zeros for the other cells).
+    """
+    wb, rb = np.asarray(wb, np.float32), np.asarray(rb, np.float32)
+    hidden = wb.size // CELL_GATES[cell]
+    bias = wb + rb
+    rbias = np.zeros(hidden, np.float32)
+    if cell == "gru":
+        bias[2 * hidden :] = wb[2 * hidden :]
+        rbias = rb[2 * hidden :].copy()
+    return bias, rbias
+
+
 def make_prim_func(
-    plan: PersistentPlan, activation: str, barrier: str, vector: bool = True
+    plan: PersistentPlan, cell: str, barrier: str, vector: bool = True
 ) -> tirx.PrimFunc:
     """The kernel for ``plan``: persistent, or the per-step fallback for ``per_step`` plans."""
     if plan.kind == "persistent":
-        return make_persistent_kernel(plan, activation, barrier, vector)
-    return make_step_kernel(plan, activation)
+        return make_persistent_kernel(plan, cell, barrier, vector)
+    return make_step_kernel(plan, cell)
 
 
 def persistent_prim_func(
     R: object,
     batch: int,
-    activation: str = "tanh",
+    cell: str = "tanh",
     barrier: str = "auto",
     *,
+    dtype: str = "float32",
     order: str = "guided",
     vector: bool | None = None,
     plan: PersistentPlan | None = None,
@@ -61,27 +83,35 @@ def persistent_prim_func(
     Returns
     -------
     tuple
-        ``(func, {"vals": ..., "idx": ...}, plan)``; ``func`` takes
-        ``(vals, idx, U (T, Hk, Bk), h0 (Hk, Bk), out (T, Hk, Bk), status (1,) int32)`` (the
-        per-step fallback adds the step ``t``: call it for every step), with ``Hk`` and ``Bk``
-        the plan's padded hidden size and batch; pad ``U``/``h0`` with zeros.
+        ``(func, {"vals": ..., "idx": ...}, plan)``; ``func`` takes ``(vals, idx, U, h0, c0,
+        rbias)`` and writes ``(out, c_out, status)`` as documented in
+        :func:`~tvm_sparse_rnn.rnn.kernel_cuda.make_persistent_kernel` (the per-step fallback
+        adds the step ``t``: call it for every step); pad ``U``/``h0``/``c0`` with zeros to the
+        plan's ``hidden_padded`` and ``batch_kernel``.
     """
-    plan, barrier, packed = _plan_and_pack(R, batch, barrier, order, vector, plan, device)
-    func = make_prim_func(plan, activation, barrier, packed.vector)
+    plan, barrier, packed = _plan_and_pack(
+        R, batch, cell, dtype, barrier, order, vector, plan, device
+    )
+    func = make_prim_func(plan, cell, barrier, packed.vector)
     return func, {"vals": packed.vals, "idx": packed.idx}, plan
 
 
 def _plan_and_pack(
     R: object,
     batch: int,
+    cell: str,
+    dtype: str,
     barrier: str,
     order: str,
     vector: bool | None,
     plan: PersistentPlan | None,
     device: DeviceLimits,
 ) -> tuple[PersistentPlan, str, PackedWeights]:
-    """Plan (unless given), resolve the ``"auto"`` knobs and pack ``R``."""
-    plan = plan or plan_persistent(R, batch, device=device)
+    """Plan (unless given), resolve the ``"auto"`` knobs and pack ``R`` (ONNX gate-major)."""
+    if cell not in CELL_GATES:
+        raise ValueError(f"cell must be one of {tuple(CELL_GATES)}, got {cell!r}")
+    R = unit_major(R, CELL_GATES[cell])
+    plan = plan or plan_persistent(R, batch, dtype, device=device, gates=CELL_GATES[cell])
     auto_barrier, auto_vector = default_knobs(plan)
     barrier = auto_barrier if barrier == "auto" else barrier
     vector = auto_vector if vector is None else vector
@@ -89,9 +119,9 @@ def _plan_and_pack(
     return plan, barrier, packed
 
 
-def kernel_key(plan: PersistentPlan, activation: str, barrier: str, vector: bool) -> str:
+def kernel_key(plan: PersistentPlan, cell: str, barrier: str, vector: bool) -> str:
     """Stable name of a kernel build (the source depends only on these)."""
-    text = repr((plan, activation, barrier, vector))
+    text = repr((plan, cell, barrier, vector))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -100,7 +130,7 @@ _MODULES: dict[tuple, tvm.runtime.Module] = {}
 
 def build_kernel(
     plan: PersistentPlan,
-    activation: str,
+    cell: str,
     barrier: str,
     vector: bool = True,
     target: str | tvm.target.Target = "cuda",
@@ -112,16 +142,16 @@ def build_kernel(
         raise UnsupportedError(
             f"the persistent RNN kernel needs a cuda target, got {tgt.kind.name}"
         )
-    key = (plan, activation, barrier, vector, str(tgt))
+    key = (plan, cell, barrier, vector, str(tgt))
     if key in _MODULES:
         return _MODULES[key]
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"sprnn_{kernel_key(plan, activation, barrier, vector)}.so"
+        path = Path(cache_dir) / f"sprnn_{kernel_key(plan, cell, barrier, vector)}.so"
         if path.exists():
             _MODULES[key] = tvm.runtime.load_module(str(path))
             return _MODULES[key]
-    func = make_prim_func(plan, activation, barrier, vector)
+    func = make_prim_func(plan, cell, barrier, vector)
     with tgt:
         mod = tirx.build(
             tvm.IRModule({"main": func}), target=tgt, pipeline=cuda_pipeline.register()
@@ -148,9 +178,9 @@ def cuda_source(mod: tvm.runtime.Module) -> str:
 
 
 def _prebuild_one(args: tuple) -> str:
-    plan, activation, barrier, vector, cache_dir = args
-    build_kernel(plan, activation, barrier, vector, "cuda", cache_dir)
-    return kernel_key(plan, activation, barrier, vector)
+    plan, cell, barrier, vector, cache_dir = args
+    build_kernel(plan, cell, barrier, vector, "cuda", cache_dir)
+    return kernel_key(plan, cell, barrier, vector)
 
 
 def prebuild(
@@ -163,7 +193,7 @@ def prebuild(
     Parameters
     ----------
     specs : list of tuple
-        ``(plan, activation, barrier, vector)`` per kernel.
+        ``(plan, cell, barrier, vector)`` per kernel.
     cache_dir : path
         Where the ``.so`` files go; :func:`build_kernel` with the same ``cache_dir`` loads them.
     workers : int, optional
@@ -177,15 +207,31 @@ def prebuild(
             logger.debug("prebuilt %s", key)
 
 
+@dataclass(frozen=True)
+class PersistentResult:
+    """Outputs of :meth:`PersistentRNN.run`.
+
+    Attributes
+    ----------
+    h : numpy.ndarray
+        ``(T, B, H)``: ``h_1 .. h_T``.
+    c : numpy.ndarray or None
+        ``(B, H)``: the LSTM's ``c_T`` (``None`` for the other cells).
+    """
+
+    h: np.ndarray
+    c: np.ndarray | None
+
+
 @dataclass
 class PersistentRNN:
-    """A built persistent RNN for one ``R``; call it with numpy arrays.
+    """A built persistent RNN/GRU/LSTM for one ``R``; call it with numpy arrays.
 
     Attributes
     ----------
     plan : PersistentPlan
     packed : PackedWeights
-    activation, barrier : str
+    cell, barrier : str
     module : tvm.runtime.Module
         The compiled kernel (``"main"``).
     device : tvm.runtime.Device
@@ -193,28 +239,55 @@ class PersistentRNN:
 
     plan: PersistentPlan
     packed: PackedWeights
-    activation: str
+    cell: str
     barrier: str
     module: tvm.runtime.Module
     device: tvm.runtime.Device
 
     def __post_init__(self) -> None:
+        p = self.plan
         self._vals = tvm.runtime.tensor(self.packed.vals, self.device)
         self._idx = tvm.runtime.tensor(self.packed.idx, self.device)
         self._status = tvm.runtime.tensor(np.zeros(1, np.int32), self.device)
+        self._c_out = tvm.runtime.tensor(
+            np.zeros((p.hidden_padded, p.batch_kernel), p.dtype), self.device
+        )
 
-    def kernel_args(self, U: tvm.runtime.Tensor, h0: tvm.runtime.Tensor, out: tvm.runtime.Tensor):
-        """Arguments of ``module["main"]`` for device tensors in the kernel layout."""
-        return (self._vals, self._idx, U, h0, out, self._status)
+    def kernel_args(
+        self,
+        U: tvm.runtime.Tensor,
+        h0: tvm.runtime.Tensor,
+        out: tvm.runtime.Tensor,
+        c0: tvm.runtime.Tensor | None = None,
+        rbias: tvm.runtime.Tensor | None = None,
+    ) -> tuple:
+        """Arguments of ``module["main"]`` for device tensors in the kernel layout.
 
-    def run_chunk(self, U: np.ndarray, h0: np.ndarray) -> np.ndarray:
-        """One launch on kernel-layout arrays ``U (T, Hk, Bk)``, ``h0 (Hk, Bk)`` -> ``out``."""
+        ``c0 (Hk, Bk)`` and ``rbias (Hk,)`` default to zeros.
+        """
+        if rbias is None:
+            rbias = tvm.runtime.tensor(np.zeros(self.plan.hidden_padded, np.float32), self.device)
+        if c0 is None:
+            c0 = tvm.runtime.tensor(np.zeros(h0.shape, self.plan.dtype), self.device)
+        return (self._vals, self._idx, U, h0, c0, rbias, out, self._c_out, self._status)
+
+    def run_chunk(
+        self, U: np.ndarray, h0: np.ndarray, c0: np.ndarray, rbias: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One launch on kernel-layout arrays -> ``(out (T, Hk, Bk), c_out (Hk, Bk))``.
+
+        ``U (T, G*Hk, Bk)`` (unit-major rows), ``h0``, ``c0`` ``(Hk, Bk)``, ``rbias (Hk,)``.
+        """
+        p = self.plan
         steps = U.shape[0]
-        u = tvm.runtime.tensor(np.ascontiguousarray(U, np.float32), self.device)
-        h = tvm.runtime.tensor(np.ascontiguousarray(h0, np.float32), self.device)
-        out = tvm.runtime.tensor(np.zeros(U.shape, np.float32), self.device)
-        args = self.kernel_args(u, h, out)
-        if self.plan.kind == "persistent":
+        dev = self.device
+        u = tvm.runtime.tensor(np.ascontiguousarray(U, p.dtype), dev)
+        h = tvm.runtime.tensor(np.ascontiguousarray(h0, p.dtype), dev)
+        c = tvm.runtime.tensor(np.ascontiguousarray(c0, p.dtype), dev)
+        rb = tvm.runtime.tensor(np.ascontiguousarray(rbias, np.float32), dev)
+        out = tvm.runtime.tensor(np.zeros((steps, p.hidden_padded, p.batch_kernel), p.dtype), dev)
+        args = self.kernel_args(u, h, out, c, rb)
+        if p.kind == "persistent":
             self.module["main"](*args)
         else:
             for t in range(steps):
@@ -223,35 +296,40 @@ class PersistentRNN:
             raise SparseRNNError(
                 "persistent RNN: a flag-barrier wait timed out (CTAs not co-resident?)"
             )
-        return out.numpy()
+        return out.numpy(), self._c_out.numpy()
 
-    def __call__(
+    def run(
         self,
         U: np.ndarray | None = None,
         h0: np.ndarray | None = None,
+        c0: np.ndarray | None = None,
         *,
         X: np.ndarray | None = None,
         W: np.ndarray | None = None,
         b: np.ndarray | None = None,
-    ) -> np.ndarray:
+        rbias: np.ndarray | None = None,
+    ) -> PersistentResult:
         """Run the recurrence.
 
         Parameters
         ----------
         U : numpy.ndarray, optional
-            ``(T, B, H)`` float32 input projections ``u_t``.
-        h0 : numpy.ndarray, optional
-            ``(B, H)`` initial state (zeros by default).
+            ``(T, B, G*H)`` input projections ``u_t`` of all gates (ONNX gate-major columns).
+        h0, c0 : numpy.ndarray, optional
+            ``(B, H)`` initial states (zeros by default; ``c0`` for LSTM only).
         X, W, b : numpy.ndarray, optional
-            ``X (T, B, I)``, ``W (H, I)``, ``b (H,)``: ``u_t = X[t] @ W.T + b`` as one GEMM over
-            all ``T * B`` rows before the loop (instead of ``U``).
+            ``X (T, B, I)``, ``W (G*H, I)``, ``b (G*H,)``: ``u_t = X[t] @ W.T + b`` as one GEMM
+            over all ``T * B`` rows before the loop (instead of ``U``). For ONNX weights ``b``
+            is ``Wb + Rb``, except ``Wb`` alone for the GRU's ``h`` gate.
+        rbias : numpy.ndarray, optional
+            ``(H,)``, GRU: the ``h`` gate's recurrent bias ``Rb_h`` (zeros by default).
 
         Returns
         -------
-        numpy.ndarray
-            ``(T, B, H)`` float32: ``h_1 .. h_T``.
+        PersistentResult
         """
         p = self.plan
+        G, H = p.gates, p.hidden
         if U is None:
             if X is None or W is None:
                 raise ValueError("give U, or X and W")
@@ -260,32 +338,53 @@ class PersistentRNN:
             if b is not None:
                 U = U + np.asarray(b, np.float64)
             U = U.reshape(steps, batch, -1)
-        U = np.asarray(U, np.float32)
-        if U.ndim != 3 or U.shape[1:] != (p.batch, p.hidden):
-            raise ValueError(f"U must be (T, {p.batch}, {p.hidden}), got {U.shape}")
-        h0 = np.zeros((p.batch, p.hidden), np.float32) if h0 is None else np.asarray(h0)
-        if h0.shape != (p.batch, p.hidden):
-            raise ValueError(f"h0 must be ({p.batch}, {p.hidden}), got {h0.shape}")
-        steps = U.shape[0]
-        out = np.empty((steps, p.batch, p.hidden), np.float32)
-        bk = p.batch_kernel
-        for c in range(p.num_batch_chunks):
-            lo, hi = c * bk, min(p.batch, (c + 1) * bk)
-            uk = np.zeros((steps, p.hidden_padded, bk), np.float32)
-            uk[:, : p.hidden, : hi - lo] = U[:, lo:hi].transpose(0, 2, 1)
-            hk = np.zeros((p.hidden_padded, bk), np.float32)
-            hk[: p.hidden, : hi - lo] = h0[lo:hi].T
-            res = self.run_chunk(uk, hk)
-            out[:, lo:hi] = res[:, : p.hidden, : hi - lo].transpose(0, 2, 1)
-        return out
+        U = np.asarray(U)
+        if U.ndim != 3 or U.shape[1:] != (p.batch, G * H):
+            raise ValueError(f"U must be (T, {p.batch}, {G * H}), got {U.shape}")
+        states = {}
+        for name, value in (("h0", h0), ("c0", c0)):
+            states[name] = np.zeros((p.batch, H)) if value is None else np.asarray(value)
+            if states[name].shape != (p.batch, H):
+                raise ValueError(f"{name} must be ({p.batch}, {H}), got {states[name].shape}")
+        if c0 is not None and G != 4:
+            raise ValueError(f"c0 is an LSTM state; this is a {self.cell!r} cell")
+        rb = np.zeros(p.hidden_padded, np.float32)
+        if rbias is not None:
+            if np.shape(rbias) != (H,):
+                raise ValueError(f"rbias must be ({H},), got {np.shape(rbias)}")
+            rb[:H] = rbias
+        steps, bk, hp = U.shape[0], p.batch_kernel, p.hidden_padded
+        # (T, B, G*H) gate-major -> (T, Hk*G, B) unit-major
+        Uk = np.zeros((steps, hp, G, p.batch), p.dtype)
+        Uk[:, :H] = U.reshape(steps, p.batch, G, H).transpose(0, 3, 2, 1)
+        Uk = Uk.reshape(steps, hp * G, p.batch)
+        out = np.empty((steps, p.batch, H), p.dtype)
+        c_last = np.empty((p.batch, H), p.dtype)
+        for ch in range(p.num_batch_chunks):
+            lo, hi = ch * bk, min(p.batch, (ch + 1) * bk)
+            uk = np.zeros((steps, hp * G, bk), p.dtype)
+            uk[:, :, : hi - lo] = Uk[:, :, lo:hi]
+            kern = {}
+            for name, value in states.items():
+                kern[name] = np.zeros((hp, bk), p.dtype)
+                kern[name][:H, : hi - lo] = value[lo:hi].T
+            res, c_res = self.run_chunk(uk, kern["h0"], kern["c0"], rb)
+            out[:, lo:hi] = res[:, :H, : hi - lo].transpose(0, 2, 1)
+            c_last[lo:hi] = c_res[:H, : hi - lo].T
+        return PersistentResult(out, c_last if G == 4 else None)
+
+    def __call__(self, *args: object, **kwargs: object) -> np.ndarray:
+        """:meth:`run`'s ``h`` (``(T, B, H)``)."""
+        return self.run(*args, **kwargs).h
 
 
 def build_persistent_rnn(
     R: object,
     batch: int,
-    activation: str = "tanh",
+    cell: str = "tanh",
     barrier: str = "auto",
     *,
+    dtype: str = "float32",
     order: str = "guided",
     vector: bool | None = None,
     plan: PersistentPlan | None = None,
@@ -298,18 +397,22 @@ def build_persistent_rnn(
     Parameters
     ----------
     R : numpy.ndarray or scipy sparse
-        ``(H, H)`` recurrent weight.
+        ``(G*H, H)`` recurrent weight of all gates in ONNX order (``G = 1`` RNN, 3 GRU, 4
+        LSTM; gate ``g`` of unit ``j`` is row ``g*H + j``).
     batch : int
         ``B``.
-    activation : str
-        ``"tanh"`` or ``"relu"``.
+    cell : str
+        ``"tanh"``, ``"relu"`` (vanilla RNN), ``"gru"`` (``linear_before_reset=1``) or
+        ``"lstm"``.
     barrier : str
         ``"flag"`` (data-embedded), ``"grid"`` (cooperative grid sync) or ``"auto"`` (the one
         that measured faster for this size, :func:`~tvm_sparse_rnn.rnn.planner.default_knobs`).
+    dtype : str
+        ``"float32"`` or ``"float16"`` (weights, inputs, states; fp32 accumulation).
     order : str
         ``"guided"`` (bank-aware, default) or ``"naive"`` nonzero order.
     vector : bool, optional
-        Vector (LDS.128) loads of ``h``; default: for ``B <= 4`` only.
+        Vector (up to LDS.128) loads of ``h``; default: when one load covers a column.
     plan : PersistentPlan, optional
         Geometry (default: :func:`plan_persistent`).
     target : str or Target
@@ -319,6 +422,8 @@ def build_persistent_rnn(
     cache_dir : path, optional
         Build cache (see :func:`prebuild`).
     """
-    plan, barrier, packed = _plan_and_pack(R, batch, barrier, order, vector, plan, device_limits)
-    module = build_kernel(plan, activation, barrier, packed.vector, target, cache_dir)
-    return PersistentRNN(plan, packed, activation, barrier, module, tvm.cuda(0))
+    plan, barrier, packed = _plan_and_pack(
+        R, batch, cell, dtype, barrier, order, vector, plan, device_limits
+    )
+    module = build_kernel(plan, cell, barrier, packed.vector, target, cache_dir)
+    return PersistentRNN(plan, packed, cell, barrier, module, tvm.cuda(0))

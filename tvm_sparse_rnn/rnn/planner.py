@@ -1,23 +1,26 @@
 """Capacity planner of the sparse persistent RNN kernel.
 
-Given the recurrent weight ``R`` (``H x H``; only its row lengths matter), the batch ``B``, the
-dtype and the GPU's limits, the planner picks the kernel's geometry:
+Given the recurrent weight ``R`` (``G*H x H`` for a cell of ``G`` gates; only its row lengths
+matter), the batch ``B``, the dtype and the GPU's limits, the planner picks the kernel's geometry:
 
 * ``num_ctas`` CTAs (at most one per SM: the kernel is launched cooperatively, so every CTA must
   be resident at once) of ``threads`` threads;
 * ``lanes_per_row`` (``KS``) adjacent lanes of one warp share a row; each lane holds
   ``nz_per_row / KS`` of the row's ``<column, value>`` pairs in registers;
-* ``rows_per_group`` (``RPT``) consecutive rows per lane group;
+* ``rows_per_group`` (``RPT``) consecutive rows per lane group, a multiple of the cell's gates
+  ``G`` (1 RNN, 3 GRU, 4 LSTM): rows are packed unit-major (row ``j*G + g`` is gate ``g`` of unit
+  ``j``), so every gate of a unit is in one lane group and the cell update needs no exchange;
 * the batch is processed in ``num_batch_chunks`` launches of ``batch_kernel`` samples when
-  ``h`` (``hidden_padded * batch * 4`` bytes) does not fit in shared memory at once.
+  ``h`` (``hidden_padded * batch * itemsize`` bytes) does not fit in shared memory at once.
 
 When no geometry keeps the weights in registers, :func:`plan_persistent` returns a plan of kind
 ``"per_step"`` (one sparse mat-vec launch per timestep, weights read from global memory) whose
 ``reason`` gives the numbers; ``require_persistent=True`` raises :class:`CapacityError` instead.
 
 Register cost per pair (measured with ``ptxas -v`` for sm_90a, see ``docs/persistent_rnn.md``):
-two registers (fp32 value + int32 column) or 1.5 (two 16-bit columns per int32 register),
-plus about 40 registers of fixed cost per thread.
+the value (1 register in fp32, half of one in fp16) plus the column (1 register in ``"i32"``,
+half of one in ``"i16x2"``), plus about 34 registers of fixed cost per thread and the per-sample
+accumulators.
 """
 
 from __future__ import annotations
@@ -33,14 +36,28 @@ from ..errors import CapacityError, UnsupportedError
 logger = logging.getLogger(__name__)
 
 #: Fixed per-thread registers (addresses, loop counters, accumulators are added per sample).
-REG_OVERHEAD = 40
+REG_OVERHEAD = 34
+#: Extra fixed registers of fp16 kernels (unpacking and converting halves), measured.
+REG_OVERHEAD_F16 = 24
+#: Warp schedulers per SM: the register file is split between them, and a CTA's warps are
+#: spread round-robin, so a CTA of ``w`` warps needs registers for ``ceil(w / 4) * 4`` warps.
+SCHEDULERS_PER_SM = 4
 #: Headroom kept below ptxas's 255-register limit, since the estimate is not exact.
 REG_HEADROOM = 16
 #: Largest number of 16-byte chunks of ``h`` one thread copies per step (bit mask of pending
 #: chunks in the flag barrier).
 MAX_COPY_CHUNKS = 31
-SUPPORTED_DTYPES = ("float32",)
+SUPPORTED_DTYPES = ("float32", "float16")
 BARRIERS = ("grid", "flag")
+#: Gates per hidden unit of each cell the kernel runs (its ``cell`` argument).
+CELL_GATES = {"tanh": 1, "relu": 1, "gru": 3, "lstm": 4}
+#: Largest rows per lane group (unrolled per thread).
+MAX_ROWS_PER_GROUP = 8
+
+
+def itemsize(dtype: str) -> int:
+    """Bytes per element of ``dtype`` (``"float32"`` or ``"float16"``)."""
+    return 2 if dtype == "float16" else 4
 
 
 @dataclass(frozen=True)
@@ -95,21 +112,25 @@ class PersistentPlan:
     hidden : int
         ``H`` as given.
     hidden_padded : int
-        ``H`` rounded up to a multiple of 4 (rows of ``h`` in shared memory).
+        ``H`` rounded up to a multiple of 4 (units of ``h`` in shared memory).
     batch : int
         ``B`` as given.
     batch_kernel : int
-        Samples per launch: 1, 2 or a multiple of 4 (``batch`` is padded up to it).
+        Samples per launch: 1 (fp32 only), 2 or a multiple of 4 (``batch`` is padded up to it).
     num_batch_chunks : int
         Launches needed for the whole batch.
     num_ctas, threads, lanes_per_row, rows_per_group : int
         Grid, CTA size, lanes sharing a row (``KS``), rows per lane group (``RPT``).
     nz_per_row : int
-        Pairs per row after padding (multiple of ``KS``, and of ``2 KS`` for 16-bit indices).
+        Pairs per row after padding (multiple of ``KS``, and of ``2 KS`` for 16-bit indices or
+        fp16 values, which are packed two per register).
+        A row is one gate of one unit.
     index_mode : str
         ``"i32"`` (one int32 column per register) or ``"i16x2"`` (two 16-bit columns).
     dtype : str
-        Value dtype.
+        Dtype of the weights and of ``h`` (``"float32"`` or ``"float16"``; accumulation is fp32).
+    gates : int
+        Rows of ``R`` per hidden unit (``G``): 1 (RNN), 3 (GRU), 4 (LSTM).
     double_buffer : bool
         Two shared buffers of ``h`` (alternating steps), so that a warp may start copying
         ``h_t`` while the others still compute step ``t`` (one CTA barrier per step).
@@ -130,6 +151,7 @@ class PersistentPlan:
     nz_per_row: int
     index_mode: str
     dtype: str = "float32"
+    gates: int = 1
     double_buffer: bool = False
     reason: str = field(default="", compare=False)
 
@@ -139,10 +161,15 @@ class PersistentPlan:
         return self.threads // self.lanes_per_row
 
     @property
+    def units_per_group(self) -> int:
+        """Hidden units per lane group (``rows_per_group / gates``)."""
+        return self.rows_per_group // self.gates
+
+    @property
     def rows_padded(self) -> int:
-        """Rows of the packed weight, ``>= hidden_padded``."""
+        """Rows of the packed weight, ``>= gates * hidden_padded``."""
         if self.kind != "persistent":
-            return self.hidden_padded
+            return self.hidden_padded * self.gates
         return self.num_ctas * self.groups_per_cta * self.rows_per_group
 
     @property
@@ -156,25 +183,50 @@ class PersistentPlan:
         return self.rows_per_group * self.pairs_per_lane
 
     @property
+    def itemsize(self) -> int:
+        """Bytes per element of the weights and of ``h``."""
+        return itemsize(self.dtype)
+
+    @property
+    def sub_batch(self) -> int:
+        """Samples per pass of the kernel over its pairs (a 16-byte chunk at most).
+
+        Larger batches take several passes per step over the register-resident pairs, so the
+        accumulators (per row and sample) stay few: ``B = 16`` costs 4 passes, not 4x the
+        registers.
+        """
+        return min(self.batch_kernel, 16 // self.itemsize)
+
+    @property
     def vector_width(self) -> int:
-        """Floats per shared-memory load of ``h``: 4 (LDS.128), 2 (LDS.64) or 1."""
-        return min(self.batch_kernel, 4)
+        """Elements per shared-memory load of ``h`` (16 bytes at most: LDS.128)."""
+        return self.sub_batch
+
+    @property
+    def h_bytes(self) -> int:
+        """Bytes of ``h`` for one batch chunk."""
+        return self.hidden_padded * self.batch_kernel * self.itemsize
 
     @property
     def smem_bytes(self) -> int:
         """Shared memory of one CTA: ``h_{t-1}`` for one batch chunk (twice if double-buffered)."""
-        return self.hidden_padded * self.batch_kernel * 4 * (2 if self.double_buffer else 1)
+        return self.h_bytes * (2 if self.double_buffer else 1)
 
     @property
     def copy_chunks(self) -> int:
         """16-byte chunks of ``h`` each thread copies per step."""
-        return math.ceil(self.hidden_padded * self.batch_kernel // 4 / self.threads)
+        return math.ceil(self.h_bytes // 16 / self.threads)
 
     @property
     def regs_estimate(self) -> int:
         """Estimated registers per thread (see the module docstring)."""
         return estimate_registers(
-            self.pairs_per_thread, self.index_mode, self.batch_kernel, self.rows_per_group
+            self.pairs_per_thread,
+            self.index_mode,
+            self.batch_kernel,
+            self.rows_per_group,
+            self.dtype,
+            self.gates,
         )
 
     def cost(self) -> float:
@@ -186,10 +238,10 @@ class PersistentPlan:
         Fitted to H100 measurements (``benchmarks/bench_rnn.py``): it ranks, it does not predict.
         """
         rows_per_cta = self.groups_per_cta * self.rows_per_group
-        lds = rows_per_cta * self.nz_per_row * self.batch_kernel / 32
+        lds = rows_per_cta * self.nz_per_row * self.batch_kernel * self.itemsize / 128
         warps = self.threads // 32
         shuffles = warps * self.rows_per_group * self.batch_kernel * math.log2(self.lanes_per_row)
-        chain = self.pairs_per_thread * math.ceil(self.batch_kernel / 4)
+        chain = self.pairs_per_thread * math.ceil(self.batch_kernel / self.vector_width)
         return lds + shuffles + 2.0 * chain + 4.0 * self.copy_chunks
 
     def describe(self) -> str:
@@ -198,6 +250,7 @@ class PersistentPlan:
             return f"per_step: {self.reason}"
         return (
             f"{self.num_ctas}x{self.threads} KS={self.lanes_per_row} RPT={self.rows_per_group} "
+            f"G={self.gates} {self.dtype} "
             f"NZ={self.nz_per_row} ({self.pairs_per_thread} pairs/thread, {self.index_mode}, "
             f"~{self.regs_estimate} regs) B={self.batch_kernel}x{self.num_batch_chunks} "
             f"smem={self.smem_bytes} B{' x2' if self.double_buffer else ''}"
@@ -217,21 +270,38 @@ def default_knobs(plan: PersistentPlan) -> tuple[str, bool]:
     loads (LDS.128) tie with scalar loads at ``B = 4`` and lost 2.3x at ``B = 8`` (see
     ``docs/persistent_rnn.md``), so they are used for ``B <= 4`` only.
     """
-    h_bytes = plan.hidden_padded * plan.batch_kernel * 4
-    barrier = "flag" if h_bytes <= FLAG_BARRIER_MAX_H_BYTES else "grid"
-    return barrier, plan.batch_kernel <= 4
+    barrier = "flag" if plan.h_bytes <= FLAG_BARRIER_MAX_H_BYTES else "grid"
+    return barrier, plan.batch_kernel <= plan.vector_width
 
 
-def estimate_registers(pairs: int, index_mode: str, batch: int, rows_per_group: int) -> int:
-    """Registers per thread for ``pairs`` register-resident pairs (fp32 values)."""
-    per_pair = 1.5 if index_mode == "i16x2" else 2.0
-    return math.ceil(per_pair * pairs) + REG_OVERHEAD + 2 * batch * rows_per_group
+def estimate_registers(
+    pairs: int,
+    index_mode: str,
+    batch: int,
+    rows_per_group: int,
+    dtype: str = "float32",
+    gates: int = 1,
+) -> int:
+    """Registers per thread for ``pairs`` register-resident pairs.
+
+    Value plus column (see the module docstring), the fixed overhead, an accumulator and a
+    prefetched ``u_t`` per row and sample of a pass, and for gated cells the gate math of a pass
+    and the LSTM cell state per unit and sample.
+    """
+    per_pair = (0.5 if dtype == "float16" else 1.0) + (0.5 if index_mode == "i16x2" else 1.0)
+    fixed = REG_OVERHEAD + (REG_OVERHEAD_F16 if dtype == "float16" else 0)
+    sub = min(batch, 16 // itemsize(dtype))  # samples per pass (PersistentPlan.sub_batch)
+    cell = 0 if gates == 1 else 4 * sub + (batch * rows_per_group // gates if gates == 4 else 0)
+    return math.ceil(per_pair * pairs) + fixed + 2 * sub * rows_per_group + cell
 
 
-def kernel_batch(batch: int) -> int:
-    """Samples per launch the kernel supports: 1, 2 or the next multiple of 4."""
+def kernel_batch(batch: int, dtype: str = "float32") -> int:
+    """Samples per launch the kernel supports: 1 (fp32), 2 or the next multiple of 4.
+
+    fp16 pads ``B = 1`` to 2, so that a column of ``h`` is at least one 32-bit shared word.
+    """
     if batch <= 2:
-        return batch
+        return max(batch, 2) if dtype == "float16" else batch
     return -(-batch // 4) * 4
 
 
@@ -248,15 +318,18 @@ def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
-def _batch_split(hidden_padded: int, batch: int, device: DeviceLimits) -> tuple[int, int]:
+def _batch_split(
+    hidden_padded: int, batch: int, dtype: str, device: DeviceLimits
+) -> tuple[int, int]:
     """Largest kernel batch whose ``h`` fits in shared memory, and the number of launches."""
-    bk = kernel_batch(batch)
-    fit = device.smem_per_block // (hidden_padded * 4)
+    bk = kernel_batch(batch, dtype)
+    sample = hidden_padded * itemsize(dtype)
+    fit = device.smem_per_block // sample
     if bk <= fit:
         return bk, 1
-    if fit < 1:
+    if fit < kernel_batch(1, dtype):
         raise CapacityError(
-            f"hidden size {hidden_padded}: one sample of h needs {hidden_padded * 4} B of shared "
+            f"hidden size {hidden_padded}: one sample of h needs {sample} B of shared "
             f"memory, more than the {device.smem_per_block} B per CTA of {device.name}"
         )
     chunk = min(fit, 2) if fit < 4 else fit // 4 * 4
@@ -270,48 +343,57 @@ def candidate_plans(
     dtype: str = "float32",
     device: DeviceLimits = H100,
     double_buffer: bool = False,
+    gates: int = 1,
 ) -> list[PersistentPlan]:
     """Every persistent geometry that fits ``device``, best (lowest :meth:`cost`) first.
 
     Parameters
     ----------
     hidden : int
-        ``H``.
+        ``H`` (hidden units; ``R`` has ``gates * H`` rows).
     max_row_nnz : int
         Nonzeros of the longest row of ``R``.
     batch : int
         ``B``.
     dtype : str
-        ``"float32"``.
+        ``"float32"`` or ``"float16"``.
     device : DeviceLimits
         The GPU.
     double_buffer : bool
         Double-buffer ``h`` where it fits (off by default: on the H100 it measured 2-13 %
         slower, see ``docs/persistent_rnn.md``).
+    gates : int
+        Gates per unit: 1 (RNN), 3 (GRU) or 4 (LSTM).
     """
     if dtype not in SUPPORTED_DTYPES:
         raise UnsupportedError(
             f"dtype {dtype!r}: the persistent kernel supports {SUPPORTED_DTYPES}"
         )
+    if gates not in set(CELL_GATES.values()):
+        raise ValueError(f"gates must be one of {sorted(set(CELL_GATES.values()))}, got {gates}")
     hp = _round_up(hidden, 4)
-    bk, chunks = _batch_split(hp, batch, device)
-    double = double_buffer and 2 * hp * bk * 4 <= device.smem_per_block
+    bk, chunks = _batch_split(hp, batch, dtype, device)
+    h_bytes = hp * bk * itemsize(dtype)
+    double = double_buffer and 2 * h_bytes <= device.smem_per_block
     index_modes = ("i32", "i16x2") if hp <= 65536 else ("i32",)
     reg_cap = device.max_regs_per_thread - REG_HEADROOM
+    rpts = [gates * u for u in (1, 2, 3, 4, 6, 8) if gates * u <= MAX_ROWS_PER_GROUP]
     out = []
     for ks in (1, 2, 4, 8, 16, 32):
         for threads in range(32, device.max_threads_per_block + 1, 32):
             groups = threads // ks
-            for rpt in (1, 2, 3, 4, 6, 8):
-                ctas = -(-hp // (groups * rpt))
+            footprint = _round_up(threads, 32 * SCHEDULERS_PER_SM)  # threads' register share
+            if math.ceil(h_bytes / 16 / threads) > MAX_COPY_CHUNKS:
+                continue
+            for rpt in rpts:
+                ctas = -(-hp // (groups * rpt // gates))
                 if ctas > device.num_sms:
                     continue
-                if math.ceil(hp * bk // 4 / threads) > MAX_COPY_CHUNKS:
-                    continue
                 for mode in index_modes:
-                    nz = _round_up(max(max_row_nnz, 1), ks * (2 if mode == "i16x2" else 1))
-                    regs = estimate_registers(rpt * nz // ks, mode, bk, rpt)
-                    if regs > reg_cap or threads * _round_up(regs, 8) > device.regs_per_sm:
+                    paired = mode == "i16x2" or dtype == "float16"  # two slots per register
+                    nz = _round_up(max(max_row_nnz, 1), ks * (2 if paired else 1))
+                    regs = estimate_registers(rpt * nz // ks, mode, bk, rpt, dtype, gates)
+                    if regs > reg_cap or footprint * _round_up(regs, 8) > device.regs_per_sm:
                         continue
                     out.append(
                         PersistentPlan(
@@ -328,6 +410,7 @@ def candidate_plans(
                             nz,
                             mode,
                             dtype,
+                            gates,
                             double,
                         )
                     )
@@ -342,6 +425,7 @@ def plan_persistent(
     dtype: str = "float32",
     device: DeviceLimits = H100,
     *,
+    gates: int = 1,
     hidden: int | None = None,
     max_row_nnz: int | None = None,
     require_persistent: bool = False,
@@ -351,13 +435,15 @@ def plan_persistent(
     Parameters
     ----------
     R : array or scipy sparse, optional
-        ``(H, H)`` recurrent weight; or give ``hidden`` and ``max_row_nnz``.
+        ``(gates * H, H)`` recurrent weight (all gates); or give ``hidden`` and ``max_row_nnz``.
     batch : int
         ``B >= 1``.
     dtype : str
-        ``"float32"``.
+        ``"float32"`` or ``"float16"``.
     device : DeviceLimits
         The GPU (default: the H100).
+    gates : int
+        Gates per unit: 1 (RNN), 3 (GRU) or 4 (LSTM).
     hidden, max_row_nnz : int, optional
         Used when ``R`` is not given.
     require_persistent : bool
@@ -370,29 +456,33 @@ def plan_persistent(
     """
     if R is not None:
         lengths = row_lengths(R)
-        hidden = int(lengths.size)
+        if lengths.size % gates:
+            raise ValueError(f"R has {lengths.size} rows, not a multiple of gates={gates}")
+        hidden = int(lengths.size) // gates
         max_row_nnz = int(lengths.max()) if lengths.size else 0
     if hidden is None or max_row_nnz is None:
         raise ValueError("give R, or hidden and max_row_nnz")
     if hidden < 1 or batch < 1:
         raise ValueError(f"hidden ({hidden}) and batch ({batch}) must be >= 1")
-    cands = candidate_plans(hidden, max_row_nnz, batch, dtype, device)
+    cands = candidate_plans(hidden, max_row_nnz, batch, dtype, device, gates=gates)
     if cands:
         plan = replace(cands[0], reason=f"lowest cost of {len(cands)} fitting geometries")
         logger.info("persistent plan H=%d B=%d: %s", hidden, batch, plan.describe())
         return plan
     hp = _round_up(hidden, 4)
-    pairs = hp * _round_up(max(max_row_nnz, 1), 2)
+    pairs = gates * hp * _round_up(max(max_row_nnz, 1), 2)
     per_sm = pairs / device.num_sms
+    least = (0.5 if dtype == "float16" else 1.0) + 0.5  # registers per pair, 16-bit columns
     reason = (
-        f"R ({hidden}x{hidden}, longest row {max_row_nnz} nonzeros) needs {pairs} register "
-        f"pairs after padding, {per_sm:.0f} per SM on {device.num_sms} SMs; at >= 1.5 registers "
-        f"per pair plus {REG_OVERHEAD} per thread this exceeds {device.regs_per_sm} registers "
-        f"per SM (or {device.max_regs_per_thread} per thread) on {device.name}"
+        f"R ({gates * hidden}x{hidden} {dtype}, longest row {max_row_nnz} nonzeros) needs "
+        f"{pairs} register pairs after padding, {per_sm:.0f} per SM on {device.num_sms} SMs; at "
+        f">= {least:g} registers per pair plus {REG_OVERHEAD} per thread this exceeds "
+        f"{device.regs_per_sm} registers per SM (or {device.max_regs_per_thread} per thread) on "
+        f"{device.name}"
     )
     if require_persistent:
         raise CapacityError(reason)
-    bk, chunks = _batch_split(hp, batch, device)
+    bk, chunks = _batch_split(hp, batch, dtype, device)
     logger.warning("persistent kernel does not fit, per-step fallback: %s", reason)
     return PersistentPlan(
         "per_step",
@@ -408,11 +498,18 @@ def plan_persistent(
         max(max_row_nnz, 1),
         "i32",
         dtype,
+        gates,
         reason=reason,
     )
 
 
-def max_hidden(density: float, batch: int = 4, device: DeviceLimits = H100) -> int:
+def max_hidden(
+    density: float,
+    batch: int = 4,
+    device: DeviceLimits = H100,
+    dtype: str = "float32",
+    gates: int = 1,
+) -> int:
     """Largest ``H`` (multiple of 64) whose random ``R`` at ``density`` stays persistent.
 
     The longest row is estimated as the binomial mean plus four standard deviations.
@@ -422,7 +519,7 @@ def max_hidden(density: float, batch: int = 4, device: DeviceLimits = H100) -> i
         mid = (lo + hi) // 2 // 64 * 64
         mean = density * mid
         longest = math.ceil(mean + 4.0 * math.sqrt(mean * (1 - density)) + 1)
-        if candidate_plans(mid, longest, batch, "float32", device):
+        if candidate_plans(mid, longest, batch, dtype, device, gates=gates):
             lo = mid
         else:
             hi = mid

@@ -17,8 +17,11 @@ Structure of the emitted code, per direction ``d``:
    * ``llvm``: one ``call_tir`` of :func:`~tvm_sparse_rnn.rnn.kernel_x86.recurrent_prim_func`
      with ``R`` packed sparse (CSR, all gates of a unit together) when its density is at most
      ``density_threshold``, dense otherwise (same kernel, dense mat-vec);
-   * ``cuda``, pruned vanilla ``RNN`` directions (``Tanh``/``Relu``, no ``clip``, full lengths,
-     ``R`` density at most ``density_threshold``, ``R`` fits in registers): one ``call_tir`` of
+   * ``cuda``, pruned directions that the persistent kernel implements (``RNN`` with
+     ``Tanh``/``Relu``, ``GRU`` with ``linear_before_reset=1`` and ``LSTM`` without peepholes,
+     default activations; no ``clip``, full lengths, ``R`` density at most
+     ``density_threshold``, ``R`` fits on chip; see
+     :mod:`~tvm_sparse_rnn.rnn.persistent_relax`): one ``call_tir`` of
      the sparse persistent kernel (:mod:`tvm_sparse_rnn.rnn.persistent_relax`, grid barrier),
      all ``T`` steps in one launch. Build such a module with
      :func:`tvm_sparse_rnn.compile.build` (or ``tir_pipeline=``
@@ -399,10 +402,15 @@ def emit_recurrent_sequence(
         plan = None
         if cuda:
             lengths_full = full_lengths(sequence_lens, seq_len)
-            plan = persistent_rnn_plan(cfg, d, dirn.r, batch, lengths_full, density_threshold)
+            plan = persistent_rnn_plan(
+                cfg, d, dirn.r, batch, lengths_full, density_threshold, dirn.peep
+            )
         if plan is not None:
-            bias = dirn.wb + dirn.rb
-            outs.append(emit_persistent_rnn(bb, cfg, d, plan, X, dirn.w, bias, dirn.r, dirn.h0))
+            outs.append(
+                emit_persistent_rnn(
+                    bb, cfg, d, plan, X, dirn.w, dirn.wb, dirn.rb, dirn.r, dirn.h0, dirn.c0
+                )
+            )
         elif cuda:
             full = None if sequence_lens is None else lens
             outs.append(_emit_steps(bb, cfg, X, dirn, full, rev_index))
