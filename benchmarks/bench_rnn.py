@@ -11,9 +11,12 @@ Vanilla RNN ``h_t = tanh(R h_{t-1} + u_t)``, fp32, T = 256, on one GPU, all in o
   -> +flag (Lamport) barrier -> +pipelined (double-buffered h, one CTA barrier per step),
   at H=1152/B=8/23% and H=1792/B=4/10%.
 
+GRU / LSTM and fp16 (issue 4) are in :mod:`bench_rnn_cells` (``--cells`` runs that sweep).
+
 Run on the GPU machine (``--quick`` for a smoke run)::
 
     python benchmarks/bench_rnn.py --out docs/results
+    python benchmarks/bench_rnn.py --cells --out docs/results
     ncu --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum \\
         python benchmarks/bench_rnn.py --ncu-case guided
     python benchmarks/bench_rnn.py --plot docs/results/bench_rnn.json   # plots only (no GPU)
@@ -31,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_rnn_cells
 import numpy as np
 import scipy.sparse as sp
 from common import cuda_event_time, median
@@ -339,14 +343,13 @@ def plot(results: dict, out_dir: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("docs/results"))
-    ap.add_argument("--quick", action="store_true", help="two cases per sweep")
-    ap.add_argument("--candidates", type=int, default=3, help="geometries tried per case")
-    ap.add_argument("--cache", help="build cache directory")
-    ap.add_argument("--no-baselines", action="store_true")
+    bench_rnn_cells.add_arguments(ap)
     ap.add_argument("--ncu-case", choices=("naive", "guided"))
-    ap.add_argument("--plot", type=Path, help="only plot an existing JSON")
+    ap.add_argument("--cells", action="store_true", help="the GRU/LSTM/fp16 sweep instead")
     args = ap.parse_args()
+    if args.cells:
+        bench_rnn_cells.main(args)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.ncu_case:
         ncu_case(args.ncu_case)

@@ -62,7 +62,7 @@ def test_relu_fallback_and_prim_func() -> None:
     assert p.batch_kernel == 4 and p.hidden_padded == 300
     assert consts["vals"].shape == (p.rows_padded, p.nz_per_row)
     assert [str(v.name) for v in func.params] == [
-        *("vals", "idx", "U", "h0", "c0", "rbias", "out", "c_out", "status"),
+        *("vals", "idx", "spairs", "U", "h0", "c0", "rbias", "out", "c_out", "status"),
     ]
     with pytest.raises(ValueError, match="barrier"):
         make_persistent_kernel(p, "tanh", "spin")
@@ -117,6 +117,8 @@ NVCC = shutil.which("nvcc")
         (2304, 4, 0.10, "gru", "float16"),
         (6144, 4, 0.10, "tanh", "float16"),
         (1792, 8, 0.10, "lstm", "float16"),  # LDS.128 of 8 halves
+        (8192, 4, 0.10, "tanh", "float16"),  # part of the pairs in shared memory
+        (2304, 4, 0.10, "lstm", "float32"),  # idem
     ],
 )
 def test_no_register_spills(

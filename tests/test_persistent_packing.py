@@ -36,12 +36,53 @@ def test_pack_round_trip(hidden: int, batch: int, density: float, order: str) ->
     for r in (0, hidden // 2, hidden - 1):
         lo, hi = R.indptr[r], R.indptr[r + 1]
         want = Counter(zip(R.indices[lo:hi].tolist(), R.data[lo:hi].tolist(), strict=True))
-        vals = packed.slot_values()[r].ravel()
+        vals = packed.values[r].ravel()
         cols = packed.cols[r].ravel()
         got = Counter((int(c), float(v)) for c, v in zip(cols, vals, strict=True) if v != 0)
         assert got == want
     assert packed.vals.shape == (plan.rows_padded, plan.nz_per_row)
     assert np.all(packed.cols < plan.hidden_padded)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_register_and_shared_slots_decode(dtype: str) -> None:
+    """Kernel storage (register words and each CTA's shared-memory words) holds every slot."""
+    R = random_r(512, 0.1, seed=4)
+    plan = plan_persistent(R, 4, dtype)
+    nz = -(-plan.nz_per_row // (2 * plan.lanes_per_row)) * 2 * plan.lanes_per_row
+    plan = dataclasses.replace(plan, smem_pairs=2, index_mode="i16x2", nz_per_row=nz)
+    packed = pack(R, plan)
+    rp, ks, nzt, nzs = plan.rows_padded, plan.lanes_per_row, plan.pairs_per_lane, 2
+    nzr = nzt - nzs
+    idx = packed.idx.view(np.uint32).reshape(rp, nzr // 2, ks)
+    cols = np.stack([idx & 0xFFFF, idx >> 16], axis=2).reshape(rp, nzr, ks).transpose(0, 2, 1)
+    np.testing.assert_array_equal(cols, packed.cols[:, :, :nzr])
+    if dtype == "float16":
+        words = packed.vals.view(np.uint32).reshape(rp, nzr // 2, ks)
+        halves = np.stack([words & 0xFFFF, words >> 16], axis=2).astype(np.uint16)
+        vals = halves.view(np.float16).reshape(rp, nzr, ks).transpose(0, 2, 1)
+    else:
+        vals = packed.vals.reshape(rp, nzr, ks).transpose(0, 2, 1)
+    np.testing.assert_array_equal(vals, packed.values[:, :, :nzr])
+    # shared words of CTA c, thread tx = g*KS + p, row rr, slot j
+    w = plan.smem_pair_words
+    sp_words = packed.spairs.reshape(plan.num_ctas, plan.rows_per_group, nzs, plan.threads, w).view(
+        np.uint32
+    )
+    for row in (0, 37, rp - 1):
+        cta, rest = divmod(row, plan.groups_per_cta * plan.rows_per_group)
+        g, rr = divmod(rest, plan.rows_per_group)
+        for p in range(ks):
+            for j in range(nzs):
+                word = sp_words[cta, rr, j, g * ks + p]
+                if dtype == "float16":
+                    col = word[0] >> 16
+                    val = np.uint16(word[0] & 0xFFFF).view(np.float16)
+                else:
+                    col, val = word[1], word[0].view(np.float32)
+                assert col == packed.cols[row, p, nzr + j]
+                assert val == packed.values[row, p, nzr + j]
+    np.testing.assert_array_equal(packed.to_dense(), R.toarray().astype(dtype).astype(np.float32))
 
 
 def test_sixteen_bit_indices_unpack() -> None:

@@ -10,6 +10,9 @@ After Zhu et al., "Sparse Persistent RNNs: Squeezing Large Recurrent Networks On
   as ``[B/4, H, 4]`` when ``B % 4 == 0`` so that each pair is one **LDS.128** per 4 samples
   (``float4`` in the CUDA source; the column is multiplied in the kernel so TVM can prove the
   alignment);
+* 16-bit columns and fp16 values are unpacked with ``asm volatile`` helpers at every use:
+  otherwise nvcc hoists the loop-invariant unpacking out of the time loop and holds two to four
+  registers per pair instead of one (and spills);
 * ``KS`` lanes share a row and combine their partial sums with a shuffle-xor butterfly; ``u_t``
   (prefetched before the barrier) and the activation are fused into the store of ``h_t``;
 * steps are separated by either
@@ -67,12 +70,30 @@ __forceinline__ __device__ void sprnn_cp_wait() {
 """,
     "sprnn_half_lo": """
 __forceinline__ __device__ float sprnn_half_lo(int w) {
-  return __half2float(__ushort_as_half((unsigned short)(w & 0xFFFF)));
+  float f;
+  asm volatile("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l; }" : "=f"(f) : "r"(w));
+  return f;
 }
 """,
     "sprnn_half_hi": """
 __forceinline__ __device__ float sprnn_half_hi(int w) {
-  return __half2float(__ushort_as_half((unsigned short)((unsigned)w >> 16)));
+  float f;
+  asm volatile("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h; }" : "=f"(f) : "r"(w));
+  return f;
+}
+""",
+    "sprnn_col_lo": """
+__forceinline__ __device__ int sprnn_col_lo(int w) {
+  int c;
+  asm volatile("and.b32 %0, %1, 65535;" : "=r"(c) : "r"(w));
+  return c;
+}
+""",
+    "sprnn_col_hi": """
+__forceinline__ __device__ int sprnn_col_hi(int w) {
+  int c;
+  asm volatile("shr.u32 %0, %1, 16;" : "=r"(c) : "r"(w));
+  return c;
 }
 """,
     "sprnn_ready16": f"""
@@ -143,7 +164,7 @@ def make_persistent_kernel(
     barrier: str = "grid",
     vector: bool = True,
 ) -> tirx.PrimFunc:
-    """The persistent kernel ``main(vals, idx, U, h0, c0, rbias, out, c_out, status)``.
+    """The persistent kernel ``main(vals, idx, spairs, U, h0, c0, rbias, out, c_out, status)``.
 
     Parameters
     ----------
@@ -163,8 +184,8 @@ def make_persistent_kernel(
         Buffers (``Hk = plan.hidden_padded``, ``Bk = plan.batch_kernel``, ``G = plan.gates``,
         ``RP = rows_padded``, ``DT = plan.dtype``), ``T`` (the number of steps) symbolic:
 
-        * ``vals`` ``(RP, NZ)`` float32 (fp16: ``(RP, NZ/2)`` int32, two halves per word) and
-          ``idx`` ``(RP, NZ or NZ/2)`` int32 from :func:`~tvm_sparse_rnn.rnn.packing.pack`;
+        * ``vals``, ``idx`` (register slots) and ``spairs`` (each CTA's shared-memory slots)
+          from :func:`~tvm_sparse_rnn.rnn.packing.pack`;
         * ``U``      ``(T, G * Hk, Bk)`` DT, row ``j*G + g``: ``W_g x_t + b_g`` of unit ``j``
           (for the GRU ``h`` gate without the recurrent bias);
         * ``h0``, ``c0`` ``(Hk, Bk)`` DT, initial states (``c0`` is read by LSTM only);
@@ -185,9 +206,13 @@ def make_persistent_kernel(
     I16 = plan.index_mode == "i16x2"
     H16 = DT == "float16"  # values packed two per int32 register
     PK = 2 if I16 or H16 else 1  # slots handled per unrolled iteration
-    NIW = NZT // 2 if I16 else NZT  # index registers per lane and row
-    NVW = NZT // 2 if H16 else NZT  # value registers per lane and row
-    IDXW, VALW = NZ * NIW // NZT, NZ * NVW // NZT
+    NZS = plan.smem_pairs  # slots per lane and row in shared memory (the last ones)
+    NZR = NZT - NZS  # slots per lane and row in registers
+    NIW = NZR // 2 if I16 else NZR  # index registers per lane and row
+    NVW = NZR // 2 if H16 else NZR  # value registers per lane and row
+    VALW, IDXW = max(NVW, 1) * KS, max(NIW, 1) * KS  # register-slot words per row
+    SPW = plan.smem_pair_words
+    SPWORDS = max(RPT * NZS * NT * SPW, 1)  # shared pair words per CTA
     WDT = "int32" if H16 else DT
     EPC = 16 // plan.itemsize  # elements per 16-byte chunk
     BW = plan.sub_batch  # samples per pass over the pairs (accumulators per row)
@@ -205,7 +230,8 @@ def make_persistent_kernel(
     HW = plan.h_bytes // 4  # int32 words of one step of h
     SMEM = Hk * Bk
     NBUF = 2 if plan.double_buffer else 1
-    SCOPE = "shared.dyn" if NBUF * plan.h_bytes > 48 * 1024 else "shared"
+    SCOPE = "shared.dyn" if plan.smem_bytes > 48 * 1024 else "shared"
+    W_SCOPE = SCOPE if NZS else "shared"  # a one-word placeholder otherwise
     cell_update = _cell_macro(cell, BW)
 
     f32, to_dt = _converters(DT)
@@ -261,9 +287,7 @@ def make_persistent_kernel(
         """Column of slot ``PK*m + k`` of row ``rr``."""
         if not I16:
             return wi[rr * NIW + PK * m + k]
-        if k:
-            return T.Cast("int32", T.shift_right(T.Cast("uint32", wi[rr * NIW + m]), T.uint32(16)))
-        return T.bitwise_and(wi[rr * NIW + m], 65535)
+        return _call("sprnn_col_hi" if k else "sprnn_col_lo", wi[rr * NIW + m], ret="int32")
 
     def h_load(h_sh, t, wi, rr, m, k, bc, v, bi):
         return h_sh[(t % NBUF) * SMEM + bc * SBC + column(wi, rr, m, k) * SC + v * VW + bi]
@@ -286,10 +310,37 @@ def make_persistent_kernel(
                         h_load(h_sh, t, wi, rr, m, k, bc, v, bi)
                     )
 
+    def smem_word(w_sh, rr, j, tx, w):
+        """Word ``w`` of shared-memory slot ``j`` of row ``rr`` of thread ``tx``."""
+        return w_sh[((rr * NZS + j) * NT + tx) * SPW + w]
+
+    def smem_value(w_sh, rr, j, tx):
+        if H16:
+            return _call("sprnn_half_lo", smem_word(w_sh, rr, j, tx, 0), ret=F32)
+        return T.reinterpret(F32, smem_word(w_sh, rr, j, tx, 0))
+
+    def smem_column(w_sh, rr, j, tx):
+        if H16:
+            return _call("sprnn_col_hi", smem_word(w_sh, rr, j, tx, 0), ret="int32")
+        return smem_word(w_sh, rr, j, tx, 1)
+
+    @T.macro
+    def smem_pair(acc, a0, hb, w_sh, h_sh, t, rr, j, bc, tx):
+        for v in T.unroll(NVS):
+            for bi in T.vectorized(VW):
+                hb[bi] = h_sh[
+                    (t % NBUF) * SMEM + bc * SBC + smem_column(w_sh, rr, j, tx) * SC + v * VW + bi
+                ]
+            for bi in T.unroll(VW):
+                acc[a0 + v * VW + bi] = acc[a0 + v * VW + bi] + smem_value(w_sh, rr, j, tx) * f32(
+                    hb[bi]
+                )
+
     @T.prim_func
     def main(
         vals: T.Buffer((RP, VALW), WDT),
         idx: T.Buffer((RP, IDXW), "int32"),
+        spairs: T.Buffer((NCTA, SPWORDS), "int32"),
         u_handle: T.handle,
         h0: T.Buffer((Hk, Bk), DT),
         c0: T.Buffer((Hk, Bk), DT),
@@ -318,8 +369,9 @@ def make_persistent_kernel(
         for bx in T.thread_binding(NCTA, thread="blockIdx.x"):
             for tx in T.thread_binding(NT, thread="threadIdx.x"):
                 h_sh = T.alloc_buffer((NBUF * SMEM,), DT, scope=SCOPE)
-                wv = T.alloc_buffer((RPT * NVW,), WDT, scope="local")
-                wi = T.alloc_buffer((RPT * NIW,), "int32", scope="local")
+                w_sh = T.alloc_buffer((SPWORDS,), "int32", scope=W_SCOPE)
+                wv = T.alloc_buffer((RPT * VALW // KS,), WDT, scope="local")
+                wi = T.alloc_buffer((RPT * IDXW // KS,), "int32", scope="local")
                 acc = T.alloc_buffer((G * BW,), F32, scope="local")
                 uu = T.alloc_buffer((RPT * BW,), F32, scope="local")
                 hv = T.alloc_buffer((BW,), F32, scope="local")
@@ -334,9 +386,13 @@ def make_persistent_kernel(
                 # Weights -> registers, once; per-unit state of the cell.
                 for rr in T.unroll(RPT):
                     for j in T.unroll(NVW):
-                        wv[rr * NVW + j] = vals[(bx * GPC + tx // KS) * RPT + rr, j * KS + tx % KS]
+                        wv[rr * NVW + j] = vals[row(bx, tx, rr), j * KS + tx % KS]
                     for m in T.unroll(NIW):
-                        wi[rr * NIW + m] = idx[(bx * GPC + tx // KS) * RPT + rr, m * KS + tx % KS]
+                        wi[rr * NIW + m] = idx[row(bx, tx, rr), m * KS + tx % KS]
+                if NZS > 0:  # the CTA's shared-memory pairs, once (ordered by the first barrier)
+                    for i in range(T.ceildiv(SPWORDS, NT)):
+                        if i * NT + tx < SPWORDS:
+                            w_sh[i * NT + tx] = spairs[bx, i * NT + tx]
                 for ui in T.unroll(UPG):
                     rbv[ui] = rbias[T.min((bx * GPC + tx // KS) * UPG + ui, Hk - 1)]
                     for b in T.unroll(Bk):
@@ -392,10 +448,12 @@ def make_persistent_kernel(
                             for g in T.unroll(G):
                                 for b in T.unroll(BW):
                                     acc[g * BW + b] = T.float32(0)
-                                for m in T.unroll(NZT // PK):
+                                for m in T.unroll(NZR // PK):
                                     pair(acc, g * BW, hb, wv, wi, h_sh, t, ui * G + g, m, 0, bc)
                                     if PK == 2:
                                         pair(acc, g * BW, hb, wv, wi, h_sh, t, ui * G + g, m, 1, bc)
+                                for j in T.unroll(NZS):
+                                    smem_pair(acc, g * BW, hb, w_sh, h_sh, t, ui * G + g, j, bc, tx)
                             if KS > 1:
                                 for k in T.unroll(G * BW):
                                     acc[k] = T.cuda.warp_sum(acc[k], KS)
@@ -437,11 +495,11 @@ def make_persistent_kernel(
 def make_step_kernel(plan: PersistentPlan, cell: str = "tanh") -> tirx.PrimFunc:
     """Non-persistent fallback: one launch per step, weights read from global memory.
 
-    ``main(vals, idx, U, h0, c0, rbias, out, c_out, status, t)`` computes step ``t`` (``h_t``
-    into ``out[t]``, LSTM ``c_t`` into ``c_out``) from ``h_{t-1}`` (``h0`` at ``t = 0``), one
-    thread per unit; the host calls it for ``t = 0 .. T-1``. The buffers are those of
-    :func:`make_persistent_kernel` for a ``per_step`` plan (``KS = 1``, 32-bit indices,
-    ``RP = G * Hk`` unit-major rows); ``status`` is set to 0.
+    ``main(vals, idx, spairs, U, h0, c0, rbias, out, c_out, status, t)`` computes step ``t``
+    (``h_t`` into ``out[t]``, LSTM ``c_t`` into ``c_out``) from ``h_{t-1}`` (``h0`` at
+    ``t = 0``), one thread per unit; the host calls it for ``t = 0 .. T-1``. The buffers are
+    those of :func:`make_persistent_kernel` for a ``per_step`` plan (``KS = 1``, 32-bit indices,
+    ``RP = G * Hk`` unit-major rows, ``spairs`` unused); ``status`` is set to 0.
     """
     _check(plan, cell)
     Hk, Bk, NZ, G, DT, F32 = (
@@ -464,6 +522,7 @@ def make_step_kernel(plan: PersistentPlan, cell: str = "tanh") -> tirx.PrimFunc:
     def main(
         vals: T.Buffer((G * Hk, NZ), DT),
         idx: T.Buffer((G * Hk, NZ), "int32"),
+        spairs: T.Buffer((1, 1), "int32"),
         u_handle: T.handle,
         h0: T.Buffer((Hk, Bk), DT),
         c0: T.Buffer((Hk, Bk), DT),

@@ -49,20 +49,30 @@ class PackedWeights:
         Whether the layout targets vector loads (it decides the bank colors).
     cols : numpy.ndarray
         ``(rows_padded, KS, NZT)`` int32, column of every slot (padding included).
+    values : numpy.ndarray
+        ``(rows_padded, KS, NZT)`` in the plan's dtype, value of every slot.
     vals : numpy.ndarray
-        ``(rows_padded, nz_per_row)`` in the plan's dtype, or for fp16 persistent plans
-        ``(rows_padded, nz_per_row / 2)`` int32 (two halves per word), kernel storage order.
+        Register slots (``NZR = NZT - smem_pairs`` per lane and row), kernel storage order:
+        ``(rows_padded, NZR * KS)`` in the plan's dtype, or for fp16 persistent plans
+        ``(rows_padded, NZR * KS / 2)`` int32 (two halves per word).
     idx : numpy.ndarray
-        ``(rows_padded, nz_per_row)`` (``"i32"``) or ``(rows_padded, nz_per_row / 2)``
+        ``(rows_padded, NZR * KS)`` (``"i32"``) or ``(rows_padded, NZR * KS / 2)``
         (``"i16x2"``) int32, kernel storage order.
+    spairs : numpy.ndarray
+        ``(num_ctas, words)`` int32, each CTA's shared-memory pairs in its shared layout (word
+        ``((rr * smem_pairs + j) * threads + tx) * W + w``, ``W = plan.smem_pair_words``): fp16
+        ``half | column << 16``, fp32 ``(value bits, column)``; one zero word per CTA when the
+        plan has none.
     """
 
     plan: PersistentPlan
     order: str
     vector: bool
     cols: np.ndarray
+    values: np.ndarray
     vals: np.ndarray
     idx: np.ndarray
+    spairs: np.ndarray
 
     @property
     def access(self) -> SmemAccess:
@@ -71,22 +81,13 @@ class PackedWeights:
             self.plan.batch_kernel, self.plan.hidden_padded, self.vector, self.plan.itemsize
         )
 
-    def slot_values(self) -> np.ndarray:
-        """``(rows_padded, KS, NZT)`` values per slot (inverse of the interleave and pairing)."""
-        p = self.plan
-        words = self.vals.reshape(p.rows_padded, -1, p.lanes_per_row).transpose(0, 2, 1)
-        if words.dtype != np.int32:
-            return words
-        halves = np.stack([words & 0xFFFF, (words >> 16) & 0xFFFF], axis=-1)
-        return halves.reshape(p.rows_padded, p.lanes_per_row, -1).astype(np.uint16).view(np.float16)
-
     def to_dense(self) -> np.ndarray:
         """Unpack to the dense ``(G*H, H)`` float32 ``R`` (round trip of :func:`pack`)."""
         p = self.plan
         H = p.hidden
         rows = np.broadcast_to(np.arange(p.rows_padded)[:, None, None], self.cols.shape)
         out = np.zeros((p.rows_padded, max(p.hidden_padded, H)), np.float64)
-        np.add.at(out, (rows.ravel(), self.cols.ravel()), self.slot_values().ravel())
+        np.add.at(out, (rows.ravel(), self.cols.ravel()), self.values.astype(np.float64).ravel())
         return out[: p.gates * H, :H].astype(np.float32)
 
 
@@ -108,6 +109,22 @@ def _interleave(slots: np.ndarray) -> np.ndarray:
     """``(rp, KS, n)`` per-part slots -> ``(rp, n * KS)`` kernel storage (word ``j*KS + p``)."""
     rp, ks, n = slots.shape
     return np.ascontiguousarray(slots.transpose(0, 2, 1).reshape(rp, n * ks))
+
+
+def _smem_pairs(plan: PersistentPlan, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The shared-memory slots ``(rp, KS, NZS)`` in each CTA's layout (see PackedWeights)."""
+    nzs = cols.shape[2]
+    if nzs == 0:
+        return np.zeros((max(plan.num_ctas, 1), 1), np.int32)
+    if plan.dtype == "float16":
+        words = values.view(np.uint16).astype(np.uint32) | (cols.astype(np.uint32) << 16)
+        words = words.view(np.int32)[..., None]  # (rp, ks, nzs, 1)
+    else:
+        words = np.stack([values.view(np.int32), cols], axis=-1)  # (rp, ks, nzs, 2)
+    ctas, gpc, rpt, ks = plan.num_ctas, plan.groups_per_cta, plan.rows_per_group, plan.lanes_per_row
+    w = words.reshape(ctas, gpc, rpt, ks, nzs, -1)  # row = (cta*gpc + g)*rpt + rr
+    w = w.transpose(0, 2, 4, 1, 3, 5)  # (cta, rr, j, g, p, word): thread tx = g*ks + p
+    return np.ascontiguousarray(w.reshape(ctas, -1))
 
 
 def unit_major(R: np.ndarray | sp.spmatrix | sp.sparray, gates: int) -> sp.csr_array:
@@ -175,13 +192,15 @@ def pack(
         cols[r] = np.where(real, rc[np.where(real, slot, 0)] if rc.size else 0, -1 - slot)
         if rc.size:
             svals[r][real] = data[lo:hi][slot[real]]
+    nzr = nzt - plan.smem_pairs
     if plan.dtype == "float16" and plan.kind == "persistent":
-        vals = _interleave(_pair_words(svals.view(np.uint16)))
+        vals = _interleave(_pair_words(svals[:, :, :nzr].view(np.uint16)))
     else:
-        vals = _interleave(svals)
+        vals = _interleave(svals[:, :, :nzr])
     if plan.index_mode == "i32":
-        idx = _interleave(cols)
+        idx = _interleave(cols[:, :, :nzr])
     else:
-        idx = _interleave(_pair_words(cols.astype(np.uint32)))
+        idx = _interleave(_pair_words(cols[:, :, :nzr].astype(np.uint32)))
+    spairs = _smem_pairs(plan, cols[:, :, nzr:], svals[:, :, nzr:])
     logger.debug("packed R %dx%d (%s) for %s", G * H, H, order, plan.describe())
-    return PackedWeights(plan, order, vector, cols, vals, idx)
+    return PackedWeights(plan, order, vector, cols, svals, vals, idx, spairs)

@@ -83,8 +83,8 @@ def persistent_prim_func(
     Returns
     -------
     tuple
-        ``(func, {"vals": ..., "idx": ...}, plan)``; ``func`` takes ``(vals, idx, U, h0, c0,
-        rbias)`` and writes ``(out, c_out, status)`` as documented in
+        ``(func, {"vals": ..., "idx": ..., "spairs": ...}, plan)``; ``func`` takes ``(vals, idx,
+        spairs, U, h0, c0, rbias)`` and writes ``(out, c_out, status)`` as documented in
         :func:`~tvm_sparse_rnn.rnn.kernel_cuda.make_persistent_kernel` (the per-step fallback
         adds the step ``t``: call it for every step); pad ``U``/``h0``/``c0`` with zeros to the
         plan's ``hidden_padded`` and ``batch_kernel``.
@@ -93,7 +93,7 @@ def persistent_prim_func(
         R, batch, cell, dtype, barrier, order, vector, plan, device
     )
     func = make_prim_func(plan, cell, barrier, packed.vector)
-    return func, {"vals": packed.vals, "idx": packed.idx}, plan
+    return func, {"vals": packed.vals, "idx": packed.idx, "spairs": packed.spairs}, plan
 
 
 def _plan_and_pack(
@@ -248,6 +248,7 @@ class PersistentRNN:
         p = self.plan
         self._vals = tvm.runtime.tensor(self.packed.vals, self.device)
         self._idx = tvm.runtime.tensor(self.packed.idx, self.device)
+        self._spairs = tvm.runtime.tensor(self.packed.spairs, self.device)
         self._status = tvm.runtime.tensor(np.zeros(1, np.int32), self.device)
         self._c_out = tvm.runtime.tensor(
             np.zeros((p.hidden_padded, p.batch_kernel), p.dtype), self.device
@@ -269,7 +270,10 @@ class PersistentRNN:
             rbias = tvm.runtime.tensor(np.zeros(self.plan.hidden_padded, np.float32), self.device)
         if c0 is None:
             c0 = tvm.runtime.tensor(np.zeros(h0.shape, self.plan.dtype), self.device)
-        return (self._vals, self._idx, U, h0, c0, rbias, out, self._c_out, self._status)
+        return (
+            *(self._vals, self._idx, self._spairs, U, h0, c0, rbias, out),
+            *(self._c_out, self._status),
+        )
 
     def run_chunk(
         self, U: np.ndarray, h0: np.ndarray, c0: np.ndarray, rbias: np.ndarray

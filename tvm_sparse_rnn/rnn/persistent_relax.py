@@ -244,7 +244,8 @@ def emit_persistent_rnn(
         states = [op.nn.pad(s, [0, Hk - H, 0, b_pad - batch]) for s in states]
     u = bb.emit(op.reshape(u, [seq_len, Hk * G, b_pad]))
     h, c = (bb.emit(s) for s in states)
-    vals, idx, rb_k = (relax.const(a) for a in (consts["vals"], consts["idx"], rbias_k))
+    weights = [relax.const(consts[k]) for k in ("vals", "idx", "spairs")]
+    rb_k = relax.const(rbias_k)
     out_ty = [
         relax.TensorType((seq_len, Hk, Bk), _F32),
         relax.TensorType((Hk, Bk), _F32),
@@ -259,7 +260,7 @@ def emit_persistent_rnn(
                 bb.emit(op.strided_slice(a, axes=[a.ty.ndim - 1], begin=[lo], end=[hi]))
                 for a in args
             ]
-        res = bb.emit(relax.call_tir(gv, [vals, idx, *args, rb_k], out_ty))
+        res = bb.emit(relax.call_tir(gv, [*weights, *args, rb_k], out_ty))
         chunks.append(bb.emit(relax.TupleGetItem(res, 0)))  # status (output 2) is ignored
         c_chunks.append(bb.emit(relax.TupleGetItem(res, 1)))
 

@@ -13,7 +13,11 @@ matter), the batch ``B``, the dtype and the GPU's limits, the planner picks the 
 * the batch is processed in ``num_batch_chunks`` launches of ``batch_kernel`` samples when
   ``h`` (``hidden_padded * batch * itemsize`` bytes) does not fit in shared memory at once.
 
-When no geometry keeps the weights in registers, :func:`plan_persistent` returns a plan of kind
+When the registers cannot hold every pair, the last ``smem_pairs`` slots of each lane's rows move
+to **shared memory** (one 32-bit word per pair in fp16: the half value and a 16-bit column; two
+words in fp32), read with one extra conflict-free load per pair each step: the weights stay on
+chip, at a lower speed for those pairs. When no geometry keeps the weights on chip,
+:func:`plan_persistent` returns a plan of kind
 ``"per_step"`` (one sparse mat-vec launch per timestep, weights read from global memory) whose
 ``reason`` gives the numbers; ``require_persistent=True`` raises :class:`CapacityError` instead.
 
@@ -134,6 +138,9 @@ class PersistentPlan:
     double_buffer : bool
         Two shared buffers of ``h`` (alternating steps), so that a warp may start copying
         ``h_t`` while the others still compute step ``t`` (one CTA barrier per step).
+    smem_pairs : int
+        Of each lane's ``pairs_per_lane`` slots of a row, how many (the last ones) are kept in
+        shared memory instead of registers.
     reason : str
         Why this plan (the capacity numbers for ``per_step``).
     """
@@ -153,6 +160,7 @@ class PersistentPlan:
     dtype: str = "float32"
     gates: int = 1
     double_buffer: bool = False
+    smem_pairs: int = 0
     reason: str = field(default="", compare=False)
 
     @property
@@ -180,7 +188,17 @@ class PersistentPlan:
     @property
     def pairs_per_thread(self) -> int:
         """Pairs one thread keeps in registers."""
-        return self.rows_per_group * self.pairs_per_lane
+        return self.rows_per_group * (self.pairs_per_lane - self.smem_pairs)
+
+    @property
+    def smem_pair_words(self) -> int:
+        """32-bit shared words per shared-memory pair: 1 (fp16) or 2 (fp32)."""
+        return 1 if self.dtype == "float16" else 2
+
+    @property
+    def weight_smem_bytes(self) -> int:
+        """Shared memory of one CTA for its shared-memory pairs."""
+        return self.threads * self.rows_per_group * self.smem_pairs * self.smem_pair_words * 4
 
     @property
     def itemsize(self) -> int:
@@ -209,8 +227,8 @@ class PersistentPlan:
 
     @property
     def smem_bytes(self) -> int:
-        """Shared memory of one CTA: ``h_{t-1}`` for one batch chunk (twice if double-buffered)."""
-        return self.h_bytes * (2 if self.double_buffer else 1)
+        """Shared memory of one CTA: ``h_{t-1}`` (twice if double-buffered) and the smem pairs."""
+        return self.h_bytes * (2 if self.double_buffer else 1) + self.weight_smem_bytes
 
     @property
     def copy_chunks(self) -> int:
@@ -239,6 +257,7 @@ class PersistentPlan:
         """
         rows_per_cta = self.groups_per_cta * self.rows_per_group
         lds = rows_per_cta * self.nz_per_row * self.batch_kernel * self.itemsize / 128
+        lds += rows_per_cta * self.smem_pairs * self.lanes_per_row * self.smem_pair_words / 32
         warps = self.threads // 32
         shuffles = warps * self.rows_per_group * self.batch_kernel * math.log2(self.lanes_per_row)
         chain = self.pairs_per_thread * math.ceil(self.batch_kernel / self.vector_width)
@@ -251,7 +270,9 @@ class PersistentPlan:
         return (
             f"{self.num_ctas}x{self.threads} KS={self.lanes_per_row} RPT={self.rows_per_group} "
             f"G={self.gates} {self.dtype} "
-            f"NZ={self.nz_per_row} ({self.pairs_per_thread} pairs/thread, {self.index_mode}, "
+            f"NZ={self.nz_per_row} ({self.pairs_per_thread} pairs/thread"
+            f"{f' + {self.smem_pairs * self.rows_per_group} in smem' if self.smem_pairs else ''}, "
+            f"{self.index_mode}, "
             f"~{self.regs_estimate} regs) B={self.batch_kernel}x{self.num_batch_chunks} "
             f"smem={self.smem_bytes} B{' x2' if self.double_buffer else ''}"
         )
@@ -291,7 +312,7 @@ def estimate_registers(
     per_pair = (0.5 if dtype == "float16" else 1.0) + (0.5 if index_mode == "i16x2" else 1.0)
     fixed = REG_OVERHEAD + (REG_OVERHEAD_F16 if dtype == "float16" else 0)
     sub = min(batch, 16 // itemsize(dtype))  # samples per pass (PersistentPlan.sub_batch)
-    cell = 0 if gates == 1 else 4 * sub + (batch * rows_per_group // gates if gates == 4 else 0)
+    cell = 0 if gates == 1 else 6 * sub + (batch * rows_per_group // gates if gates == 4 else 0)
     return math.ceil(per_pair * pairs) + fixed + 2 * sub * rows_per_group + cell
 
 
@@ -392,31 +413,57 @@ def candidate_plans(
                 for mode in index_modes:
                     paired = mode == "i16x2" or dtype == "float16"  # two slots per register
                     nz = _round_up(max(max_row_nnz, 1), ks * (2 if paired else 1))
-                    regs = estimate_registers(rpt * nz // ks, mode, bk, rpt, dtype, gates)
-                    if regs > reg_cap or footprint * _round_up(regs, 8) > device.regs_per_sm:
-                        continue
-                    out.append(
-                        PersistentPlan(
-                            "persistent",
-                            hidden,
-                            hp,
-                            batch,
-                            bk,
-                            chunks,
-                            ctas,
-                            threads,
-                            ks,
-                            rpt,
-                            nz,
-                            mode,
-                            dtype,
-                            gates,
-                            double,
-                        )
+                    base = PersistentPlan(
+                        "persistent",
+                        hidden,
+                        hp,
+                        batch,
+                        bk,
+                        chunks,
+                        ctas,
+                        threads,
+                        ks,
+                        rpt,
+                        nz,
+                        mode,
+                        dtype,
+                        gates,
+                        double,
                     )
+                    plan = _fit_registers(base, footprint, reg_cap, device, paired)
+                    if plan is not None:
+                        out.append(plan)
     # Among equal costs prefer fewer registers (i32 first: no unpacking), then fewer threads.
     out.sort(key=lambda p: (p.cost(), p.index_mode == "i16x2", p.regs_estimate, p.threads))
     return out
+
+
+def _fit_registers(
+    plan: PersistentPlan, footprint: int, reg_cap: int, device: DeviceLimits, paired: bool
+) -> PersistentPlan | None:
+    """``plan`` with as many pairs in registers as fit, the rest in shared memory (or None)."""
+
+    def fits(p: PersistentPlan) -> bool:
+        regs = p.regs_estimate
+        return regs <= reg_cap and footprint * _round_up(regs, 8) <= device.regs_per_sm
+
+    if fits(plan):
+        return plan
+    per_pair = estimate_registers(
+        2, plan.index_mode, plan.batch_kernel, 1, plan.dtype, plan.gates
+    ) - estimate_registers(0, plan.index_mode, plan.batch_kernel, 1, plan.dtype, plan.gates)
+    regs = min(reg_cap, device.regs_per_sm // footprint // 8 * 8)
+    fixed = estimate_registers(
+        0, plan.index_mode, plan.batch_kernel, plan.rows_per_group, plan.dtype, plan.gates
+    )
+    in_regs = int((regs - fixed) * 2 / per_pair) // plan.rows_per_group  # per lane and row
+    in_regs -= in_regs % (2 if paired else 1)
+    if in_regs < 0:
+        return None
+    spilled = replace(plan, smem_pairs=plan.pairs_per_lane - in_regs)
+    if not fits(spilled) or spilled.smem_bytes > device.smem_per_block:
+        return None
+    return spilled
 
 
 def plan_persistent(

@@ -1,0 +1,266 @@
+"""Benchmark: sparse persistent GRU / LSTM (TVM, fp32 and fp16) vs cuDNN ``nn.GRU`` / ``nn.LSTM``.
+
+Issue 4's GPU sweep, all in one run on one GPU: cell in {GRU (linear_before_reset=1), LSTM} x
+dtype in {fp32, fp16} x H in {1024, 1792, 2304} x B in {1, 4, 16}, ``R`` 10 % dense, T = 256;
+plus the on-chip capacity case: a vanilla tanh RNN at H = 8192, 10 %, fp16, B = 4.
+
+* ours: the persistent kernel alone (``u_t`` given; the best of the planner's top geometries for
+  both barriers), and ``+GEMM``: plus one cuBLAS GEMM of the input projection ``X W^T`` for all
+  ``T * B`` rows (dense ``W`` of ``I = H`` inputs, what cuDNN computes too) in the same run;
+* cuDNN: ``torch.nn.GRU`` / ``torch.nn.LSTM`` (``input_size = H``, one layer) in fp32 and fp16;
+* every kernel's result is checked against the float64 ONNX-semantics reference on a short
+  sequence (fp16: the reference runs on the fp16-rounded weights).
+
+Target (issue 4): ours >= 8x cuDNN fp32 at B = 4. Run on the GPU machine::
+
+    python benchmarks/bench_rnn.py --cells --out docs/results     # or this script directly
+    python benchmarks/bench_rnn_cells.py --plot docs/results/bench_rnn_cells.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import cuda_event_time, median
+
+logger = logging.getLogger("bench_rnn_cells")
+
+STEPS = 256
+CHECK_STEPS = 16
+CELLS = ("gru", "lstm")
+DTYPES = ("float32", "float16")
+HIDDEN = (1024, 1792, 2304)
+BATCH = (1, 4, 16)
+DENSITY = 0.10
+CAPACITY_CASE = ("tanh", "float16", 8192, 4)
+ONNX_KIND = {"gru": "GRU", "lstm": "LSTM", "tanh": "RNN"}
+TARGET_X_CUDNN = 8.0
+
+
+def _weights(cell: str, hidden: int, dtype: str) -> dict[str, np.ndarray]:
+    from tvm_sparse_rnn.testing import random_recurrent_weights
+
+    w = random_recurrent_weights(ONNX_KIND[cell], hidden, hidden, density=DENSITY, seed=hidden)
+    if dtype == "float16":
+        w = {k: v.astype(np.float16).astype(np.float32) for k, v in w.items()}
+    return w
+
+
+def _plans(R, cell: str, batch: int, dtype: str, count: int) -> list:
+    """The planner's best geometry per lanes-per-row, ``count`` of them (or the fallback)."""
+    from tvm_sparse_rnn.rnn.packing import unit_major
+    from tvm_sparse_rnn.rnn.planner import CELL_GATES, candidate_plans, plan_persistent, row_lengths
+
+    gates = CELL_GATES[cell]
+    longest = int(row_lengths(R).max())
+    seen, out = set(), []
+    for plan in candidate_plans(R.shape[1], longest, batch, dtype, gates=gates):
+        if plan.lanes_per_row not in seen:
+            seen.add(plan.lanes_per_row)
+            out.append(plan)
+    return out[:count] or [plan_persistent(unit_major(R, gates), batch, dtype, gates=gates)]
+
+
+def _check(rnn, cell: str, w: dict, batch: int, hidden: int) -> float:
+    """Max |error| of a short run against the float64 ONNX reference."""
+    from tvm_sparse_rnn.rnn.cells import CellConfig
+    from tvm_sparse_rnn.rnn.persistent import split_onnx_bias
+    from tvm_sparse_rnn.rnn.reference import recurrent_sequence_reference
+
+    G = rnn.plan.gates
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((CHECK_STEPS, batch, hidden)).astype(np.float32)
+    bias, rbias = split_onnx_bias(cell, w["B"][0, : G * hidden], w["B"][0, G * hidden :])
+    got = rnn.run(X=X, W=w["W"][0], b=bias, rbias=rbias).h.astype(np.float64)
+    cfg = CellConfig(ONNX_KIND[cell], hidden, linear_before_reset=cell == "gru")
+    y = recurrent_sequence_reference(cfg, X, w["W"], w["R"], w["B"])[0][:, 0]
+    return float(np.abs(got - y).max())
+
+
+def _kernel_ms(rnn, steps: int) -> float:
+    """Median ms of one launch over ``steps`` steps (per-step plans: one launch per step)."""
+    import tvm
+
+    p, dev = rnn.plan, rnn.device
+    rng = np.random.default_rng(1)
+    shape = (steps, p.gates * p.hidden_padded, p.batch_kernel)
+    u = tvm.runtime.tensor((rng.standard_normal(shape) * 0.5).astype(p.dtype), dev)
+    h = tvm.runtime.tensor(np.zeros((p.hidden_padded, p.batch_kernel), p.dtype), dev)
+    out = tvm.runtime.tensor(np.zeros((steps, p.hidden_padded, p.batch_kernel), p.dtype), dev)
+    args = rnn.kernel_args(u, h, out)
+    if p.kind == "persistent":
+        ev = rnn.module.time_evaluator("main", dev, number=10, repeat=7)
+        return median([r * 1e3 for r in ev(*args).results]) * p.num_batch_chunks
+    step = rnn.module["main"]
+    t0 = time.perf_counter()
+    for t in range(steps):
+        step(*args, t)
+    dev.sync()
+    return (time.perf_counter() - t0) * 1e3 * p.num_batch_chunks
+
+
+def _torch_baselines(cell: str, hidden: int, batch: int) -> dict[str, float]:
+    """cuDNN fp32/fp16 and the cuBLAS input-projection GEMM, median ms."""
+    import torch
+
+    dev = torch.device("cuda")
+    out = {}
+    gates = 3 if cell == "gru" else 4
+    for dtype, name in ((torch.float32, "cudnn_fp32"), (torch.float16, "cudnn_fp16")):
+        cls = torch.nn.GRU if cell == "gru" else torch.nn.LSTM
+        layer = cls(hidden, hidden).to(dev, dtype)
+        x = torch.randn(STEPS, batch, hidden, device=dev, dtype=dtype)
+        with torch.no_grad():
+            out[name] = 1e3 * median(cuda_event_time(lambda m=layer, x=x: m(x), calls=1, repeat=15))
+        w = torch.randn(gates * hidden, hidden, device=dev, dtype=dtype)
+        xs = x.reshape(STEPS * batch, hidden)
+        out[f"gemm_{name[-4:]}"] = 1e3 * median(
+            cuda_event_time(lambda xs=xs, w=w: xs @ w.T, calls=1, repeat=15)
+        )
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    import tvm
+
+    from tvm_sparse_rnn.rnn.packing import pack, unit_major
+    from tvm_sparse_rnn.rnn.persistent import PersistentRNN, build_kernel, prebuild
+    from tvm_sparse_rnn.rnn.planner import CELL_GATES, default_knobs
+
+    hiddens = HIDDEN[:1] if args.quick else HIDDEN
+    cases = [*itertools.product(CELLS, DTYPES, hiddens, BATCH), CAPACITY_CASE]
+    weights = {(c, h, dt): _weights(c, h, dt) for c, dt, h, _ in cases}
+    jobs = []
+    for cell, dtype, hidden, batch in cases:
+        R = unit_major(weights[(cell, hidden, dtype)]["R"][0], CELL_GATES[cell])
+        for plan in _plans(R, cell, batch, dtype, args.candidates):
+            vector = default_knobs(plan)[1]
+            for barrier in ("flag", "grid") if plan.kind == "persistent" else ("grid",):
+                jobs.append(((cell, dtype, hidden, batch), plan, barrier, vector))
+    cache = args.cache or tempfile.mkdtemp(prefix="sprnn_cells_")
+    t0 = time.time()
+    prebuild([(plan, case[0], barrier, vector) for case, plan, barrier, vector in jobs], cache)
+    logger.info("built %d kernels in %.1f s", len(jobs), time.time() - t0)
+    dev = tvm.cuda(0)
+    results: dict = {"device": dev.device_name, "steps": STEPS, "density": DENSITY, "cases": []}
+    for case in cases:
+        cell, dtype, hidden, batch = case
+        w = weights[(cell, hidden, dtype)]
+        R = unit_major(w["R"][0], CELL_GATES[cell])
+        entry = {"cell": cell, "dtype": dtype, "hidden": hidden, "batch": batch, "ours": {}}
+        for job_case, plan, barrier, vector in jobs:
+            if job_case != case:
+                continue
+            module = build_kernel(plan, cell, barrier, vector, "cuda", cache)
+            packed = pack(R, plan, "guided" if plan.kind == "persistent" else "naive", vector)
+            rnn = PersistentRNN(plan, packed, cell, barrier, module, dev)
+            label = f"{plan.kind}/{barrier}/KS{plan.lanes_per_row}"
+            entry["ours"][label] = {
+                "ms": _kernel_ms(rnn, STEPS),
+                "max_abs_err": _check(rnn, cell, w, batch, hidden),
+                "plan": plan.describe(),
+                "resident": plan.kind == "persistent",
+            }
+            logger.info("%s %s: %s", case, label, entry["ours"][label])
+        best = min(entry["ours"].items(), key=lambda kv: kv[1]["ms"])
+        entry["best"] = {"label": best[0], **best[1]}
+        if not args.no_baselines and cell != "tanh":
+            bl = _torch_baselines(cell, hidden, batch)
+            entry["baselines"] = bl
+            gemm = bl["gemm_fp16" if dtype == "float16" else "gemm_fp32"]
+            entry["best"]["ms_with_gemm"] = best[1]["ms"] + gemm
+            entry["x_cudnn_fp32"] = bl["cudnn_fp32"] / best[1]["ms"]
+            entry["x_cudnn_fp32_with_gemm"] = bl["cudnn_fp32"] / entry["best"]["ms_with_gemm"]
+            entry["x_cudnn_same_dtype"] = (
+                bl["cudnn_fp16" if dtype == "float16" else "cudnn_fp32"] / best[1]["ms"]
+            )
+        results["cases"].append(entry)
+    return results
+
+
+def table(results: dict) -> str:
+    """Markdown table of the sweep."""
+    rows = [
+        "| cell | dtype | H | B | ours (ms) | ours+GEMM (ms) | config | cuDNN fp32 | cuDNN fp16 | "
+        "x cuDNN fp32 | x cuDNN fp32 (+GEMM) | x cuDNN same dtype | max err |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(v: object, spec: str = ".3f") -> str:
+        return format(v, spec) if isinstance(v, float) else "-"
+
+    for c in results["cases"]:
+        b, bl = c["best"], c.get("baselines", {})
+        rows.append(
+            f"| {c['cell']} | {c['dtype']} | {c['hidden']} | {c['batch']} | {b['ms']:.3f} | "
+            f"{f(b.get('ms_with_gemm'))} | {b['label']} | {f(bl.get('cudnn_fp32'))} | "
+            f"{f(bl.get('cudnn_fp16'))} | {f(c.get('x_cudnn_fp32'), '.1f')} | "
+            f"{f(c.get('x_cudnn_fp32_with_gemm'), '.1f')} | "
+            f"{f(c.get('x_cudnn_same_dtype'), '.1f')} | {b['max_abs_err']:.1e} |"
+        )
+    return "\n".join(rows)
+
+
+def plot(results: dict, out_dir: Path) -> None:
+    """Speed-up over cuDNN fp32 per case (bars), the 8x target as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [c for c in results["cases"] if "x_cudnn_fp32" in c]
+    labels = [f"{c['cell']}/{c['dtype'][-2:]}\nH{c['hidden']} B{c['batch']}" for c in cases]
+    fig, ax = plt.subplots(figsize=(max(8, len(cases) * 0.45), 4))
+    ax.bar(range(len(cases)), [c["x_cudnn_fp32"] for c in cases])
+    ax.axhline(TARGET_X_CUDNN, color="r", ls="--", label=f"target {TARGET_X_CUDNN:g}x at B=4")
+    ax.set_xticks(range(len(cases)), labels, fontsize=6, rotation=90)
+    ax.set_ylabel("speed-up over cuDNN fp32")
+    ax.set_title(f"sparse persistent GRU/LSTM, 10 %, T={results['steps']} ({results['device']})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "bench_rnn_cells.png", dpi=110)
+    plt.close(fig)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of this benchmark (shared with ``bench_rnn.py --cells``)."""
+    ap.add_argument("--out", type=Path, default=Path("docs/results"))
+    ap.add_argument("--quick", action="store_true", help="smoke run (fewer cases)")
+    ap.add_argument("--candidates", type=int, default=3, help="geometries tried per case")
+    ap.add_argument("--cache", help="build cache directory")
+    ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--plot", type=Path, help="only plot an existing JSON")
+
+
+def main(args: argparse.Namespace | None = None) -> None:
+    if args is None:
+        ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        add_arguments(ap)
+        args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.plot:
+        results = json.loads(args.plot.read_text())
+        plot(results, args.plot.parent)
+        print(table(results))
+        return
+    results = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_rnn_cells.json").write_text(json.dumps(results, indent=1))
+    text = table(results) + "\n"
+    (args.out / "bench_rnn_cells.md").write_text(text)
+    try:
+        plot(results, args.out)
+    except ImportError:  # matplotlib is optional on the GPU machine: --plot later
+        logger.warning("matplotlib missing: run --plot %s", args.out / "bench_rnn_cells.json")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
