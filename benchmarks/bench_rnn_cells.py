@@ -25,6 +25,7 @@ import json
 import logging
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ def _kernel_ms(rnn, steps: int) -> float:
     out = tvm.runtime.tensor(np.zeros((steps, p.hidden_padded, p.batch_kernel), p.dtype), dev)
     args = rnn.kernel_args(u, h, out)
     if p.kind == "persistent":
-        ev = rnn.module.time_evaluator("main", dev, number=10, repeat=7)
+        ev = rnn.module.time_evaluator("main", dev, number=5, repeat=5)
         return median([r * 1e3 for r in ev(*args).results]) * p.num_batch_chunks
     step = rnn.module["main"]
     t0 = time.perf_counter()
@@ -136,6 +137,8 @@ def run(args: argparse.Namespace) -> dict:
 
     hiddens = HIDDEN[:1] if args.quick else HIDDEN
     cases = [*itertools.product(CELLS, DTYPES, hiddens, BATCH), CAPACITY_CASE]
+    if args.cell:
+        cases = [c for c in cases if ("capacity" if c == CAPACITY_CASE else c[0]) == args.cell]
     weights = {(c, h, dt): _weights(c, h, dt) for c, dt, h, _ in cases}
     jobs = []
     for cell, dtype, hidden, batch in cases:
@@ -148,19 +151,32 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.time()
     prebuild([(plan, case[0], barrier, vector) for case, plan, barrier, vector in jobs], cache)
     logger.info("built %d kernels in %.1f s", len(jobs), time.time() - t0)
+    t0 = time.time()
+    with ProcessPoolExecutor() as pool:  # packing is a Python loop over rows: in parallel
+        keys = list(dict.fromkeys((case, plan, vector) for case, plan, _, vector in jobs))
+        futures = [
+            pool.submit(
+                pack,
+                unit_major(weights[(c[0], c[2], c[1])]["R"][0], CELL_GATES[c[0]]),
+                plan,
+                "guided" if plan.kind == "persistent" else "naive",
+                vector,
+            )
+            for c, plan, vector in keys
+        ]
+        packs = {k: f.result() for k, f in zip(keys, futures, strict=True)}
+    logger.info("packed %d layouts in %.1f s", len(packs), time.time() - t0)
     dev = tvm.cuda(0)
     results: dict = {"device": dev.device_name, "steps": STEPS, "density": DENSITY, "cases": []}
     for case in cases:
         cell, dtype, hidden, batch = case
         w = weights[(cell, hidden, dtype)]
-        R = unit_major(w["R"][0], CELL_GATES[cell])
         entry = {"cell": cell, "dtype": dtype, "hidden": hidden, "batch": batch, "ours": {}}
         for job_case, plan, barrier, vector in jobs:
             if job_case != case:
                 continue
             module = build_kernel(plan, cell, barrier, vector, "cuda", cache)
-            packed = pack(R, plan, "guided" if plan.kind == "persistent" else "naive", vector)
-            rnn = PersistentRNN(plan, packed, cell, barrier, module, dev)
+            rnn = PersistentRNN(plan, packs[(case, plan, vector)], cell, barrier, module, dev)
             label = f"{plan.kind}/{barrier}/KS{plan.lanes_per_row}"
             entry["ours"][label] = {
                 "ms": _kernel_ms(rnn, STEPS),
@@ -233,6 +249,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     """Options of this benchmark (shared with ``bench_rnn.py --cells``)."""
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--quick", action="store_true", help="smoke run (fewer cases)")
+    ap.add_argument("--cell", choices=(*CELLS, "capacity"), help="only this part of the sweep")
     ap.add_argument("--candidates", type=int, default=3, help="geometries tried per case")
     ap.add_argument("--cache", help="build cache directory")
     ap.add_argument("--no-baselines", action="store_true")
@@ -252,9 +269,10 @@ def main(args: argparse.Namespace | None = None) -> None:
         return
     results = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_rnn_cells.json").write_text(json.dumps(results, indent=1))
+    name = f"bench_rnn_cells{'_' + args.cell if args.cell else ''}"
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1))
     text = table(results) + "\n"
-    (args.out / "bench_rnn_cells.md").write_text(text)
+    (args.out / f"{name}.md").write_text(text)
     try:
         plot(results, args.out)
     except ImportError:  # matplotlib is optional on the GPU machine: --plot later
