@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..frontend.onnx import analyze_onnx, load_onnx, model_signature
+from ..rnn.packing import unit_major
 from ..rnn.planner import plan_persistent
 from .options import add_compile_options, shape_dict
 from .table import format_table
@@ -40,7 +41,7 @@ def recurrent_rows(
     """One table row per ``RNN``/``GRU``/``LSTM`` node: sizes, sparsity, H100 on-chip fit.
 
     The fit is :func:`tvm_sparse_rnn.rnn.planner.plan_persistent` on ``R`` of the first
-    direction with its gate rows stacked, for the batch of the graph input ``X``.
+    direction (all gates, unit-major), fp32, for the batch of the graph input ``X``.
     """
     inits = {i.name: i for i in model.graph.initializer}
     inputs, _ = model_signature(model, shapes)
@@ -54,7 +55,8 @@ def recurrent_rows(
         hidden = r.shape[-1]
         batch = batch_of.get(node.input[0])
         if isinstance(batch, int):
-            plan = plan_persistent(r[0], batch=batch)
+            gates = _GATES[node.op_type]
+            plan = plan_persistent(unit_major(r[0], gates), batch=batch, gates=gates)
             fit = "yes" if plan.kind == "persistent" else "no"
             detail = plan.describe()
         else:

@@ -226,9 +226,10 @@ def from_onnx(
     tvm.IRModule
         The Relax module. Compile it with :func:`tvm_sparse_rnn.compile.build` (or
         ``tvm.compile(mod, target, tir_pipeline=tvm_sparse_rnn.rnn.persistent_relax.tir_pipeline(
-        target))``): on cuda, pruned ``RNN`` layers use the persistent kernel, whose grid
-        barrier needs the cooperative launch that pipeline adds; a plain ``tvm.compile`` builds,
-        but the kernel then fails at run time with ``cudaErrorLaunchFailure``.
+        target))``): on cuda, pruned ``RNN``/``GRU``/``LSTM`` layers use the persistent kernel,
+        whose grid barrier needs the cooperative launch that pipeline adds; a plain
+        ``tvm.compile`` builds, but the kernel then fails at run time with
+        ``cudaErrorLaunchFailure``.
 
     Raises
     ------

@@ -2,10 +2,10 @@
 
 TVM's Relax ONNX importer has no recurrent converters. These map each node 1:1 onto
 :func:`tvm_sparse_rnn.rnn.sequence.emit_recurrent_sequence` (sparse x86 kernel when ``R`` is
-pruned, dense otherwise; on CUDA the sparse persistent kernel for pruned ``RNN`` layers with full
-sequences (:mod:`tvm_sparse_rnn.rnn.persistent_relax`), per-step Relax ops for the rest). The
-kernel is picked for
-``tvm.target.Target.current()`` (``llvm`` when no target scope is active):
+pruned, dense otherwise; on CUDA the sparse persistent kernel for pruned layers with full
+sequences that it implements (:mod:`tvm_sparse_rnn.rnn.persistent_relax`), per-step Relax ops for
+the rest). The kernel is picked for ``tvm.target.Target.current()`` (``llvm`` when no target
+scope is active):
 :func:`tvm_sparse_rnn.frontend.from_onnx` enters the target scope and installs
 :data:`RECURRENT_CONVERTERS` into the importer's converter map.
 

@@ -351,9 +351,9 @@ def emit_recurrent_sequence(
     layout : int
         ONNX ``layout``, 0 or 1.
     target : Target or str, optional
-        ``llvm`` (x86 kernels) or ``cuda`` (the sparse persistent kernel for pruned ``RNN``
-        directions, per-step Relax ops otherwise; see the module docstring); defaults to
-        ``Target.current()``, else ``llvm``.
+        ``llvm`` (x86 kernels) or ``cuda`` (the sparse persistent kernel for the pruned
+        directions it implements, per-step Relax ops otherwise; see the module docstring);
+        defaults to ``Target.current()``, else ``llvm``.
     density_threshold : float
         Largest density of ``W`` / ``R`` packed sparse on x86 (denser ones use the dense
         variant of the same kernels), and of ``R`` for the persistent kernel on cuda.
