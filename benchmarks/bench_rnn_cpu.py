@@ -4,13 +4,16 @@ One pruned ONNX-style layer (``W`` and ``R`` at the same density, ``I = H``, for
 state) per case, timed end to end (input projection + all ``T`` steps) in the same run:
 
 * **ours**: :func:`tvm_sparse_rnn.rnn.sequence.build_recurrent_sequence` for llvm (sparse x86
-  projection + recurrent kernels, all cores);
+  projection + recurrent kernels, all physical cores: ``TVM_NUM_THREADS`` as set by
+  :mod:`tvm_sparse_rnn.cpu_threads`, recorded in the JSON);
 * **numpy dense**: one BLAS GEMM for ``X @ W^T`` and a per-step ``h @ R^T`` loop (R transposed
   once, contiguous), gate math in numpy;
 * **scipy CSR**: the same loop with ``W`` and ``R`` as ``scipy.sparse.csr_array``;
 * **onnxruntime**: the same model as an ONNX ``RNN``/``GRU``/``LSTM`` node (CPU provider).
 
-Target (issue 4): at H=1792, B=4, 10 % density, ours >= 5x faster than each baseline.
+All four are timed round-robin (medians over ``--repeat`` rounds, an idle pause before each
+timing) so that they see the same state of a shared machine. Target (issue 4): at H=1792, B=4,
+10 % density, ours >= 5x faster than each baseline.
 
 Usage::
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +47,7 @@ from common import (
     write_json,
 )
 
+from tvm_sparse_rnn.cpu_threads import pool_threads
 from tvm_sparse_rnn.rnn.cells import CellConfig, gru_gates, gru_output, lstm_cell, rnn_cell
 from tvm_sparse_rnn.rnn.reference import NumpyOps, recurrent_sequence_reference
 from tvm_sparse_rnn.rnn.sequence import RecurrentWeights, build_recurrent_sequence
@@ -57,6 +62,8 @@ logger = logging.getLogger("bench_rnn_cpu")
 
 BASELINES = ("numpy_dense", "scipy_csr", "onnxruntime")
 TARGET_SPEEDUP = 5.0
+#: Idle pause before each timing (see :func:`_interleaved`).
+SETTLE_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,19 @@ def _csr_matmul(w: sp.csr_array, v: np.ndarray) -> np.ndarray:
     return (w @ v.T).T
 
 
+def _interleaved(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
+    """Median seconds per call of every function, timed round-robin (``repeat`` rounds) so that
+    all see the same machine state on a shared host. Each timing starts after
+    :data:`SETTLE_S` idle seconds: thread pools spin for a while after their last task (TVM's
+    workers yield-spin 300k times), which would otherwise steal cores from the next library."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            time.sleep(SETTLE_S)
+            times[name] += time_callable(fn, repeat=1)
+    return {name: median(values) for name, values in times.items()}
+
+
 def run_case(case: Case, repeat: int) -> dict[str, Any]:
     """Time ours and the baselines on one case; check ours against the float64 reference."""
     cfg = CellConfig(case.kind, case.hidden)
@@ -139,24 +159,24 @@ def run_case(case: Case, repeat: int) -> dict[str, Any]:
     row["max_abs_err"] = float(np.abs(got[0] - ref[0]).max())
     if not np.allclose(got[0], ref[0], rtol=rtol, atol=atol):
         logger.error("%s: ours differs from the reference by %.3g", case.label, row["max_abs_err"])
-    row["ours_ms"] = median(time_callable(lambda: layer(x), repeat=repeat)) * 1e3
-
     gru_split = [np.ascontiguousarray(r[: 2 * H]), np.ascontiguousarray(r[2 * H :])]
     dense_r = [m.T.copy() for m in gru_split] if case.kind == "GRU" else r.T.copy()
     csr_r = [sp.csr_array(m) for m in gru_split] if case.kind == "GRU" else sp.csr_array(r)
-    loops = {
+    fns: dict[str, Callable[[], Any]] = {
+        "ours": lambda: layer(x),
         "numpy_dense": _loop_baseline(cfg, x, w.T.copy(), dense_r, b, _dense_matmul),
         "scipy_csr": _loop_baseline(cfg, x, sp.csr_array(w), csr_r, b, _csr_matmul),
     }
-    for name, fn in loops.items():
-        np.testing.assert_allclose(fn(), ref[0][:, 0], rtol=1e-3, atol=1e-3)
-        row[f"{name}_ms"] = median(time_callable(fn, repeat=repeat)) * 1e3
+    for name in ("numpy_dense", "scipy_csr"):
+        np.testing.assert_allclose(fns[name](), ref[0][:, 0], rtol=1e-3, atol=1e-3)
     model = recurrent_onnx_model(case.kind, wts, case.seq_len, case.batch, H, H)
     import onnxruntime as ort
 
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(run_onnxruntime(model, {"X": x})[0], ref[0], atol=1e-3)
-    row["onnxruntime_ms"] = median(time_callable(lambda: sess.run(None, {"X": x}), repeat)) * 1e3
+    fns["onnxruntime"] = lambda: sess.run(None, {"X": x})
+    for name, seconds in _interleaved(fns, repeat).items():
+        row[f"{name}_ms"] = seconds * 1e3
     for name in BASELINES:
         row[f"vs_{name}"] = ratio(row[f"{name}_ms"], row["ours_ms"])
     row["target_met"] = all((row[f"vs_{n}"] or 0) >= TARGET_SPEEDUP for n in BASELINES)
@@ -185,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     name = "rnn_cpu_quick" if args.quick else "rnn_cpu"
     write_json(
         args.out_dir / f"{name}.json",
-        {"device": device_info(), "target_speedup": TARGET_SPEEDUP, "results": rows},
+        {
+            "device": device_info(),
+            "tvm_threads": pool_threads(),
+            "target_speedup": TARGET_SPEEDUP,
+            "results": rows,
+        },
     )
     plot_speedups(
         args.out_dir / f"{name}.png",

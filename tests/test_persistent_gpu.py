@@ -245,3 +245,35 @@ def test_gated_per_step_fallback() -> None:
         np.testing.assert_allclose(res.h.astype(np.float32), y[:, 0], rtol=tol, atol=tol)
         if G == 4:
             np.testing.assert_allclose(res.c.astype(np.float32), y_c[0], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("cell", ["tanh", "gru", "lstm"])
+def test_half_matches_onnxruntime(cell: str) -> None:
+    """fp16 kernel vs onnxruntime (fp32, on the fp16-rounded weights and inputs), 1e-2."""
+    from tvm_sparse_rnn.rnn.persistent import build_persistent_rnn, split_onnx_bias
+    from tvm_sparse_rnn.testing import recurrent_onnxruntime
+
+    hidden, batch, steps = 1024, 4, 32
+    w, _ = _gated(cell, "float16", hidden, batch)
+    G = CELL_GATES[cell]
+    rnn = build_persistent_rnn(w["R"][0], batch, cell, dtype="float16")
+    assert rnn.plan.kind == "persistent"
+    rng = np.random.default_rng(21)
+    feeds = {
+        "X": rng.standard_normal((steps, batch, 48)).astype(np.float16).astype(np.float32),
+        "initial_h": rng.uniform(-0.5, 0.5, (1, batch, hidden))
+        .astype(np.float16)
+        .astype(np.float32),
+    }
+    if G == 4:
+        feeds["initial_c"] = feeds["initial_h"][:, ::-1].copy()
+    attributes = {"linear_before_reset": 1} if cell == "gru" else {}
+    y, y_h, *y_c = recurrent_onnxruntime(ONNX_KIND[cell], w, feeds, hidden, attributes=attributes)
+    bias, rbias = split_onnx_bias(cell, w["B"][0, : G * hidden], w["B"][0, G * hidden :])
+    c0 = feeds["initial_c"][0] if G == 4 else None
+    res = rnn.run(X=feeds["X"], W=w["W"][0], b=bias, rbias=rbias, h0=feeds["initial_h"][0], c0=c0)
+    tol = HALF_TOLERANCE
+    np.testing.assert_allclose(res.h.astype(np.float32), y[:, 0], rtol=tol, atol=tol)
+    np.testing.assert_allclose(res.h[-1].astype(np.float32), y_h[0], rtol=tol, atol=tol)
+    if G == 4:
+        np.testing.assert_allclose(res.c.astype(np.float32), y_c[0][0], rtol=tol, atol=tol)

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from tvm_sparse_rnn.rnn.cells import CellConfig
 from tvm_sparse_rnn.rnn.kernel_x86 import (
     UNROLL,
+    RecurrentConfig,
     pack_weight,
     projection_prim_func,
     recurrent_prim_func,
@@ -55,33 +56,87 @@ def test_pack_rejects_bad_shape():
 
 
 def test_prim_func_structure():
-    """One serial loop over t with a parallel loop over units and a vectorized batch inside."""
+    """Serial steps inside one thread-pool launch, parallel units with a barrier after each
+    phase, a vectorized batch; tiny layers stay serial."""
     cfg = CellConfig("LSTM", 8)
     packed = pack_weight(np.eye(32, 8, dtype="float32"), 4, False)
-    script = recurrent_prim_func(cfg, 0, 5, 4, packed, parallel=True).script()
+    script = recurrent_prim_func(cfg, 0, 5, 4, packed, RecurrentConfig(4, 2, 5)).script()
     assert "T.parallel(8)" in script and "T.vectorized(4)" in script
     assert script.count("T.parallel") == 4  # init h, init c, the step, final state
+    assert script.count("pragma_parallel_launch_point") == 3  # init, steps, final state
+    assert script.count("pragma_parallel_barrier_when_finish") == 3  # init h, init c, a step
     assert "alloc_local" not in script  # scratch stays on the stack, not the workspace pool
     assert "T.parallel" not in recurrent_prim_func(cfg, 0, 5, 4, packed).script()  # tiny: serial
+    with pytest.raises(ValueError, match="steps_per_launch=2 must divide T=5"):
+        recurrent_prim_func(cfg, 0, 5, 4, packed, RecurrentConfig(4, 2, 2))
+    with pytest.raises(ValueError, match="accumulators=3 must divide"):
+        recurrent_prim_func(cfg, 0, 5, 4, packed, RecurrentConfig(3, 1, 1))
 
 
-@pytest.mark.parametrize(("dense", "m"), [(False, 12), (True, 12), (False, 260)])
-def test_projection_matches_numpy(dense, m):
+@pytest.mark.parametrize(
+    ("kind", "options", "density"),
+    [("RNN", {}, 0.2), ("GRU", {}, 0.2), ("GRU", {}, 0.9), ("LSTM", {"peepholes": True}, 0.2)],
+)
+@pytest.mark.parametrize(
+    "config",
+    [RecurrentConfig(1, 1, 1), RecurrentConfig(2, 2, 1), RecurrentConfig(4, 2, 4)],
+    ids=str,
+)
+def test_recurrent_kernel_configs_match_reference(kind, options, density, config):
+    """Every loop structure (accumulators, one launch per step or per 4 steps on 2 threads,
+    barriers between GRU phases) computes the same layer, sequence lengths included."""
     import tvm
 
+    seq_len, batch, hidden = 8, 3, 21
+    cfg = CellConfig(kind, hidden, **options)
+    G = cfg.num_gates
+    w = random_recurrent_weights(kind, hidden, hidden, 1, density, peepholes=cfg.peepholes, seed=7)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((seq_len, batch, hidden)).astype("float32")
+    h0 = rng.standard_normal((1, batch, hidden)).astype("float32")
+    c0 = rng.standard_normal((1, batch, hidden)).astype("float32")
+    lens = np.array([8, 3, 6], np.int32)
+    order = unit_major_order(G, hidden)
+    wb, rb = w["B"][0, : G * hidden], w["B"][0, G * hidden :]
+    u = (np.einsum("tni,gi->tgn", x, w["W"][0]) + wb[:, None]).astype("float32")
+    packed = pack_weight(w["R"][0], G, dense=density > 0.5)
+    lstm = kind == "LSTM"
+    args = [u[:, order], *packed.arrays(), rb[order]]
+    args += [w["P"][0].reshape(3, hidden)] if cfg.peepholes else []
+    args += [h0[0]] + ([c0[0]] if lstm else []) + [lens]
+    args += [np.zeros((seq_len, batch, hidden), "float32")]
+    args += [np.zeros((batch, hidden), "float32")] * (2 if lstm else 1)
+    tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]
+    kernel = tvm.compile(recurrent_prim_func(cfg, 0, seq_len, batch, packed, config), "llvm")
+    kernel(*tensors)
+    ref = recurrent_sequence_reference(
+        cfg, x, w["W"], w["R"], w["B"], lens, h0, c0 if lstm else None, w.get("P")
+    )
+    n_out = 3 if lstm else 2
+    for got, want in zip(tensors[-n_out:], ref, strict=False):
+        np.testing.assert_allclose(got.numpy(), want.reshape(got.shape), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    ("dense", "seq_len", "batch"), [(False, 4, 3), (True, 4, 3), (False, 65, 4), (False, 3, 130)]
+)
+def test_projection_matches_numpy(dense, seq_len, batch):
+    """Step-major output; tiles of whole steps (65 steps: 13 per tile; 130 lanes: 1 step)."""
+    import tvm
+
+    m = seq_len * batch
     rng = np.random.default_rng(m)
     w = (rng.uniform(-1, 1, (3 * 6, 9)) * (rng.random((18, 9)) < 0.4)).astype("float32")
     xt = rng.standard_normal((9, m)).astype("float32")
     bias = rng.standard_normal(18).astype("float32")
     packed = pack_weight(w, 3, dense, row_multiple=1)
-    ex = tvm.compile(projection_prim_func(packed, m), target="llvm")
+    ex = tvm.compile(projection_prim_func(packed, seq_len, batch), target="llvm")
     order = unit_major_order(3, 6)
-    args = [xt, *packed.arrays(), bias[order], np.zeros((18, m), "float32")]
+    args = [xt, *packed.arrays(), bias[order], np.zeros((seq_len, 18, batch), "float32")]
     tensors = [tvm.runtime.tensor(a) for a in args]
     ex(*tensors)
-    np.testing.assert_allclose(
-        tensors[-1].numpy(), (w @ xt + bias[:, None])[order], rtol=RTOL, atol=ATOL
-    )
+    want = (w @ xt + bias[:, None])[order].reshape(18, seq_len, batch).transpose(1, 0, 2)
+    np.testing.assert_allclose(tensors[-1].numpy(), want, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize(

@@ -15,13 +15,25 @@ import pytest
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
+from tvm_sparse_rnn.rnn.cells import CellConfig
+from tvm_sparse_rnn.rnn.kernel_x86 import pack_weight
+from tvm_sparse_rnn.rnn.reference import recurrent_sequence_reference
+from tvm_sparse_rnn.rnn.sequence import RecurrentWeights, build_recurrent_sequence
 from tvm_sparse_rnn.schedule import sparse_dense_cuda, sparse_dense_x86
 from tvm_sparse_rnn.sparse_dense import build_sparse_dense, tune_task
 from tvm_sparse_rnn.target import resolve_target
-from tvm_sparse_rnn.testing import TOLERANCES, random_bsr, reference_sparse_dense
+from tvm_sparse_rnn.testing import (
+    TOLERANCES,
+    random_bsr,
+    random_recurrent_weights,
+    recurrent_onnx_model,
+    reference_sparse_dense,
+)
 from tvm_sparse_rnn.tuning.database import RECORD_FILE, open_database, repair_database
+from tvm_sparse_rnn.tuning.generated import build_pipeline, realize, sampled_knobs
 from tvm_sparse_rnn.tuning.lookup import use_tuning_logs
 from tvm_sparse_rnn.tuning.mutator import MutateCategorical
+from tvm_sparse_rnn.tuning.rnn_x86_space import recurrent_tune_task
 from tvm_sparse_rnn.tuning.tune import tune
 
 LLVM = resolve_target("llvm")
@@ -172,9 +184,103 @@ def test_tune_model_cli_then_compile_uses_records(tmp_path: Path, caplog) -> Non
         ["tune", "--op", "sparse_dense", "--trials", "0"],
         ["tune", "--op", "sparse_dense", "--density", "1.5"],
         ["tune", "--op", "sparse_dense", "--block-size", "3x"],
+        ["tune", "--op", "rnn", "--target", "cuda"],  # the x86 recurrent kernel only
+        ["tune", "--op", "rnn", "--cell", "MGU"],
     ],
 )
 def test_tune_cli_usage_errors(argv) -> None:
     from tvm_sparse_rnn.cli.main import main
 
     assert main(argv) == 2
+
+
+# ---- the x86 recurrent kernel: a generated kernel tuned through a stub + the builder hook
+
+
+def _rnn_task(kind: str = "GRU", hidden: int = 24, seed: int = 0):
+    cfg = CellConfig(kind, hidden)
+    w = random_recurrent_weights(kind, hidden, hidden, 1, 0.3, seed=seed)
+    return cfg, w, recurrent_tune_task(cfg, 0, 8, 4, pack_weight(w["R"][0], cfg.num_gates, False))
+
+
+def test_rnn_space_stub_and_builder_hook() -> None:
+    """The stub has the kernel's signature and a structure key; a mutated trace's knobs reach
+    the builder hook, which builds the kernel they generate."""
+    _, _, task = _rnn_task()
+    _, _, other = _rnn_task(seed=1)  # same shapes, another pattern: another workload
+    db = ms.database.MemoryDatabase()
+    db.commit_workload(task.mod)
+    assert not db.has_workload(other.mod)
+    assert task.default_config in [task.decode(task.default_trace())]
+    for name, choices in task.choices.items():
+        assert getattr(task.default_config, name) in choices
+    real = task.scheduled(task.default_config)
+    stub_sig = [(p.name, [int(d) for d in p.shape], p.dtype) for p in task.func.params]
+    assert stub_sig == [(p.name, [int(d) for d in p.shape], p.dtype) for p in real.params]
+    mutated = MutateCategorical(seed=5).apply(task.default_trace())
+    config = task.decode(mutated)
+    assert config != task.default_config
+    sch = s_tir.Schedule(task.mod)
+    mutated.apply_to_schedule(sch, remove_postproc=True)
+    assert sampled_knobs(sch.mod["main"]) == vars(config)
+    built = realize(sch.mod)["main"]  # what measure.build_kernel compiles
+    assert build_pipeline(sch.mod, LLVM) == "default"
+    assert "stub" not in built.script() and "R_indptr" in built.script()
+    assert built.script() == task.scheduled(config).script()
+
+
+def test_rnn_tune_resume_and_compile_with_record(tmp_path: Path, caplog) -> None:
+    cfg, w, task = _rnn_task()
+    first = tune([task], LLVM, tmp_path, trials=3, num_trials_per_iter=2, progress=False)
+    assert first[0].trials == 3 and np.isfinite(first[0].default_s)
+    assert first[0].tuned_s <= first[0].default_s
+    lines = (tmp_path / RECORD_FILE).read_text().splitlines()
+    second = tune([task], LLVM, tmp_path, trials=5, num_trials_per_iter=2, progress=False)
+    assert second[0].trials == 5
+    assert (tmp_path / RECORD_FILE).read_text().splitlines()[:3] == lines
+    # the layer built inside use_tuning_logs takes the best record and stays correct
+    caplog.set_level(logging.INFO, logger="tvm_sparse_rnn")
+    x = np.random.default_rng(3).standard_normal((8, 4, 24)).astype("float32")
+    with use_tuning_logs(tmp_path):
+        layer = build_recurrent_sequence(cfg, RecurrentWeights(**w), x.shape)
+    assert f"{task.name}: using tuned record" in caplog.text
+    assert str(second[0].best_config) in caplog.text
+    ref = recurrent_sequence_reference(cfg, x, w["W"], w["R"], w["B"])
+    for got, want in zip(layer(x), ref, strict=False):
+        np.testing.assert_allclose(got, want, *TOLERANCES["float32"])
+
+
+def test_tune_cli_collects_recurrent_tasks(tmp_path: Path) -> None:
+    """``tune MODEL.onnx`` finds the recurrent kernels of a model's LSTM (both directions);
+    ``--op rnn`` makes one."""
+    from tvm_sparse_rnn.cli.main import build_parser
+    from tvm_sparse_rnn.cli.tune import _tasks
+
+    w = random_recurrent_weights("LSTM", 16, 8, 2, 0.2, seed=2)
+    model = tmp_path / "lstm.onnx"
+    onnx_model = recurrent_onnx_model("LSTM", w, 4, 2, 8, 16, direction="bidirectional")
+    model.write_bytes(onnx_model.SerializeToString())
+    parser = build_parser()
+    names = [t.name for t in _tasks(parser.parse_args(["tune", str(model)]))]
+    assert len(names) == 2 and all(n.startswith("rnn_x86 LSTM H=16 T=4 N=2") for n in names)
+    args = ["tune", "--op", "rnn", "--cell", "GRU", "--hidden", "32", "--seq-len", "4"]
+    (task,) = _tasks(parser.parse_args(args))
+    assert task.op == "rnn_x86" and task.name.startswith("rnn_x86 GRU H=32 T=4 N=4")
+
+
+def test_rnn_lookup_order_shipped_then_default(monkeypatch, caplog) -> None:
+    """Without a record: a shipped entry with the same cell, shapes and core count wins (nearest
+    density), else the default; one log line each time."""
+    from tvm_sparse_rnn.tuning import lookup
+    from tvm_sparse_rnn.tuning.rnn_x86_space import resolve_recurrent_config
+
+    cfg, w, task = _rnn_task()
+    packed = pack_weight(w["R"][0], cfg.num_gates, False)
+    caplog.set_level(logging.INFO, logger="tvm_sparse_rnn")
+    assert resolve_recurrent_config(cfg, 0, 8, 4, packed) == task.default_config
+    assert f"{task.name}: using the default config" in caplog.text
+    shipped = {"meta": {**task.meta, "density": 0.25}, "config": {"accumulators": 2}}
+    far = {"meta": {**task.meta, "density": 0.9}, "config": {"accumulators": 1}}
+    monkeypatch.setattr(lookup, "_shipped_entries", lambda target, op: [far, shipped])
+    got = resolve_recurrent_config(cfg, 0, 8, 4, packed)
+    assert got.accumulators == 2 and f"{task.name}: using shipped config" in caplog.text

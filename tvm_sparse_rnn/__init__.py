@@ -18,6 +18,7 @@ ONNX import lives in :mod:`tvm_sparse_rnn.frontend` (needs the ``onnx`` package)
 from __future__ import annotations
 
 from .bsr import BSRWeight
+from .cpu_threads import configure_cpu_threads
 from .errors import (
     BSRFormatError,
     CapacityError,
@@ -35,6 +36,8 @@ from .sparse_dense import (
     sparse_dense_func,
 )
 from .transform import DenseToSparse
+
+configure_cpu_threads()  # before any kernel runs: TVM fixes its pool size at first use
 
 __version__ = "0.1.0"
 

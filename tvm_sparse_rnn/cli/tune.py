@@ -4,6 +4,8 @@ Examples
 --------
 ``tvm-sparse-rnn tune model.onnx --target llvm --trials 32 --work-dir tuning_logs``
 ``tvm-sparse-rnn tune --op sparse_dense --m 4 --n 1792 --k 1792 --block-size 1x16 --density 0.1``
+``tvm-sparse-rnn tune --op rnn --cell LSTM --hidden 1792 --seq-len 64 --m 4 --density 0.1``
+``tvm-sparse-rnn tune --op persistent --target cuda --cell LSTM --hidden 1024 --m 4 --density 0.1``
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ import logging
 import sys
 from pathlib import Path
 
+from ..rnn.cells import CellConfig
+from ..rnn.kernel_x86 import pack_weight
+from ..rnn.sequence import DEFAULT_DENSITY_THRESHOLD
 from ..sparse_dense import tune_task
 from ..target import resolve_target
-from ..testing import random_bsr
+from ..testing import random_bsr, random_recurrent_weights
 from ..transform.block_size import parse_block_size
 from ..tuning.database import default_work_dir
 from ..tuning.lookup import collect_tasks
+from ..tuning.persistent_space import persistent_tune_task
+from ..tuning.rnn_x86_space import recurrent_tune_task
 from ..tuning.task import TuneTask
 from ..tuning.tune import TaskResult, tune
 from .options import add_compile_options, positive_int, shape_dict, unit_fraction
@@ -37,14 +44,32 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--work-dir/<device>/ (append-only, resumable); `compile --tuning-logs DIR` applies them.",
     )
     parser.add_argument("model", type=Path, nargs="?", metavar="MODEL.onnx")
-    parser.add_argument("--op", choices=("sparse_dense",), help="tune one op instead of a model")
-    parser.add_argument("--m", type=positive_int, default=4, help="--op: batch rows (default 4)")
+    parser.add_argument(
+        "--op",
+        choices=("sparse_dense", "rnn", "persistent"),
+        help="tune one op instead of a model: sparse_dense, or rnn (the x86 recurrent kernel "
+        "of one forward RNN/GRU/LSTM layer, llvm only), or persistent (the persistent GPU "
+        "kernel of one RNN/GRU/LSTM recurrent weight, cuda only)",
+    )
+    parser.add_argument("--m", type=positive_int, default=4, help="--op: batch (default 4)")
     parser.add_argument("--n", type=positive_int, default=1792, help="--op: output features")
     parser.add_argument("--k", type=positive_int, default=1792, help="--op: input features")
     parser.add_argument(
-        "--density", type=unit_fraction, default=0.1, help="--op: kept block fraction"
+        "--density",
+        type=unit_fraction,
+        default=0.1,
+        help="--op: kept fraction (of W's blocks, or of R's entries for rnn; default 0.1)",
     )
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    parser.add_argument(
+        "--cell", choices=("RNN", "GRU", "LSTM"), default="LSTM", help="--op rnn (default LSTM)"
+    )
+    parser.add_argument(
+        "--hidden", type=positive_int, default=1792, help="--op rnn: hidden size (default 1792)"
+    )
+    parser.add_argument(
+        "--seq-len", type=positive_int, default=64, help="--op rnn: steps (default 64)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="--op: seed of the random pattern")
     add_compile_options(parser)
     parser.add_argument(
@@ -68,6 +93,10 @@ def _tasks(args: argparse.Namespace) -> list[TuneTask]:
         block = (1, 1) if args.block_size == "auto" else parse_block_size(args.block_size)
         weight = random_bsr(args.n, args.k, block, args.density, args.dtype, args.seed)
         return [tune_task(weight, args.m, target)]
+    if args.op == "rnn":
+        return [_rnn_task(args)]
+    if args.op == "persistent":
+        return _persistent_tasks(args)
     from ..frontend.onnx import from_onnx
 
     with collect_tasks() as found:
@@ -81,12 +110,41 @@ def _tasks(args: argparse.Namespace) -> list[TuneTask]:
     return list(found.values())
 
 
+def _rnn_task(args: argparse.Namespace) -> TuneTask:
+    """The x86 recurrent kernel of a random ``--density`` pruned ``--cell`` layer."""
+    cfg = CellConfig(args.cell, args.hidden)
+    r = random_recurrent_weights(args.cell, args.hidden, 1, 1, args.density, seed=args.seed)["R"]
+    packed = pack_weight(r[0], cfg.num_gates, dense=args.density > DEFAULT_DENSITY_THRESHOLD)
+    return recurrent_tune_task(cfg, 0, args.seq_len, args.m, packed)
+
+
+def _persistent_tasks(args: argparse.Namespace) -> list[TuneTask]:
+    """The persistent GPU kernel of a random ``--density`` pruned ``--cell`` recurrent weight
+    (none when it does not fit on chip: the per-step fallback has no knobs)."""
+    r = random_recurrent_weights(args.cell, args.hidden, 1, 1, args.density, seed=args.seed)["R"]
+    cell = {"RNN": "tanh", "GRU": "gru", "LSTM": "lstm"}[args.cell]
+    task = persistent_tune_task(r[0], args.m, cell, args.dtype)
+    return [] if task is None else [task]
+
+
 def run(args: argparse.Namespace) -> int:
     """List the tasks, tune them, print the default-vs-tuned summary."""
     if (args.model is None) == (args.op is None):
         print("tvm-sparse-rnn tune: error: give either MODEL.onnx or --op", file=sys.stderr)
         return 2
     target = resolve_target(args.target)
+    if args.op == "rnn" and target.kind.name != "llvm":
+        print(
+            "tvm-sparse-rnn tune: error: --op rnn tunes the x86 kernel: use --target llvm",
+            file=sys.stderr,
+        )
+        return 2
+    if args.op == "persistent" and target.kind.name != "cuda":
+        print(
+            "tvm-sparse-rnn tune: error: --op persistent tunes a GPU kernel: use --target cuda",
+            file=sys.stderr,
+        )
+        return 2
     tasks = _tasks(args)
     if not tasks:
         print(f"{args.model}: no sparse kernel to tune (no layer passed the sparsity threshold)")

@@ -6,7 +6,7 @@ Design (the CPU counterpart of the sparse persistent RNN, Zhu et al., ICLR 2018)
   holds gate ``g`` of hidden unit ``j``, so one parallel iteration owns every gate of its unit and
   the cell update (sigmoid/tanh, ``c_t``) is fused right after the mat-vec. Each row is padded with
   ``<col 0, 0.0>`` pairs to a multiple of :data:`UNROLL`, so the inner loop has no remainder and
-  runs :data:`UNROLL` independent accumulators (hides the FMA latency).
+  runs up to :data:`UNROLL` independent accumulators (hides the FMA latency).
 * The state is kept as ``h[H, N]`` (batch innermost): one nonzero ``R[r, c]`` multiplies the
   contiguous vector ``h[c, 0:N]``, which is what the batch loop vectorizes.
 * Sparse rows use CSR with 16-bit column indices when ``H <= 65535`` (6 bytes per nonzero); the
@@ -14,7 +14,11 @@ Design (the CPU counterpart of the sparse persistent RNN, Zhu et al., ICLR 2018)
   rows to ``Hpad`` (a multiple of :data:`UNROLL`), reading zero rows of ``h`` past ``H``.
 * A step is one parallel loop over hidden units (two for GRU with ``linear_before_reset=0``, whose
   candidate mat-vec needs every unit's reset gate first); the loop over ``t`` is serial inside the
-  PrimFunc, so there is no per-step Python or VM dispatch.
+  PrimFunc, so there is no per-step Python or VM dispatch. By default the whole sequence is one
+  thread-pool launch: every core keeps the same slice of units (its rows of ``R`` stay in its
+  L2) and a spin barrier separates the phases (:func:`_parallel_region`); TVM's codegen would
+  otherwise launch and join the pool for every parallel loop. The loop structure is set by
+  :class:`RecurrentConfig` (tuned through :mod:`tvm_sparse_rnn.tuning.rnn_x86_space`).
 * ``sequence_lens``: at step ``s`` a batch entry with ``s >= len[b]`` keeps its state and gets a
   zero output. The kernel always runs forward; the reverse direction is handled by the caller
   (:mod:`tvm_sparse_rnn.rnn.sequence`), which reverses each sequence's valid prefix around it.
@@ -24,9 +28,14 @@ Design (the CPU counterpart of the sparse persistent RNN, Zhu et al., ICLR 2018)
 
 :func:`projection_prim_func` computes the input projection ``X @ W^T + Wb`` for all steps before
 the recurrence with the same packing (sparse or dense ``W``), one nonzero times a contiguous row of
-``X^T``. Measured on a shared 2-core Xeon (Sapphire Rapids, noisy): the recurrent mat-vec runs at
-about one cycle per nonzero (3 loads each: index, value, ``h`` row), LSTM H=1792 B=4 10 % at
-0.8 ms per step on one core.
+``X^T``. Measured on the shared 2-vCPU KVM Xeon (Emerald Rapids, noisy), H=1792 B=4 10 %: the
+recurrent mat-vec costs 0.65-0.85 ns (~2 cycles) per stored entry on one core whether ``R``
+fits in L2 or not (index, value and ``h``-row loads plus one 128-bit FMA per entry; 8-wide
+unrolling, 64-bit index loads and 64-bit addressing measured no faster), plus ~28 ns per unit
+and step for the gate math and loop overheads; two cores run it 1.9-2.1x faster. ``U`` is
+step-major so a step streams one contiguous slice (unit-major rows of one step would be read
+``G*1 KB`` apart, a cache miss per gate and unit: 6-17 % slower for LSTM). The projection is
+bound by L2 bandwidth (a 512 B row slice of ``X^T`` per nonzero and tile).
 
 Profile with ``perf record -g python benchmarks/bench_rnn_cpu.py`` (the kernel shows up as the
 ``*_compute_`` closures of ``recurrent_x86``).
@@ -34,6 +43,7 @@ Profile with ``perf record -g python benchmarks/bench_rnn_cpu.py`` (the kernel s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,11 +120,61 @@ class PackedWeight:
         """dtype name of :attr:`indices` (``None`` for dense)."""
         return None if self.indices is None else self.indices.dtype.name
 
+    @property
+    def entries(self) -> int:
+        """Length of :attr:`values` (padding included)."""
+        return int(self.values.size)
+
+    @property
+    def layout(self) -> PackedLayout:
+        """What a kernel bakes in of this weight (shapes and dtypes, not values)."""
+        return PackedLayout(
+            self.shape,
+            self.num_gates,
+            self.padded_cols,
+            self.row_multiple,
+            self.entries,
+            self.index_dtype,
+        )
+
     def arrays(self) -> list[np.ndarray]:
         """The kernels' weight arguments, in parameter order."""
         if self.dense:
             return [self.values]
         return [self.values, self.indices, self.indptr]
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """The shapes and dtypes of a :class:`PackedWeight`: all its kernels depend on.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(G*H, K)``.
+    num_gates : int
+        ``G``.
+    padded_cols : int
+        ``K`` rounded up to ``row_multiple``.
+    row_multiple : int
+        Every packed row holds a multiple of this many entries.
+    entries : int
+        Length of the ``values`` (and ``indices``) array, padding included.
+    index_dtype : str or None
+        dtype of the column indices; ``None`` for the dense variant.
+    """
+
+    shape: tuple[int, int]
+    num_gates: int
+    padded_cols: int
+    row_multiple: int
+    entries: int
+    index_dtype: str | None
+
+    @property
+    def dense(self) -> bool:
+        """Whether this is the dense (index-free) variant."""
+        return self.index_dtype is None
 
 
 def pack_weight(
@@ -241,6 +301,72 @@ def _stack_buffer(shape: tuple[int, ...]) -> tirx.Buffer:
     return T.alloc_buffer(shape, _F32, scope="global")
 
 
+@dataclass(frozen=True)
+class RecurrentConfig:
+    """Knobs of :func:`recurrent_prim_func`; they change the generated loops, not the math.
+
+    Attributes
+    ----------
+    accumulators : int
+        Independent partial sums per row in the mat-vec (hide the FMA latency); must divide
+        :data:`UNROLL`, the packed rows' multiple.
+    threads : int
+        1: everything on one core. More: the loops over units run on TVM's thread pool (all its
+        threads; its size is ``TVM_NUM_THREADS``, see :mod:`tvm_sparse_rnn.cpu_threads`).
+    steps_per_launch : int
+        With ``threads > 1``: steps per thread-pool launch, a divisor of ``T``. Within a launch
+        every core keeps its slice of units (so its rows of ``R`` stay in its own cache) and a
+        spin barrier ends every phase of a step (see :func:`_parallel_region`); 1 is one launch
+        per step, ``T`` one launch for the whole sequence.
+    """
+
+    accumulators: int = UNROLL
+    threads: int = 1
+    steps_per_launch: int = 1
+
+
+def recurrent_knob_choices(seq_len: int, cores: int) -> dict[str, tuple[int, ...]]:
+    """Candidate values of every :class:`RecurrentConfig` knob (the tuning space) for ``T``
+    steps on a machine with ``cores`` physical cores."""
+    launch = sorted({1, seq_len} | {d for d in (8,) if d < seq_len and seq_len % d == 0})
+    return {
+        "accumulators": tuple(d for d in range(1, UNROLL + 1) if UNROLL % d == 0),
+        "threads": tuple(sorted({1, cores})),
+        "steps_per_launch": tuple(launch),
+    }
+
+
+def default_recurrent_config(
+    layout: PackedLayout, seq_len: int, batch: int, cores: int
+) -> RecurrentConfig:
+    """The hand-picked config: all ``cores`` in one launch for the whole sequence, unless a step
+    is too little work (:data:`MIN_PARALLEL_WORK`) to pay for the barriers."""
+    if cores > 1 and layout.entries * batch >= MIN_PARALLEL_WORK:
+        return RecurrentConfig(UNROLL, cores, seq_len)
+    return RecurrentConfig(UNROLL, 1, 1)
+
+
+def _parallel_region(threads: int) -> tuple[Callable, Callable, Callable]:
+    """``(region, phase, loop)`` context-manager factories.
+
+    With ``threads > 1``, ``region()`` (``pragma_parallel_launch_point``) is one thread-pool
+    launch whose tasks all run its body; each ``loop`` (``T.parallel``) inside is split
+    statically over the tasks (the same slice of units, hence the same rows of ``R``, on one core
+    for every step), and ``phase()`` (``pragma_parallel_barrier_when_finish``) ends such a loop
+    with ``TVMBackendParallelBarrier``, a spin barrier, instead of a launch and join per loop.
+    TVM's llvm codegen otherwise makes every ``T.parallel`` loop a launch of its own.
+    """
+    if threads == 1:
+        return contextlib.nullcontext, contextlib.nullcontext, T.serial
+    zero = tirx.const(0, "int32")
+    one = tirx.const(1, "int32")
+    return (
+        lambda: T.attr(zero, "pragma_parallel_launch_point", one),
+        lambda: T.attr(zero, "pragma_parallel_barrier_when_finish", one),
+        T.parallel,
+    )
+
+
 def _arg(name: str, shape: tuple[int, ...], dtype: str = _F32) -> tirx.Buffer:
     return T.arg(name, T.buffer(shape, dtype))
 
@@ -250,8 +376,8 @@ def recurrent_prim_func(
     direction: int,
     seq_len: int,
     batch: int,
-    packed: PackedWeight,
-    parallel: bool | None = None,
+    packed: PackedWeight | PackedLayout,
+    config: RecurrentConfig | None = None,
 ) -> tirx.PrimFunc:
     """Build the PrimFunc running ``seq_len`` forward steps of one direction.
 
@@ -263,44 +389,59 @@ def recurrent_prim_func(
         Which direction's activations to use (0 or 1).
     seq_len, batch : int
         ``T`` and ``N`` (static).
-    packed : PackedWeight
-        Layout of ``R`` (:func:`pack_weight` with ``row_multiple=UNROLL``); only its shapes and
-        dtypes are baked in, not its values.
-    parallel : bool, optional
-        Run each step's loop over units on all cores; ``None`` decides by the work per step
-        (:data:`MIN_PARALLEL_WORK`): a parallel launch per step costs more than it saves on
-        small layers.
+    packed : PackedWeight or PackedLayout
+        ``R`` packed by :func:`pack_weight` with ``row_multiple=UNROLL`` (or just its layout):
+        only its shapes and dtypes are baked in, not its values.
+    config : RecurrentConfig, optional
+        Loop structure. ``None``: the best tuning record of this exact kernel (shapes and
+        sparsity structure of ``packed``, which must then be a :class:`PackedWeight`), else a
+        shipped config, else :func:`default_recurrent_config` (see
+        :mod:`tvm_sparse_rnn.tuning.rnn_x86_space`).
 
     Returns
     -------
     tvm.tirx.PrimFunc
         ``main(U, R_values, [R_indices, R_indptr,] Rb, [P,] H0, [C0,] L, Y, Y_h, [Y_c])`` with
 
-        * ``U`` ``(G*H, T, N)`` float32: ``X @ W^T + Wb`` with unit-major rows, in processing
-          order (:func:`projection_prim_func` computes it);
+        * ``U`` ``(T, G*H, N)`` float32: ``X @ W^T + Wb`` with unit-major rows, step-major, in
+          processing order (:func:`projection_prim_func` computes it);
         * ``Rb`` ``(G*H,)`` unit-major, ``P`` ``(3, H)`` (LSTM peepholes), ``H0``/``C0``
           ``(N, H)``;
         * ``L`` ``(N,)`` int32 sequence lengths;
         * outputs ``Y`` ``(T, N, H)``, ``Y_h``/``Y_c`` ``(N, H)``.
+
+    Raises
+    ------
+    ValueError
+        If ``packed`` does not match ``cfg`` or ``config.accumulators`` does not divide
+        :data:`UNROLL`.
     """
     H, G, N, Hp = cfg.hidden_size, cfg.num_gates, batch, packed.padded_cols
     if packed.shape != (G * H, H) or packed.row_multiple != UNROLL:
         raise ValueError(f"R is packed as {packed.shape} rows of {packed.row_multiple}")
+    if config is None:
+        # imported here: the tuning space builds its kernels with this function
+        from ..tuning.rnn_x86_space import resolve_recurrent_config
+
+        config = resolve_recurrent_config(cfg, direction, seq_len, batch, packed)
+    acc_n, spl = config.accumulators, config.steps_per_launch
+    if acc_n < 1 or UNROLL % acc_n:
+        raise ValueError(f"accumulators={acc_n} must divide the row multiple {UNROLL}")
+    if config.threads < 1 or spl < 1 or seq_len % spl:
+        raise ValueError(f"steps_per_launch={spl} must divide T={seq_len}; threads >= 1")
     lstm = cfg.cell.has_cell_state
-    if parallel is None:
-        parallel = packed.values.size * N >= MIN_PARALLEL_WORK
-    loop = T.parallel if parallel else T.serial
+    region, phase, loop = _parallel_region(config.threads)
     ops = TirOps()
     zero = tirx.const(0.0, _F32)
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("recurrent_x86")
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            U = _arg("U", (G * H, seq_len, N))
-            vals = _arg("R_values", packed.values.shape)
+            U = _arg("U", (seq_len, G * H, N))
+            vals = _arg("R_values", (packed.entries,))
             if not packed.dense:
-                idx = _arg("R_indices", packed.indices.shape, packed.index_dtype)
-                ptr = _arg("R_indptr", packed.indptr.shape, "int32")
+                idx = _arg("R_indices", (packed.entries,), packed.index_dtype)
+                ptr = _arg("R_indptr", (G * H + 1,), "int32")
             Rb = _arg("Rb", (G * H,))
             P = _arg("P", (3, H)) if cfg.peepholes else None
             H0 = _arg("H0", (N, H))
@@ -323,61 +464,63 @@ def recurrent_prim_func(
                     start, end = 0, Hp // UNROLL
                 else:
                     start, end = ptr[r] // UNROLL, ptr[r + 1] // UNROLL
-                part = _stack_buffer((UNROLL, N))
+                part = _stack_buffer((acc_n, N))
                 total = _stack_buffer((N,))
-                with T.unroll(0, UNROLL) as u:
+                with T.unroll(0, acc_n) as a:
                     with T.vectorized(0, N) as b:
-                        T.buffer_store(part, zero, [u, b])
+                        T.buffer_store(part, zero, [a, b])
                 with T.serial(start, end) as kk:
-                    with T.unroll(0, UNROLL) as u:
+                    for u in range(UNROLL):  # unrolled; entry u feeds accumulator u % acc_n
                         if packed.dense:
                             k, col = r * Hp + kk * UNROLL + u, kk * UNROLL + u
                         else:
                             k, col = kk * UNROLL + u, tirx.Cast("int32", idx[kk * UNROLL + u])
+                        a = u % acc_n
                         with T.vectorized(0, N) as b:
-                            T.buffer_store(part, part[u, b] + vals[k] * src(col, b), [u, b])
+                            T.buffer_store(part, part[a, b] + vals[k] * src(col, b), [a, b])
                 with T.vectorized(0, N) as b:
                     acc = part[0, b]
-                    for u in range(1, UNROLL):
-                        acc = acc + part[u, b]
+                    for a in range(1, acc_n):
+                        acc = acc + part[a, b]
                     T.buffer_store(total, acc, [b])
                 return total
 
-            # ---- initial state (rows past H stay zero for the dense variant)
-            with loop(0, Hp) as j:
-                with T.serial(0, N) as b:
-                    init = tirx.if_then_else(j < H, H0[b, tirx.min(j, H - 1)], zero)
-                    T.buffer_store(hs, init, [0, j, b])
-                    T.buffer_store(hs, zero, [1, j, b])
-                    if cfg.two_phase:
-                        T.buffer_store(rh, zero, [j, b])
-            if lstm:
-                with loop(0, H) as j:
+            with region():  # ---- initial state (rows past H stay zero for the dense variant)
+                with phase(), loop(0, Hp) as j:
                     with T.serial(0, N) as b:
-                        T.buffer_store(cs, C0[b, j], [j, b])
+                        init = tirx.if_then_else(j < H, H0[b, tirx.min(j, H - 1)], zero)
+                        T.buffer_store(hs, init, [0, j, b])
+                        T.buffer_store(hs, zero, [1, j, b])
+                        if cfg.two_phase:
+                            T.buffer_store(rh, zero, [j, b])
+                if lstm:
+                    with phase(), loop(0, H) as j:
+                        with T.serial(0, N) as b:
+                            T.buffer_store(cs, C0[b, j], [j, b])
 
             # ---- the recurrence; gate math is vectorized over the batch like the mat-vec
-            with T.serial(0, seq_len) as s:
+            with T.serial(0, seq_len // spl) as launch, region(), T.serial(0, spl) as step:
+                s = launch * spl + step
                 cur = tirx.floormod(s, 2)
 
                 def h_prev(col: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
                     return hs[cur, col, b]
 
                 def pre(acc: dict, j: tirx.PrimExpr, b: tirx.PrimExpr) -> tuple[dict, dict]:
-                    """Input pre-activations of every gate, recurrent ones of the gates in acc."""
-                    xs = {g: U[j * G + g, s, b] for g in range(G)}
+                    """Input pre-activations of all gates, recurrent ones of those in acc."""
+                    xs = {g: U[s, j * G + g, b] for g in range(G)}
                     rs = {g: acc[g][b] + Rb[j * G + g] for g in acc}
                     return xs, rs
 
                 if cfg.two_phase:  # GRU, lbr=0: z, r and reset * h_prev of every unit first
-                    with loop(0, H) as j:
+                    with phase(), loop(0, H) as j:
                         acc = {g: mat_vec(j, g, h_prev) for g in (0, 1)}
                         with T.vectorized(0, N) as b:
                             xs, rs = pre(acc, j, b)
                             z, reset = gru_gates(ops, cfg, direction, xs, rs)
                             T.buffer_store(zs, z, [j, b])
                             T.buffer_store(rh, reset * hs[cur, j, b], [j, b])
-                with loop(0, H) as j:
+                with phase(), loop(0, H) as j:
                     if cfg.two_phase:
                         acc = {2: mat_vec(j, 2, lambda col, b: rh[col, b])}
                     else:
@@ -409,7 +552,7 @@ def recurrent_prim_func(
                         T.buffer_store(Y, tirx.Select(active, new[0, b], zero), [s, b, j])
 
             # ---- final state
-            with loop(0, H) as j:
+            with region(), loop(0, H) as j:
                 with T.serial(0, N) as b:
                     T.buffer_store(Yh, hs[seq_len % 2, j, b], [b, j])
                     if lstm:
@@ -417,53 +560,59 @@ def recurrent_prim_func(
     return ib.get()
 
 
-def projection_tile(m: int) -> int:
-    """Batch tile of :func:`projection_prim_func`: the largest divisor of ``m`` up to
-    :data:`MAX_PROJECTION_TILE` (so no tail loop is needed)."""
-    return max(d for d in range(1, min(m, MAX_PROJECTION_TILE) + 1) if m % d == 0)
+def projection_steps_per_tile(seq_len: int, batch: int) -> int:
+    """Steps per accumulator tile of :func:`projection_prim_func`: the largest divisor ``d`` of
+    ``T`` with ``d * N`` up to :data:`MAX_PROJECTION_TILE` (so no tail loop is needed), else 1."""
+    fits = [
+        d for d in range(1, seq_len + 1) if seq_len % d == 0 and d * batch <= MAX_PROJECTION_TILE
+    ]
+    return max(fits, default=1)
 
 
 def projection_prim_func(
-    packed: PackedWeight, m: int, parallel: bool | None = None
+    packed: PackedWeight | PackedLayout, seq_len: int, batch: int, parallel: bool | None = None
 ) -> tirx.PrimFunc:
-    """The input projection ``U[r, :] = W[r, :] @ XT + Wb[r]`` for all steps at once.
+    """The input projection ``U[t, r, :] = W[r, :] @ X[t]^T + Wb[r]`` for all steps at once.
 
     ``XT`` is ``X`` transposed to ``(I, T*N)``, so one nonzero ``W[r, c]`` multiplies the
-    contiguous row ``XT[c, :]``: the accumulator is a tile of up to
-    :data:`MAX_PROJECTION_TILE` batch columns held in vector registers (several independent FMA
-    chains), rows run in parallel. The same code serves sparse (CSR) and dense ``W``.
+    contiguous row ``XT[c, :]``: the accumulator is a tile of whole steps (up to
+    :data:`MAX_PROJECTION_TILE` columns) held in vector registers (several independent FMA
+    chains), rows run in parallel. The same code serves sparse (CSR) and dense ``W``. ``U`` is
+    written step-major, so that each step of :func:`recurrent_prim_func` reads one contiguous
+    ``(G*H, N)`` slice.
 
     Parameters
     ----------
-    packed : PackedWeight
+    packed : PackedWeight or PackedLayout
         ``W`` of one direction (:func:`pack_weight`, any ``row_multiple``).
-    m : int
-        ``T * N``, the columns of ``XT``.
+    seq_len, batch : int
+        ``T`` and ``N``; ``XT`` has ``T*N`` columns.
     parallel : bool, optional
         Split the rows over all cores; ``None`` decides by the work (:data:`MIN_PARALLEL_WORK`).
 
     Returns
     -------
     tvm.tirx.PrimFunc
-        ``main(XT (I, m), W_values, [W_indices, W_indptr,] Wb (G*H,), U (G*H, m))``; ``Wb`` and
-        the rows of ``U`` are unit-major like ``W``'s.
+        ``main(XT (I, T*N), W_values, [W_indices, W_indptr,] Wb (G*H,), U (T, G*H, N))``; ``Wb``
+        and the rows of ``U`` are unit-major like ``W``'s.
     """
     rows, k_in = packed.shape
-    tile = projection_tile(m)
+    m, steps = seq_len * batch, projection_steps_per_tile(seq_len, batch)
+    tile = steps * batch
     if parallel is None:
-        parallel = packed.values.size * m >= MIN_PARALLEL_WORK
+        parallel = packed.entries * m >= MIN_PARALLEL_WORK
     loop = T.parallel if parallel else T.serial
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("projection_x86")
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             XT = _arg("XT", (k_in, m))
-            vals = _arg("W_values", packed.values.shape)
+            vals = _arg("W_values", (packed.entries,))
             if not packed.dense:
-                idx = _arg("W_indices", packed.indices.shape, packed.index_dtype)
-                ptr = _arg("W_indptr", packed.indptr.shape, "int32")
+                idx = _arg("W_indices", (packed.entries,), packed.index_dtype)
+                ptr = _arg("W_indptr", (rows + 1,), "int32")
             Wb = _arg("Wb", (rows,))
-            U = _arg("U", (rows, m))
+            U = _arg("U", (seq_len, rows, batch))
             with loop(0, rows) as r:
                 with T.serial(0, m // tile) as mo:
                     acc = _stack_buffer((tile,))
@@ -480,6 +629,7 @@ def projection_prim_func(
                             w_val, col = vals[k], tirx.Cast("int32", idx[k])
                         with T.vectorized(0, tile) as mi:
                             T.buffer_store(acc, acc[mi] + w_val * XT[col, mo * tile + mi], [mi])
-                    with T.vectorized(0, tile) as mi:
-                        T.buffer_store(U, acc[mi], [r, mo * tile + mi])
+                    with T.serial(0, steps) as st:
+                        with T.vectorized(0, batch) as b:
+                            T.buffer_store(U, acc[st * batch + b], [mo * steps + st, r, b])
     return ib.get()

@@ -30,6 +30,7 @@ from tvm import tirx
 
 from ..errors import SparseRNNError, UnsupportedError
 from ..target import is_cuda, resolve_target
+from ..tuning.persistent_space import tuned_persistent_config
 from . import cuda_pipeline
 from .kernel_cuda import make_persistent_kernel, make_step_kernel
 from .packing import PackedWeights, pack, unit_major
@@ -71,7 +72,7 @@ def persistent_prim_func(
     barrier: str = "auto",
     *,
     dtype: str = "float32",
-    order: str = "guided",
+    order: str | None = None,
     vector: bool | None = None,
     plan: PersistentPlan | None = None,
     device: DeviceLimits = H100,
@@ -102,21 +103,32 @@ def _plan_and_pack(
     cell: str,
     dtype: str,
     barrier: str,
-    order: str,
+    order: str | None,
     vector: bool | None,
     plan: PersistentPlan | None,
     device: DeviceLimits,
+    target: str | tvm.target.Target = "cuda",
 ) -> tuple[PersistentPlan, str, PackedWeights]:
-    """Plan (unless given), resolve the ``"auto"`` knobs and pack ``R`` (ONNX gate-major)."""
+    """Plan, resolve the automatic knobs and pack ``R`` (ONNX gate-major).
+
+    When every knob is automatic (no ``plan``, ``barrier="auto"``, no ``vector``, no
+    ``order``) they come from the tuning lookup (tuned record -> shipped config -> default, one
+    log line: :func:`~tvm_sparse_rnn.tuning.persistent_space.tuned_persistent_config`);
+    otherwise the given knobs are kept and the missing ones take the defaults.
+    """
     if cell not in CELL_GATES:
         raise ValueError(f"cell must be one of {tuple(CELL_GATES)}, got {cell!r}")
+    if plan is None and barrier == "auto" and vector is None and order is None:
+        tuned = tuned_persistent_config(R, batch, cell, dtype, target, device)
+        if tuned is not None:
+            plan, barrier, vector, order = tuned
     R = unit_major(R, CELL_GATES[cell])
     plan = plan or plan_persistent(R, batch, dtype, device=device, gates=CELL_GATES[cell])
     auto_barrier, auto_vector = default_knobs(plan)
     barrier = auto_barrier if barrier == "auto" else barrier
     vector = auto_vector if vector is None else vector
-    packed = pack(R, plan, order if plan.kind == "persistent" else "naive", vector)
-    return plan, barrier, packed
+    order = (order or "guided") if plan.kind == "persistent" else "naive"
+    return plan, barrier, pack(R, plan, order, vector)
 
 
 def kernel_key(plan: PersistentPlan, cell: str, barrier: str, vector: bool) -> str:
@@ -389,7 +401,7 @@ def build_persistent_rnn(
     barrier: str = "auto",
     *,
     dtype: str = "float32",
-    order: str = "guided",
+    order: str | None = None,
     vector: bool | None = None,
     plan: PersistentPlan | None = None,
     target: str | tvm.target.Target = "cuda",
@@ -413,12 +425,14 @@ def build_persistent_rnn(
         that measured faster for this size, :func:`~tvm_sparse_rnn.rnn.planner.default_knobs`).
     dtype : str
         ``"float32"`` or ``"float16"`` (weights, inputs, states; fp32 accumulation).
-    order : str
+    order : str, optional
         ``"guided"`` (bank-aware, default) or ``"naive"`` nonzero order.
     vector : bool, optional
         Vector (up to LDS.128) loads of ``h``; default: when one load covers a column.
     plan : PersistentPlan, optional
-        Geometry (default: :func:`plan_persistent`).
+        Geometry (default: :func:`plan_persistent`). When ``plan``, ``barrier``, ``order`` and
+        ``vector`` are all left automatic, a tuned record (``tvm-sparse-rnn tune --op
+        persistent``) or a shipped config for this ``R`` decides them.
     target : str or Target
         A cuda target (default: the H100, sm_90a).
     device_limits : DeviceLimits
@@ -427,7 +441,7 @@ def build_persistent_rnn(
         Build cache (see :func:`prebuild`).
     """
     plan, barrier, packed = _plan_and_pack(
-        R, batch, cell, dtype, barrier, order, vector, plan, device_limits
+        R, batch, cell, dtype, barrier, order, vector, plan, device_limits, target
     )
     module = build_kernel(plan, cell, barrier, packed.vector, target, cache_dir)
     return PersistentRNN(plan, packed, cell, barrier, module, tvm.cuda(0))

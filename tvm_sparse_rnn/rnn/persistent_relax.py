@@ -34,7 +34,9 @@ form; with 0 the candidate mat-vec needs every unit's reset gate, a second grid 
 or ``LSTM`` without peepholes, both with the default activations; no ``clip``, no
 ``sequence_lens`` (or a constant of full lengths), ``R`` density at most the density threshold,
 and :func:`~tvm_sparse_rnn.rnn.planner.plan_persistent` returns a persistent plan (``R`` fits on
-chip).
+chip). The geometry, load width and nonzero order come from the tuning lookup (a tuned record of
+``tvm-sparse-rnn tune``, else a shipped config, else the planner's defaults); the barrier is always
+the grid barrier.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from tvm.target import Target
 
 from ..errors import CapacityError
 from ..target import is_cuda
+from ..tuning.persistent_space import tuned_persistent_config
 from . import cuda_pipeline
 from .cells import CellConfig
 from .packing import unit_major
@@ -154,13 +157,14 @@ def persistent_rnn_plan(
         reason = f"R density {density:.3f} > {density_threshold}"
     else:
         gates = CELL_GATES[cell]
-        try:
-            plan = plan_persistent(
-                unit_major(R, gates), batch, gates=gates, require_persistent=True
-            )
-        except CapacityError as err:
-            reason = f"R does not fit on chip: {err}"
+        tuned = tuned_persistent_config(R, batch, cell, _F32, "cuda")
+        if tuned is None:
+            try:
+                plan_persistent(unit_major(R, gates), batch, gates=gates, require_persistent=True)
+            except CapacityError as err:
+                reason = f"R does not fit on chip: {err}"
         else:
+            plan = tuned[0]
             logger.info(
                 "%s direction %d: persistent kernel (R density %.3f): %s",
                 cfg.kind,
@@ -220,7 +224,11 @@ def emit_persistent_rnn(
     H, Hk, Bk, G = cfg.hidden_size, plan.hidden_padded, plan.batch_kernel, plan.gates
     b_pad = Bk * plan.num_batch_chunks
     cell = kernel_cell(cfg, d)
-    func, consts, plan = persistent_prim_func(R, batch, cell, RELAX_BARRIER, plan=plan)
+    tuned = tuned_persistent_config(R, batch, cell, _F32, "cuda")
+    vector, order = tuned[2:] if tuned is not None and tuned[0] == plan else (None, None)
+    func, consts, plan = persistent_prim_func(
+        R, batch, cell, RELAX_BARRIER, plan=plan, vector=vector, order=order
+    )
     func = (
         func.without_attr("global_symbol")
         .with_attr("op_pattern", _OP_PATTERN_OPAQUE)

@@ -162,17 +162,23 @@ def _reverse_index(
 
 
 def _reverse_sequences(
-    bb: relax.BlockBuilder, x: relax.Expr, rev_index: relax.Expr | None, axis: int
+    bb: relax.BlockBuilder,
+    x: relax.Expr,
+    rev_index: relax.Expr | None,
+    axis: int,
+    batch_axis: int | None = None,
 ) -> relax.Expr:
     """Reverse each sequence's valid prefix of ``x`` along time ``axis`` (an involution).
 
-    ``x`` has its time axis at ``axis`` and the batch axis right after it; ``rev_index`` is
-    :func:`_reverse_index` (``None``: all sequences are full, a plain flip).
+    ``x`` has its time axis at ``axis`` and the batch axis at ``batch_axis`` (default: right
+    after it, always after it); ``rev_index`` is :func:`_reverse_index` (``None``: all sequences
+    are full, a plain flip).
     """
     if rev_index is None:
         return bb.emit(op.flip(x, axis=axis))
     shape = _static_shape(x, "sequence tensor")
-    others = [i for i in range(len(shape)) if i not in (axis, axis + 1)]
+    batch_axis = axis + 1 if batch_axis is None else batch_axis
+    others = [i for i in range(len(shape)) if i not in (axis, batch_axis)]
     index = op.broadcast_to(op.expand_dims(rev_index, others), shape)
     return bb.emit(op.gather_elements(x, index, axis=axis))
 
@@ -229,12 +235,13 @@ def _emit_x86(
         func = func.without_attr("global_symbol").with_attr("op_pattern", 8)  # opaque: no fusion
         return bb.add_func(func, name)
 
-    proj = add(projection_prim_func(packed["W"], m), f"{cfg.kind.lower()}_projection_x86")
+    proj = add(
+        projection_prim_func(packed["W"], seq_len, batch), f"{cfg.kind.lower()}_projection_x86"
+    )
     args = [x, *(_const(a) for a in packed["W"].arrays()), _const(dirn.wb[order], _F32)]
-    u = bb.emit(relax.call_tir(proj, args, relax.TensorType((G * H, m), _F32)))
-    u = bb.emit(op.reshape(u, [G * H, seq_len, batch]))
+    u = bb.emit(relax.call_tir(proj, args, relax.TensorType((seq_len, G * H, batch), _F32)))
     if cfg.is_reverse(dirn.index):
-        u = _reverse_sequences(bb, u, rev_index, axis=1)
+        u = _reverse_sequences(bb, u, rev_index, axis=0, batch_axis=2)
     func = recurrent_prim_func(cfg, dirn.index, seq_len, batch, packed["R"])
     gv = add(func, f"{cfg.kind.lower()}_recurrent_x86")
     args = [u, *(_const(a) for a in packed["R"].arrays()), _const(dirn.rb[order], _F32)]

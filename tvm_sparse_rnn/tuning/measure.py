@@ -64,10 +64,14 @@ def build_kernel(mod, target, _params):
 
     MetaSchedule's default build imports ``tvm.s_tir.tensor_intrin`` in every fresh worker,
     which costs ~20 s per batch on a 2-core machine; our kernels use no tensor intrinsics.
+    The scheduled stub of a generated kernel is replaced by the kernel its sampled knobs
+    generate (:func:`tvm_sparse_rnn.tuning.generated.realize`), built with the stub's pipeline.
     """
     import tvm
 
-    return tvm.tirx.build(mod, target=target)
+    from .generated import build_pipeline, realize
+
+    return tvm.tirx.build(realize(mod), target=target, pipeline=build_pipeline(mod, target))
 
 
 def make_builder(timeout_s: float = 120.0) -> ms.builder.LocalBuilder:

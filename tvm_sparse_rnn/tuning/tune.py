@@ -8,6 +8,7 @@ records in the database only runs the remaining trials: an interrupted run resum
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,7 +129,8 @@ def tune(
     work_dir : path
         MetaSchedule JSON database directory (created if missing, repaired if truncated).
     trials : int
-        Records wanted per task, the default config's included.
+        Records wanted per task, the default config's included; at most the number of distinct
+        configs of the task's space (the search would otherwise re-measure duplicates).
     num_trials_per_iter : int
         Candidates measured per search iteration.
     cost_model : str
@@ -147,7 +149,12 @@ def tune(
         if not db.get_top_k(workload, 1):
             _measure_default(task, target, db, runner)
         done = len(db.get_top_k(workload, 1 << 30))
-        remaining = max(trials - done, 0)
+        space = math.prod(len(c) for c in task.choices.values())
+        if trials > space:
+            logger.info(
+                "%s: the space has %d configs; tuning %d, not %d", task.name, space, space, trials
+            )
+        remaining = max(min(trials, space) - done, 0)
         if remaining:
             bar = tqdm(
                 total=remaining,
