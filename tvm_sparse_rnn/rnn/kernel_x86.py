@@ -63,7 +63,7 @@ UNROLL = 4
 #: Widest batch tile (elements) of the input projection's accumulator row (8 AVX-512 vectors).
 MAX_PROJECTION_TILE = 128
 #: Multiply-adds (per step for the recurrence) below which a kernel runs on one core.
-MIN_PARALLEL_WORK = 1 << 17
+MIN_PARALLEL_WORK = 1 << 14
 _F32 = "float32"
 
 
