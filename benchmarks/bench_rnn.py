@@ -37,7 +37,7 @@ from pathlib import Path
 import bench_rnn_cells
 import numpy as np
 import scipy.sparse as sp
-from common import cuda_event_time, median
+from common import cuda_event_time, median, save_results
 
 logger = logging.getLogger("bench_rnn")
 
@@ -360,16 +360,9 @@ def main() -> None:
         print(table(results) + "\n\n" + ablation_table(results))
         return
     results = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_rnn.json").write_text(json.dumps(results, indent=1))
     text = table(results) + "\n\nAblation: ms (modelled bank conflicts per step)\n\n"
     text += ablation_table(results) + "\n"
-    (args.out / "bench_rnn.md").write_text(text)
-    try:
-        plot(results, args.out)
-    except ImportError:  # matplotlib is optional on the GPU machine: --plot later
-        logger.warning("matplotlib missing: run --plot %s", args.out / "bench_rnn.json")
-    print(text)
+    save_results(args.out, "bench_rnn", results, text, plot)
 
 
 if __name__ == "__main__":

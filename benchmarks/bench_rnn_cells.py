@@ -29,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import cuda_event_time, median
+from common import cuda_event_time, median, save_results
 
 logger = logging.getLogger("bench_rnn_cells")
 
@@ -268,16 +268,8 @@ def main(args: argparse.Namespace | None = None) -> None:
         print(table(results))
         return
     results = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
     name = f"bench_rnn_cells{'_' + args.cell if args.cell else ''}"
-    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1))
-    text = table(results) + "\n"
-    (args.out / f"{name}.md").write_text(text)
-    try:
-        plot(results, args.out)
-    except ImportError:  # matplotlib is optional on the GPU machine: --plot later
-        logger.warning("matplotlib missing: run --plot %s", args.out / "bench_rnn_cells.json")
-    print(text)
+    save_results(args.out, name, results, table(results) + "\n", plot)
 
 
 if __name__ == "__main__":

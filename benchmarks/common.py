@@ -175,6 +175,27 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def save_results(
+    out_dir: Path,
+    name: str,
+    results: dict[str, Any],
+    text: str,
+    plot: Callable[[dict[str, Any], Path], None],
+) -> None:
+    """Write ``<name>.json`` (with the command line) and ``<name>.md``, draw the plot, print.
+
+    matplotlib is optional on the GPU machine: without it the plot is skipped with a hint to
+    re-draw it later from the JSON (the scripts' ``--plot``).
+    """
+    write_json(out_dir / f"{name}.json", results)
+    (out_dir / f"{name}.md").write_text(text)
+    try:
+        plot(results, out_dir)
+    except ImportError:
+        logger.warning("matplotlib missing: run --plot %s", out_dir / f"{name}.json")
+    print(text)
+
+
 def plot_speedups(
     path: Path,
     labels: Sequence[str],

@@ -68,34 +68,6 @@ __forceinline__ __device__ void sprnn_cp_wait() {
   asm volatile("cp.async.wait_all;\\n" ::: "memory");
 }
 """,
-    "sprnn_half_lo": """
-__forceinline__ __device__ float sprnn_half_lo(int w) {
-  float f;
-  asm volatile("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l; }" : "=f"(f) : "r"(w));
-  return f;
-}
-""",
-    "sprnn_half_hi": """
-__forceinline__ __device__ float sprnn_half_hi(int w) {
-  float f;
-  asm volatile("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h; }" : "=f"(f) : "r"(w));
-  return f;
-}
-""",
-    "sprnn_col_lo": """
-__forceinline__ __device__ int sprnn_col_lo(int w) {
-  int c;
-  asm volatile("and.b32 %0, %1, 65535;" : "=r"(c) : "r"(w));
-  return c;
-}
-""",
-    "sprnn_col_hi": """
-__forceinline__ __device__ int sprnn_col_hi(int w) {
-  int c;
-  asm volatile("shr.u32 %0, %1, 16;" : "=r"(c) : "r"(w));
-  return c;
-}
-""",
     "sprnn_ready16": f"""
 __forceinline__ __device__ int sprnn_ready16(const void* p) {{
   const volatile int* q = reinterpret_cast<const volatile int*>(p);
@@ -104,6 +76,32 @@ __forceinline__ __device__ int sprnn_ready16(const void* p) {{
 }}
 """,
 }
+
+
+def _unpack_helper(name: str, ctype: str, constraint: str, asm: str) -> str:
+    """A device function ``ctype name(int w)`` running ``asm`` (``%0`` result, ``%1`` ``w``).
+
+    ``asm volatile``, so nvcc cannot hoist the unpacking of register-resident pairs out of the
+    time loop (see the module docstring).
+    """
+    return f"""
+__forceinline__ __device__ {ctype} {name}(int w) {{
+  {ctype} r;
+  asm volatile("{asm}" : "={constraint}"(r) : "r"(w));
+  return r;
+}}
+"""
+
+
+_HALF = "{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, "
+_HELPERS.update(
+    {
+        "sprnn_half_lo": _unpack_helper("sprnn_half_lo", "float", "f", _HALF + "l; }"),
+        "sprnn_half_hi": _unpack_helper("sprnn_half_hi", "float", "f", _HALF + "h; }"),
+        "sprnn_col_lo": _unpack_helper("sprnn_col_lo", "int", "r", "and.b32 %0, %1, 65535;"),
+        "sprnn_col_hi": _unpack_helper("sprnn_col_hi", "int", "r", "shr.u32 %0, %1, 16;"),
+    }
+)
 
 
 def _call(name: str, *args: object, ret: str = "void") -> tirx.PrimExpr:
@@ -289,25 +287,22 @@ def make_persistent_kernel(
             return wi[rr * NIW + PK * m + k]
         return _call("sprnn_col_hi" if k else "sprnn_col_lo", wi[rr * NIW + m], ret="int32")
 
-    def h_load(h_sh, t, wi, rr, m, k, bc, v, bi):
-        return h_sh[(t % NBUF) * SMEM + bc * SBC + column(wi, rr, m, k) * SC + v * VW + bi]
-
     @T.macro
-    def pair(acc, a0, hb, wv, wi, h_sh, t, rr, m, k, bc):
+    def pair(acc, a0, hb, h_sh, t, bc, val, col, staged):
+        # acc[a0 + b] += val * h_{t-1}[col, b] for the samples of pass bc
         for v in T.unroll(NVS):
-            if H16:
-                # One vector load of VW halves, then scalar fp32 math (a broadcast of the
-                # unpacked weight to 8 float lanes is not valid TVM CUDA codegen).
+            if staged:
+                # One vector load of VW elements into hb, then scalar fp32 math (fp16: a
+                # broadcast of the unpacked weight to 8 float lanes is not valid TVM CUDA code).
                 for bi in T.vectorized(VW):
-                    hb[bi] = h_load(h_sh, t, wi, rr, m, k, bc, v, bi)
+                    hb[bi] = h_sh[(t % NBUF) * SMEM + bc * SBC + col * SC + v * VW + bi]
                 for bi in T.unroll(VW):
-                    acc[a0 + v * VW + bi] = acc[a0 + v * VW + bi] + value(wv, rr, m, k) * f32(
-                        hb[bi]
-                    )
+                    acc[a0 + v * VW + bi] = acc[a0 + v * VW + bi] + val * f32(hb[bi])
             else:
                 for bi in T.vectorized(VW):
-                    acc[a0 + v * VW + bi] = acc[a0 + v * VW + bi] + value(wv, rr, m, k) * (
-                        h_load(h_sh, t, wi, rr, m, k, bc, v, bi)
+                    acc[a0 + v * VW + bi] = (
+                        acc[a0 + v * VW + bi]
+                        + val * (h_sh[(t % NBUF) * SMEM + bc * SBC + col * SC + v * VW + bi])
                     )
 
     def smem_word(w_sh, rr, j, tx, w):
@@ -323,18 +318,6 @@ def make_persistent_kernel(
         if H16:
             return _call("sprnn_col_hi", smem_word(w_sh, rr, j, tx, 0), ret="int32")
         return smem_word(w_sh, rr, j, tx, 1)
-
-    @T.macro
-    def smem_pair(acc, a0, hb, w_sh, h_sh, t, rr, j, bc, tx):
-        for v in T.unroll(NVS):
-            for bi in T.vectorized(VW):
-                hb[bi] = h_sh[
-                    (t % NBUF) * SMEM + bc * SBC + smem_column(w_sh, rr, j, tx) * SC + v * VW + bi
-                ]
-            for bi in T.unroll(VW):
-                acc[a0 + v * VW + bi] = acc[a0 + v * VW + bi] + smem_value(w_sh, rr, j, tx) * f32(
-                    hb[bi]
-                )
 
     @T.prim_func
     def main(
@@ -449,11 +432,41 @@ def make_persistent_kernel(
                                 for b in T.unroll(BW):
                                     acc[g * BW + b] = T.float32(0)
                                 for m in T.unroll(NZR // PK):
-                                    pair(acc, g * BW, hb, wv, wi, h_sh, t, ui * G + g, m, 0, bc)
+                                    pair(
+                                        acc,
+                                        g * BW,
+                                        hb,
+                                        h_sh,
+                                        t,
+                                        bc,
+                                        value(wv, ui * G + g, m, 0),
+                                        column(wi, ui * G + g, m, 0),
+                                        H16,
+                                    )
                                     if PK == 2:
-                                        pair(acc, g * BW, hb, wv, wi, h_sh, t, ui * G + g, m, 1, bc)
+                                        pair(
+                                            acc,
+                                            g * BW,
+                                            hb,
+                                            h_sh,
+                                            t,
+                                            bc,
+                                            value(wv, ui * G + g, m, 1),
+                                            column(wi, ui * G + g, m, 1),
+                                            H16,
+                                        )
                                 for j in T.unroll(NZS):
-                                    smem_pair(acc, g * BW, hb, w_sh, h_sh, t, ui * G + g, j, bc, tx)
+                                    pair(
+                                        acc,
+                                        g * BW,
+                                        hb,
+                                        h_sh,
+                                        t,
+                                        bc,
+                                        smem_value(w_sh, ui * G + g, j, tx),
+                                        smem_column(w_sh, ui * G + g, j, tx),
+                                        True,
+                                    )
                             if KS > 1:
                                 for k in T.unroll(G * BW):
                                     acc[k] = T.cuda.warp_sum(acc[k], KS)
