@@ -168,3 +168,12 @@ def test_most_copy_chunks_builds() -> None:
     assert 28 <= plan.copy_chunks <= MAX_COPY_CHUNKS
     src = cuda_source(build_kernel(plan, "tanh", "flag", True, CUDA))
     assert f"(~{1 << (plan.copy_chunks - 1)})" in src
+
+
+@pytest.mark.parametrize("vector", [True, False])
+def test_half_h_is_stored_in_whole_words(vector: bool) -> None:
+    """The flag barrier tests 32-bit words of h: fp16 samples must not be stored one by one."""
+    plan = plan_persistent(hidden=1024, max_row_nnz=110, batch=16, dtype="float16")
+    src = cuda_source(build_kernel(plan, "tanh", "flag", vector, CUDA))
+    assert not re.search(r"[^_]out_ptr\[[^]]*\] = \(\(half\)", src)  # no 2-byte store of h
+    assert re.search(r"\*\(uint4\*\)\(out_ptr \+", src)  # 8 halves per store

@@ -485,11 +485,11 @@ def make_persistent_kernel(
                                             f32(h_sh[h_elem(t, unit(bx, tx, ui), bc * BW + b)]),
                                             b,
                                         )
-                                    for v in T.unroll(NVS):
-                                        for bi in T.vectorized(VW):
-                                            out[t, unit(bx, tx, ui), bc * BW + v * VW + bi] = to_dt(
-                                                hv[v * VW + bi]
-                                            )
+                                    # one vector store per pass, whatever the load width: the
+                                    # flag barrier checks 32-bit words, so two fp16 samples of
+                                    # a word must land together
+                                    for bi in T.vectorized(BW):
+                                        out[t, unit(bx, tx, ui), bc * BW + bi] = to_dt(hv[bi])
                     if FLAG:
                         if NBUF == 1:  # the next copy overwrites the buffer read now
                             T.cuda.cta_sync()
