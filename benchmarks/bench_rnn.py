@@ -71,7 +71,7 @@ def random_recurrent(hidden: int, density: float, seed: int = 0) -> sp.csr_array
 
 def _candidates(R: sp.csr_array, batch: int, count: int) -> list:
     """The planner's best geometry per lanes-per-row, ``count`` of them, best first."""
-    from tvm_sparse_rnn.rnn.planner import candidate_plans, row_lengths
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import candidate_plans, row_lengths
 
     lengths = row_lengths(R)
     seen, out = set(), []
@@ -171,9 +171,9 @@ def _reference(R: sp.csr_array, U: np.ndarray, h0: np.ndarray) -> np.ndarray:
 def run(args: argparse.Namespace) -> dict:
     import tvm
 
-    from tvm_sparse_rnn.rnn.bank_conflicts import conflicts_per_step
-    from tvm_sparse_rnn.rnn.packing import pack
-    from tvm_sparse_rnn.rnn.persistent import PersistentRNN, build_kernel, prebuild
+    from tvm_sparse_rnn.kernels.cuda.persistent.bank_conflicts import conflicts_per_step
+    from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack
+    from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel, prebuild
 
     sweeps = {k: v[:2] for k, v in SWEEPS.items()} if args.quick else SWEEPS
     cases = sorted({c for v in sweeps.values() for c in v} | set(ABLATION_CASES))
@@ -252,8 +252,8 @@ def ncu_case(order: str) -> None:
     """One T=256 run of H=1152/B=8/23% (grid barrier) with ``order``, for ncu."""
     import tvm
 
-    from tvm_sparse_rnn.rnn.packing import pack
-    from tvm_sparse_rnn.rnn.persistent import PersistentRNN, build_kernel
+    from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack
+    from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel
 
     R = random_recurrent(1152, 0.23)
     plan = _candidates(R, 8, 1)[0]

@@ -56,8 +56,8 @@ def _weights(cell: str, hidden: int, dtype: str) -> dict[str, np.ndarray]:
 
 def _plans(R, cell: str, batch: int, dtype: str, count: int) -> list:
     """The planner's best geometry per lanes-per-row, ``count`` of them (or the fallback)."""
-    from tvm_sparse_rnn.rnn.packing import unit_major
-    from tvm_sparse_rnn.rnn.planner import CELL_GATES, candidate_plans, plan_persistent, row_lengths
+    from tvm_sparse_rnn.kernels.cuda.persistent.packing import unit_major
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import CELL_GATES, candidate_plans, plan_persistent, row_lengths
 
     gates = CELL_GATES[cell]
     longest = int(row_lengths(R).max())
@@ -71,9 +71,9 @@ def _plans(R, cell: str, batch: int, dtype: str, count: int) -> list:
 
 def _check(rnn, cell: str, w: dict, batch: int, hidden: int) -> float:
     """Max |error| of a short run against the float64 ONNX reference."""
-    from tvm_sparse_rnn.rnn.cells import CellConfig
-    from tvm_sparse_rnn.rnn.persistent import split_onnx_bias
-    from tvm_sparse_rnn.rnn.reference import recurrent_sequence_reference
+    from tvm_sparse_rnn.ops.cells import CellConfig
+    from tvm_sparse_rnn.runtime.persistent import split_onnx_bias
+    from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
 
     G = rnn.plan.gates
     rng = np.random.default_rng(2)
@@ -131,9 +131,9 @@ def _torch_baselines(cell: str, hidden: int, batch: int) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict:
     import tvm
 
-    from tvm_sparse_rnn.rnn.packing import pack, unit_major
-    from tvm_sparse_rnn.rnn.persistent import PersistentRNN, build_kernel, prebuild
-    from tvm_sparse_rnn.rnn.planner import CELL_GATES, default_knobs
+    from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, unit_major
+    from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel, prebuild
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import CELL_GATES, default_knobs
 
     hiddens = HIDDEN[:1] if args.quick else HIDDEN
     cases = [*itertools.product(CELLS, DTYPES, hiddens, BATCH), CAPACITY_CASE]

@@ -48,9 +48,9 @@ from common import (
 )
 
 from tvm_sparse_rnn.cpu_threads import pool_threads
-from tvm_sparse_rnn.rnn.cells import CellConfig, gru_gates, gru_output, lstm_cell, rnn_cell
-from tvm_sparse_rnn.rnn.reference import NumpyOps, recurrent_sequence_reference
-from tvm_sparse_rnn.rnn.sequence import RecurrentWeights, build_recurrent_sequence
+from tvm_sparse_rnn.ops.cells import CellConfig, gru_gates, gru_output, lstm_cell, rnn_cell
+from tvm_sparse_rnn.ops.reference import NumpyOps, recurrent_sequence_reference
+from tvm_sparse_rnn.runtime.sequence import RecurrentWeights, build_recurrent_sequence
 from tvm_sparse_rnn.testing import (
     TOLERANCES,
     random_recurrent_weights,

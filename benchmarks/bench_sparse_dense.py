@@ -46,7 +46,7 @@ from common import (
     write_json,
 )
 
-from tvm_sparse_rnn.sparse_dense import build_sparse_dense
+from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense
 from tvm_sparse_rnn.testing import TOLERANCES, random_bsr, reference_sparse_dense
 
 logger = logging.getLogger("bench_sparse_dense")
@@ -183,7 +183,7 @@ def run_gpu_case(case: Case, seed: int) -> dict[str, Any]:
 
 def sweep_gpu_configs() -> list[dict[str, Any]]:
     """Time the CUDA kernel over a small grid of knob values (guides the shipped defaults)."""
-    from tvm_sparse_rnn.schedule.sparse_dense_cuda import CudaConfig
+    from tvm_sparse_rnn.kernels.cuda.sparse_dense import CudaConfig
 
     rows = []
     for block in ((1, 16), (4, 4)):

@@ -35,11 +35,11 @@ import numpy as np
 import tvm
 from common import RESULTS_DIR, device_info, format_table, median, plot_speedups, write_json
 
-from tvm_sparse_rnn.rnn.cells import CellConfig
-from tvm_sparse_rnn.rnn.kernel_x86 import pack_weight
-from tvm_sparse_rnn.rnn.packing import pack, unit_major
-from tvm_sparse_rnn.rnn.persistent import PersistentRNN, build_kernel
-from tvm_sparse_rnn.sparse_dense import build_sparse_dense, tune_task
+from tvm_sparse_rnn.ops.cells import CellConfig
+from tvm_sparse_rnn.kernels.x86.recurrent import pack_weight
+from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, unit_major
+from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel
+from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense, tune_task
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import random_bsr, random_recurrent_weights
 from tvm_sparse_rnn.tuning.database import device_tag

@@ -30,8 +30,8 @@ from tvm_sparse_rnn.cli.bench import describe_host
 from tvm_sparse_rnn.cli.table import format_table
 from tvm_sparse_rnn.compile import build
 from tvm_sparse_rnn.demo import pruned_weight
-from tvm_sparse_rnn.sparse_dense import build_sparse_dense
-from tvm_sparse_rnn.transform.block_size import block_stats, cost_params
+from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense
+from tvm_sparse_rnn.transform.dispatch.cost_model import block_stats, cost_params
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 BLOCKS = ((1, 1), (1, 4), (2, 2), (1, 8), (8, 1), (1, 16), (4, 4), (16, 1), (8, 8))

@@ -11,7 +11,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm_sparse_rnn.bsr import BSRWeight
 from tvm_sparse_rnn.demo import pruned_weight
 from tvm_sparse_rnn.errors import UnsupportedError
-from tvm_sparse_rnn.sparse_dense import emit_sparse_dense
+from tvm_sparse_rnn.runtime.sparse_dense import emit_sparse_dense
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import TOLERANCES
 from tvm_sparse_rnn.transform import (
@@ -21,7 +21,7 @@ from tvm_sparse_rnn.transform import (
     cpu_pipeline,
     plan_layer,
 )
-from tvm_sparse_rnn.transform.block_size import CostParams, block_stats, parse_block_size
+from tvm_sparse_rnn.transform.dispatch.cost_model import CostParams, block_stats, parse_block_size
 
 LLVM = resolve_target("llvm")
 #: The llvm rule without its per-kernel overhead, so that small test layers are judged by their

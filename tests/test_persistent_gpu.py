@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tvm_sparse_rnn.rnn.cells import CellConfig
-from tvm_sparse_rnn.rnn.packing import pack, unit_major
-from tvm_sparse_rnn.rnn.planner import CELL_GATES, plan_persistent
-from tvm_sparse_rnn.rnn.reference import recurrent_sequence_reference
+from tvm_sparse_rnn.ops.cells import CellConfig
+from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, unit_major
+from tvm_sparse_rnn.kernels.cuda.persistent.planner import CELL_GATES, plan_persistent
+from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
 from tvm_sparse_rnn.testing import TOLERANCES, random_recurrent_weights
 
 pytestmark = pytest.mark.gpu
@@ -66,7 +66,7 @@ def reference(R: sp.csr_array, U: np.ndarray, h0: np.ndarray, activation: str) -
 @pytest.fixture(scope="session")
 def build_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Compile every kernel of the sweep in parallel (16 CPU cores on the GPU machine)."""
-    from tvm_sparse_rnn.rnn.persistent import prebuild
+    from tvm_sparse_rnn.runtime.persistent import prebuild
 
     cache = tmp_path_factory.mktemp("sprnn_build")
     specs = [
@@ -111,7 +111,7 @@ def test_persistent_matches_numpy(
 ) -> None:
     import tvm
 
-    from tvm_sparse_rnn.rnn.persistent import PersistentRNN, build_kernel
+    from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel
 
     plan, packed = _packed(hidden, batch, density)
     module = build_kernel(plan, activation, barrier, True, "cuda", build_cache)
@@ -130,8 +130,8 @@ def test_input_projection_and_fallback(build_cache: str) -> None:
     """X + W path (one GEMM before the loop) and the per-step fallback give the same numbers."""
     import dataclasses
 
-    from tvm_sparse_rnn.rnn.persistent import build_persistent_rnn
-    from tvm_sparse_rnn.rnn.planner import H100
+    from tvm_sparse_rnn.runtime.persistent import build_persistent_rnn
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import H100
 
     R = recurrent_weight(1152, 0.10)
     rng = np.random.default_rng(3)
@@ -160,7 +160,7 @@ def test_gated_cells_and_half_match_reference(
 ) -> None:
     import tvm
 
-    from tvm_sparse_rnn.rnn.persistent import PersistentRNN, build_kernel
+    from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel
 
     w, packed = _gated(cell, dtype, hidden, batch)
     plan = packed.plan
@@ -189,7 +189,7 @@ def test_shared_memory_pairs_match_reference(
 
     import tvm
 
-    from tvm_sparse_rnn.rnn.persistent import PersistentRNN, build_kernel
+    from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel
 
     w, packed = _gated(cell, dtype, hidden, batch)
     plan = dataclasses.replace(packed.plan, smem_pairs=packed.plan.smem_pairs + extra)
@@ -202,7 +202,7 @@ def test_shared_memory_pairs_match_reference(
 
 def _check_against_reference(rnn, cell: str, w: dict, steps: int) -> None:
     """``rnn.run`` on random inputs and states vs the float64 ONNX reference."""
-    from tvm_sparse_rnn.rnn.persistent import split_onnx_bias
+    from tvm_sparse_rnn.runtime.persistent import split_onnx_bias
 
     plan = rnn.plan
     G, hidden, batch = plan.gates, plan.hidden, plan.batch
@@ -226,8 +226,8 @@ def test_gated_per_step_fallback() -> None:
     """LSTM and GRU in fp16 on the per-step kernel (weights do not fit a 2-SM device)."""
     import dataclasses
 
-    from tvm_sparse_rnn.rnn.persistent import build_persistent_rnn, split_onnx_bias
-    from tvm_sparse_rnn.rnn.planner import H100
+    from tvm_sparse_rnn.runtime.persistent import build_persistent_rnn, split_onnx_bias
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import H100
 
     tiny = dataclasses.replace(H100, num_sms=2)
     rng = np.random.default_rng(5)
@@ -250,7 +250,7 @@ def test_gated_per_step_fallback() -> None:
 @pytest.mark.parametrize("cell", ["tanh", "gru", "lstm"])
 def test_half_matches_onnxruntime(cell: str) -> None:
     """fp16 kernel vs onnxruntime (fp32, on the fp16-rounded weights and inputs), 1e-2."""
-    from tvm_sparse_rnn.rnn.persistent import build_persistent_rnn, split_onnx_bias
+    from tvm_sparse_rnn.runtime.persistent import build_persistent_rnn, split_onnx_bias
     from tvm_sparse_rnn.testing import recurrent_onnxruntime
 
     hidden, batch, steps = 1024, 4, 32

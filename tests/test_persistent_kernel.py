@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tvm_sparse_rnn.rnn.kernel_cuda import SENTINEL_BITS, make_persistent_kernel
-from tvm_sparse_rnn.rnn.persistent import build_kernel, cuda_source, persistent_prim_func
-from tvm_sparse_rnn.rnn.planner import plan_persistent
+from tvm_sparse_rnn.kernels.cuda.persistent.kernel import SENTINEL_BITS, make_persistent_kernel
+from tvm_sparse_rnn.runtime.persistent import build_kernel, cuda_source, persistent_prim_func
+from tvm_sparse_rnn.kernels.cuda.persistent.planner import plan_persistent
 
 CUDA = {"kind": "cuda", "arch": "sm_90a"}
 
@@ -162,7 +162,7 @@ def test_no_register_spills(
 
 def test_most_copy_chunks_builds() -> None:
     """The flag barrier's pending-chunk bit mask holds the planner's largest per-thread copy."""
-    from tvm_sparse_rnn.rnn.planner import MAX_COPY_CHUNKS, candidate_plans
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import MAX_COPY_CHUNKS, candidate_plans
 
     plan = max(candidate_plans(5760, 300, 4), key=lambda p: p.copy_chunks)
     assert 28 <= plan.copy_chunks <= MAX_COPY_CHUNKS

@@ -10,10 +10,10 @@ import pytest
 import scipy.sparse as sp
 
 from tvm_sparse_rnn.errors import CapacityError, UnsupportedError
-from tvm_sparse_rnn.rnn.bank_conflicts import conflicts_per_step, count_wavefronts
-from tvm_sparse_rnn.rnn.layout import smem_access
-from tvm_sparse_rnn.rnn.packing import pack
-from tvm_sparse_rnn.rnn.planner import H100, max_hidden, plan_persistent
+from tvm_sparse_rnn.kernels.cuda.persistent.bank_conflicts import conflicts_per_step, count_wavefronts
+from tvm_sparse_rnn.kernels.cuda.persistent.layout import smem_access
+from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack
+from tvm_sparse_rnn.kernels.cuda.persistent.planner import H100, max_hidden, plan_persistent
 
 
 def random_r(hidden: int, density: float, seed: int = 0) -> sp.csr_array:
@@ -179,7 +179,7 @@ def test_planner_fallback_and_chunks() -> None:
 
 
 def test_default_knobs_follow_h100_measurements() -> None:
-    from tvm_sparse_rnn.rnn.planner import default_knobs
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import default_knobs
 
     def plan(hidden: int, batch: int, longest: int):
         return plan_persistent(hidden=hidden, max_row_nnz=longest, batch=batch)

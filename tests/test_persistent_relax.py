@@ -21,9 +21,9 @@ from tvm.support import nvcc
 
 from tvm_sparse_rnn.compile import build
 from tvm_sparse_rnn.frontend.onnx import from_onnx
-from tvm_sparse_rnn.rnn.cells import CellConfig
-from tvm_sparse_rnn.rnn.persistent_relax import full_lengths, persistent_rnn_plan
-from tvm_sparse_rnn.rnn.sequence import DEFAULT_DENSITY_THRESHOLD
+from tvm_sparse_rnn.ops.cells import CellConfig
+from tvm_sparse_rnn.transform.dispatch.recurrent_persistent import full_lengths, persistent_rnn_plan
+from tvm_sparse_rnn.runtime.sequence import DEFAULT_DENSITY_THRESHOLD
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import (
     random_recurrent_weights,

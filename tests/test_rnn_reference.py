@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tvm_sparse_rnn.errors import UnsupportedError
-from tvm_sparse_rnn.rnn.cells import CellConfig
-from tvm_sparse_rnn.rnn.reference import recurrent_sequence_reference
+from tvm_sparse_rnn.ops.cells import CellConfig
+from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
 from tvm_sparse_rnn.testing import random_recurrent_weights, recurrent_onnxruntime
 
 T, N, IN, H = 5, 3, 6, 8

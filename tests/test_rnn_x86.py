@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tvm_sparse_rnn.rnn.cells import CellConfig
-from tvm_sparse_rnn.rnn.kernel_x86 import (
+from tvm_sparse_rnn.ops.cells import CellConfig
+from tvm_sparse_rnn.kernels.x86.recurrent import (
     UNROLL,
     RecurrentConfig,
     pack_weight,
@@ -15,8 +15,8 @@ from tvm_sparse_rnn.rnn.kernel_x86 import (
     recurrent_prim_func,
     unit_major_order,
 )
-from tvm_sparse_rnn.rnn.reference import recurrent_sequence_reference
-from tvm_sparse_rnn.rnn.sequence import RecurrentWeights, build_recurrent_sequence
+from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
+from tvm_sparse_rnn.runtime.sequence import RecurrentWeights, build_recurrent_sequence
 from tvm_sparse_rnn.testing import TOLERANCES, random_recurrent_weights
 
 RTOL, ATOL = TOLERANCES["float32"]

@@ -13,13 +13,13 @@ from tvm import relax, s_tir, tirx
 
 from tvm_sparse_rnn.errors import UnsupportedError
 from tvm_sparse_rnn.ops.sparse_dense import sparse_dense_prim_func
-from tvm_sparse_rnn.schedule.sparse_dense_x86 import (
+from tvm_sparse_rnn.kernels.x86.sparse_dense import (
     KNOB_CHOICES,
     LANES,
     X86Config,
     schedule_sparse_dense_x86,
 )
-from tvm_sparse_rnn.sparse_dense import (
+from tvm_sparse_rnn.runtime.sparse_dense import (
     build_sparse_dense,
     emit_sparse_dense,
     sparse_dense_func,

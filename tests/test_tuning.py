@@ -15,12 +15,13 @@ import pytest
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
-from tvm_sparse_rnn.rnn.cells import CellConfig
-from tvm_sparse_rnn.rnn.kernel_x86 import pack_weight
-from tvm_sparse_rnn.rnn.reference import recurrent_sequence_reference
-from tvm_sparse_rnn.rnn.sequence import RecurrentWeights, build_recurrent_sequence
-from tvm_sparse_rnn.schedule import sparse_dense_cuda, sparse_dense_x86
-from tvm_sparse_rnn.sparse_dense import build_sparse_dense, tune_task
+from tvm_sparse_rnn.ops.cells import CellConfig
+from tvm_sparse_rnn.kernels.x86.recurrent import pack_weight
+from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
+from tvm_sparse_rnn.runtime.sequence import RecurrentWeights, build_recurrent_sequence
+from tvm_sparse_rnn.kernels.cuda import sparse_dense as sparse_dense_cuda
+from tvm_sparse_rnn.kernels.x86 import sparse_dense as sparse_dense_x86
+from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense, tune_task
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import (
     TOLERANCES,

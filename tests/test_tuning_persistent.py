@@ -13,8 +13,8 @@ import pytest
 from tvm import s_tir, tirx
 from tvm.s_tir import meta_schedule as ms
 
-from tvm_sparse_rnn.rnn.packing import pack, unit_major
-from tvm_sparse_rnn.rnn.planner import CELL_GATES, default_knobs, plan_persistent
+from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, unit_major
+from tvm_sparse_rnn.kernels.cuda.persistent.planner import CELL_GATES, default_knobs, plan_persistent
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import random_recurrent_weights
 from tvm_sparse_rnn.tuning.database import open_database
@@ -197,9 +197,9 @@ def test_tiny_tuning_run_matches_default_and_reference(tmp_path: Path) -> None:
     float64 ONNX reference."""
     import tvm
 
-    from tvm_sparse_rnn.rnn.cells import CellConfig
-    from tvm_sparse_rnn.rnn.persistent import PersistentRNN, build_kernel, split_onnx_bias
-    from tvm_sparse_rnn.rnn.reference import recurrent_sequence_reference
+    from tvm_sparse_rnn.ops.cells import CellConfig
+    from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel, split_onnx_bias
+    from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
     from tvm_sparse_rnn.tuning.tune import tune
 
     cell, hidden, batch, steps = "lstm", 256, 4, 7

@@ -27,9 +27,9 @@ from .errors import (
     TuningError,
     UnsupportedError,
 )
-from .rnn.cells import CellConfig
-from .rnn.sequence import RecurrentWeights, build_recurrent_sequence
-from .sparse_dense import (
+from .ops.cells import CellConfig
+from .runtime.sequence import RecurrentWeights, build_recurrent_sequence
+from .runtime.sparse_dense import (
     SparseDenseKernel,
     build_sparse_dense,
     emit_sparse_dense,

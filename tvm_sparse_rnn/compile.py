@@ -32,10 +32,10 @@ from tvm.target import Target
 
 from .errors import ModelError
 from .frontend.onnx import TensorSpec, from_onnx, import_relax, load_onnx, model_signature
-from .rnn.persistent_relax import tir_pipeline
+from .transform.dispatch.recurrent_persistent import tir_pipeline
 from .target import is_cuda, resolve_target
-from .transform.block_size import DEFAULT_CANDIDATES, CostParams
-from .transform.schedule_dense import cpu_pipeline
+from .transform.dispatch.cost_model import DEFAULT_CANDIDATES, CostParams
+from .kernels.x86.dense import cpu_pipeline
 from .tuning.lookup import use_tuning_logs
 
 logger = logging.getLogger(__name__)

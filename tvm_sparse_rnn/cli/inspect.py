@@ -10,8 +10,8 @@ import onnx
 from onnx import numpy_helper
 
 from ..frontend.onnx import analyze_onnx, load_onnx, model_signature
-from ..rnn.packing import unit_major
-from ..rnn.planner import plan_persistent
+from ..kernels.cuda.persistent.packing import unit_major
+from ..kernels.cuda.persistent.planner import plan_persistent
 from .options import add_compile_options, shape_dict
 from .table import format_table
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..transform.block_size import parse_block_size
+from ..transform.dispatch.cost_model import parse_block_size
 
 
 def unit_fraction(text: str) -> float:

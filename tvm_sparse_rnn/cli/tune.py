@@ -15,13 +15,13 @@ import logging
 import sys
 from pathlib import Path
 
-from ..rnn.cells import CellConfig
-from ..rnn.kernel_x86 import pack_weight
-from ..rnn.sequence import DEFAULT_DENSITY_THRESHOLD
-from ..sparse_dense import tune_task
+from ..ops.cells import CellConfig
+from ..kernels.x86.recurrent import pack_weight
+from ..runtime.sequence import DEFAULT_DENSITY_THRESHOLD
+from ..runtime.sparse_dense import tune_task
 from ..target import resolve_target
 from ..testing import random_bsr, random_recurrent_weights
-from ..transform.block_size import parse_block_size
+from ..transform.dispatch.cost_model import parse_block_size
 from ..tuning.database import default_work_dir
 from ..tuning.lookup import collect_tasks
 from ..tuning.persistent_space import persistent_tune_task

@@ -25,7 +25,7 @@ from tvm.target import Target
 from ..errors import ModelError, SparseRNNError, UnsupportedError
 from ..target import resolve_target
 from ..transform import DenseLayer, DenseToSparse
-from ..transform.block_size import DEFAULT_CANDIDATES, CostParams
+from ..transform.dispatch.cost_model import DEFAULT_CANDIDATES, CostParams
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend as _of
 
 from ..errors import ModelError, UnsupportedError
-from ..rnn.cells import CellConfig
-from ..rnn.sequence import RecurrentWeights, emit_recurrent_sequence
+from ..ops.cells import CellConfig
+from ..runtime.sequence import RecurrentWeights, emit_recurrent_sequence
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Relax transformations: pruned dense layers into block-sparse kernels; CPU dense schedule."""
 
-from .block_size import (
+from .dispatch.cost_model import (
     COST_PARAMS,
     DEFAULT_CANDIDATES,
     BlockStats,
@@ -10,7 +10,7 @@ from .block_size import (
     plan_layer,
 )
 from .dense_to_sparse import DenseLayer, DenseToSparse
-from .schedule_dense import ScheduleDenseCPU, cpu_pipeline
+from ..kernels.x86.dense import ScheduleDenseCPU, cpu_pipeline
 
 __all__ = [
     "COST_PARAMS",

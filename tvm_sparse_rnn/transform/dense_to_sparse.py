@@ -39,9 +39,9 @@ from tvm.target import Target
 
 from ..bsr import SUPPORTED_DTYPES, BSRWeight
 from ..errors import UnsupportedError
-from ..sparse_dense import emit_sparse_dense
+from ..runtime.sparse_dense import emit_sparse_dense
 from ..target import resolve_target
-from .block_size import DEFAULT_CANDIDATES, CostParams, LayerPlan, plan_layer
+from .dispatch.cost_model import DEFAULT_CANDIDATES, CostParams, LayerPlan, plan_layer
 
 logger = logging.getLogger(__name__)
 

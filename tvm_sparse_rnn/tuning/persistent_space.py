@@ -53,10 +53,10 @@ import scipy.sparse as sp
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from ..rnn import cuda_pipeline
-from ..rnn.kernel_cuda import make_persistent_kernel
-from ..rnn.packing import PackedWeights, pack, unit_major
-from ..rnn.planner import (
+from ..kernels.cuda.persistent import cooperative as cuda_pipeline
+from ..kernels.cuda.persistent.kernel import make_persistent_kernel
+from ..kernels.cuda.persistent.packing import PackedWeights, pack, unit_major
+from ..kernels.cuda.persistent.planner import (
     BARRIERS,
     CELL_GATES,
     H100,

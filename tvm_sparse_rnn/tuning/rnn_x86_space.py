@@ -27,8 +27,8 @@ import numpy as np
 from tvm import s_tir, tirx
 
 from ..cpu_threads import pool_threads
-from ..rnn.cells import CellConfig
-from ..rnn.kernel_x86 import (
+from ..ops.cells import CellConfig
+from ..kernels.x86.recurrent import (
     PackedLayout,
     PackedWeight,
     RecurrentConfig,

@@ -54,7 +54,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T  # noqa: N812 - TVMScript convention
 
-from .cells import CellConfig, gru_gates, gru_output, lstm_cell, rnn_cell
+from ...ops.cells import CellConfig, gru_gates, gru_output, lstm_cell, rnn_cell
 
 logger = logging.getLogger(__name__)
 
@@ -421,7 +421,7 @@ def recurrent_prim_func(
         raise ValueError(f"R is packed as {packed.shape} rows of {packed.row_multiple}")
     if config is None:
         # imported here: the tuning space builds its kernels with this function
-        from ..tuning.rnn_x86_space import resolve_recurrent_config
+        from ...tuning.rnn_x86_space import resolve_recurrent_config
 
         config = resolve_recurrent_config(cfg, direction, seq_len, batch, packed)
     acc_n, spl = config.accumulators, config.steps_per_launch
@@ -429,7 +429,7 @@ def recurrent_prim_func(
         raise ValueError(f"accumulators={acc_n} must divide the row multiple {UNROLL}")
     if config.threads < 1 or spl < 1 or seq_len % spl:
         raise ValueError(f"steps_per_launch={spl} must divide T={seq_len}; threads >= 1")
-    lstm = cfg.cell.has_cell_state
+    lstm = cfg.kind.has_cell_state
     region, phase, loop = _parallel_region(config.threads)
     ops = TirOps()
     zero = tirx.const(0.0, _F32)

@@ -48,14 +48,14 @@ import tvm
 from tvm import relax
 from tvm.target import Target
 
-from ..errors import CapacityError
-from ..target import is_cuda
-from ..tuning.persistent_space import tuned_persistent_config
-from . import cuda_pipeline
-from .cells import CellConfig
-from .packing import unit_major
-from .persistent import persistent_prim_func, split_onnx_bias
-from .planner import CELL_GATES, PersistentPlan, plan_persistent
+from ...errors import CapacityError
+from ...target import is_cuda
+from ...tuning.persistent_space import tuned_persistent_config
+from ...kernels.cuda.persistent import cooperative as cuda_pipeline
+from ...ops.cells import CellConfig
+from ...kernels.cuda.persistent.packing import unit_major
+from ...runtime.persistent import persistent_prim_func, split_onnx_bias
+from ...kernels.cuda.persistent.planner import CELL_GATES, PersistentPlan, plan_persistent
 
 logger = logging.getLogger(__name__)
 

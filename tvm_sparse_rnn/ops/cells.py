@@ -25,62 +25,93 @@ activation, as onnxruntime does.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import UnsupportedError
 
 logger = logging.getLogger(__name__)
 
-#: Activations supported in every implementation (ONNX names, no alpha/beta parameters).
-SUPPORTED_ACTIVATIONS = ("Sigmoid", "Tanh", "Relu")
+class Activation(str, enum.Enum):
+    """ONNX activation names this package implements (no alpha/beta parameters)."""
+
+    SIGMOID = "Sigmoid"
+    TANH = "Tanh"
+    RELU = "Relu"
 
 
-@dataclass(frozen=True)
-class CellKind:
-    """Static description of one ONNX recurrent cell type.
+class CellType(str, enum.Enum):
+    """An ONNX recurrent operator: its gates (ONNX storage order) and defaults.
 
-    Parameters
-    ----------
-    name : str
-        ONNX operator name: ``"RNN"``, ``"GRU"`` or ``"LSTM"``.
-    gates : tuple of str
-        Gate names in ONNX storage order (rows of ``W``/``R`` are ``[gate0; gate1; ...]``).
-    default_activations : tuple of str
-        Activations of one direction when the attribute is absent.
-    has_cell_state : bool
-        Whether the cell carries ``c`` (LSTM) besides ``h``.
+    The one table of gate counts in the package: every kernel reads ``num_gates`` from here.
     """
 
-    name: str
-    gates: tuple[str, ...]
-    default_activations: tuple[str, ...]
-    has_cell_state: bool = False
+    RNN = "RNN"
+    GRU = "GRU"
+    LSTM = "LSTM"
+
+    @property
+    def gates(self) -> tuple[str, ...]:
+        """Gate names in ONNX storage order (rows of ``W``/``R`` are ``[gate0; gate1; ...]``)."""
+        return {"RNN": ("i",), "GRU": ("z", "r", "h"), "LSTM": ("i", "o", "f", "c")}[self.value]
 
     @property
     def num_gates(self) -> int:
         """Number of gates ``G``; ``W`` is ``(G*H, I)`` and ``R`` is ``(G*H, H)`` per direction."""
         return len(self.gates)
 
+    @property
+    def default_activations(self) -> tuple[Activation, ...]:
+        """Activations of one direction when the ONNX attribute is absent."""
+        sig, tanh = Activation.SIGMOID, Activation.TANH
+        return {"RNN": (tanh,), "GRU": (sig, tanh), "LSTM": (sig, tanh, tanh)}[self.value]
 
-CELL_KINDS: dict[str, CellKind] = {
-    "RNN": CellKind("RNN", ("i",), ("Tanh",)),
-    "GRU": CellKind("GRU", ("z", "r", "h"), ("Sigmoid", "Tanh")),
-    "LSTM": CellKind("LSTM", ("i", "o", "f", "c"), ("Sigmoid", "Tanh", "Tanh"), True),
-}
+    @property
+    def has_cell_state(self) -> bool:
+        """Whether the cell carries ``c`` (LSTM) besides ``h``."""
+        return self is CellType.LSTM
+
+
+class PersistentCell(str, enum.Enum):
+    """The cells the persistent GPU kernel specializes on: a :class:`CellType` plus, for the
+    vanilla RNN, its activation (gated cells use the ONNX default activations, GRU with
+    ``linear_before_reset=1``)."""
+
+    TANH = "tanh"
+    RELU = "relu"
+    GRU = "gru"
+    LSTM = "lstm"
+
+    @property
+    def cell_type(self) -> CellType:
+        """The ONNX operator."""
+        return {"tanh": CellType.RNN, "relu": CellType.RNN}.get(self.value) or CellType(
+            self.value.upper()
+        )
+
+    @property
+    def gates(self) -> int:
+        """Rows of ``R`` per hidden unit (``G``)."""
+        return self.cell_type.num_gates
+
+
+#: Activations supported in every implementation (ONNX names, no alpha/beta parameters).
+SUPPORTED_ACTIVATIONS = tuple(a.value for a in Activation)
 
 DIRECTIONS = ("forward", "reverse", "bidirectional")
 
 
-def _canonical_activation(name: str) -> str:
-    for known in SUPPORTED_ACTIVATIONS:
-        if name.lower() == known.lower():
-            return known
-    raise UnsupportedError(
-        f"activation {name!r} is not supported; supported: {', '.join(SUPPORTED_ACTIVATIONS)}"
-    )
+def _activation(name: str) -> Activation:
+    """The activation of an ONNX name; names are case-sensitive, as onnxruntime reads them."""
+    try:
+        return Activation(name)
+    except ValueError:
+        raise UnsupportedError(
+            f"activation {name!r} is not supported; supported: {', '.join(SUPPORTED_ACTIVATIONS)}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -111,46 +142,47 @@ class CellConfig:
         For an unknown cell, direction or activation, or a wrong number of activations.
     """
 
-    kind: str
+    kind: CellType
     hidden_size: int
     direction: str = "forward"
-    activations: tuple[str, ...] | None = None
+    activations: tuple[Activation, ...] | None = None
     clip: float | None = None
     linear_before_reset: bool = False
     peepholes: bool = False
-    cell: CellKind = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in CELL_KINDS:
-            raise UnsupportedError(f"cell {self.kind!r} is not one of {sorted(CELL_KINDS)}")
-        cell = CELL_KINDS[self.kind]
+        try:
+            kind = CellType(self.kind)
+        except ValueError:
+            names = [c.value for c in CellType]
+            raise UnsupportedError(f"cell {self.kind!r} is not one of {names}") from None
         if self.direction not in DIRECTIONS:
             raise UnsupportedError(f"direction {self.direction!r} is not one of {DIRECTIONS}")
         if int(self.hidden_size) < 1:
             raise ValueError(f"hidden_size must be >= 1, got {self.hidden_size}")
-        n_slots = len(cell.default_activations) * self.num_directions
+        n_slots = len(kind.default_activations) * self.num_directions
         acts = self.activations
         if acts is None or len(acts) == 0:
-            acts = cell.default_activations * self.num_directions
-        elif len(acts) == len(cell.default_activations) and self.num_directions == 2:
+            acts = kind.default_activations * self.num_directions
+        elif len(acts) == len(kind.default_activations) and self.num_directions == 2:
             acts = tuple(acts) * 2  # onnxruntime also accepts one set for both directions
         if len(acts) != n_slots:
             raise UnsupportedError(
-                f"{self.kind} {self.direction} needs {n_slots} activations, got {len(acts)}: "
+                f"{kind.value} {self.direction} needs {n_slots} activations, got {len(acts)}: "
                 f"{list(acts)}"
             )
         if self.clip is not None and not float(self.clip) > 0:
             raise UnsupportedError(f"clip must be > 0, got {self.clip}")
-        if self.linear_before_reset and self.kind != "GRU":
-            raise UnsupportedError(f"linear_before_reset is a GRU attribute, not {self.kind}")
-        if self.peepholes and self.kind != "LSTM":
-            raise UnsupportedError(f"peepholes (P) are an LSTM input, not {self.kind}")
+        if self.linear_before_reset and kind is not CellType.GRU:
+            raise UnsupportedError(f"linear_before_reset is a GRU attribute, not {kind.value}")
+        if self.peepholes and kind is not CellType.LSTM:
+            raise UnsupportedError(f"peepholes (P) are an LSTM input, not {kind.value}")
+        object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "hidden_size", int(self.hidden_size))
-        object.__setattr__(self, "activations", tuple(_canonical_activation(a) for a in acts))
+        object.__setattr__(self, "activations", tuple(_activation(a) for a in acts))
         object.__setattr__(self, "clip", None if self.clip is None else float(self.clip))
         object.__setattr__(self, "linear_before_reset", bool(self.linear_before_reset))
         object.__setattr__(self, "peepholes", bool(self.peepholes))
-        object.__setattr__(self, "cell", cell)
 
     @property
     def num_directions(self) -> int:
@@ -160,16 +192,37 @@ class CellConfig:
     @property
     def num_gates(self) -> int:
         """``G``."""
-        return self.cell.num_gates
+        return self.kind.num_gates
 
-    def direction_activations(self, d: int) -> tuple[str, ...]:
+    def direction_activations(self, d: int) -> tuple[Activation, ...]:
         """Activations of direction ``d`` (0 = forward, 1 = reverse of a bidirectional layer)."""
-        n = len(self.cell.default_activations)
+        n = len(self.kind.default_activations)
         return self.activations[d * n : (d + 1) * n]
 
     def is_reverse(self, d: int) -> bool:
         """Whether direction ``d`` runs from each sequence's end to its start."""
         return self.direction == "reverse" or (self.direction == "bidirectional" and d == 1)
+
+    def persistent_cell(self, d: int) -> tuple[PersistentCell | None, str]:
+        """The persistent kernel's cell for direction ``d``, or ``None`` and why not.
+
+        The kernel implements the vanilla RNN with ``Tanh`` or ``Relu``, GRU with
+        ``linear_before_reset=1`` and LSTM without peepholes, gated cells with their default
+        activations, all without ``clip``.
+        """
+        acts = self.direction_activations(d)
+        if self.clip is not None:
+            return None, f"clip={self.clip}"
+        if self.kind is CellType.RNN:
+            cell = {Activation.TANH: PersistentCell.TANH, Activation.RELU: PersistentCell.RELU}
+            return cell.get(acts[0]), f"activation {acts[0].value}"
+        if acts != self.kind.default_activations:
+            return None, f"activations {[a.value for a in acts]}"
+        if self.kind is CellType.GRU and not self.linear_before_reset:
+            return None, "GRU linear_before_reset=0"
+        if self.peepholes:
+            return None, "LSTM peepholes"
+        return PersistentCell(self.kind.value.lower()), "persistent cell"
 
     @property
     def two_phase(self) -> bool:

@@ -47,15 +47,15 @@ from tvm.target import Target
 
 from ..errors import UnsupportedError
 from ..target import is_cuda, resolve_target
-from .cells import CellConfig, gru_gates, gru_output, lstm_cell, rnn_cell
-from .kernel_x86 import (
+from ..ops.cells import CellConfig, gru_gates, gru_output, lstm_cell, rnn_cell
+from ..kernels.x86.recurrent import (
     UNROLL,
     pack_weight,
     projection_prim_func,
     recurrent_prim_func,
     unit_major_order,
 )
-from .persistent_relax import (
+from ..transform.dispatch.recurrent_persistent import (
     emit_persistent_rnn,
     full_lengths,
     persistent_rnn_plan,
@@ -248,7 +248,7 @@ def _emit_x86(
     if dirn.peep is not None:
         args.append(_const(dirn.peep.reshape(3, H), _F32))
     args += [dirn.h0] + ([dirn.c0] if dirn.c0 is not None else []) + [lens]
-    n_state = 2 if cfg.cell.has_cell_state else 1
+    n_state = 2 if cfg.kind.has_cell_state else 1
     out_ty = [relax.TensorType((seq_len, batch, H), _F32)]
     out_ty += [relax.TensorType((batch, H), _F32)] * n_state
     res = bb.emit(relax.call_tir(gv, args, out_ty))
@@ -404,7 +404,7 @@ def emit_recurrent_sequence(
             b[G * H :],
             None if weights.P is None else weights.P[d],
             _direction_state(bb, initial_h, d, batch, H),
-            _direction_state(bb, initial_c, d, batch, H) if cfg.cell.has_cell_state else None,
+            _direction_state(bb, initial_c, d, batch, H) if cfg.kind.has_cell_state else None,
         )
         plan = None
         if cuda:
@@ -502,7 +502,7 @@ class RecurrentSequence:
             self._arg("sequence_lens", sequence_lens),
             self._arg("initial_h", initial_h),
         ]
-        if self.cfg.cell.has_cell_state:
+        if self.cfg.kind.has_cell_state:
             args.append(self._arg("initial_c", initial_c))
         if self._vm is None:
             self._vm = relax.VirtualMachine(self.executable, self.device)
@@ -548,7 +548,7 @@ def build_recurrent_sequence(
         relax.Var("sequence_lens", relax.TensorType((batch,), "int32")),
         relax.Var("initial_h", relax.TensorType(state_shape, _F32)),
     ]
-    if cfg.cell.has_cell_state:
+    if cfg.kind.has_cell_state:
         params.append(relax.Var("initial_c", relax.TensorType(state_shape, _F32)))
     with bb.function("main", params):
         with bb.dataflow():
@@ -559,7 +559,7 @@ def build_recurrent_sequence(
                 weights,
                 sequence_lens=params[1],
                 initial_h=params[2],
-                initial_c=params[3] if cfg.cell.has_cell_state else None,
+                initial_c=params[3] if cfg.kind.has_cell_state else None,
                 layout=layout,
                 target=target,
                 density_threshold=density_threshold,

@@ -34,7 +34,7 @@ from typing import Any
 
 from tvm import s_tir
 
-from ..ops.sparse_dense import ACC_DTYPE, BLOCK_CAST, BLOCK_PARTIAL_OUTER, BLOCK_SUM
+from ...ops.sparse_dense import ACC_DTYPE, BLOCK_CAST, BLOCK_PARTIAL_OUTER, BLOCK_SUM
 
 logger = logging.getLogger(__name__)
 

@@ -26,13 +26,14 @@ import tvm
 from tvm import relax, tirx
 from tvm.target import Target
 
-from .bsr import BSRWeight
-from .errors import UnsupportedError
-from .ops.sparse_dense import sparse_dense_prim_func
-from .schedule import sparse_dense_cuda, sparse_dense_x86
-from .target import is_cuda, resolve_target
-from .tuning.lookup import resolve_config
-from .tuning.task import STRUCTURE_ATTR, TuneTask
+from ..bsr import BSRWeight
+from ..errors import UnsupportedError
+from ..ops.sparse_dense import sparse_dense_prim_func
+from ..kernels.cuda import sparse_dense as sparse_dense_cuda
+from ..kernels.x86 import sparse_dense as sparse_dense_x86
+from ..target import is_cuda, resolve_target
+from ..tuning.lookup import resolve_config
+from ..tuning.task import STRUCTURE_ATTR, TuneTask
 
 logger = logging.getLogger(__name__)
 

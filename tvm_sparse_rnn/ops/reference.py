@@ -132,4 +132,4 @@ def recurrent_sequence_reference(
         Y_h[d], Y_c[d] = h, c
     if layout == 1:
         Y, Y_h, Y_c = Y.transpose(2, 0, 1, 3), Y_h.transpose(1, 0, 2), Y_c.transpose(1, 0, 2)
-    return Y, Y_h, (Y_c if cfg.cell.has_cell_state else None)
+    return Y, Y_h, (Y_c if cfg.kind.has_cell_state else None)

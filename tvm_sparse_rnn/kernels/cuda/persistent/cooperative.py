@@ -16,7 +16,7 @@ import logging
 import tvm
 from tvm import tirx
 
-from .kernel_cuda import COPY_HELPER
+from .kernel import COPY_HELPER
 
 logger = logging.getLogger(__name__)
 

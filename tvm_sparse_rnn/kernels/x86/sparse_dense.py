@@ -27,7 +27,7 @@ from typing import Any
 
 from tvm import s_tir, tirx
 
-from ..ops.sparse_dense import (
+from ...ops.sparse_dense import (
     ACC_DTYPE,
     BLOCK_CAST,
     BLOCK_PARTIAL_OUTER,

@@ -31,10 +31,10 @@ from tvm import tirx
 from ..errors import SparseRNNError, UnsupportedError
 from ..target import is_cuda, resolve_target
 from ..tuning.persistent_space import tuned_persistent_config
-from . import cuda_pipeline
-from .kernel_cuda import make_persistent_kernel, make_step_kernel
-from .packing import PackedWeights, pack, unit_major
-from .planner import CELL_GATES, H100, DeviceLimits, PersistentPlan, default_knobs, plan_persistent
+from ..kernels.cuda.persistent import cooperative as cuda_pipeline
+from ..kernels.cuda.persistent.kernel import make_persistent_kernel, make_step_kernel
+from ..kernels.cuda.persistent.packing import PackedWeights, pack, unit_major
+from ..kernels.cuda.persistent.planner import CELL_GATES, H100, DeviceLimits, PersistentPlan, default_knobs, plan_persistent
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..errors import CapacityError, UnsupportedError
+from ....errors import CapacityError, UnsupportedError
 
 logger = logging.getLogger(__name__)
 
