@@ -3,7 +3,7 @@
 One pruned ONNX-style layer (``W`` and ``R`` at the same density, ``I = H``, forward, zero initial
 state) per case, timed end to end (input projection + all ``T`` steps) in the same run:
 
-* **ours**: :func:`tvm_sparse_rnn.rnn.sequence.build_recurrent_sequence` for llvm (sparse x86
+* **ours**: :func:`tvm_sparse_rnn.runtime.sequence.build_recurrent_sequence` for llvm (sparse x86
   projection + recurrent kernels, all physical cores: ``TVM_NUM_THREADS`` as set by
   :mod:`tvm_sparse_rnn.cpu_threads`, recorded in the JSON);
 * **numpy dense**: one BLAS GEMM for ``X @ W^T`` and a per-step ``h @ R^T`` loop (R transposed

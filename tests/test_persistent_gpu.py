@@ -4,7 +4,7 @@ The vanilla-RNN acceptance sweep: H in {256, 1152, 1792, 2304} x B in {1, 2, 4, 
 in {1, 10, 30} % x T in {1, 7, 256} x barrier in {grid, flag} x activation in {tanh, relu}; the
 gated cells and fp16: {GRU (linear_before_reset=1), LSTM, tanh RNN} x {fp32, fp16} x a few
 (H, B) x barrier, T in {1, 7, 64}, against the ONNX-semantics reference
-(:func:`~tvm_sparse_rnn.rnn.reference.recurrent_sequence_reference`). fp16 tolerance: 1e-2
+(:func:`~tvm_sparse_rnn.ops.reference.recurrent_sequence_reference`). fp16 tolerance: 1e-2
 absolute and relative against the float64 reference run on the fp16-rounded weights and inputs
 (h is stored in fp16 every step, about 5e-4 relative each time). One build serves every T (the
 step count is symbolic); all kernels are compiled up front in parallel processes into a session

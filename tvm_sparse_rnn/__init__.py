@@ -8,9 +8,14 @@ build_sparse_dense, sparse_dense_func, emit_sparse_dense
     The block-sparse ``Y = X @ W.T`` operator as a callable, a scheduled PrimFunc, or inside a
     Relax program (:mod:`tvm_sparse_rnn.sparse_dense`).
 CellConfig, RecurrentWeights, build_recurrent_sequence
-    RNN/GRU/LSTM sequence op with ONNX semantics (:mod:`tvm_sparse_rnn.rnn.sequence`).
-DenseToSparse
-    Relax pass rewriting pruned constant dense layers (:mod:`tvm_sparse_rnn.transform`).
+    RNN/GRU/LSTM sequence op with ONNX semantics (:mod:`tvm_sparse_rnn.runtime.sequence`).
+build_persistent_rnn
+    The sparse persistent RNN/GRU/LSTM GPU kernel as a callable
+    (:mod:`tvm_sparse_rnn.runtime.persistent`).
+DenseToSparse, DispatchKernels, DispatchOptions
+    The Relax passes: mark dense layers, dispatch every layer to a kernel variant
+    (:mod:`tvm_sparse_rnn.transform`); ``relax.get_pipeline("tvm_sparse_rnn")`` and
+    :func:`tvm_sparse_rnn.pipeline.build` run them with TVM's default passes.
 
 ONNX import lives in :mod:`tvm_sparse_rnn.frontend` (needs the ``onnx`` package).
 """
@@ -27,15 +32,14 @@ from .errors import (
     TuningError,
     UnsupportedError,
 )
-from .ops.cells import CellConfig
-from .runtime.sequence import RecurrentWeights, build_recurrent_sequence
-from .runtime.sparse_dense import (
-    SparseDenseKernel,
-    build_sparse_dense,
-    emit_sparse_dense,
-    sparse_dense_func,
-)
-from .transform import DenseToSparse
+from .ops.cells import CellConfig, RecurrentWeights
+from .pipeline import build
+from .runtime import checks  # noqa: F401  (registers the runtime checks compiled models call)
+from .runtime.persistent import build_persistent_rnn
+from .runtime.sequence import build_recurrent_sequence
+from .runtime.sparse_dense import SparseDenseKernel, build_sparse_dense, sparse_dense_func
+from .transform import DenseToSparse, DispatchKernels, DispatchOptions
+from .transform.dispatch import emit_sparse_dense
 
 configure_cpu_threads()  # before any kernel runs: TVM fixes its pool size at first use
 
@@ -47,6 +51,8 @@ __all__ = [
     "CapacityError",
     "CellConfig",
     "DenseToSparse",
+    "DispatchKernels",
+    "DispatchOptions",
     "ModelError",
     "RecurrentWeights",
     "SparseDenseKernel",
@@ -54,6 +60,8 @@ __all__ = [
     "TuningError",
     "UnsupportedError",
     "__version__",
+    "build",
+    "build_persistent_rnn",
     "build_recurrent_sequence",
     "build_sparse_dense",
     "emit_sparse_dense",

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,12 +32,17 @@ from tvm import relax
 from tvm.target import Target
 
 from .errors import ModelError
-from .frontend.onnx import TensorSpec, from_onnx, import_relax, load_onnx, model_signature
-from .transform.dispatch.recurrent_persistent import tir_pipeline
-from .target import is_cuda, resolve_target
+from .frontend.onnx import (
+    TensorSpec,
+    dense_layer_names,
+    from_onnx,
+    load_onnx,
+    model_signature,
+)
+from .pipeline import build, sparse_pipeline
+from .target import resolve_target
+from .transform.dispatch import DispatchOptions, KernelDecision
 from .transform.dispatch.cost_model import DEFAULT_CANDIDATES, CostParams
-from .kernels.x86.dense import cpu_pipeline
-from .tuning.lookup import use_tuning_logs
 
 logger = logging.getLogger(__name__)
 
@@ -49,32 +55,50 @@ def signature_path(library: str | os.PathLike) -> Path:
     return Path(library).with_suffix(".json")
 
 
-def build(mod: tvm.IRModule, target: str | dict | Target) -> tvm.runtime.Executable:
-    """Compile a Relax module for ``target``.
+def _options(
+    sparsity_threshold: float,
+    block_size: str | tuple[int, int],
+    candidates: tuple[tuple[int, int], ...],
+    params: CostParams | None,
+) -> DispatchOptions:
+    return DispatchOptions(sparsity_threshold, block_size, candidates, params)
 
-    CUDA uses TVM's default Relax pipeline (dlight schedules the dense ops) and TVM's default
-    TIR pipeline followed by the pass that launches the sparse persistent RNN kernels
-    cooperatively (:func:`tvm_sparse_rnn.rnn.persistent_relax.tir_pipeline`; a kernel with a
-    grid barrier faults without it, every other kernel is unaffected). llvm uses TVM's
-    default pipelines with
-    :data:`~tvm_sparse_rnn.transform.schedule_dense.ScheduleDenseCPU` added, so that layers kept
-    dense get a parallel, vectorized schedule instead of TVM's naive default loop.
 
-    Parameters
-    ----------
-    mod : tvm.IRModule
-        Relax module, e.g. from :func:`tvm_sparse_rnn.frontend.from_onnx`.
-    target : str, dict or Target
-        ``"llvm"`` or ``"cuda"``.
+def _name_layers(
+    model: onnx.ModelProto, decisions: list[KernelDecision]
+) -> list[KernelDecision]:
+    """Decisions with the ``dense<i>`` layers renamed after their ONNX nodes."""
+    dense = [d for d in decisions if d.layer.startswith("dense")]
+    names = dict(zip((d.layer for d in dense), dense_layer_names(model, len(dense)), strict=True))
+    return [dataclasses.replace(d, layer=names.get(d.layer, d.layer)) for d in decisions]
+
+
+def plan_onnx(
+    model_or_path: onnx.ModelProto | str | os.PathLike,
+    *,
+    target: str | dict | Target,
+    shape_dict: Mapping[str, tuple[int, ...]] | None = None,
+    sparsity_threshold: float = 0.5,
+    block_size: str | tuple[int, int] = "auto",
+    candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES,
+    params: CostParams | None = None,
+    tuning_logs: str | os.PathLike | None = None,
+) -> list[KernelDecision]:
+    """The kernel decisions :func:`build_onnx` takes for the model, without building it.
+
+    Runs the same import and the same dispatch pass (``tvm-sparse-rnn inspect`` prints them).
     """
-    target = resolve_target(target)
-    with target:
-        if is_cuda(target):
-            return tvm.compile(mod, target=target, tir_pipeline=tir_pipeline(target))
-        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+    model = load_onnx(model_or_path)
+    pipeline = sparse_pipeline(
+        target, _options(sparsity_threshold, block_size, candidates, params), tuning_logs
+    )
+    mod = from_onnx(model, shape_dict=shape_dict)
+    with pipeline.target:
+        pipeline.front()(mod)
+    return _name_layers(model, pipeline.decisions)
 
 
-def build_onnx(
+def build_onnx_with_decisions(
     model_or_path: onnx.ModelProto | str | os.PathLike,
     *,
     target: str | dict | Target,
@@ -85,45 +109,39 @@ def build_onnx(
     params: CostParams | None = None,
     tuning_logs: str | os.PathLike | None = None,
     sparse: bool = True,
+) -> tuple[tvm.runtime.Executable, list[TensorSpec], list[TensorSpec], list[KernelDecision]]:
+    """:func:`build_onnx` plus the kernel decisions of the dispatch pass."""
+    model = load_onnx(model_or_path)
+    options = _options(sparsity_threshold if sparse else 1.0, block_size, candidates, params)
+    mod = from_onnx(model, shape_dict=shape_dict)
+    executable, decisions = build(mod, target, options, tuning_logs)
+    inputs, outputs = model_signature(model, shape_dict)
+    return executable, inputs, outputs, _name_layers(model, decisions)
+
+
+def build_onnx(
+    model_or_path: onnx.ModelProto | str | os.PathLike,
+    **options: object,
 ) -> tuple[tvm.runtime.Executable, list[TensorSpec], list[TensorSpec]]:
-    """Import, rewrite and build an ONNX model in memory.
+    """Import, dispatch and build an ONNX model in memory.
 
     Parameters
     ----------
     model_or_path : onnx.ModelProto or path
         The pruned model.
-    target, shape_dict, sparsity_threshold, block_size, candidates, params
-        As in :func:`tvm_sparse_rnn.frontend.from_onnx`.
-    tuning_logs : path, optional
-        Tuning database (a directory, or a root of ``<device>/`` directories as
-        ``tvm-sparse-rnn tune`` writes): the sparse kernels are built with its best records
-        (:func:`tvm_sparse_rnn.tuning.lookup.use_tuning_logs`), else with the shipped configs,
-        else with the defaults.
-    sparse : bool
-        ``False`` builds the dense model (no layer rewritten), for comparison.
+    **options
+        ``target`` (``"llvm"`` or ``"cuda"``, required), ``shape_dict``,
+        ``sparsity_threshold``, ``block_size``, ``candidates``, ``params`` (the dispatch options,
+        :class:`~tvm_sparse_rnn.transform.dispatch.DispatchOptions`), ``tuning_logs`` (a tuning
+        database whose best records the kernels use, else shipped configs, else defaults) and
+        ``sparse`` (``False`` builds every layer dense, for comparison).
 
     Returns
     -------
     tuple
         ``(executable, inputs, outputs)``: the Relax VM executable and the ONNX signature.
     """
-    model = load_onnx(model_or_path)
-    target = resolve_target(target)
-    with use_tuning_logs(tuning_logs):
-        if sparse:
-            mod = from_onnx(
-                model,
-                target=target,
-                shape_dict=shape_dict,
-                sparsity_threshold=sparsity_threshold,
-                block_size=block_size,
-                candidates=candidates,
-                params=params,
-            )
-        else:
-            mod = import_relax(model, target=target, shape_dict=shape_dict)
-    inputs, outputs = model_signature(model, shape_dict)
-    return build(mod, target), inputs, outputs
+    return build_onnx_with_decisions(model_or_path, **options)[:3]
 
 
 def compile_onnx(
@@ -132,7 +150,7 @@ def compile_onnx(
     *,
     target: str | dict | Target,
     **options: object,
-) -> Path:
+) -> tuple[Path, list[KernelDecision]]:
     """Build an ONNX model (:func:`build_onnx`) and export it with its signature.
 
     Parameters
@@ -148,11 +166,13 @@ def compile_onnx(
 
     Returns
     -------
-    Path
-        The written library.
+    tuple
+        ``(library, decisions)``: the written library and the kernel decisions.
     """
     target = resolve_target(target)
-    executable, inputs, outputs = build_onnx(model_or_path, target=target, **options)
+    executable, inputs, outputs, decisions = build_onnx_with_decisions(
+        model_or_path, target=target, **options
+    )
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     executable.export_library(str(output))
@@ -164,7 +184,7 @@ def compile_onnx(
     }
     signature_path(output).write_text(json.dumps(signature, indent=2) + "\n")
     logger.info("wrote %s and %s", output, signature_path(output))
-    return output
+    return output, decisions
 
 
 @dataclass
@@ -280,10 +300,11 @@ def load_compiled(library: str | os.PathLike) -> CompiledModel:
 
 __all__ = [
     "CompiledModel",
-    "build",
     "build_onnx",
+    "build_onnx_with_decisions",
     "compile_onnx",
     "load_compiled",
     "load_executable",
+    "plan_onnx",
     "signature_path",
 ]

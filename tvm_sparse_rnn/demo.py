@@ -8,7 +8,7 @@ Graph (opset 17)::
       -> Gemm(transB=1, W3 50 % pruned, unstructured, bias) -> logits [T*B, C]
 
 Each dense layer carries a different pruning pattern, so the per-layer block-size choice of
-:mod:`tvm_sparse_rnn.transform.block_size` picks 1x16 for ``W1``, 4x4 for ``W2`` (given as
+:mod:`tvm_sparse_rnn.transform.dispatch.cost_model` picks 1x16 for ``W1``, 4x4 for ``W2`` (given as
 ``weight * mask``, folded at import) and keeps the lightly pruned classifier ``W3`` dense.
 With ``recurrent=False`` the RNN is left out and the input is ``frames [T*B, H]``.
 """

@@ -28,7 +28,6 @@ import tvm
 from ..compile import build_onnx, load_executable
 from ..demo import random_inputs
 from ..frontend.onnx import load_onnx
-from ..target import resolve_target
 from ..testing import TOLERANCES
 from .options import add_compile_options, shape_dict
 from .table import format_table
@@ -133,7 +132,6 @@ def benchmark_model(
         Seed of the random inputs.
     """
     model = load_onnx(model_or_path)
-    resolve_target(target)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     engines = {}
     inputs = outputs = None

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..compile import compile_onnx, signature_path
-from .options import add_compile_options, shape_dict
+from .inspect import decision_table
+from .options import add_compile_options, dispatch_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -33,14 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Compile and report the written files."""
-    out = compile_onnx(
-        args.model,
-        args.output,
-        target=args.target,
-        shape_dict=shape_dict(args),
-        sparsity_threshold=args.sparsity_threshold,
-        block_size=args.block_size,
-        tuning_logs=args.tuning_logs,
+    out, decisions = compile_onnx(
+        args.model, args.output, target=args.target, **dispatch_kwargs(args)
     )
+    print(decision_table(decisions))
     print(f"wrote {out} and {signature_path(out)} ({args.target})")
     return 0

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..compile import plan_onnx
 from ..demo import build_demo_model
-from ..frontend.onnx import analyze_onnx
 from .bench import DENSE, ORT, benchmark_model, format_result
-from .inspect import recurrent_rows
-from .table import format_table
+from .inspect import decision_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -37,22 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if args.save:
         with open(args.save, "wb") as f:
             f.write(model.SerializeToString())
-    layers = analyze_onnx(model, target=args.target)
-    rows = [
-        [
-            name,
-            "x".join(map(str, la.plan.shape)),
-            f"{la.plan.sparsity:.0%}",
-            "x".join(map(str, la.plan.choice.block_size)),
-            f"{la.plan.choice.fill:.1%}",
-            "sparse" if la.plan.sparse else "dense",
-        ]
-        for name, la in layers
-    ]
-    print("demo model: pruned RNN + 3-layer MLP (built in code)")
-    print(format_table(["layer", "W (NxK)", "sparsity", "block", "fill", "kernel"], rows))
-    header = ["layer", "op", "hidden", "W sparsity", "R sparsity", "on-chip (H100)", "plan"]
-    print(format_table(header, recurrent_rows(model, None)))
+    print("demo model: pruned RNN + 3-layer MLP (built in code); kernel decisions:")
+    print(decision_table(plan_onnx(model, target=args.target)))
     result = benchmark_model(model, target=args.target, repeat=args.repeat)
     print(format_result(result))
     check = "matches" if result.matches else "DOES NOT match"

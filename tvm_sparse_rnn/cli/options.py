@@ -79,3 +79,14 @@ def add_compile_options(parser: argparse.ArgumentParser) -> None:
 def shape_dict(args: argparse.Namespace) -> dict[str, tuple[int, ...]] | None:
     """The ``--shape`` options as a dict, ``None`` when none were given."""
     return dict(args.shape) or None
+
+
+def dispatch_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword options of :func:`tvm_sparse_rnn.compile.plan_onnx` / ``build_onnx`` that
+    :func:`add_compile_options` parsed (and ``--tuning-logs`` where the command has it)."""
+    return {
+        "shape_dict": shape_dict(args),
+        "sparsity_threshold": args.sparsity_threshold,
+        "block_size": args.block_size,
+        "tuning_logs": getattr(args, "tuning_logs", None),
+    }

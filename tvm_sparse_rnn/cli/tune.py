@@ -15,17 +15,17 @@ import logging
 import sys
 from pathlib import Path
 
-from ..ops.cells import CellConfig
-from ..kernels.x86.recurrent import pack_weight
-from ..runtime.sequence import DEFAULT_DENSITY_THRESHOLD
-from ..runtime.sparse_dense import tune_task
-from ..target import resolve_target
+from ..compile import plan_onnx
+from ..kernels.x86.recurrent import UNROLL, pack_weight
+from ..ops.cells import CellConfig, PersistentCell
+from ..target import device_limits, resolve_target
 from ..testing import random_bsr, random_recurrent_weights
 from ..transform.dispatch.cost_model import parse_block_size
 from ..tuning.database import default_work_dir
 from ..tuning.lookup import collect_tasks
 from ..tuning.persistent_space import persistent_tune_task
 from ..tuning.rnn_x86_space import recurrent_tune_task
+from ..tuning.sparse_dense_space import sparse_dense_tune_task
 from ..tuning.task import TuneTask
 from ..tuning.tune import TaskResult, tune
 from .options import add_compile_options, positive_int, shape_dict, unit_fraction
@@ -92,15 +92,13 @@ def _tasks(args: argparse.Namespace) -> list[TuneTask]:
     if args.op == "sparse_dense":
         block = (1, 1) if args.block_size == "auto" else parse_block_size(args.block_size)
         weight = random_bsr(args.n, args.k, block, args.density, args.dtype, args.seed)
-        return [tune_task(weight, args.m, target)]
+        return [sparse_dense_tune_task(weight, args.m, target)]
     if args.op == "rnn":
         return [_rnn_task(args)]
     if args.op == "persistent":
         return _persistent_tasks(args)
-    from ..frontend.onnx import from_onnx
-
-    with collect_tasks() as found:
-        from_onnx(
+    with collect_tasks() as found:  # the tasks whose configs the dispatch pass looks up
+        plan_onnx(
             args.model,
             target=target,
             shape_dict=shape_dict(args),
@@ -114,7 +112,8 @@ def _rnn_task(args: argparse.Namespace) -> TuneTask:
     """The x86 recurrent kernel of a random ``--density`` pruned ``--cell`` layer."""
     cfg = CellConfig(args.cell, args.hidden)
     r = random_recurrent_weights(args.cell, args.hidden, 1, 1, args.density, seed=args.seed)["R"]
-    packed = pack_weight(r[0], cfg.num_gates, dense=args.density > DEFAULT_DENSITY_THRESHOLD)
+    dense = args.density > 1.0 - args.sparsity_threshold
+    packed = pack_weight(r[0], cfg.num_gates, dense=dense, row_multiple=UNROLL)
     return recurrent_tune_task(cfg, 0, args.seq_len, args.m, packed)
 
 
@@ -122,8 +121,9 @@ def _persistent_tasks(args: argparse.Namespace) -> list[TuneTask]:
     """The persistent GPU kernel of a random ``--density`` pruned ``--cell`` recurrent weight
     (none when it does not fit on chip: the per-step fallback has no knobs)."""
     r = random_recurrent_weights(args.cell, args.hidden, 1, 1, args.density, seed=args.seed)["R"]
-    cell = {"RNN": "tanh", "GRU": "gru", "LSTM": "lstm"}[args.cell]
-    task = persistent_tune_task(r[0], args.m, cell, args.dtype)
+    cell = PersistentCell({"RNN": "tanh"}.get(args.cell, args.cell.lower()))
+    target = resolve_target(args.target)
+    task = persistent_tune_task(r[0], args.m, cell, args.dtype, device_limits(target))
     return [] if task is None else [task]
 
 

@@ -1,10 +1,11 @@
-"""ONNX import of pruned models: TVM's Relax ONNX frontend + recurrent converters + DenseToSparse.
+"""ONNX import of pruned models: TVM's Relax ONNX frontend + the recurrent converters.
 
 :func:`from_onnx` wraps ``tvm.relax.frontend.onnx.from_onnx``. TVM's importer has no converter for
 ONNX ``RNN``/``GRU``/``LSTM`` and no hook to add one, so while importing it patches the module-level
 converter map with :data:`tvm_sparse_rnn.frontend.onnx_rnn.RECURRENT_CONVERTERS` (restored on
-exit). The import runs inside the target's scope (the recurrent converters pick their kernels by
-target), then :class:`~tvm_sparse_rnn.transform.DenseToSparse` rewrites the pruned dense layers.
+exit). The result is target-neutral: recurrent layers are placeholders
+(:mod:`tvm_sparse_rnn.ops.placeholders`), dense layers plain matmuls; the package's pipeline
+(:mod:`tvm_sparse_rnn.pipeline`) marks the dense layers and dispatches every layer per target.
 """
 
 from __future__ import annotations
@@ -20,12 +21,8 @@ import onnx
 import tvm
 from google.protobuf.message import DecodeError
 from tvm.relax.frontend.onnx import onnx_frontend as _onnx_frontend
-from tvm.target import Target
 
 from ..errors import ModelError, SparseRNNError, UnsupportedError
-from ..target import resolve_target
-from ..transform import DenseLayer, DenseToSparse
-from ..transform.dispatch.cost_model import DEFAULT_CANDIDATES, CostParams
 
 logger = logging.getLogger(__name__)
 
@@ -158,23 +155,38 @@ def _check_supported(model: onnx.ModelProto, converters: Mapping[str, object]) -
             )
 
 
-def import_relax(
+def from_onnx(
     model_or_path: onnx.ModelProto | str | Path,
     *,
-    target: str | dict | Target,
     shape_dict: Mapping[str, tuple[int, ...]] | None = None,
 ) -> tvm.IRModule:
-    """Import an ONNX model into Relax without rewriting dense layers.
+    """Import an ONNX model into a target-neutral Relax module.
 
-    Parameters are those of :func:`from_onnx`. Weights are bound as constants; the recurrent
-    layers are already mapped to this package's recurrent ops.
+    Parameters
+    ----------
+    model_or_path : onnx.ModelProto, str or Path
+        The model or its ``.onnx`` path.
+    shape_dict : mapping of str to tuple of int, optional
+        Static shapes for inputs with symbolic dims.
+
+    Returns
+    -------
+    tvm.IRModule
+        Weights bound as constants; recurrent layers as placeholders. Build it with
+        :func:`tvm_sparse_rnn.pipeline.build`.
+
+    Raises
+    ------
+    ModelError
+        Unreadable or invalid model, or a failure inside TVM's importer.
+    UnsupportedError
+        An ONNX node whose op no converter handles (the error names the node).
     """
     model = load_onnx(model_or_path)
-    target = resolve_target(target)
     model_signature(model, shape_dict)  # validates shape_dict's names
     recurrent = any(node.op_type in RECURRENT_OPS for node in model.graph.node)
     extra = _recurrent_converters() if recurrent else {}
-    with _extra_converters(extra), target:
+    with _extra_converters(extra):
         _check_supported(model, _onnx_frontend._get_convert_map())
         try:
             return _onnx_frontend.from_onnx(
@@ -189,111 +201,15 @@ def import_relax(
             ) from err
 
 
-def from_onnx(
-    model_or_path: onnx.ModelProto | str | Path,
-    *,
-    target: str | dict | Target,
-    shape_dict: Mapping[str, tuple[int, ...]] | None = None,
-    sparsity_threshold: float = 0.5,
-    block_size: str | tuple[int, int] = "auto",
-    candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES,
-    params: CostParams | None = None,
-    config: object = None,
-) -> tvm.IRModule:
-    """Import a pruned ONNX model into Relax with its sparse layers rewritten.
+def dense_layer_names(model: onnx.ModelProto, count: int) -> list[str]:
+    """ONNX node names of the ``count`` dense layers ``DenseToSparse`` numbered ``dense<i>``.
 
-    Parameters
-    ----------
-    model_or_path : onnx.ModelProto, str or Path
-        The model or its ``.onnx`` path.
-    target : str, dict or Target
-        ``"llvm"`` or ``"cuda"`` (see :func:`tvm_sparse_rnn.target.resolve_target`).
-    shape_dict : mapping of str to tuple of int, optional
-        Static shapes for inputs with symbolic dims.
-    sparsity_threshold : float
-        Minimum element-wise zero fraction for a dense layer to be considered for sparse.
-    block_size : "auto" or tuple of int
-        Per-layer choice by the cost rule, or one fixed ``(bs_r, bs_c)``.
-    candidates : tuple of (int, int)
-        Block sizes tried by ``"auto"``.
-    params : CostParams, optional
-        Overrides the target's cost-rule constants (:mod:`tvm_sparse_rnn.transform.block_size`).
-    config : object, optional
-        Schedule configuration for the sparse kernels.
-
-    Returns
-    -------
-    tvm.IRModule
-        The Relax module. Compile it with :func:`tvm_sparse_rnn.compile.build` (or
-        ``tvm.compile(mod, target, tir_pipeline=tvm_sparse_rnn.rnn.persistent_relax.tir_pipeline(
-        target))``): on cuda, pruned ``RNN``/``GRU``/``LSTM`` layers use the persistent kernel,
-        whose grid barrier needs the cooperative launch that pipeline adds; a plain
-        ``tvm.compile`` builds, but the kernel then fails at run time with
-        ``cudaErrorLaunchFailure``.
-
-    Raises
-    ------
-    ModelError
-        Unreadable or invalid model, or a failure inside TVM's importer.
-    UnsupportedError
-        An ONNX node whose op no converter handles (the error names the node).
+    Matched in graph order to the ``MatMul``/``Gemm`` nodes when the counts agree; otherwise
+    the ``dense<i>`` names are kept.
     """
-    target = resolve_target(target)
-    mod = import_relax(model_or_path, target=target, shape_dict=shape_dict)
-    rewrite = DenseToSparse(
-        target,
-        sparsity_threshold=sparsity_threshold,
-        block_size=block_size,
-        candidates=candidates,
-        params=params,
-        config=config,
-    )
-    with target:
-        return rewrite(mod)
-
-
-def _string_attr(node: onnx.NodeProto, name: str) -> str:
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr).decode()
-    return ""
-
-
-def analyze_onnx(
-    model_or_path: onnx.ModelProto | str | Path,
-    *,
-    target: str | dict | Target,
-    shape_dict: Mapping[str, tuple[int, ...]] | None = None,
-    sparsity_threshold: float = 0.5,
-    block_size: str | tuple[int, int] = "auto",
-    params: CostParams | None = None,
-) -> list[tuple[str, DenseLayer]]:
-    """Per dense layer: its ONNX node name and the decision :func:`from_onnx` would take.
-
-    Layers are matched in graph order to the ONNX ``MatMul``/``Gemm`` nodes, with or without the
-    input projections of ``RNN``/``GRU``/``LSTM`` nodes (``<node>.W``), whichever count agrees;
-    otherwise they are named ``dense<i>``.
-    """
-    model = load_onnx(model_or_path)
-    target = resolve_target(target)
-    mod = import_relax(model, target=target, shape_dict=shape_dict)
-    with target:
-        layers = DenseToSparse(
-            target, sparsity_threshold=sparsity_threshold, block_size=block_size, params=params
-        ).analyze(mod)
-    dense_nodes, with_projections = [], []
-    for i, node in enumerate(model.graph.node):
-        name = node.name or f"{node.op_type}#{i}"
-        if node.op_type in ("MatMul", "Gemm"):
-            dense_nodes.append(name)
-            with_projections.append(name)
-        elif node.op_type in RECURRENT_OPS:  # input projection(s) X @ W^T, if emitted as matmul
-            directions = {"bidirectional": 2}.get(_string_attr(node, "direction"), 1)
-            with_projections += (
-                [f"{name}.W"] if directions == 1 else [f"{name}.W_fw", f"{name}.W_bw"]
-            )
-    names = next(
-        (c for c in (with_projections, dense_nodes) if len(c) == len(layers)),
-        [f"dense{layer.index}" for layer in layers],
-    )
-    return list(zip(names, layers, strict=True))
+    names = [
+        node.name or f"{node.op_type}#{i}"
+        for i, node in enumerate(model.graph.node)
+        if node.op_type in ("MatMul", "Gemm")
+    ]
+    return names if len(names) == count else [f"dense{i}" for i in range(count)]

@@ -1,9 +1,9 @@
 """Recurrent cells with exactly the semantics of the ONNX ``RNN``, ``GRU`` and ``LSTM`` operators.
 
 One definition of the cell math serves every implementation: the numpy reference
-(:mod:`tvm_sparse_rnn.rnn.reference`, float64 arrays), the x86 kernel
-(:mod:`tvm_sparse_rnn.rnn.kernel_x86`, scalar TIR expressions) and the per-step Relax composition
-used on CUDA (:mod:`tvm_sparse_rnn.rnn.sequence`, Relax expressions). The math is written once
+(:mod:`tvm_sparse_rnn.ops.reference`, float64 arrays), the x86 kernel
+(:mod:`tvm_sparse_rnn.kernels.x86.recurrent`, scalar TIR expressions) and the per-step Relax composition
+used on CUDA (:mod:`tvm_sparse_rnn.runtime.sequence`, Relax expressions). The math is written once
 against a small :class:`CellOps` interface; each implementation supplies its own ops.
 
 Gate order and equations (ONNX operator specification, opset 14)::
@@ -29,11 +29,14 @@ import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 from typing import Any, Protocol
 
 from ..errors import UnsupportedError
 
 logger = logging.getLogger(__name__)
+
 
 class Activation(str, enum.Enum):
     """ONNX activation names this package implements (no alpha/beta parameters)."""
@@ -337,3 +340,38 @@ def lstm_cell(
         pre_o = ops.add(pre_o, ops.mul(peep[1], c))
     gate_o = _act(ops, cfg, f, pre_o)
     return ops.mul(gate_o, ops.activation(h, c)), c
+
+
+@dataclass(frozen=True)
+class RecurrentWeights:
+    """Constant weights of one ONNX recurrent layer (ONNX shapes, float32).
+
+    Attributes
+    ----------
+    W : numpy.ndarray
+        ``(D, G*H, I)``.
+    R : numpy.ndarray
+        ``(D, G*H, H)``; pruned entries are zeros.
+    B : numpy.ndarray or None
+        ``(D, 2*G*H)`` = ``[Wb, Rb]``.
+    P : numpy.ndarray or None
+        ``(D, 3*H)`` LSTM peepholes.
+    """
+
+    W: np.ndarray
+    R: np.ndarray
+    B: np.ndarray | None = None
+    P: np.ndarray | None = None
+
+    def check(self, cfg: CellConfig, input_size: int) -> None:
+        """Raise :class:`ValueError` naming the weight whose shape does not match ``cfg``."""
+        D, GH, H = cfg.num_directions, cfg.num_gates * cfg.hidden_size, cfg.hidden_size
+        expected = {"W": (D, GH, input_size), "R": (D, GH, H), "B": (D, 2 * GH), "P": (D, 3 * H)}
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(
+                    f"{cfg.kind} weight {name} has shape {tuple(value.shape)}; expected {shape} "
+                    f"(directions={D}, gates={cfg.num_gates}, hidden_size={H}, "
+                    f"input_size={input_size})"
+                )

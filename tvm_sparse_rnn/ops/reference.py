@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 class NumpyOps:
-    """:class:`~tvm_sparse_rnn.rnn.cells.CellOps` on numpy arrays."""
+    """:class:`~tvm_sparse_rnn.ops.cells.CellOps` on numpy arrays."""
 
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return a + b

@@ -10,7 +10,7 @@ Cells (ONNX semantics and gate orders, default activations): ``"tanh"`` / ``"rel
 
 fp16 (``dtype="float16"``) keeps weights and ``h`` in half precision and accumulates in fp32.
 
-The geometry comes from :func:`~tvm_sparse_rnn.rnn.planner.plan_persistent`; when ``R`` does not
+The geometry comes from :func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.plan_persistent`; when ``R`` does not
 fit in registers the same callable runs the per-step fallback (one launch per step). For Relax,
 :func:`persistent_prim_func` returns the PrimFunc and the packed constant arrays to pass to
 ``call_tir``.
@@ -27,37 +27,28 @@ from pathlib import Path
 import numpy as np
 import tvm
 from tvm import tirx
+from tvm.target import Target
 
 from ..errors import SparseRNNError, UnsupportedError
-from ..target import is_cuda, resolve_target
+from ..target import DeviceLimits, device_limits, is_cuda, resolve_target
 from ..tuning.persistent_space import tuned_persistent_config
-from ..kernels.cuda.persistent import cooperative as cuda_pipeline
+from ..kernels.cuda.persistent import cooperative
 from ..kernels.cuda.persistent.kernel import make_persistent_kernel, make_step_kernel
+from ..kernels.cuda.persistent.layout import PairOrder
 from ..kernels.cuda.persistent.packing import PackedWeights, pack, unit_major
-from ..kernels.cuda.persistent.planner import CELL_GATES, H100, DeviceLimits, PersistentPlan, default_knobs, plan_persistent
+from ..kernels.cuda.persistent.planner import (
+    Barrier,
+    PersistentPlan,
+    default_knobs,
+    plan_persistent,
+)
+from ..ops.cells import PersistentCell
 
 logger = logging.getLogger(__name__)
 
 
-def split_onnx_bias(cell: str, wb: np.ndarray, rb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ONNX biases ``Wb``, ``Rb`` (``(G*H,)`` each) -> the kernel's ``(b (G*H,), rbias (H,))``.
-
-    ``b`` is added to the input projection of every gate: ``Wb + Rb``, except ``Wb`` alone for
-    the GRU ``h`` gate, whose ``Rb_h`` stays inside the reset gate (``linear_before_reset=1``)
-    and is returned as ``rbias`` (zeros for the other cells).
-    """
-    wb, rb = np.asarray(wb, np.float32), np.asarray(rb, np.float32)
-    hidden = wb.size // CELL_GATES[cell]
-    bias = wb + rb
-    rbias = np.zeros(hidden, np.float32)
-    if cell == "gru":
-        bias[2 * hidden :] = wb[2 * hidden :]
-        rbias = rb[2 * hidden :].copy()
-    return bias, rbias
-
-
 def make_prim_func(
-    plan: PersistentPlan, cell: str, barrier: str, vector: bool = True
+    plan: PersistentPlan, cell: PersistentCell, barrier: Barrier, vector: bool = True
 ) -> tirx.PrimFunc:
     """The kernel for ``plan``: persistent, or the per-step fallback for ``per_step`` plans."""
     if plan.kind == "persistent":
@@ -65,75 +56,41 @@ def make_prim_func(
     return make_step_kernel(plan, cell)
 
 
-def persistent_prim_func(
-    R: object,
-    batch: int,
-    cell: str = "tanh",
-    barrier: str = "auto",
-    *,
-    dtype: str = "float32",
-    order: str | None = None,
-    vector: bool | None = None,
-    plan: PersistentPlan | None = None,
-    device: DeviceLimits = H100,
-) -> tuple[tirx.PrimFunc, dict[str, np.ndarray], PersistentPlan]:
-    """The scheduled PrimFunc and its packed constants, for emission with Relax ``call_tir``.
-
-    Parameters are those of :func:`build_persistent_rnn`.
-
-    Returns
-    -------
-    tuple
-        ``(func, {"vals": ..., "idx": ..., "spairs": ...}, plan)``; ``func`` takes ``(vals, idx,
-        spairs, U, h0, c0, rbias)`` and writes ``(out, c_out, status)`` as documented in
-        :func:`~tvm_sparse_rnn.rnn.kernel_cuda.make_persistent_kernel` (the per-step fallback
-        adds the step ``t``: call it for every step); pad ``U``/``h0``/``c0`` with zeros to the
-        plan's ``hidden_padded`` and ``batch_kernel``.
-    """
-    plan, barrier, packed = _plan_and_pack(
-        R, batch, cell, dtype, barrier, order, vector, plan, device
-    )
-    func = make_prim_func(plan, cell, barrier, packed.vector)
-    return func, {"vals": packed.vals, "idx": packed.idx, "spairs": packed.spairs}, plan
-
-
 def _plan_and_pack(
     R: object,
     batch: int,
-    cell: str,
+    cell: PersistentCell,
     dtype: str,
-    barrier: str,
-    order: str | None,
+    barrier: Barrier | None,
+    order: PairOrder | None,
     vector: bool | None,
     plan: PersistentPlan | None,
     device: DeviceLimits,
-    target: str | tvm.target.Target = "cuda",
-) -> tuple[PersistentPlan, str, PackedWeights]:
+    target: Target,
+) -> tuple[PersistentPlan, Barrier, PackedWeights]:
     """Plan, resolve the automatic knobs and pack ``R`` (ONNX gate-major).
 
-    When every knob is automatic (no ``plan``, ``barrier="auto"``, no ``vector``, no
-    ``order``) they come from the tuning lookup (tuned record -> shipped config -> default, one
-    log line: :func:`~tvm_sparse_rnn.tuning.persistent_space.tuned_persistent_config`);
-    otherwise the given knobs are kept and the missing ones take the defaults.
+    When every knob is automatic (``None``) they come from the tuning lookup (tuned record ->
+    shipped config -> default, one log line:
+    :func:`~tvm_sparse_rnn.tuning.persistent_space.tuned_persistent_config`); otherwise the
+    given knobs are kept and the missing ones take the defaults.
     """
-    if cell not in CELL_GATES:
-        raise ValueError(f"cell must be one of {tuple(CELL_GATES)}, got {cell!r}")
-    if plan is None and barrier == "auto" and vector is None and order is None:
+    if plan is None and barrier is None and vector is None and order is None:
         tuned = tuned_persistent_config(R, batch, cell, dtype, target, device)
         if tuned is not None:
-            plan, barrier, vector, order = tuned
-    R = unit_major(R, CELL_GATES[cell])
-    plan = plan or plan_persistent(R, batch, dtype, device=device, gates=CELL_GATES[cell])
+            plan, barrier, vector, order = tuned[0]
+    R = unit_major(R, cell.gates)
+    plan = plan or plan_persistent(R, batch, dtype, device=device, gates=cell.gates)
     auto_barrier, auto_vector = default_knobs(plan)
-    barrier = auto_barrier if barrier == "auto" else barrier
+    barrier = auto_barrier if barrier is None else Barrier(barrier)
     vector = auto_vector if vector is None else vector
-    order = (order or "guided") if plan.kind == "persistent" else "naive"
+    order = PairOrder(order or PairOrder.GUIDED) if plan.kind == "persistent" else PairOrder.NAIVE
     return plan, barrier, pack(R, plan, order, vector)
 
 
-def kernel_key(plan: PersistentPlan, cell: str, barrier: str, vector: bool) -> str:
+def kernel_key(plan: PersistentPlan, cell: PersistentCell, barrier: Barrier, vector: bool) -> str:
     """Stable name of a kernel build (the source depends only on these)."""
-    text = repr((plan, cell, barrier, vector))
+    text = repr((plan, cell.value, barrier.value, vector))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -142,8 +99,8 @@ _MODULES: dict[tuple, tvm.runtime.Module] = {}
 
 def build_kernel(
     plan: PersistentPlan,
-    cell: str,
-    barrier: str,
+    cell: PersistentCell,
+    barrier: Barrier,
     vector: bool = True,
     target: str | tvm.target.Target = "cuda",
     cache_dir: str | os.PathLike | None = None,
@@ -154,6 +111,7 @@ def build_kernel(
         raise UnsupportedError(
             f"the persistent RNN kernel needs a cuda target, got {tgt.kind.name}"
         )
+    cell, barrier = PersistentCell(cell), Barrier(barrier)
     key = (plan, cell, barrier, vector, str(tgt))
     if key in _MODULES:
         return _MODULES[key]
@@ -165,9 +123,7 @@ def build_kernel(
             return _MODULES[key]
     func = make_prim_func(plan, cell, barrier, vector)
     with tgt:
-        mod = tirx.build(
-            tvm.IRModule({"main": func}), target=tgt, pipeline=cuda_pipeline.register()
-        )
+        mod = tirx.build(tvm.IRModule({"main": func}), target=tgt, pipeline=cooperative.register())
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -243,7 +199,8 @@ class PersistentRNN:
     ----------
     plan : PersistentPlan
     packed : PackedWeights
-    cell, barrier : str
+    cell : PersistentCell
+    barrier : Barrier
     module : tvm.runtime.Module
         The compiled kernel (``"main"``).
     device : tvm.runtime.Device
@@ -251,8 +208,8 @@ class PersistentRNN:
 
     plan: PersistentPlan
     packed: PackedWeights
-    cell: str
-    barrier: str
+    cell: PersistentCell
+    barrier: Barrier
     module: tvm.runtime.Module
     device: tvm.runtime.Device
 
@@ -397,15 +354,15 @@ class PersistentRNN:
 def build_persistent_rnn(
     R: object,
     batch: int,
-    cell: str = "tanh",
-    barrier: str = "auto",
+    cell: PersistentCell | str = PersistentCell.TANH,
+    barrier: Barrier | str = "auto",
     *,
     dtype: str = "float32",
-    order: str | None = None,
+    order: PairOrder | str | None = None,
     vector: bool | None = None,
     plan: PersistentPlan | None = None,
-    target: str | tvm.target.Target = "cuda",
-    device_limits: DeviceLimits = H100,
+    target: str | Target = "cuda",
+    limits: DeviceLimits | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> PersistentRNN:
     """Plan, pack, build and load the persistent RNN for ``R`` on the GPU.
@@ -417,15 +374,16 @@ def build_persistent_rnn(
         LSTM; gate ``g`` of unit ``j`` is row ``g*H + j``).
     batch : int
         ``B``.
-    cell : str
+    cell : PersistentCell or str
         ``"tanh"``, ``"relu"`` (vanilla RNN), ``"gru"`` (``linear_before_reset=1``) or
         ``"lstm"``.
-    barrier : str
+    barrier : Barrier or str
         ``"flag"`` (data-embedded), ``"grid"`` (cooperative grid sync) or ``"auto"`` (the one
-        that measured faster for this size, :func:`~tvm_sparse_rnn.rnn.planner.default_knobs`).
+        that measured faster for this size: the tuning lookup, else
+        :func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.default_knobs`).
     dtype : str
         ``"float32"`` or ``"float16"`` (weights, inputs, states; fp32 accumulation).
-    order : str, optional
+    order : PairOrder or str, optional
         ``"guided"`` (bank-aware, default) or ``"naive"`` nonzero order.
     vector : bool, optional
         Vector (up to LDS.128) loads of ``h``; default: when one load covers a column.
@@ -434,14 +392,18 @@ def build_persistent_rnn(
         ``vector`` are all left automatic, a tuned record (``tvm-sparse-rnn tune --op
         persistent``) or a shipped config for this ``R`` decides them.
     target : str or Target
-        A cuda target (default: the H100, sm_90a).
-    device_limits : DeviceLimits
-        Used by the planner.
+        A cuda target (default ``"cuda"``: this machine's GPU, else the H200).
+    limits : DeviceLimits, optional
+        The GPU's limits the planner respects (default: :func:`device_limits` of ``target``).
     cache_dir : path, optional
         Build cache (see :func:`prebuild`).
     """
+    target = resolve_target(target)
+    cell = PersistentCell(cell)
+    barrier = None if barrier == "auto" else Barrier(barrier)
+    order = None if order is None else PairOrder(order)
     plan, barrier, packed = _plan_and_pack(
-        R, batch, cell, dtype, barrier, order, vector, plan, device_limits, target
+        R, batch, cell, dtype, barrier, order, vector, plan, limits or device_limits(target), target
     )
     module = build_kernel(plan, cell, barrier, packed.vector, target, cache_dir)
     return PersistentRNN(plan, packed, cell, barrier, module, tvm.cuda(0))

@@ -1,27 +1,14 @@
-"""Relax transformations: pruned dense layers into block-sparse kernels; CPU dense schedule."""
+"""Relax passes: mark dense layers, dispatch every placeholder to a kernel, CPU dense schedule."""
 
-from .dispatch.cost_model import (
-    COST_PARAMS,
-    DEFAULT_CANDIDATES,
-    BlockStats,
-    CostParams,
-    LayerPlan,
-    choose_block_size,
-    plan_layer,
-)
-from .dense_to_sparse import DenseLayer, DenseToSparse
-from ..kernels.x86.dense import ScheduleDenseCPU, cpu_pipeline
+from .dense_to_sparse import DenseToSparse
+from .dispatch import DispatchKernels, DispatchOptions, KernelDecision, KernelVariant
+from .schedule_dense_cpu import ScheduleDenseCPU
 
 __all__ = [
-    "COST_PARAMS",
-    "DEFAULT_CANDIDATES",
-    "BlockStats",
-    "CostParams",
-    "DenseLayer",
     "DenseToSparse",
-    "LayerPlan",
+    "DispatchKernels",
+    "DispatchOptions",
+    "KernelDecision",
+    "KernelVariant",
     "ScheduleDenseCPU",
-    "choose_block_size",
-    "cpu_pipeline",
-    "plan_layer",
 ]

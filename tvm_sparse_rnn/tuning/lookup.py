@@ -113,8 +113,9 @@ def _shipped_config(task: TuneTask, target: Target) -> tuple[Any, str] | None:
     return task.config_cls(**best["config"]), f"shipped config schedules/{device_tag(target)}"
 
 
-def resolve_config(task: TuneTask, target: Target) -> Any:
-    """The config to compile ``task`` with (see the module docstring for the order)."""
+def lookup_config(task: TuneTask, target: Target) -> tuple[Any, str]:
+    """``(config, source)`` to compile ``task`` with (see the module docstring for the order);
+    ``source`` says where the config came from, for the dispatch decisions."""
     collected = _COLLECTED.get()
     if collected is not None:
         collected.setdefault(task.name, task)
@@ -123,6 +124,11 @@ def resolve_config(task: TuneTask, target: Target) -> Any:
         if found is not None:
             config, source = found
             logger.info("%s: using %s: %s", task.name, source, config)
-            return config
+            return config, source
     logger.info("%s: using the default config: %s", task.name, task.default_config)
-    return task.default_config
+    return task.default_config, "default config"
+
+
+def resolve_config(task: TuneTask, target: Target) -> Any:
+    """The config to compile ``task`` with (:func:`lookup_config` without the source)."""
+    return lookup_config(task, target)[0]

@@ -1,19 +1,19 @@
-"""Tuning space of the persistent RNN/GRU/LSTM GPU kernel (:mod:`~tvm_sparse_rnn.rnn.persistent`).
+"""Tuning space of the persistent RNN/GRU/LSTM GPU kernel (:mod:`~tvm_sparse_rnn.runtime.persistent`).
 
-The kernel is generated from a geometry (:class:`~tvm_sparse_rnn.rnn.planner.PersistentPlan`)
+The kernel is generated from a geometry (:class:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.PersistentPlan`)
 and three code/layout knobs, so it is tuned through the stub of
 :mod:`tvm_sparse_rnn.tuning.generated`. The knobs (:class:`PersistentConfig`, each a sampled
 ``sample_categorical`` decision):
 
-* ``geometry``: rank among the planner's :func:`~tvm_sparse_rnn.rnn.planner.candidate_plans`
+* ``geometry``: rank among the planner's :func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.candidate_plans`
   for this ``R`` (0 = the lowest modelled cost, what ``build_persistent_rnn`` picks), the first
   :data:`NUM_GEOMETRIES`;
-* ``barrier``: index into :data:`~tvm_sparse_rnn.rnn.planner.BARRIERS` (grid sync or flags);
+* ``barrier``: index into :data:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.BARRIERS` (grid sync or flags);
 * ``vector``: vector (up to LDS.128) loads of ``h`` off/on;
 * ``order``: index into :data:`ORDERS`, the nonzero order of the packing (bank-aware or not).
 
 The default config is what ``build_persistent_rnn`` builds without a record: geometry 0, the
-barrier and vector loads of :func:`~tvm_sparse_rnn.rnn.planner.default_knobs`, guided order.
+barrier and vector loads of :func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.default_knobs`, guided order.
 
 **Real weights for every candidate.** The packed arrays (``vals``, ``idx``, ``spairs``) differ
 in shape and content per geometry, order and vector layout, while MetaSchedule allocates one
@@ -56,19 +56,19 @@ from tvm.target import Target
 from ..kernels.cuda.persistent import cooperative as cuda_pipeline
 from ..kernels.cuda.persistent.kernel import make_persistent_kernel
 from ..kernels.cuda.persistent.packing import PackedWeights, pack, unit_major
+from ..kernels.cuda.persistent.layout import PairOrder
 from ..kernels.cuda.persistent.planner import (
-    BARRIERS,
-    CELL_GATES,
-    H100,
-    DeviceLimits,
+    Barrier,
     PersistentPlan,
     candidate_plans,
     default_knobs,
     row_lengths,
 )
+from ..ops.cells import PersistentCell
+from ..target import DeviceLimits
 from ..target import resolve_target
 from .generated import PARAMS_ATTR, PIPELINE_ATTR, stub_prim_func
-from .lookup import resolve_config
+from .lookup import lookup_config
 from .task import STRUCTURE_ATTR, TuneTask
 
 logger = logging.getLogger(__name__)
@@ -83,10 +83,12 @@ PIPELINE = f"{__name__}:tir_pipeline"
 NUM_GEOMETRIES = 4
 #: Steps of the measured launch (the kernel is generic in ``T``; records apply to any ``T``).
 MEASURE_STEPS = 64
-#: Nonzero orders of the packing (``order`` knob).
-ORDERS = ("guided", "naive")
+#: Step barriers (``barrier`` knob), by index.
+BARRIERS = tuple(Barrier)
+#: Nonzero orders of the packing (``order`` knob), by index.
+ORDERS = tuple(PairOrder)
 #: Layouts per geometry: (order, vector); the naive order ignores the vector layout.
-_LAYOUTS = (("guided", True), ("guided", False), ("naive", False))
+_LAYOUTS = ((PairOrder.GUIDED, True), (PairOrder.GUIDED, False), (PairOrder.NAIVE, False))
 #: The packed parameters of the kernel, first in its parameter list.
 _PACKED = ("vals", "idx", "spairs")
 
@@ -98,10 +100,10 @@ class PersistentConfig:
     Attributes
     ----------
     geometry : int
-        Rank of the plan among :func:`~tvm_sparse_rnn.rnn.planner.candidate_plans` (0 = best
+        Rank of the plan among :func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.candidate_plans` (0 = best
         by the cost model).
     barrier : int
-        Index into :data:`~tvm_sparse_rnn.rnn.planner.BARRIERS` (``0`` grid, ``1`` flag).
+        Index into :data:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.BARRIERS` (``0`` grid, ``1`` flag).
     vector : int
         ``1``: vector loads of ``h`` (and the packing laid out for them).
     order : int
@@ -113,7 +115,9 @@ class PersistentConfig:
     vector: int = 1
     order: int = 0
 
-    def resolve(self, plans: list[PersistentPlan]) -> tuple[PersistentPlan, str, bool, str]:
+    def resolve(
+        self, plans: list[PersistentPlan]
+    ) -> tuple[PersistentPlan, Barrier, bool, PairOrder]:
         """``(plan, barrier, vector, order)`` as ``build_persistent_rnn`` takes them.
 
         Raises
@@ -143,9 +147,9 @@ def knob_choices(num_geometries: int) -> dict[str, tuple[int, ...]]:
     }
 
 
-def slot_of(geometry: int, vector: bool, order: str) -> int:
+def slot_of(geometry: int, vector: bool, order: PairOrder) -> int:
     """Index of the stub's ``(vals, idx, spairs)`` triple holding this packing."""
-    layout = (order, vector and order == "guided")
+    layout = (order, vector and order is PairOrder.GUIDED)
     return geometry * len(_LAYOUTS) + _LAYOUTS.index(layout)
 
 
@@ -159,12 +163,12 @@ def _plan_params(plan: PersistentPlan) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def _reference_kernel(plan: PersistentPlan, cell: str) -> tirx.PrimFunc:
+def _reference_kernel(plan: PersistentPlan, cell: PersistentCell) -> tirx.PrimFunc:
     """The kernel of ``plan`` with fixed code knobs: its parameters are those of every knob."""
-    return make_persistent_kernel(plan, cell, BARRIERS[0], True)
+    return make_persistent_kernel(plan, cell, Barrier.GRID, True)
 
 
-def _packed_shapes(plan: PersistentPlan, cell: str) -> list[tuple[list[int], str]]:
+def _packed_shapes(plan: PersistentPlan, cell: PersistentCell) -> list[tuple[list[int], str]]:
     """``(shape, dtype)`` of ``vals``, ``idx``, ``spairs`` in the kernel for ``plan``."""
     params = _reference_kernel(plan, cell).params[:3]
     return [([int(d) for d in p.shape], str(p.dtype)) for p in params]
@@ -183,7 +187,7 @@ def generate_persistent(params: dict, knobs: dict) -> tirx.PrimFunc:
     """
     plans = [PersistentPlan(**p) for p in params["plans"]]
     plan, barrier, vector, order = PersistentConfig(**knobs).resolve(plans)
-    func = make_persistent_kernel(plan, params["cell"], barrier, vector)
+    func = make_persistent_kernel(plan, PersistentCell(params["cell"]), barrier, vector)
     chosen = slot_of(int(knobs["geometry"]), vector, order)
     slots = params["slots"]
     own = [([int(d) for d in p.shape], str(p.dtype)) for p in func.params[:3]]
@@ -220,7 +224,7 @@ class PackedSlots(Mapping):
     Parameters
     ----------
     R_unit_major : scipy.sparse.csr_array
-        ``(G*H, H)`` unit-major ``R`` (:func:`~tvm_sparse_rnn.rnn.packing.unit_major`).
+        ``(G*H, H)`` unit-major ``R`` (:func:`~tvm_sparse_rnn.kernels.cuda.persistent.packing.unit_major`).
     plans : list of PersistentPlan
         The candidate geometries, in slot order.
     """
@@ -250,7 +254,7 @@ class PackedSlots(Mapping):
 
 
 def _signature(
-    plans: list[PersistentPlan], cell: str, slots: list[list[tuple[list[int], str]]]
+    plans: list[PersistentPlan], cell: PersistentCell, slots: list[list[tuple[list[int], str]]]
 ) -> tirx.PrimFunc:
     """A body-less PrimFunc with the stub's parameters (what ``stub_prim_func`` copies)."""
     real = _reference_kernel(plans[0], cell)
@@ -272,9 +276,9 @@ def _schedule_stub(_sch: s_tir.Schedule, _config: PersistentConfig) -> None:
 def persistent_tune_task(
     R: object,
     batch: int,
-    cell: str = "tanh",
-    dtype: str = "float32",
-    device: DeviceLimits = H100,
+    cell: PersistentCell,
+    dtype: str,
+    device: DeviceLimits,
     num_geometries: int = NUM_GEOMETRIES,
 ) -> TuneTask | None:
     """The persistent kernel of one recurrent weight as a tuning task (real packed ``R``).
@@ -285,8 +289,8 @@ def persistent_tune_task(
         ``(G*H, H)`` recurrent weight of all gates in ONNX (gate-major) order.
     batch : int
         ``B``.
-    cell : str
-        ``"tanh"``, ``"relu"``, ``"gru"`` or ``"lstm"``.
+    cell : PersistentCell
+        The kernel's cell.
     dtype : str
         ``"float32"`` or ``"float16"``.
     device : DeviceLimits
@@ -299,20 +303,22 @@ def persistent_tune_task(
     TuneTask or None
         ``None`` when no persistent geometry fits (the per-step fallback has nothing to tune).
     """
-    if cell not in CELL_GATES:
-        raise ValueError(f"cell must be one of {tuple(CELL_GATES)}, got {cell!r}")
+    cell = PersistentCell(cell)
     if num_geometries < 1:
         raise ValueError(f"num_geometries must be >= 1, got {num_geometries}")
-    gates = CELL_GATES[cell]
+    gates = cell.gates
     Ru = unit_major(R, gates)
     lengths = row_lengths(Ru)
     hidden = Ru.shape[1]
     longest = int(lengths.max()) if lengths.size else 0
-    plans = candidate_plans(hidden, longest, batch, dtype, device, gates=gates)[:num_geometries]
+    plans = candidate_plans(hidden, longest, batch, dtype, device=device, gates=gates)
+    plans = plans[:num_geometries]
     if not plans:
         return None
     barrier, vector = default_knobs(plans[0])
-    default = PersistentConfig(0, BARRIERS.index(barrier), int(vector), ORDERS.index("guided"))
+    default = PersistentConfig(
+        0, BARRIERS.index(barrier), int(vector), ORDERS.index(PairOrder.GUIDED)
+    )
     slots = [_packed_shapes(plan, cell) for plan in plans for _ in _LAYOUTS]
     key = structure_key(Ru, dtype)
     p0 = plans[0]
@@ -326,12 +332,12 @@ def persistent_tune_task(
         _signature(plans, cell, slots),
         axes,
         GENERATOR,
-        {"cell": cell, "plans": [_plan_params(p) for p in plans], "slots": slots},
+        {"cell": cell.value, "plans": [_plan_params(p) for p in plans], "slots": slots},
         {STRUCTURE_ATTR: key, PIPELINE_ATTR: PIPELINE},
     )
     density = Ru.nnz / (Ru.shape[0] * Ru.shape[1])
     return TuneTask(
-        name=f"{OP} {cell} H={hidden} B={batch} {dtype} {density:.0%} [{key[:8]}]",
+        name=f"{OP} {cell.value} H={hidden} B={batch} {dtype} {density:.0%} [{key[:8]}]",
         op=OP,
         func=stub,
         config_cls=PersistentConfig,
@@ -340,7 +346,7 @@ def persistent_tune_task(
         fixed_args=PackedSlots(Ru, plans),
         default_config=default,
         meta={
-            "cell": cell,
+            "cell": cell.value,
             "hidden": hidden,
             "batch": batch,
             "dtype": dtype,
@@ -353,32 +359,32 @@ def persistent_tune_task(
 def tuned_persistent_config(
     R: object,
     batch: int,
-    cell: str = "tanh",
-    dtype: str = "float32",
-    target: str | dict | Target = "cuda",
-    device: DeviceLimits = H100,
-) -> tuple[PersistentPlan, str, bool, str] | None:
-    """``(plan, barrier, vector, order)`` to build the kernel of ``R`` with.
+    cell: PersistentCell,
+    dtype: str,
+    target: Target,
+    device: DeviceLimits,
+) -> tuple[tuple[PersistentPlan, Barrier, bool, PairOrder], str] | None:
+    """``((plan, barrier, vector, order), source)`` to build the kernel of ``R`` with.
 
     Tuned record -> shipped config -> default (one log line, see
-    :mod:`tvm_sparse_rnn.tuning.lookup`); the default equals what ``build_persistent_rnn``
-    picks without a record.
+    :mod:`tvm_sparse_rnn.tuning.lookup`); ``source`` says which. The default is geometry 0 of
+    the planner with :func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.default_knobs`.
 
     Returns
     -------
     tuple or None
-        ``None`` when no persistent geometry fits (use the per-step fallback as before).
+        ``None`` when no persistent geometry fits (use the per-step fallback).
     """
     task = persistent_tune_task(R, batch, cell, dtype, device)
     if task is None:
         return None
     plans = task_plans(task)
-    config = resolve_config(task, resolve_target(target))
+    config, source = lookup_config(task, resolve_target(target))
     try:
-        return config.resolve(plans)
+        return config.resolve(plans), source
     except ValueError as e:
         logger.warning("%s: %s; using the default", task.name, e)
-        return task.default_config.resolve(plans)
+        return task.default_config.resolve(plans), "default config"
 
 
 def task_plans(task: TuneTask) -> list[PersistentPlan]:

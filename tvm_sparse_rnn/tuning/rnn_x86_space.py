@@ -1,6 +1,6 @@
-"""Tuning space of the x86 recurrent kernel (:mod:`tvm_sparse_rnn.rnn.kernel_x86`).
+"""Tuning space of the x86 recurrent kernel (:mod:`tvm_sparse_rnn.kernels.x86.recurrent`).
 
-The kernel is generated from :class:`~tvm_sparse_rnn.rnn.kernel_x86.RecurrentConfig` (knobs
+The kernel is generated from :class:`~tvm_sparse_rnn.kernels.x86.recurrent.RecurrentConfig` (knobs
 ``accumulators``, ``threads``, ``steps_per_launch``), so it is tuned through the stub of
 :mod:`tvm_sparse_rnn.tuning.generated`: the stub's loop nest ``(step, unit, entry, lane)``
 is the kernel's iteration space (``entry`` = packed entries of ``R`` per unit), and
@@ -11,7 +11,7 @@ tasks placed outside the steps of a launch (each task keeps its units), the entr
 kernel with :func:`generate_recurrent` and measures it with the real packed ``R``
 (values, indices, row pointers) and full sequence lengths.
 
-:func:`resolve_recurrent_config` is what the kernel factory calls when no config is given:
+:func:`recurrent_config` is what the dispatch pass calls:
 tuned record -> shipped ``schedules/<device>/rnn_x86.json`` -> default (one log line), and it
 registers the task with :func:`~tvm_sparse_rnn.tuning.lookup.collect_tasks`, so
 ``tvm-sparse-rnn tune MODEL.onnx`` picks up the RNN/GRU/LSTM layers of a model.
@@ -38,7 +38,7 @@ from ..kernels.x86.recurrent import (
 )
 from ..target import host_target
 from .generated import STUB_BLOCK, stub_prim_func
-from .lookup import resolve_config
+from .lookup import lookup_config
 from .task import STRUCTURE_ATTR, TuneTask
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def recurrent_tune_task(
     Parameters
     ----------
     cfg, direction, seq_len, batch
-        As for :func:`~tvm_sparse_rnn.rnn.kernel_x86.recurrent_prim_func`.
+        As for :func:`~tvm_sparse_rnn.kernels.x86.recurrent.recurrent_prim_func`.
     packed : PackedWeight
         ``R`` of that direction, packed with ``row_multiple=UNROLL``.
     """
@@ -180,23 +180,19 @@ def recurrent_tune_task(
     )
 
 
-def resolve_recurrent_config(
+def recurrent_config(
     cfg: CellConfig,
     direction: int,
     seq_len: int,
     batch: int,
-    packed: PackedWeight | PackedLayout,
-) -> RecurrentConfig:
-    """The config to build this kernel with: tuned record, else shipped config, else default.
-
-    A bare :class:`PackedLayout` has no sparsity structure to look up: it gets the default.
-    """
-    if isinstance(packed, PackedLayout):
-        return default_recurrent_config(packed, seq_len, batch, pool_threads())
+    packed: PackedWeight,
+) -> tuple[RecurrentConfig, str]:
+    """``(config, source)`` to build this kernel with: tuned record, else shipped config, else
+    default; a looked-up config invalid on this machine (more threads than it has) falls back
+    to the default."""
     task = recurrent_tune_task(cfg, direction, seq_len, batch, packed)
-    config = resolve_config(task, host_target())
-    choices = task.choices
-    if any(getattr(config, k) not in v for k, v in choices.items()):
+    config, source = lookup_config(task, host_target())
+    if any(getattr(config, k) not in v for k, v in task.choices.items()):
         logger.warning("%s: %s is not valid on this machine; using the default", task.name, config)
-        return task.default_config
-    return config
+        return task.default_config, "default config"
+    return config, source

@@ -35,6 +35,7 @@ from typing import Any
 from tvm import s_tir
 
 from ...ops.sparse_dense import ACC_DTYPE, BLOCK_CAST, BLOCK_PARTIAL_OUTER, BLOCK_SUM
+from ..space import KnobSpace
 
 logger = logging.getLogger(__name__)
 
@@ -122,3 +123,7 @@ def schedule_sparse_dense_cuda(sch: s_tir.Schedule, config: Any = None) -> None:
     else:
         store = sch.cache_write(acc, 0, "local")
     sch.reverse_compute_at(store, m_inner)
+
+
+#: The tunable space of this schedule (tuned and looked up by :mod:`tvm_sparse_rnn.tuning`).
+SPACE = KnobSpace("sparse_dense", CudaConfig, KNOB_CHOICES, schedule_sparse_dense_cuda)

@@ -1,4 +1,4 @@
-"""``ScheduleDenseCPU``: a default x86 schedule for the dense layers that stay dense.
+"""The x86 schedule rule of dense matmuls (the layers that stay dense), after ``FuseTIR``.
 
 TVM's default Relax pipeline for ``llvm`` legalizes ``R.matmul`` into a naive single-threaded
 triple loop (no dlight rule covers a CPU GEMM with ``M > 1``), which makes every layer the
@@ -15,17 +15,15 @@ reduction block is named ``matmul`` (what ``LegalizeOps`` emits, fused epilogues
   from memory ``M / 16`` times instead of ``M`` times;
 * fused epilogues (bias add, ReLU, ...) are computed at the parallel loop.
 
-It runs after ``FuseTIR`` (see :func:`cpu_pipeline`) and leaves functions marked
-``tirx.is_scheduled`` (the sparse kernels) untouched.
+:class:`~tvm_sparse_rnn.transform.schedule_dense_cpu.ScheduleDenseCPU` applies it after
+``FuseTIR`` and leaves functions marked ``tirx.is_scheduled`` (the sparse kernels) untouched.
 """
 
 from __future__ import annotations
 
 import logging
 
-import tvm
 from tvm import s_tir, tirx
-from tvm.relax.backend.cpu_generic import pipeline as _cpu
 
 logger = logging.getLogger(__name__)
 
@@ -67,30 +65,3 @@ def schedule_dense_func(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     for consumer in sch.get_consumers(accumulate):
         sch.reverse_compute_at(consumer, outer)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
-
-
-@tvm.transform.module_pass(opt_level=0, name="ScheduleDenseCPU")
-def ScheduleDenseCPU(mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    """Apply :func:`schedule_dense_func` to every PrimFunc of ``mod`` it fits."""
-    updates = {}
-    for gv, func in mod.functions_items():
-        if isinstance(func, tirx.PrimFunc):
-            scheduled = schedule_dense_func(func)
-            if scheduled is not None:
-                updates[gv] = scheduled
-    for gv, func in updates.items():
-        mod[gv] = func
-    logger.debug("ScheduleDenseCPU scheduled %d dense function(s)", len(updates))
-    return mod
-
-
-def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's default Relax CPU pipeline with :data:`ScheduleDenseCPU` after fusion."""
-    return tvm.transform.Sequential(
-        _cpu.library_dispatch_passes(target)
-        + _cpu.legalize_passes(target)
-        + [ScheduleDenseCPU]
-        + _cpu.dataflow_lower_passes(target)
-        + _cpu.finalize_passes(target),
-        name="tvm_sparse_rnn_cpu",
-    )

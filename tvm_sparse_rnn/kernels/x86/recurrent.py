@@ -18,10 +18,12 @@ Design (the CPU counterpart of the sparse persistent RNN, Zhu et al., ICLR 2018)
   thread-pool launch: every core keeps the same slice of units (its rows of ``R`` stay in its
   L2) and a spin barrier separates the phases (:func:`_parallel_region`); TVM's codegen would
   otherwise launch and join the pool for every parallel loop. The loop structure is set by
-  :class:`RecurrentConfig` (tuned through :mod:`tvm_sparse_rnn.tuning.rnn_x86_space`).
+  :class:`RecurrentConfig` (tuned through :mod:`tvm_sparse_rnn.tuning.rnn_x86_space`; the
+  dispatch pass resolves it).
 * ``sequence_lens``: at step ``s`` a batch entry with ``s >= len[b]`` keeps its state and gets a
   zero output. The kernel always runs forward; the reverse direction is handled by the caller
-  (:mod:`tvm_sparse_rnn.rnn.sequence`), which reverses each sequence's valid prefix around it.
+  (:mod:`tvm_sparse_rnn.transform.dispatch.recurrent_x86`), which reverses each sequence's
+  valid prefix around it.
 * Activations are inline polynomial ``exp`` (:func:`_exp`) so the gate math vectorizes too.
 * Scratch buffers are stack allocations (:func:`_stack_buffer`), never per-iteration workspace
   calls.
@@ -261,7 +263,7 @@ def _exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 class TirOps:
-    """:class:`~tvm_sparse_rnn.rnn.cells.CellOps` on float32 TIR expressions (vectorizable)."""
+    """:class:`~tvm_sparse_rnn.ops.cells.CellOps` on float32 TIR expressions (vectorizable)."""
 
     def add(self, a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
         return a + b
@@ -377,7 +379,7 @@ def recurrent_prim_func(
     seq_len: int,
     batch: int,
     packed: PackedWeight | PackedLayout,
-    config: RecurrentConfig | None = None,
+    config: RecurrentConfig,
 ) -> tirx.PrimFunc:
     """Build the PrimFunc running ``seq_len`` forward steps of one direction.
 
@@ -392,11 +394,9 @@ def recurrent_prim_func(
     packed : PackedWeight or PackedLayout
         ``R`` packed by :func:`pack_weight` with ``row_multiple=UNROLL`` (or just its layout):
         only its shapes and dtypes are baked in, not its values.
-    config : RecurrentConfig, optional
-        Loop structure. ``None``: the best tuning record of this exact kernel (shapes and
-        sparsity structure of ``packed``, which must then be a :class:`PackedWeight`), else a
-        shipped config, else :func:`default_recurrent_config` (see
-        :mod:`tvm_sparse_rnn.tuning.rnn_x86_space`).
+    config : RecurrentConfig
+        Loop structure (:func:`default_recurrent_config`, or the dispatch pass's tuned or
+        shipped config: :mod:`tvm_sparse_rnn.tuning.rnn_x86_space`).
 
     Returns
     -------
@@ -419,11 +419,6 @@ def recurrent_prim_func(
     H, G, N, Hp = cfg.hidden_size, cfg.num_gates, batch, packed.padded_cols
     if packed.shape != (G * H, H) or packed.row_multiple != UNROLL:
         raise ValueError(f"R is packed as {packed.shape} rows of {packed.row_multiple}")
-    if config is None:
-        # imported here: the tuning space builds its kernels with this function
-        from ...tuning.rnn_x86_space import resolve_recurrent_config
-
-        config = resolve_recurrent_config(cfg, direction, seq_len, batch, packed)
     acc_n, spl = config.accumulators, config.steps_per_launch
     if acc_n < 1 or UNROLL % acc_n:
         raise ValueError(f"accumulators={acc_n} must divide the row multiple {UNROLL}")

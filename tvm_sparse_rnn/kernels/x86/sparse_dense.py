@@ -35,6 +35,7 @@ from ...ops.sparse_dense import (
     BLOCK_TREE,
     BLOCK_XREP,
 )
+from ..space import KnobSpace
 
 logger = logging.getLogger(__name__)
 
@@ -137,3 +138,7 @@ def replicate_x(bs_r: int, bs_c: int) -> bool:
     :func:`~tvm_sparse_rnn.ops.sparse_dense.sparse_dense`): blocks with several rows whose
     columns alone are narrower than a vector register (16 float32)."""
     return bs_r > 1 and 1 < bs_c < MIN_VECTOR
+
+
+#: The tunable space of this schedule (tuned and looked up by :mod:`tvm_sparse_rnn.tuning`).
+SPACE = KnobSpace("sparse_dense", X86Config, KNOB_CHOICES, schedule_sparse_dense_x86)

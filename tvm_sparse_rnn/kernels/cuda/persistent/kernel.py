@@ -37,23 +37,28 @@ Profile with::
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T  # noqa: N812
 
-from .planner import CELL_GATES, PersistentPlan
+from ....ops.cells import PersistentCell
+from .planner import Barrier, PersistentPlan
 
 logger = logging.getLogger(__name__)
 
-CELLS = tuple(CELL_GATES)
-BARRIERS = ("grid", "flag")
+#: PrimFunc attribute asking for a cooperative launch (:mod:`.cooperative` reads it).
+COOPERATIVE_ATTR = "tvm_sparse_rnn.cooperative_launch"
 #: Bit pattern written into not-yet-computed ``h`` words (a negative quiet NaN with a payload
 #: that GPU arithmetic never produces; the canonical NaN is 0x7FFFFFFF).
 SENTINEL_BITS = int(np.array(0xFFC0BEEF, np.uint32).view(np.int32))
-#: Polls of one chunk before the flag barrier gives up (about a second of spinning).
+#: Polls of one chunk before the flag barrier gives up (about a second of spinning); the thread
+#: then sets ``status`` and stores NaN for the rest of the launch (never a silently wrong h).
 MAX_SPINS = 1 << 20
-#: Name of the shared buffer of ``h``; ``cuda_pipeline`` marks kernels that copy into it.
+#: Quiet NaN stored by a thread whose flag-barrier wait timed out.
+NAN_BITS = 0x7FC00000
+#: Device helper copying 16 bytes of ``h`` into shared memory with ``cp.async.cg``.
 COPY_HELPER = "sprnn_cp16"
 
 _HELPERS = {
@@ -108,11 +113,9 @@ def _call(name: str, *args: object, ret: str = "void") -> tirx.PrimExpr:
     return T.cuda.func_call(name, *args, source_code=_HELPERS[name], return_type=ret)
 
 
-def _check(plan: PersistentPlan, cell: str) -> None:
-    if cell not in CELLS:
-        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
-    if CELL_GATES[cell] != plan.gates:
-        raise ValueError(f"cell {cell!r} has {CELL_GATES[cell]} gates, the plan {plan.gates}")
+def _check(plan: PersistentPlan, cell: PersistentCell) -> None:
+    if cell.gates != plan.gates:
+        raise ValueError(f"cell {cell.value!r} has {cell.gates} gates, the plan {plan.gates}")
 
 
 def _converters(dtype: str) -> tuple:
@@ -122,7 +125,7 @@ def _converters(dtype: str) -> tuple:
     return (lambda x: T.Cast("float32", x)), (lambda x: T.Cast(dtype, x))
 
 
-def _cell_macro(cell: str, batch: int):
+def _cell_macro(cell: PersistentCell, batch: int):
     """``cell_update(hv, acc, a0, uu, u0, cst, c0, rb, h_prev, b)``: ``h_t`` of one sample.
 
     ``acc[a0 + g*batch + b]`` holds ``(R_g h_{t-1})[b]`` and ``uu[u0 + g*batch + b]`` the input
@@ -138,11 +141,11 @@ def _cell_macro(cell: str, batch: int):
 
     @T.macro
     def cell_update(hv, acc, a0, uu, u0, cst, c0, rb, h_prev, b):
-        if cell == "tanh":
+        if cell is PersistentCell.TANH:
             hv[b] = T.tanh(pre(acc, a0, uu, u0, 0, b))
-        elif cell == "relu":
+        elif cell is PersistentCell.RELU:
             hv[b] = T.max(pre(acc, a0, uu, u0, 0, b), T.float32(0))
-        elif cell == "gru":
+        elif cell is PersistentCell.GRU:
             z = T.sigmoid(pre(acc, a0, uu, u0, 0, b))
             r = T.sigmoid(pre(acc, a0, uu, u0, 1, b))
             n = T.tanh(uu[u0 + 2 * Bk + b] + r * (acc[a0 + 2 * Bk + b] + rb))
@@ -156,23 +159,185 @@ def _cell_macro(cell: str, batch: int):
     return cell_update
 
 
+@dataclass(frozen=True)
+class KernelGeometry:
+    """Every size the persistent kernel is specialised on, derived from a plan and two knobs.
+
+    A lane group of ``lanes_per_row`` threads owns ``rows_per_group`` consecutive packed rows
+    (``units_per_group`` hidden units with all their gates); each lane keeps ``pairs_per_lane``
+    slots of every row, ``register_slots`` in registers and ``smem_slots`` in shared memory.
+    ``h_{t-1}`` lives in shared memory, ``vector`` loads read ``pass_width`` samples at once, and
+    a step runs ``passes`` passes over the pairs (``pass_width`` samples each).
+    """
+
+    plan: PersistentPlan
+    barrier: Barrier
+    vector: bool
+
+    @property
+    def index16(self) -> bool:
+        """Two 16-bit columns per index register."""
+        return self.plan.index_mode == "i16x2"
+
+    @property
+    def half(self) -> bool:
+        """fp16 values, two per value register."""
+        return self.plan.dtype == "float16"
+
+    @property
+    def slots_per_iteration(self) -> int:
+        """Slots handled per unrolled iteration (2 when two share a register)."""
+        return 2 if self.index16 or self.half else 1
+
+    @property
+    def smem_slots(self) -> int:
+        """Slots per lane and row kept in shared memory (the last ones)."""
+        return self.plan.smem_pairs
+
+    @property
+    def register_slots(self) -> int:
+        """Slots per lane and row kept in registers."""
+        return self.plan.pairs_per_lane - self.smem_slots
+
+    @property
+    def index_registers(self) -> int:
+        """Index registers per lane and row."""
+        return self.register_slots // 2 if self.index16 else self.register_slots
+
+    @property
+    def value_registers(self) -> int:
+        """Value registers per lane and row."""
+        return self.register_slots // 2 if self.half else self.register_slots
+
+    @property
+    def value_words(self) -> int:
+        """Register-slot words of ``vals`` per row (all lanes)."""
+        return max(self.value_registers, 1) * self.plan.lanes_per_row
+
+    @property
+    def index_words(self) -> int:
+        """Register-slot words of ``idx`` per row (all lanes)."""
+        return max(self.index_registers, 1) * self.plan.lanes_per_row
+
+    @property
+    def smem_pair_words(self) -> int:
+        """Shared words of the CTA's shared-memory pairs (at least one: a placeholder)."""
+        p = self.plan
+        return max(p.rows_per_group * self.smem_slots * p.threads * p.smem_pair_words, 1)
+
+    @property
+    def value_dtype(self) -> str:
+        """Dtype of a value register (``int32`` holding two halves in fp16)."""
+        return "int32" if self.half else self.plan.dtype
+
+    @property
+    def chunk_elements(self) -> int:
+        """Elements of ``h`` per 16-byte chunk."""
+        return 16 // self.plan.itemsize
+
+    @property
+    def pass_width(self) -> int:
+        """Samples per pass over the pairs (accumulators per row)."""
+        return self.plan.sub_batch
+
+    @property
+    def passes(self) -> int:
+        """Passes over the pairs per step."""
+        return self.plan.batch_kernel // self.pass_width
+
+    @property
+    def chunked(self) -> bool:
+        """``h`` in shared memory as ``[B / chunk, H, chunk]`` (a column is one vector load)."""
+        return self.vector and self.plan.batch_kernel % self.chunk_elements == 0
+
+    @property
+    def load_width(self) -> int:
+        """Elements per shared load of ``h``."""
+        return self.pass_width if self.vector else 1
+
+    @property
+    def loads_per_pair(self) -> int:
+        """Shared loads per pair and pass."""
+        return self.pass_width // self.load_width
+
+    @property
+    def column_stride(self) -> int:
+        """Shared elements per column of ``h``."""
+        return self.chunk_elements if self.chunked else self.plan.batch_kernel
+
+    @property
+    def pass_stride(self) -> int:
+        """Shared elements between passes."""
+        return self.chunk_elements * self.plan.hidden_padded if self.chunked else self.pass_width
+
+    @property
+    def h_chunks(self) -> int:
+        """16-byte chunks of ``h``."""
+        return self.plan.hidden_padded * self.plan.batch_kernel // self.chunk_elements
+
+    @property
+    def all_threads_copy(self) -> bool:
+        """Every thread copies exactly ``plan.copy_chunks`` chunks (no bounds check)."""
+        return self.plan.copy_chunks * self.plan.threads == self.h_chunks
+
+    @property
+    def h_words(self) -> int:
+        """int32 words of one step of ``h``."""
+        return self.plan.h_bytes // 4
+
+    @property
+    def h_elements(self) -> int:
+        """Elements of one buffer of ``h``."""
+        return self.plan.hidden_padded * self.plan.batch_kernel
+
+    @property
+    def buffers(self) -> int:
+        """Shared buffers of ``h`` (2 when double-buffered)."""
+        return 2 if self.plan.double_buffer else 1
+
+    @property
+    def h_scope(self) -> str:
+        """Dynamic shared memory beyond the 48 KB of static shared memory."""
+        return "shared.dyn" if self.plan.smem_bytes > 48 * 1024 else "shared"
+
+    @property
+    def pair_scope(self) -> str:
+        """Scope of the shared-memory pairs (a one-word static placeholder without any)."""
+        return self.h_scope if self.smem_slots else "shared"
+
+    @property
+    def flag(self) -> bool:
+        """The data-embedded flag barrier (else the cooperative grid sync)."""
+        return self.barrier is Barrier.FLAG
+
+
+#: Sentinel fill kernel: threads per CTA, and CTAs per persistent CTA (grid-stride loop).
+FILL_THREADS, FILL_CTAS_PER_CTA = 256, 4
+
+
 def make_persistent_kernel(
     plan: PersistentPlan,
-    cell: str = "tanh",
-    barrier: str = "grid",
+    cell: PersistentCell = PersistentCell.TANH,
+    barrier: Barrier = Barrier.GRID,
     vector: bool = True,
 ) -> tirx.PrimFunc:
     """The persistent kernel ``main(vals, idx, spairs, U, h0, c0, rbias, out, c_out, status)``.
+
+    A pure function of its arguments. It is written as the phases of one timestep, each a
+    macro below: ``load_pairs`` (once), then per step ``load_u``, ``exchange_h`` (copy
+    ``h_{t-1}`` into shared memory; with the flag barrier this *is* the wait), ``matvec_pass``
+    and ``cell_update_store`` per pass, and ``end_step`` (the barrier). The PrimFunc carries
+    :data:`COOPERATIVE_ATTR`: :mod:`.cooperative` launches it cooperatively.
 
     Parameters
     ----------
     plan : PersistentPlan
         Geometry (``kind == "persistent"``); ``plan.gates`` must match ``cell``.
-    cell : str
-        ``"tanh"``, ``"relu"`` (vanilla RNN), ``"gru"`` (ONNX ``linear_before_reset=1``) or
-        ``"lstm"`` (no peepholes), with ONNX's default activations.
-    barrier : str
-        ``"grid"`` (cooperative grid sync) or ``"flag"`` (data-embedded sentinel barrier).
+    cell : PersistentCell
+        Vanilla RNN (tanh/relu), GRU (ONNX ``linear_before_reset=1``) or LSTM (no peepholes),
+        ONNX default activations.
+    barrier : Barrier
+        Cooperative grid sync or the data-embedded sentinel (flag) barrier.
     vector : bool
         Vector shared loads of ``h`` (up to 16 bytes: LDS.128); ``False`` gives scalar loads.
 
@@ -183,7 +348,7 @@ def make_persistent_kernel(
         ``RP = rows_padded``, ``DT = plan.dtype``), ``T`` (the number of steps) symbolic:
 
         * ``vals``, ``idx`` (register slots) and ``spairs`` (each CTA's shared-memory slots)
-          from :func:`~tvm_sparse_rnn.rnn.packing.pack`;
+          from :func:`~tvm_sparse_rnn.kernels.cuda.persistent.packing.pack`;
         * ``U``      ``(T, G * Hk, Bk)`` DT, row ``j*G + g``: ``W_g x_t + b_g`` of unit ``j``
           (for the GRU ``h`` gate without the recurrent bias);
         * ``h0``, ``c0`` ``(Hk, Bk)`` DT, initial states (``c0`` is read by LSTM only);
@@ -194,318 +359,375 @@ def make_persistent_kernel(
     """
     if plan.kind != "persistent":
         raise ValueError(f"plan kind {plan.kind!r}: use make_step_kernel for the fallback")
+    cell, barrier = PersistentCell(cell), Barrier(barrier)
     _check(plan, cell)
-    if barrier not in BARRIERS:
-        raise ValueError(f"barrier must be one of {BARRIERS}, got {barrier!r}")
-    Hk, Bk, RP, NZ = plan.hidden_padded, plan.batch_kernel, plan.rows_padded, plan.nz_per_row
-    NCTA, NT, KS, RPT = plan.num_ctas, plan.threads, plan.lanes_per_row, plan.rows_per_group
-    GPC, NZT, G, UPG = plan.groups_per_cta, plan.pairs_per_lane, plan.gates, plan.units_per_group
-    DT, F32 = plan.dtype, "float32"
-    I16 = plan.index_mode == "i16x2"
-    H16 = DT == "float16"  # values packed two per int32 register
-    PK = 2 if I16 or H16 else 1  # slots handled per unrolled iteration
-    NZS = plan.smem_pairs  # slots per lane and row in shared memory (the last ones)
-    NZR = NZT - NZS  # slots per lane and row in registers
-    NIW = NZR // 2 if I16 else NZR  # index registers per lane and row
-    NVW = NZR // 2 if H16 else NZR  # value registers per lane and row
-    VALW, IDXW = max(NVW, 1) * KS, max(NIW, 1) * KS  # register-slot words per row
-    SPW = plan.smem_pair_words
-    SPWORDS = max(RPT * NZS * NT * SPW, 1)  # shared pair words per CTA
-    WDT = "int32" if H16 else DT
-    EPC = 16 // plan.itemsize  # elements per 16-byte chunk
-    BW = plan.sub_batch  # samples per pass over the pairs (accumulators per row)
-    NBC = Bk // BW  # passes per step
-    CHUNKED = vector and Bk % EPC == 0
-    VW = BW if vector else 1  # elements per shared load
-    NVS = BW // VW  # loads per pair and pass
-    SC = EPC if CHUNKED else Bk  # shared elements per column
-    SBC = EPC * Hk if CHUNKED else BW  # shared elements between passes
-    NCH = Hk * Bk // EPC  # 16-byte chunks of h
-    NCOPY = plan.copy_chunks
-    ALL_VALID = NCOPY * NT == NCH
-    FLAG = barrier == "flag"
-    FILL_T, FILL_B = 256, 4 * NCTA  # fill kernel: grid-stride over out[0 : T-1] (int32 words)
-    HW = plan.h_bytes // 4  # int32 words of one step of h
-    SMEM = Hk * Bk
-    NBUF = 2 if plan.double_buffer else 1
-    SCOPE = "shared.dyn" if plan.smem_bytes > 48 * 1024 else "shared"
-    W_SCOPE = SCOPE if NZS else "shared"  # a one-word placeholder otherwise
-    cell_update = _cell_macro(cell, BW)
-
-    f32, to_dt = _converters(DT)
+    geo = KernelGeometry(plan, barrier, vector)
+    hidden, batch, rows, gates = plan.hidden_padded, plan.batch_kernel, plan.rows_padded, plan.gates
+    ctas, threads, lanes, rpt = plan.num_ctas, plan.threads, plan.lanes_per_row, plan.rows_per_group
+    groups, units = plan.groups_per_cta, plan.units_per_group
+    dtype, f32_name = plan.dtype, "float32"
+    width, passes = geo.pass_width, geo.passes
+    nvr, nir, per_iter = geo.value_registers, geo.index_registers, geo.slots_per_iteration
+    smem_slots, epc, h_size = geo.smem_slots, geo.chunk_elements, geo.h_elements
+    fill_ctas = FILL_CTAS_PER_CTA * ctas
+    cell_update = _cell_macro(cell, width)
+    f32, to_dt = _converters(dtype)
 
     def dst_elem(e):
         """Shared element of 16-byte chunk ``e`` of ``h`` (flat ``[Hk, Bk]``)."""
-        if CHUNKED:
-            return ((e % (Bk // EPC)) * Hk + e // (Bk // EPC)) * EPC
-        return e * EPC
+        if geo.chunked:
+            return ((e % (batch // epc)) * hidden + e // (batch // epc)) * epc
+        return e * epc
 
     def h_elem(t, col, b):
         """Shared element of ``h_{t-1}[col, b]``."""
-        return (t % NBUF) * SMEM + (b // BW) * SBC + col * SC + b % BW
+        return (
+            (t % geo.buffers) * h_size
+            + (b // width) * geo.pass_stride
+            + col * geo.column_stride
+            + b % width
+        )
 
     def row(bx, tx, rr):
         """Packed row ``rr`` of the lane group of thread ``tx``."""
-        return (bx * GPC + tx // KS) * RPT + rr
+        return (bx * groups + tx // lanes) * rpt + rr
 
     def unit(bx, tx, ui):
         """Hidden unit ``ui`` of the lane group of thread ``tx``."""
-        return (bx * GPC + tx // KS) * UPG + ui
+        return (bx * groups + tx // lanes) * units + ui
+
+    def value(wv, rr, m, k):
+        """Value of slot ``per_iter*m + k`` of row ``rr`` (float32)."""
+        if geo.half:
+            return _call("sprnn_half_hi" if k else "sprnn_half_lo", wv[rr * nvr + m], ret=f32_name)
+        return wv[rr * nvr + per_iter * m + k]
+
+    def column(wi, rr, m, k):
+        """Column of slot ``per_iter*m + k`` of row ``rr``."""
+        if not geo.index16:
+            return wi[rr * nir + per_iter * m + k]
+        return _call("sprnn_col_hi" if k else "sprnn_col_lo", wi[rr * nir + m], ret="int32")
+
+    def guard(spins, value):
+        """``value``, or NaN once a flag-barrier wait of this thread timed out (``spins[1]``)."""
+        if not geo.flag:
+            return value
+        return T.if_then_else(spins[1] != 0, T.reinterpret(f32_name, T.int32(NAN_BITS)), value)
+
+    def smem_word(w_sh, rr, j, tx, w):
+        """Word ``w`` of shared-memory slot ``j`` of row ``rr`` of thread ``tx``."""
+        return w_sh[((rr * smem_slots + j) * threads + tx) * plan.smem_pair_words + w]
+
+    def smem_value(w_sh, rr, j, tx):
+        if geo.half:
+            return _call("sprnn_half_lo", smem_word(w_sh, rr, j, tx, 0), ret=f32_name)
+        return T.reinterpret(f32_name, smem_word(w_sh, rr, j, tx, 0))
+
+    def smem_column(w_sh, rr, j, tx):
+        if geo.half:
+            return _call("sprnn_col_hi", smem_word(w_sh, rr, j, tx, 0), ret="int32")
+        return smem_word(w_sh, rr, j, tx, 1)
+
+    @T.macro
+    def fill_sentinel(out, status, steps):
+        # Fill out[0:T-1] with the sentinel: what the flag barrier waits on.
+        words = T.decl_buffer((steps * geo.h_words,), "int32", data=out.data)
+        for fb in T.thread_binding(fill_ctas, thread="blockIdx.x"):
+            for ft in T.thread_binding(FILL_THREADS, thread="threadIdx.x"):
+                for it in range(T.ceildiv((steps - 1) * geo.h_words, 4 * FILL_THREADS * fill_ctas)):
+                    if ((it * fill_ctas + fb) * FILL_THREADS + ft) * 4 < (steps - 1) * geo.h_words:
+                        for v in T.vectorized(4):
+                            words[((it * fill_ctas + fb) * FILL_THREADS + ft) * 4 + v] = T.int32(
+                                SENTINEL_BITS
+                            )
+                if fb == 0 and ft == 0:
+                    status[0] = 0
+
+    @T.macro
+    def load_pairs(wv, wi, w_sh, vals, idx, spairs, bx, tx):
+        # The lane's register pairs, once; the CTA's shared-memory pairs (ordered by the first
+        # barrier).
+        for rr in T.unroll(rpt):
+            for j in T.unroll(nvr):
+                wv[rr * nvr + j] = vals[row(bx, tx, rr), j * lanes + tx % lanes]
+            for m in T.unroll(nir):
+                wi[rr * nir + m] = idx[row(bx, tx, rr), m * lanes + tx % lanes]
+        if smem_slots > 0:
+            for i in range(T.ceildiv(geo.smem_pair_words, threads)):
+                if i * threads + tx < geo.smem_pair_words:
+                    w_sh[i * threads + tx] = spairs[bx, i * threads + tx]
+
+    @T.macro
+    def load_cell_state(rbv, cst, rbias, c0, bx, tx):
+        for ui in T.unroll(units):
+            rbv[ui] = rbias[T.min((bx * groups + tx // lanes) * units + ui, hidden - 1)]
+            for b in T.unroll(batch):
+                cst[ui * batch + b] = f32(
+                    c0[T.min((bx * groups + tx // lanes) * units + ui, hidden - 1), b]
+                )
 
     @T.macro
     def load_u(uu, U, t, bx, tx, bc):
-        # u_t of this lane's rows for samples bc*BW .. bc*BW + BW - 1
-        for rr in T.unroll(RPT):
-            for b in T.unroll(BW):
-                uu[rr * BW + b] = f32(U[t, T.min(row(bx, tx, rr), G * Hk - 1), bc * BW + b])
+        # u_t of this lane's rows for samples bc*width .. bc*width + width - 1
+        for rr in T.unroll(rpt):
+            for b in T.unroll(width):
+                uu[rr * width + b] = f32(
+                    U[t, T.min(row(bx, tx, rr), gates * hidden - 1), bc * width + b]
+                )
 
     @T.macro
     def copy_chunk(h_sh, h0, out, t, tx, i, first):
-        # chunk e = i*NT + tx of h_{t-1} (flat [Hk, Bk]) -> buffer t % NBUF, with cp.async.cg
+        # chunk e = i*threads + tx of h_{t-1} (flat [Hk, Bk]) -> buffer t % buffers, cp.async.cg
         if first:
             _call(
                 COPY_HELPER,
-                T.address_of(h_sh[(t % NBUF) * SMEM + dst_elem(i * NT + tx)]),
-                T.address_of(h0[((i * NT + tx) * EPC) // Bk, ((i * NT + tx) * EPC) % Bk]),
+                T.address_of(h_sh[(t % geo.buffers) * h_size + dst_elem(i * threads + tx)]),
+                T.address_of(
+                    h0[((i * threads + tx) * epc) // batch, ((i * threads + tx) * epc) % batch]
+                ),
             )
         else:
             _call(
                 COPY_HELPER,
-                T.address_of(h_sh[(t % NBUF) * SMEM + dst_elem(i * NT + tx)]),
-                T.address_of(out[t - 1, ((i * NT + tx) * EPC) // Bk, ((i * NT + tx) * EPC) % Bk]),
+                T.address_of(h_sh[(t % geo.buffers) * h_size + dst_elem(i * threads + tx)]),
+                T.address_of(
+                    out[
+                        t - 1,
+                        ((i * threads + tx) * epc) // batch,
+                        ((i * threads + tx) * epc) % batch,
+                    ]
+                ),
             )
 
-    def value(wv, rr, m, k):
-        """Value of slot ``PK*m + k`` of row ``rr`` (float32)."""
-        if H16:
-            return _call("sprnn_half_hi" if k else "sprnn_half_lo", wv[rr * NVW + m], ret=F32)
-        return wv[rr * NVW + PK * m + k]
-
-    def column(wi, rr, m, k):
-        """Column of slot ``PK*m + k`` of row ``rr``."""
-        if not I16:
-            return wi[rr * NIW + PK * m + k]
-        return _call("sprnn_col_hi" if k else "sprnn_col_lo", wi[rr * NIW + m], ret="int32")
+    @T.macro
+    def exchange_h(h_sh, h0, out, status, pend, spins, t, tx):
+        # h_{t-1} -> shared memory. Step 0 copies h0; the flag barrier re-copies every chunk
+        # that still holds the sentinel until all have landed (bounded spin); the grid barrier
+        # already waited, so one copy suffices.
+        if t == 0:
+            for i in T.unroll(plan.copy_chunks):
+                if geo.all_threads_copy or i * threads + tx < geo.h_chunks:
+                    copy_chunk(h_sh, h0, out, t, tx, i, True)
+            _call("sprnn_cp_wait")
+        elif geo.flag:
+            pend[0] = 0
+            for i in T.unroll(plan.copy_chunks):
+                if geo.all_threads_copy or i * threads + tx < geo.h_chunks:
+                    pend[0] = pend[0] | (1 << i)
+            spins[0] = 0
+            while pend[0] != 0:
+                for i in T.unroll(plan.copy_chunks):
+                    if T.bitwise_and(T.shift_right(pend[0], i), 1) == 1:
+                        copy_chunk(h_sh, h0, out, t, tx, i, False)
+                _call("sprnn_cp_wait")
+                for i in T.unroll(plan.copy_chunks):
+                    if T.bitwise_and(T.shift_right(pend[0], i), 1) == 1:
+                        if (
+                            _call(
+                                "sprnn_ready16",
+                                T.address_of(
+                                    h_sh[(t % geo.buffers) * h_size + dst_elem(i * threads + tx)]
+                                ),
+                                ret="int32",
+                            )
+                            != 0
+                        ):
+                            pend[0] = T.bitwise_and(pend[0], T.bitwise_not(1 << i))
+                spins[0] = spins[0] + 1
+                if spins[0] >= MAX_SPINS:
+                    status[0] = 1
+                    pend[0] = 0
+                    spins[1] = 1
+        else:
+            for i in T.unroll(plan.copy_chunks):
+                if geo.all_threads_copy or i * threads + tx < geo.h_chunks:
+                    copy_chunk(h_sh, h0, out, t, tx, i, False)
+            _call("sprnn_cp_wait")
+        T.cuda.cta_sync()
 
     @T.macro
     def pair(acc, a0, hb, h_sh, t, bc, val, col, staged):
         # acc[a0 + b] += val * h_{t-1}[col, b] for the samples of pass bc
-        for v in T.unroll(NVS):
+        for v in T.unroll(geo.loads_per_pair):
             if staged:
-                # One vector load of VW elements into hb, then scalar fp32 math (fp16: a
-                # broadcast of the unpacked weight to 8 float lanes is not valid TVM CUDA code).
-                for bi in T.vectorized(VW):
-                    hb[bi] = h_sh[(t % NBUF) * SMEM + bc * SBC + col * SC + v * VW + bi]
-                for bi in T.unroll(VW):
-                    acc[a0 + v * VW + bi] = acc[a0 + v * VW + bi] + val * f32(hb[bi])
+                # One vector load into hb, then scalar fp32 math (fp16: a broadcast of the
+                # unpacked weight to 8 float lanes is not valid TVM CUDA code).
+                for bi in T.vectorized(geo.load_width):
+                    hb[bi] = h_sh[
+                        (t % geo.buffers) * h_size
+                        + bc * geo.pass_stride
+                        + col * geo.column_stride
+                        + v * geo.load_width
+                        + bi
+                    ]
+                for bi in T.unroll(geo.load_width):
+                    acc[a0 + v * geo.load_width + bi] = acc[
+                        a0 + v * geo.load_width + bi
+                    ] + val * f32(hb[bi])
             else:
-                for bi in T.vectorized(VW):
-                    acc[a0 + v * VW + bi] = (
-                        acc[a0 + v * VW + bi]
-                        + val * (h_sh[(t % NBUF) * SMEM + bc * SBC + col * SC + v * VW + bi])
+                for bi in T.vectorized(geo.load_width):
+                    acc[a0 + v * geo.load_width + bi] = (
+                        acc[a0 + v * geo.load_width + bi]
+                        + val
+                        * (
+                            h_sh[
+                                (t % geo.buffers) * h_size
+                                + bc * geo.pass_stride
+                                + col * geo.column_stride
+                                + v * geo.load_width
+                                + bi
+                            ]
+                        )
                     )
 
-    def smem_word(w_sh, rr, j, tx, w):
-        """Word ``w`` of shared-memory slot ``j`` of row ``rr`` of thread ``tx``."""
-        return w_sh[((rr * NZS + j) * NT + tx) * SPW + w]
+    @T.macro
+    def matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui):
+        # acc[g*width + b] = (R_g h_{t-1})[b] of unit ui, this lane's share of the row
+        for g in T.unroll(gates):
+            for b in T.unroll(width):
+                acc[g * width + b] = T.float32(0)
+            for m in T.unroll(geo.register_slots // per_iter):
+                pair(
+                    acc,
+                    g * width,
+                    hb,
+                    h_sh,
+                    t,
+                    bc,
+                    value(wv, ui * gates + g, m, 0),
+                    column(wi, ui * gates + g, m, 0),
+                    geo.half,
+                )
+                if per_iter == 2:
+                    pair(
+                        acc,
+                        g * width,
+                        hb,
+                        h_sh,
+                        t,
+                        bc,
+                        value(wv, ui * gates + g, m, 1),
+                        column(wi, ui * gates + g, m, 1),
+                        geo.half,
+                    )
+            for j in T.unroll(smem_slots):
+                pair(
+                    acc,
+                    g * width,
+                    hb,
+                    h_sh,
+                    t,
+                    bc,
+                    smem_value(w_sh, ui * gates + g, j, tx),
+                    smem_column(w_sh, ui * gates + g, j, tx),
+                    True,
+                )
+        if lanes > 1:
+            for k in T.unroll(gates * width):
+                acc[k] = T.cuda.warp_sum(acc[k], lanes)
 
-    def smem_value(w_sh, rr, j, tx):
-        if H16:
-            return _call("sprnn_half_lo", smem_word(w_sh, rr, j, tx, 0), ret=F32)
-        return T.reinterpret(F32, smem_word(w_sh, rr, j, tx, 0))
+    @T.macro
+    def cell_update_store(hv, acc, uu, cst, rbv, h_sh, out, spins, t, bx, tx, bc, ui):
+        # lane 0 of the group: the cell math of unit ui, then h_t of the pass in one vector
+        # store (the flag barrier checks 32-bit words: two fp16 samples must land together)
+        if tx % lanes == 0:
+            if unit(bx, tx, ui) < hidden:
+                for b in T.unroll(width):
+                    cell_update(
+                        hv,
+                        acc,
+                        0,
+                        uu,
+                        ui * gates * width,
+                        cst,
+                        ui * batch + bc * width,
+                        rbv[ui],
+                        f32(h_sh[h_elem(t, unit(bx, tx, ui), bc * width + b)]),
+                        b,
+                    )
+                for bi in T.vectorized(width):
+                    out[t, unit(bx, tx, ui), bc * width + bi] = to_dt(guard(spins, hv[bi]))
 
-    def smem_column(w_sh, rr, j, tx):
-        if H16:
-            return _call("sprnn_col_hi", smem_word(w_sh, rr, j, tx, 0), ret="int32")
-        return smem_word(w_sh, rr, j, tx, 1)
+    @T.macro
+    def end_step():
+        if geo.flag:
+            if geo.buffers == 1:  # the next copy overwrites the buffer read now
+                T.cuda.cta_sync()
+        else:
+            T.cuda.grid_sync()
+
+    @T.macro
+    def store_cell_state(c_out, cst, spins, bx, tx):
+        if gates == 4:
+            if tx % lanes == 0:
+                for ui in T.unroll(units):
+                    if unit(bx, tx, ui) < hidden:
+                        for b in T.unroll(batch):
+                            c_out[unit(bx, tx, ui), b] = to_dt(guard(spins, cst[ui * batch + b]))
 
     @T.prim_func
     def main(
-        vals: T.Buffer((RP, VALW), WDT),
-        idx: T.Buffer((RP, IDXW), "int32"),
-        spairs: T.Buffer((NCTA, SPWORDS), "int32"),
+        vals: T.Buffer((rows, geo.value_words), geo.value_dtype),
+        idx: T.Buffer((rows, geo.index_words), "int32"),
+        spairs: T.Buffer((ctas, geo.smem_pair_words), "int32"),
         u_handle: T.handle,
-        h0: T.Buffer((Hk, Bk), DT),
-        c0: T.Buffer((Hk, Bk), DT),
-        rbias: T.Buffer((Hk,), F32),
+        h0: T.Buffer((hidden, batch), dtype),
+        c0: T.Buffer((hidden, batch), dtype),
+        rbias: T.Buffer((hidden,), f32_name),
         out_handle: T.handle,
-        c_out: T.Buffer((Hk, Bk), DT),
+        c_out: T.Buffer((hidden, batch), dtype),
         status: T.Buffer((1,), "int32"),
     ):
-        T.func_attr({"tirx.noalias": True})
+        T.func_attr({"tirx.noalias": True, COOPERATIVE_ATTR: True})
         steps = T.int32()
-        U = T.match_buffer(u_handle, (steps, G * Hk, Bk), DT)
-        out = T.match_buffer(out_handle, (steps, Hk, Bk), DT)
-        if FLAG:
-            # Fill out[0:T-1] with the sentinel: what the flag barrier waits on.
-            words = T.decl_buffer((steps * HW,), "int32", data=out.data)
-            for fb in T.thread_binding(FILL_B, thread="blockIdx.x"):
-                for ft in T.thread_binding(FILL_T, thread="threadIdx.x"):
-                    for it in range(T.ceildiv((steps - 1) * HW, 4 * FILL_T * FILL_B)):
-                        if ((it * FILL_B + fb) * FILL_T + ft) * 4 < (steps - 1) * HW:
-                            for v in T.vectorized(4):
-                                words[((it * FILL_B + fb) * FILL_T + ft) * 4 + v] = T.int32(
-                                    SENTINEL_BITS
-                                )
-                    if fb == 0 and ft == 0:
-                        status[0] = 0
-        for bx in T.thread_binding(NCTA, thread="blockIdx.x"):
-            for tx in T.thread_binding(NT, thread="threadIdx.x"):
-                h_sh = T.alloc_buffer((NBUF * SMEM,), DT, scope=SCOPE)
-                w_sh = T.alloc_buffer((SPWORDS,), "int32", scope=W_SCOPE)
-                wv = T.alloc_buffer((RPT * VALW // KS,), WDT, scope="local")
-                wi = T.alloc_buffer((RPT * IDXW // KS,), "int32", scope="local")
-                acc = T.alloc_buffer((G * BW,), F32, scope="local")
-                uu = T.alloc_buffer((RPT * BW,), F32, scope="local")
-                hv = T.alloc_buffer((BW,), F32, scope="local")
-                hb = T.alloc_buffer((VW,), DT, scope="local")
-                cst = T.alloc_buffer((UPG * Bk,), F32, scope="local")
-                rbv = T.alloc_buffer((UPG,), F32, scope="local")
+        U = T.match_buffer(u_handle, (steps, gates * hidden, batch), dtype)
+        out = T.match_buffer(out_handle, (steps, hidden, batch), dtype)
+        if geo.flag:
+            fill_sentinel(out, status, steps)
+        for bx in T.thread_binding(ctas, thread="blockIdx.x"):
+            for tx in T.thread_binding(threads, thread="threadIdx.x"):
+                h_sh = T.alloc_buffer((geo.buffers * h_size,), dtype, scope=geo.h_scope)
+                w_sh = T.alloc_buffer((geo.smem_pair_words,), "int32", scope=geo.pair_scope)
+                wv = T.alloc_buffer(
+                    (rpt * geo.value_words // lanes,), geo.value_dtype, scope="local"
+                )
+                wi = T.alloc_buffer((rpt * geo.index_words // lanes,), "int32", scope="local")
+                acc = T.alloc_buffer((gates * width,), f32_name, scope="local")
+                uu = T.alloc_buffer((rpt * width,), f32_name, scope="local")
+                hv = T.alloc_buffer((width,), f32_name, scope="local")
+                hb = T.alloc_buffer((geo.load_width,), dtype, scope="local")
+                cst = T.alloc_buffer((units * batch,), f32_name, scope="local")
+                rbv = T.alloc_buffer((units,), f32_name, scope="local")
                 pend = T.alloc_buffer((1,), "int32", scope="local")
-                spins = T.alloc_buffer((1,), "int32", scope="local")
-                if not FLAG:
+                spins = T.alloc_buffer((2 if geo.flag else 1,), "int32", scope="local")
+                if geo.flag:
+                    spins[1] = 0  # set once a wait times out
+                else:
                     if bx == 0 and tx == 0:
                         status[0] = 0
-                # Weights -> registers, once; per-unit state of the cell.
-                for rr in T.unroll(RPT):
-                    for j in T.unroll(NVW):
-                        wv[rr * NVW + j] = vals[row(bx, tx, rr), j * KS + tx % KS]
-                    for m in T.unroll(NIW):
-                        wi[rr * NIW + m] = idx[row(bx, tx, rr), m * KS + tx % KS]
-                if NZS > 0:  # the CTA's shared-memory pairs, once (ordered by the first barrier)
-                    for i in range(T.ceildiv(SPWORDS, NT)):
-                        if i * NT + tx < SPWORDS:
-                            w_sh[i * NT + tx] = spairs[bx, i * NT + tx]
-                for ui in T.unroll(UPG):
-                    rbv[ui] = rbias[T.min((bx * GPC + tx // KS) * UPG + ui, Hk - 1)]
-                    for b in T.unroll(Bk):
-                        cst[ui * Bk + b] = f32(
-                            c0[T.min((bx * GPC + tx // KS) * UPG + ui, Hk - 1), b]
-                        )
+                load_pairs(wv, wi, w_sh, vals, idx, spairs, bx, tx)
+                load_cell_state(rbv, cst, rbias, c0, bx, tx)
                 for t in range(steps):
-                    if NBC == 1:  # u_t before waiting for h_{t-1}
+                    if passes == 1:  # u_t before waiting for h_{t-1}
                         load_u(uu, U, t, bx, tx, 0)
-                    if t == 0:
-                        for i in T.unroll(NCOPY):
-                            if ALL_VALID or i * NT + tx < NCH:
-                                copy_chunk(h_sh, h0, out, t, tx, i, True)
-                        _call("sprnn_cp_wait")
-                    elif FLAG:
-                        pend[0] = 0
-                        for i in T.unroll(NCOPY):
-                            if ALL_VALID or i * NT + tx < NCH:
-                                pend[0] = pend[0] | (1 << i)
-                        spins[0] = 0
-                        while pend[0] != 0:
-                            for i in T.unroll(NCOPY):
-                                if T.bitwise_and(T.shift_right(pend[0], i), 1) == 1:
-                                    copy_chunk(h_sh, h0, out, t, tx, i, False)
-                            _call("sprnn_cp_wait")
-                            for i in T.unroll(NCOPY):
-                                if T.bitwise_and(T.shift_right(pend[0], i), 1) == 1:
-                                    if (
-                                        _call(
-                                            "sprnn_ready16",
-                                            T.address_of(
-                                                h_sh[(t % NBUF) * SMEM + dst_elem(i * NT + tx)]
-                                            ),
-                                            ret="int32",
-                                        )
-                                        != 0
-                                    ):
-                                        pend[0] = T.bitwise_and(pend[0], T.bitwise_not(1 << i))
-                            spins[0] = spins[0] + 1
-                            if spins[0] >= MAX_SPINS:
-                                status[0] = 1
-                                pend[0] = 0
-                    else:
-                        for i in T.unroll(NCOPY):
-                            if ALL_VALID or i * NT + tx < NCH:
-                                copy_chunk(h_sh, h0, out, t, tx, i, False)
-                        _call("sprnn_cp_wait")
-                    T.cuda.cta_sync()
-                    for bc in T.unroll(NBC):
-                        if NBC > 1:
+                    exchange_h(h_sh, h0, out, status, pend, spins, t, tx)
+                    for bc in T.unroll(passes):
+                        if passes > 1:
                             load_u(uu, U, t, bx, tx, bc)
-                        for ui in T.unroll(UPG):
-                            for g in T.unroll(G):
-                                for b in T.unroll(BW):
-                                    acc[g * BW + b] = T.float32(0)
-                                for m in T.unroll(NZR // PK):
-                                    pair(
-                                        acc,
-                                        g * BW,
-                                        hb,
-                                        h_sh,
-                                        t,
-                                        bc,
-                                        value(wv, ui * G + g, m, 0),
-                                        column(wi, ui * G + g, m, 0),
-                                        H16,
-                                    )
-                                    if PK == 2:
-                                        pair(
-                                            acc,
-                                            g * BW,
-                                            hb,
-                                            h_sh,
-                                            t,
-                                            bc,
-                                            value(wv, ui * G + g, m, 1),
-                                            column(wi, ui * G + g, m, 1),
-                                            H16,
-                                        )
-                                for j in T.unroll(NZS):
-                                    pair(
-                                        acc,
-                                        g * BW,
-                                        hb,
-                                        h_sh,
-                                        t,
-                                        bc,
-                                        smem_value(w_sh, ui * G + g, j, tx),
-                                        smem_column(w_sh, ui * G + g, j, tx),
-                                        True,
-                                    )
-                            if KS > 1:
-                                for k in T.unroll(G * BW):
-                                    acc[k] = T.cuda.warp_sum(acc[k], KS)
-                            if tx % KS == 0:
-                                if unit(bx, tx, ui) < Hk:
-                                    for b in T.unroll(BW):
-                                        cell_update(
-                                            hv,
-                                            acc,
-                                            0,
-                                            uu,
-                                            ui * G * BW,
-                                            cst,
-                                            ui * Bk + bc * BW,
-                                            rbv[ui],
-                                            f32(h_sh[h_elem(t, unit(bx, tx, ui), bc * BW + b)]),
-                                            b,
-                                        )
-                                    # one vector store per pass, whatever the load width: the
-                                    # flag barrier checks 32-bit words, so two fp16 samples of
-                                    # a word must land together
-                                    for bi in T.vectorized(BW):
-                                        out[t, unit(bx, tx, ui), bc * BW + bi] = to_dt(hv[bi])
-                    if FLAG:
-                        if NBUF == 1:  # the next copy overwrites the buffer read now
-                            T.cuda.cta_sync()
-                    else:
-                        T.cuda.grid_sync()
-                if G == 4:
-                    if tx % KS == 0:
-                        for ui in T.unroll(UPG):
-                            if unit(bx, tx, ui) < Hk:
-                                for b in T.unroll(Bk):
-                                    c_out[unit(bx, tx, ui), b] = to_dt(cst[ui * Bk + b])
+                        for ui in T.unroll(units):
+                            matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui)
+                            cell_update_store(
+                                hv, acc, uu, cst, rbv, h_sh, out, spins, t, bx, tx, bc, ui
+                            )
+                    end_step()
+                store_cell_state(c_out, cst, spins, bx, tx)
 
     return main
 
 
-def make_step_kernel(plan: PersistentPlan, cell: str = "tanh") -> tirx.PrimFunc:
+def make_step_kernel(
+    plan: PersistentPlan, cell: PersistentCell = PersistentCell.TANH
+) -> tirx.PrimFunc:
     """Non-persistent fallback: one launch per step, weights read from global memory.
 
     ``main(vals, idx, spairs, U, h0, c0, rbias, out, c_out, status, t)`` computes step ``t``
@@ -514,6 +736,7 @@ def make_step_kernel(plan: PersistentPlan, cell: str = "tanh") -> tirx.PrimFunc:
     those of :func:`make_persistent_kernel` for a ``per_step`` plan (``KS = 1``, 32-bit indices,
     ``RP = G * Hk`` unit-major rows, ``spairs`` unused); ``status`` is set to 0.
     """
+    cell = PersistentCell(cell)
     _check(plan, cell)
     Hk, Bk, NZ, G, DT, F32 = (
         plan.hidden_padded,

@@ -17,13 +17,19 @@ at the shared word address ``c * stride`` (:class:`SmemAccess`), so it falls in 
 
 from __future__ import annotations
 
+import enum
 import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-ORDERS = ("naive", "guided")
+
+class PairOrder(str, enum.Enum):
+    """Order of a row's ``<column, value>`` pairs over its lanes' slots."""
+
+    GUIDED = "guided"  # bank-aware (see the module docstring)
+    NAIVE = "naive"  # column order, lane-interleaved
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,7 @@ def order_row(
     lanes_per_row: int,
     pairs_per_lane: int,
     access: SmemAccess,
-    order: str = "guided",
+    order: PairOrder = PairOrder.GUIDED,
     num_columns: int | None = None,
 ) -> np.ndarray:
     """Place one row's nonzeros in its ``(part, slot)`` grid.
@@ -121,8 +127,8 @@ def order_row(
         ``KS`` and ``NZT``.
     access : SmemAccess
         Shared-memory access pattern (gives the colors).
-    order : str
-        ``"naive"`` or ``"guided"``.
+    order : PairOrder
+        Guided (bank-aware) or naive.
     num_columns : int, optional
         Columns of ``R`` (padding columns stay below it); default: unbounded.
 
@@ -136,13 +142,12 @@ def order_row(
     slots = lanes_per_row * pairs_per_lane
     if nnz > slots:
         raise ValueError(f"row has {nnz} nonzeros but only {slots} slots")
-    if order == "naive":
+    order = PairOrder(order)
+    if order is PairOrder.NAIVE:
         flat = np.full(slots, -1, np.int64)  # padding reads column 0
         k = np.arange(nnz)
         flat[(k % lanes_per_row) * pairs_per_lane + k // lanes_per_row] = k
         return flat.reshape(lanes_per_row, pairs_per_lane)
-    if order != "guided":
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     nc = access.n_colors
     by_color = _slots_by_color(lane0, lanes_per_row, pairs_per_lane, nc)
     want = [list(np.flatnonzero(cols % nc == c)) for c in range(nc)]

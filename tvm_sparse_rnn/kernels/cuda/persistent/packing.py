@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .layout import SmemAccess, order_row, smem_access
+from .layout import PairOrder, SmemAccess, order_row, smem_access
 from .planner import PersistentPlan
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ class PackedWeights:
     ----------
     plan : PersistentPlan
         The geometry it was packed for.
-    order : str
-        ``"naive"`` or ``"guided"``.
+    order : PairOrder
+        Guided (bank-aware) or naive.
     vector : bool
         Whether the layout targets vector loads (it decides the bank colors).
     cols : numpy.ndarray
@@ -66,7 +66,7 @@ class PackedWeights:
     """
 
     plan: PersistentPlan
-    order: str
+    order: PairOrder
     vector: bool
     cols: np.ndarray
     values: np.ndarray
@@ -148,7 +148,7 @@ def lane0_of_row(plan: PersistentPlan, row: int) -> int:
 def pack(
     R: np.ndarray | sp.spmatrix | sp.sparray,
     plan: PersistentPlan,
-    order: str = "guided",
+    order: PairOrder = PairOrder.GUIDED,
     vector: bool = True,
 ) -> PackedWeights:
     """Pack ``R`` for ``plan``.
@@ -159,9 +159,9 @@ def pack(
         ``(G*H, H)`` recurrent weight, unit-major (:func:`unit_major`), ``H == plan.hidden``,
         ``G == plan.gates``; converted to the plan's dtype.
     plan : PersistentPlan
-        From :func:`~tvm_sparse_rnn.rnn.planner.plan_persistent`.
-    order : str
-        ``"guided"`` (bank-aware, default) or ``"naive"``.
+        From :func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.plan_persistent`.
+    order : PairOrder
+        Guided (bank-aware, default) or naive.
     vector : bool
         Lay out for vector shared loads (must match the kernel's ``vector`` knob).
 
@@ -170,6 +170,7 @@ def pack(
     PackedWeights
     """
     csr = _to_csr(R)
+    order = PairOrder(order)
     H, G = plan.hidden, plan.gates
     if csr.shape != (G * H, H):
         raise ValueError(f"R has shape {csr.shape}, the plan is for ({G * H}, {H})")

@@ -29,6 +29,7 @@ accumulators.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ....errors import CapacityError, UnsupportedError
+from ....ops.cells import CellType
+from ....target import DeviceLimits
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +55,17 @@ REG_HEADROOM = 16
 #: chunks in the flag barrier).
 MAX_COPY_CHUNKS = 31
 SUPPORTED_DTYPES = ("float32", "float16")
-BARRIERS = ("grid", "flag")
-#: Gates per hidden unit of each cell the kernel runs (its ``cell`` argument).
-CELL_GATES = {"tanh": 1, "relu": 1, "gru": 3, "lstm": 4}
+#: Gates per hidden unit of the cells the kernel runs.
+GATE_COUNTS = tuple(sorted({c.num_gates for c in CellType}))
+
+
+class Barrier(str, enum.Enum):
+    """How the persistent kernel separates timesteps (see :mod:`.kernel`)."""
+
+    GRID = "grid"  # cooperative-groups grid sync
+    FLAG = "flag"  # data-embedded sentinel barrier with a bounded spin
+
+
 #: Largest rows per lane group (unrolled per thread).
 MAX_ROWS_PER_GROUP = 8
 
@@ -62,47 +73,6 @@ MAX_ROWS_PER_GROUP = 8
 def itemsize(dtype: str) -> int:
     """Bytes per element of ``dtype`` (``"float32"`` or ``"float16"``)."""
     return 2 if dtype == "float16" else 4
-
-
-@dataclass(frozen=True)
-class DeviceLimits:
-    """The GPU limits the planner respects.
-
-    Attributes
-    ----------
-    name : str
-        Device name, for messages.
-    num_sms : int
-        Streaming multiprocessors; at most one CTA per SM.
-    regs_per_sm : int
-        32-bit registers per SM.
-    max_regs_per_thread : int
-        ptxas's per-thread register limit.
-    max_threads_per_block : int
-        Threads per CTA.
-    smem_per_block : int
-        Largest shared memory per CTA in bytes (dynamic shared memory opt-in beyond 48 KB).
-    """
-
-    name: str = "NVIDIA H100 80GB HBM3"
-    num_sms: int = 132
-    regs_per_sm: int = 65536
-    max_regs_per_thread: int = 255
-    max_threads_per_block: int = 1024
-    smem_per_block: int = 227 * 1024
-
-    @classmethod
-    def from_tvm_device(cls, dev: object) -> DeviceLimits:
-        """Limits of a live TVM CUDA device (``tvm.cuda(0)``); registers are taken as sm_90's."""
-        return cls(
-            name=str(dev.device_name),
-            num_sms=int(dev.multi_processor_count),
-            max_threads_per_block=int(dev.max_threads_per_block),
-            smem_per_block=int(getattr(dev, "max_shared_memory_per_block", 48 * 1024)),
-        )
-
-
-H100 = DeviceLimits()
 
 
 @dataclass(frozen=True)
@@ -362,7 +332,8 @@ def candidate_plans(
     max_row_nnz: int,
     batch: int,
     dtype: str = "float32",
-    device: DeviceLimits = H100,
+    *,
+    device: DeviceLimits,
     double_buffer: bool = False,
     gates: int = 1,
 ) -> list[PersistentPlan]:
@@ -390,8 +361,8 @@ def candidate_plans(
         raise UnsupportedError(
             f"dtype {dtype!r}: the persistent kernel supports {SUPPORTED_DTYPES}"
         )
-    if gates not in set(CELL_GATES.values()):
-        raise ValueError(f"gates must be one of {sorted(set(CELL_GATES.values()))}, got {gates}")
+    if gates not in GATE_COUNTS:
+        raise ValueError(f"gates must be one of {GATE_COUNTS}, got {gates}")
     hp = _round_up(hidden, 4)
     bk, chunks = _batch_split(hp, batch, dtype, device)
     h_bytes = hp * bk * itemsize(dtype)
@@ -470,8 +441,8 @@ def plan_persistent(
     R: np.ndarray | object | None = None,
     batch: int = 1,
     dtype: str = "float32",
-    device: DeviceLimits = H100,
     *,
+    device: DeviceLimits,
     gates: int = 1,
     hidden: int | None = None,
     max_row_nnz: int | None = None,
@@ -488,7 +459,7 @@ def plan_persistent(
     dtype : str
         ``"float32"`` or ``"float16"``.
     device : DeviceLimits
-        The GPU (default: the H100).
+        The GPU (:func:`tvm_sparse_rnn.target.device_limits` of the target).
     gates : int
         Gates per unit: 1 (RNN), 3 (GRU) or 4 (LSTM).
     hidden, max_row_nnz : int, optional
@@ -511,7 +482,7 @@ def plan_persistent(
         raise ValueError("give R, or hidden and max_row_nnz")
     if hidden < 1 or batch < 1:
         raise ValueError(f"hidden ({hidden}) and batch ({batch}) must be >= 1")
-    cands = candidate_plans(hidden, max_row_nnz, batch, dtype, device, gates=gates)
+    cands = candidate_plans(hidden, max_row_nnz, batch, dtype, device=device, gates=gates)
     if cands:
         plan = replace(cands[0], reason=f"lowest cost of {len(cands)} fitting geometries")
         logger.info("persistent plan H=%d B=%d: %s", hidden, batch, plan.describe())
@@ -553,7 +524,8 @@ def plan_persistent(
 def max_hidden(
     density: float,
     batch: int = 4,
-    device: DeviceLimits = H100,
+    *,
+    device: DeviceLimits,
     dtype: str = "float32",
     gates: int = 1,
 ) -> int:
@@ -566,7 +538,7 @@ def max_hidden(
         mid = (lo + hi) // 2 // 64 * 64
         mean = density * mid
         longest = math.ceil(mean + 4.0 * math.sqrt(mean * (1 - density)) + 1)
-        if candidate_plans(mid, longest, batch, dtype, device, gates=gates):
+        if candidate_plans(mid, longest, batch, dtype, device=device, gates=gates):
             lo = mid
         else:
             hi = mid

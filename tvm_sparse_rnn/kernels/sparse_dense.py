@@ -1,0 +1,118 @@
+"""The ``sparse_dense`` kernel factory: compute variant + the target's schedule, from a config.
+
+:func:`sparse_dense_func` is pure: the weight's layout (shape, block size, stored blocks, dtype),
+the batch, the target kind and a resolved config in, a scheduled PrimFunc out. Which config
+(tuned record, shipped config or default) is decided by the dispatch pass
+(:mod:`tvm_sparse_rnn.transform.dispatch`) or the host-side wrapper
+(:mod:`tvm_sparse_rnn.runtime.sparse_dense`), never here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from ..bsr import BSRWeight
+from ..errors import UnsupportedError
+from ..ops.sparse_dense import sparse_dense_prim_func
+from ..target import is_cuda
+from .cuda import sparse_dense as cuda_schedule
+from .space import KnobSpace
+from .x86 import sparse_dense as x86_schedule
+
+logger = logging.getLogger(__name__)
+
+#: PrimFunc attribute ``op_pattern`` value kOpaque: keeps Relax's FuseOps away from the kernel.
+OP_PATTERN_OPAQUE = 8
+
+
+@dataclass(frozen=True)
+class SparseDenseLayout:
+    """What a ``sparse_dense`` kernel bakes in of its weight (not the values).
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(N, K)``.
+    block_size : tuple of int
+        ``(bs_r, bs_c)``.
+    nnzb : int
+        Stored blocks of the kernel arrays (at least 1, see :meth:`BSRWeight.kernel_arrays`).
+    dtype : str
+        ``"float32"`` or ``"float16"``.
+    """
+
+    shape: tuple[int, int]
+    block_size: tuple[int, int]
+    nnzb: int
+    dtype: str
+
+    @classmethod
+    def of(cls, weight: BSRWeight) -> SparseDenseLayout:
+        """The layout of ``weight``'s kernel arrays."""
+        return cls(
+            weight.shape, weight.block_size, weight.kernel_arrays()[0].shape[0], weight.dtype
+        )
+
+
+def space(target: Target) -> KnobSpace:
+    """The knob space (config class, choices, schedule) of ``target``'s schedule."""
+    if is_cuda(target):
+        return cuda_schedule.SPACE
+    return x86_schedule.SPACE
+
+
+def unscheduled_func(layout: SparseDenseLayout, m: int | tirx.Var, target: Target) -> tirx.PrimFunc:
+    """The unscheduled PrimFunc the schedule of ``target`` expects (compute variant included).
+
+    Raises
+    ------
+    UnsupportedError
+        If ``m < 1``.
+    """
+    if isinstance(m, int) and m < 1:
+        raise UnsupportedError(f"sparse_dense: batch m must be >= 1, got {m}")
+    n, k = layout.shape
+    if is_cuda(target):
+        lanes, replicate = cuda_schedule.LANES, False
+    else:
+        lanes, replicate = x86_schedule.LANES, x86_schedule.replicate_x(*layout.block_size)
+    return sparse_dense_prim_func(
+        m, n, k, layout.block_size, layout.nnzb, layout.dtype, lanes, replicate
+    )
+
+
+def schedule_func(func: tirx.PrimFunc, target: Target, config: object) -> tirx.PrimFunc:
+    """``func`` (from :func:`unscheduled_func`) scheduled for ``target`` with ``config``."""
+    sch = s_tir.Schedule(func)
+    space(target).schedule(sch, config)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def sparse_dense_func(
+    layout: SparseDenseLayout, m: int | tirx.Var, target: Target, config: object
+) -> tirx.PrimFunc:
+    """The scheduled PrimFunc ``main(X[m, K], W_data, W_indices, W_indptr, Y[m, N])``.
+
+    Parameters
+    ----------
+    layout : SparseDenseLayout
+        The weight's kernel layout.
+    m : int or tirx.Var
+        Rows of ``X``; a ``tirx.Var`` gives a kernel for any batch.
+    target : Target
+        A resolved target (:func:`tvm_sparse_rnn.target.resolve_target`).
+    config : X86Config or CudaConfig
+        Schedule knobs of the target's schedule.
+
+    Returns
+    -------
+    tirx.PrimFunc
+        With attributes ``tirx.is_scheduled=True`` and ``op_pattern=8`` (opaque) and without
+        ``global_symbol`` (the caller names it).
+    """
+    func = schedule_func(unscheduled_func(layout, m, target), target, config)
+    return func.with_attr("op_pattern", OP_PATTERN_OPAQUE).without_attr("global_symbol")

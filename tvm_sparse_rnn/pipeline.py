@@ -1,0 +1,166 @@
+"""The registered Relax pipeline ``"tvm_sparse_rnn"`` and :func:`build`.
+
+One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
+
+    DenseToSparse                 constant-weight dense layers -> linear placeholders
+    DispatchKernels(target)       every placeholder -> the kernel variant for the target
+    TVM's default passes          library dispatch, legalize (+ fusion, dlight on cuda),
+      (+ ScheduleDenseCPU, llvm)  dataflow lowering, finalization
+
+Users who assemble their own pipeline insert the first two passes ahead of TVM's and build with
+the TIR pipeline :data:`~tvm_sparse_rnn.kernels.cuda.persistent.cooperative.PIPELINE_NAME` (it
+launches the persistent kernels cooperatively; a plain ``tvm.compile`` of such a module builds
+but faults at run time)::
+
+    mod = relax.get_pipeline("tvm_sparse_rnn", target=target)(mod)
+    ex = tvm.compile(mod, target, relax_pipeline=None, tir_pipeline=tir_pipeline(target))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_backend
+from tvm.relax.backend.cuda import pipeline as cuda_backend
+from tvm.target import Target
+
+from .errors import TuningError
+from .kernels.cuda.persistent import cooperative
+from .target import is_cuda, resolve_target
+from .transform import DenseToSparse, DispatchKernels, DispatchOptions, ScheduleDenseCPU
+from .transform.dispatch import KernelDecision
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_NAME = "tvm_sparse_rnn"
+
+
+def tir_pipeline(target: Target) -> str:
+    """The TIR pipeline of ``target``: the cooperative-launch pipeline on cuda, else default."""
+    return cooperative.register() if is_cuda(target) else "default"
+
+
+def _default_passes(target: Target) -> list[tvm.transform.Pass]:
+    """TVM's default Relax passes of ``target``'s backend (+ the CPU dense schedule)."""
+    p = cuda_backend if is_cuda(target) else cpu_backend
+    legalize = p.legalize_passes(target)
+    if not is_cuda(target):
+        legalize = [*legalize, ScheduleDenseCPU]
+    return (
+        p.library_dispatch_passes(target)
+        + legalize
+        + p.dataflow_lower_passes(target)
+        + p.finalize_passes(target)
+    )
+
+
+@dataclass
+class SparsePipeline:
+    """The pipeline's passes for one target, keeping the dispatch decisions of its last run.
+
+    Attributes
+    ----------
+    target : Target
+        Resolved target.
+    dispatch : DispatchKernels
+        The dispatch pass (its :attr:`~DispatchKernels.decisions` after a run).
+    """
+
+    target: Target
+    dispatch: DispatchKernels
+    passes: list[tvm.transform.Pass] = field(default_factory=list)
+
+    @property
+    def decisions(self) -> list[KernelDecision]:
+        """The kernel decisions of the last run."""
+        return self.dispatch.decisions
+
+    def front(self) -> tvm.transform.Pass:
+        """Mark and dispatch only (what ``inspect`` runs)."""
+        return tvm.transform.Sequential([DenseToSparse(), self.dispatch], name="sparse_dispatch")
+
+    def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
+        with self.target:
+            return tvm.transform.Sequential(
+                [self.front(), *_default_passes(self.target)], name=PIPELINE_NAME
+            )(mod)
+
+
+def check_tuning_logs(path: str | os.PathLike | None) -> Path | None:
+    """``path`` as a Path, or ``None``.
+
+    Raises
+    ------
+    TuningError
+        If ``path`` is given but is not a directory.
+    """
+    if path is None:
+        return None
+    if not Path(path).is_dir():
+        raise TuningError(f"tuning logs {str(path)!r} is not a directory")
+    return Path(path)
+
+
+def sparse_pipeline(
+    target: str | dict | Target,
+    options: DispatchOptions | None = None,
+    tuning_logs: str | os.PathLike | None = None,
+) -> SparsePipeline:
+    """The package's pipeline for ``target`` (see the module docstring)."""
+    target = resolve_target(target)
+    dispatch = DispatchKernels(target, options, check_tuning_logs(tuning_logs))
+    return SparsePipeline(target, dispatch)
+
+
+@relax.register_pipeline(PIPELINE_NAME)
+def _registered(
+    target: str | dict | Target | None = None,
+    options: DispatchOptions | None = None,
+    tuning_logs: str | os.PathLike | None = None,
+) -> tvm.transform.Pass:
+    """``relax.get_pipeline("tvm_sparse_rnn", target=..., options=..., tuning_logs=...)``."""
+    pipeline = sparse_pipeline(target or Target.current(), options, tuning_logs)
+
+    @tvm.transform.module_pass(opt_level=0, name=PIPELINE_NAME)
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        return pipeline(mod)
+
+    return _pass
+
+
+def build(
+    mod: tvm.IRModule,
+    target: str | dict | Target,
+    options: DispatchOptions | None = None,
+    tuning_logs: str | os.PathLike | None = None,
+) -> tuple[tvm.runtime.Executable, list[KernelDecision]]:
+    """Compile a Relax module (with placeholders) for ``target`` with the package's pipeline.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        Relax module, e.g. from :func:`tvm_sparse_rnn.frontend.from_onnx`.
+    target : str, dict or Target
+        ``"llvm"`` or ``"cuda"``.
+    options : DispatchOptions, optional
+        Sparsity threshold and block-size choice.
+    tuning_logs : path, optional
+        Tuning database whose best records the kernels use.
+
+    Returns
+    -------
+    tuple
+        ``(executable, decisions)``: the Relax VM executable and the kernel decisions.
+    """
+    pipeline = sparse_pipeline(target, options, tuning_logs)
+    target = pipeline.target
+    with target:
+        executable = tvm.compile(
+            mod, target=target, relax_pipeline=pipeline, tir_pipeline=tir_pipeline(target)
+        )
+    return executable, pipeline.decisions

@@ -1,0 +1,173 @@
+"""Dispatch of a linear placeholder: the block-sparse kernel, or the dense matmul.
+
+The cost rule (:func:`~tvm_sparse_rnn.transform.dispatch.cost_model.plan_layer`) picks the block
+size and decides sparse or dense for the target; a sparse layer is emitted with the config the
+tuning lookup gives (tuned record, shipped config, default) as one ``call_tir`` of
+:func:`~tvm_sparse_rnn.kernels.sparse_dense.sparse_dense_func` with the BSR arrays as Relax
+constants; leading dimensions of ``x`` are flattened to ``[M, K]`` around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+from tvm.target import Target
+
+from ...bsr import BSRWeight
+from ...errors import UnsupportedError
+from ...kernels.sparse_dense import SparseDenseLayout, sparse_dense_func
+from ...ops.placeholders import LinearCall
+from ...target import resolve_target
+from ...tuning.lookup import lookup_config
+from ...tuning.sparse_dense_space import sparse_dense_tune_task
+from .cost_model import plan_layer
+from .decision import DispatchOptions, KernelDecision, KernelVariant
+
+logger = logging.getLogger(__name__)
+
+
+def emit_sparse_dense(
+    bb: relax.BlockBuilder,
+    x: relax.Expr,
+    weight: BSRWeight,
+    target: str | dict | Target,
+    config: object = None,
+) -> relax.Expr:
+    """Emit ``x @ W.T`` as a ``call_tir`` of the scheduled block-sparse kernel.
+
+    Parameters
+    ----------
+    bb : relax.BlockBuilder
+        Builder inside a dataflow block or function.
+    x : relax.Expr
+        ``[M, K]`` tensor (``M`` static or symbolic) of ``weight.dtype``.
+    weight : BSRWeight
+        ``W[N, K]``; its arrays become Relax constants.
+    target : str, dict or Target
+        Target the kernel is scheduled for.
+    config : X86Config or CudaConfig, optional
+        Schedule knobs of ``target``'s schedule; ``None``: the tuning lookup (tuned record,
+        shipped config, default).
+
+    Returns
+    -------
+    relax.Expr
+        The emitted ``[M, N]`` result, in ``x``'s dtype.
+
+    Raises
+    ------
+    UnsupportedError
+        If ``x`` is not 2-D, its last dimension is not ``K`` or its dtype is not the weight's.
+    """
+    ty = x.ty
+    n, k = weight.shape
+    if not isinstance(ty, relax.TensorType) or ty.ndim != 2 or ty.shape is None:
+        raise UnsupportedError(f"sparse_dense: input x must be a 2-D tensor [M, {k}], got {ty}")
+    m, x_k = ty.shape.values
+    if not isinstance(x_k, tirx.IntImm) or int(x_k) != k:
+        got = int(x_k) if isinstance(x_k, tirx.IntImm) else x_k
+        raise UnsupportedError(f"sparse_dense: input x has K = {got}, the weight expects K = {k}")
+    if ty.dtype != weight.dtype:
+        raise UnsupportedError(
+            f"sparse_dense: input x has dtype {ty.dtype}, the weight has dtype {weight.dtype}"
+        )
+    target = resolve_target(target)
+    batch = _batch(m)
+    if config is None:
+        config = lookup_config(sparse_dense_tune_task(weight, batch, target), target)[0]
+    func = sparse_dense_func(SparseDenseLayout.of(weight), batch, target, config)
+    gv = bb.add_func(func, "sparse_dense_bsr")
+    data, indices, indptr = weight.kernel_arrays()
+    args = [x, relax.const(data), relax.const(indices), relax.const(indptr)]
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType((m, n), weight.dtype)))
+
+
+def _batch(m: tirx.PrimExpr) -> int | tirx.Var:
+    return int(m) if isinstance(m, tirx.IntImm) else tirx.Var("m", "int64")
+
+
+@dataclass
+class LinearLowering:
+    """How one linear layer is lowered; :meth:`emit` may be called for several inputs of the
+    same type (a per-step recurrence), which then share the weight's constants and kernel.
+
+    Attributes
+    ----------
+    decision : KernelDecision
+        The dispatch decision.
+    weight : numpy.ndarray
+        ``(N, K)`` dense weight (the dense variant multiplies by its transpose).
+    bsr : BSRWeight or None
+        The block-sparse weight of the sparse variant.
+    config : object
+        The sparse kernel's schedule config.
+    target : Target
+        The resolved target.
+    """
+
+    decision: KernelDecision
+    weight: np.ndarray
+    bsr: BSRWeight | None
+    config: object
+    target: Target
+    _consts: list[relax.Expr] = field(default_factory=list)
+
+    def emit(self, bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
+        """Emit ``x @ W.T`` (``x`` of rank >= 2) for the decided variant."""
+        if self.bsr is None:
+            if not self._consts:
+                self._consts.append(relax.const(np.ascontiguousarray(self.weight.T)))
+            return bb.emit(relax.op.matmul(x, self._consts[0]))
+        ty = x.ty
+        n, k = self.bsr.shape
+        lead = ty.shape.values[:-1]
+        x2d = x if ty.ndim == 2 else bb.emit(relax.op.reshape(x, [-1, k]))
+        if not self._consts:
+            self._consts.extend(relax.const(a) for a in self.bsr.kernel_arrays())
+        m = x2d.ty.shape.values[0]
+        func = sparse_dense_func(
+            SparseDenseLayout.of(self.bsr), _batch(m), self.target, self.config
+        )
+        gv = bb.add_func(func, "sparse_dense_bsr")
+        out = relax.TensorType((m, n), self.bsr.dtype)
+        y = bb.emit(relax.call_tir(gv, [x2d, *self._consts], out))
+        return y if ty.ndim == 2 else bb.emit(relax.op.reshape(y, [*lead, n]))
+
+
+def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> LinearLowering:
+    """Decide how the linear placeholder ``call`` runs on ``target``."""
+    weight, ty = call.weight, call.x.ty
+    lead = ty.shape.values[:-1]
+    static = all(isinstance(d, tvm.tirx.IntImm) for d in lead)
+    plan = plan_layer(
+        weight,
+        target.kind.name,
+        options.sparsity_threshold,
+        options.block_size,
+        options.candidates,
+        options.cost_params,
+        rows=math.prod(int(d) for d in lead) if static else None,
+    )
+    stats = plan.choice
+    shape = "x".join(map(str, plan.shape))
+    if not plan.sparse:
+        detail = f"W {shape}, sparsity {plan.sparsity:.1%}"
+        decision = KernelDecision(call.name, KernelVariant.DENSE, detail, "-", plan.reason)
+        return LinearLowering(decision, weight, None, None, target)
+    bsr = BSRWeight.from_dense(weight, stats.block_size, dtype=str(ty.dtype))
+    rows = math.prod(int(d) for d in lead) if static else tirx.Var("m", "int64")
+    config, source = lookup_config(sparse_dense_tune_task(bsr, rows, target), target)
+    block = "x".join(map(str, stats.block_size))
+    detail = (
+        f"W {shape}, sparsity {plan.sparsity:.1%}, block {block}, fill {stats.fill:.1%}, "
+        f"stored {stats.stored_fraction:.1%}"
+    )
+    decision = KernelDecision(
+        call.name, KernelVariant.SPARSE_DENSE, detail, f"{source}: {config}", plan.reason
+    )
+    return LinearLowering(decision, weight, bsr, config, target)
