@@ -1,4 +1,4 @@
-"""DenseToSparse pass and the per-layer block-size rule: structure, thresholds, numerics."""
+"""DenseToSparse + DispatchKernels on dense layers, and the block-size rule: structure, numerics."""
 
 from __future__ import annotations
 
@@ -11,17 +11,24 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm_sparse_rnn.bsr import BSRWeight
 from tvm_sparse_rnn.demo import pruned_weight
 from tvm_sparse_rnn.errors import UnsupportedError
-from tvm_sparse_rnn.runtime.sparse_dense import emit_sparse_dense
+from tvm_sparse_rnn.pipeline import build, sparse_pipeline
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import TOLERANCES
 from tvm_sparse_rnn.transform import (
     DenseToSparse,
+    DispatchKernels,
+    DispatchOptions,
+    KernelVariant,
     ScheduleDenseCPU,
+)
+from tvm_sparse_rnn.transform.dispatch import emit_sparse_dense
+from tvm_sparse_rnn.transform.dispatch.cost_model import (
+    CostParams,
+    block_stats,
     choose_block_size,
-    cpu_pipeline,
+    parse_block_size,
     plan_layer,
 )
-from tvm_sparse_rnn.transform.dispatch.cost_model import CostParams, block_stats, parse_block_size
 
 LLVM = resolve_target("llvm")
 #: The llvm rule without its per-kernel overhead, so that small test layers are judged by their
@@ -150,6 +157,12 @@ def _canonical(mod):
     return relax.transform.CanonicalizeBindings()(relax.transform.DeadCodeElimination()(mod))
 
 
+def _dispatch(mod, target=LLVM, **options):
+    """``DenseToSparse`` then ``DispatchKernels``; returns the module and the dispatch pass."""
+    dispatch = DispatchKernels(target, DispatchOptions(**options))
+    return dispatch(DenseToSparse()(mod)), dispatch
+
+
 @pytest.mark.parametrize("form", ["permute", "masked", "constant"])
 def test_structure_per_layer_block_and_dense_kept(form):
     rng = np.random.default_rng(4)
@@ -158,29 +171,35 @@ def test_structure_per_layer_block_and_dense_kept(form):
         pruned_weight(rng, (64, 64), 0.9, (4, 4)),
         pruned_weight(rng, (16, 64), 0.3),  # under the threshold: stays dense
     ]
-    rewrite = DenseToSparse(LLVM, sparsity_threshold=0.5, params=WORK_ONLY)
-    after = rewrite(_dense_module((8, 32), weights, form))
+    after, dispatch = _dispatch(
+        _dense_module((8, 32), weights, form), sparsity_threshold=0.5, cost_params=WORK_ONLY
+    )
     expected = _expected_module((8, 32), weights, [(1, 16), (4, 4), None])
     tvm.ir.assert_structural_equal(_canonical(after), _canonical(expected))
-    assert [la.plan.sparse for la in rewrite.layers] == [True, True, False]
+    variants = [d.variant for d in dispatch.decisions]
+    assert variants == [KernelVariant.SPARSE_DENSE] * 2 + [KernelVariant.DENSE]
+    assert [d.layer for d in dispatch.decisions] == ["dense0", "dense1", "dense2"]
 
 
 def test_target_from_scope_and_missing_target():
     w = pruned_weight(np.random.default_rng(5), (32, 32), 0.9, (1, 16))
-    mod = _dense_module((4, 32), [w])
+    mod = DenseToSparse()(_dense_module((4, 32), [w]))
+    assert "tvm_sparse_rnn.linear" in mod.script()  # a target-neutral placeholder
     with LLVM:
-        after = DenseToSparse(params=WORK_ONLY)(mod)
-    assert "call_tir" in after.script()
+        after = DispatchKernels(options=DispatchOptions(cost_params=WORK_ONLY))(mod)
+    assert "call_tir" in after.script() and "tvm_sparse_rnn.linear" not in after.script()
     with pytest.raises(UnsupportedError, match="needs a target"):
-        DenseToSparse()(mod)
+        DispatchKernels()(mod)
 
 
-def test_analyze_does_not_rewrite():
+def test_inspect_front_does_not_build():
+    """The pipeline's front (mark + dispatch) decides without compiling anything."""
     w = pruned_weight(np.random.default_rng(6), (32, 32), 0.9, (1, 16))
-    mod = _dense_module((4, 32), [w])
-    layers = DenseToSparse(LLVM, params=WORK_ONLY).analyze(mod)
-    assert len(layers) == 1 and layers[0].plan.sparse
-    assert layers[0].input_shape == (4, 32)
+    pipeline = sparse_pipeline(LLVM, DispatchOptions(cost_params=WORK_ONLY))
+    with LLVM:
+        pipeline.front()(_dense_module((4, 32), [w]))
+    (decision,) = pipeline.decisions
+    assert decision.variant is KernelVariant.SPARSE_DENSE and "block 1x16" in decision.detail
 
 
 def test_non_constant_and_unsupported_dtype_untouched():
@@ -197,15 +216,14 @@ def test_non_constant_and_unsupported_dtype_untouched():
             out = bb.emit_output(relax.Tuple([a, b]))
         bb.emit_func_output(out)
     mod = bb.get()
-    rewrite = DenseToSparse(LLVM, sparsity_threshold=0.0)
-    tvm.ir.assert_structural_equal(rewrite(mod), mod)
-    assert rewrite.layers == []
+    after, dispatch = _dispatch(mod, sparsity_threshold=0.0)
+    tvm.ir.assert_structural_equal(after, mod)
+    assert dispatch.decisions == []
 
 
 # ----------------------------------------------------------------------------- numerics
 def _run(mod, *args):
-    with LLVM:
-        executable = tvm.compile(mod, target=LLVM, relax_pipeline=cpu_pipeline(LLVM))
+    executable, _ = build(mod, LLVM)
     vm = relax.VirtualMachine(executable, tvm.cpu())
     return vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy()
 
@@ -221,9 +239,8 @@ def test_batched_3d_input_and_linear_match_numpy():
         with bb.dataflow():
             out = bb.emit_output(relax.op.linear(x, relax.const(w), relax.const(b)))
         bb.emit_func_output(out)
-    rewrite = DenseToSparse(LLVM, params=WORK_ONLY)
-    after = rewrite(bb.get())
-    assert rewrite.layers[0].plan.choice.block_size == (8, 1)
+    after, dispatch = _dispatch(bb.get(), cost_params=WORK_ONLY)
+    assert "block 8x1" in dispatch.decisions[0].detail
     assert "matmul" not in after.script()
     xv = rng.standard_normal((2, 3, 32)).astype("float32")
     rtol, atol = TOLERANCES["float32"]
@@ -237,11 +254,9 @@ def test_user_pipeline_numerics_multi_layer():
         pruned_weight(rng, (32, 64), 0.9, (4, 4)),
     ]
     mod = _dense_module((5, 32), weights, "masked")
+    options = DispatchOptions(block_size=(1, 4), cost_params=CostParams(16.0, break_even=1.0))
     pipeline = tvm.transform.Sequential(
-        [
-            DenseToSparse(LLVM, block_size=(1, 4), params=CostParams(16.0, break_even=1.0)),
-            relax.transform.CanonicalizeBindings(),
-        ]
+        [DenseToSparse(), DispatchKernels(LLVM, options), relax.transform.CanonicalizeBindings()]
     )
     after = pipeline(mod)
     xv = rng.standard_normal((5, 32)).astype("float32")
@@ -254,10 +269,11 @@ def test_user_pipeline_numerics_multi_layer():
 
 def test_cost_params_override_keeps_layer_dense():
     w = pruned_weight(np.random.default_rng(9), (32, 32), 0.9, (1, 16))
-    rewrite = DenseToSparse(LLVM, params=CostParams(block_overhead=4.0, break_even=0.01))
-    after = rewrite(_dense_module((4, 32), [w]))
+    after, dispatch = _dispatch(
+        _dense_module((4, 32), [w]), cost_params=CostParams(block_overhead=4.0, break_even=0.01)
+    )
     assert "call_tir" not in after.script()
-    assert not rewrite.layers[0].plan.sparse
+    assert dispatch.decisions[0].variant is KernelVariant.DENSE
 
 
 # ----------------------------------------------------------------------------- dense CPU schedule

@@ -12,11 +12,12 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
-from tvm_sparse_rnn.compile import build
+from tvm_sparse_rnn.compile import build_onnx_with_decisions, plan_onnx
 from tvm_sparse_rnn.demo import OPSET, build_demo_model, build_recurrent_model, pruned_weight
 from tvm_sparse_rnn.errors import ModelError, UnsupportedError
-from tvm_sparse_rnn.frontend import analyze_onnx, from_onnx, load_onnx
-from tvm_sparse_rnn.transform import CostParams
+from tvm_sparse_rnn.frontend import from_onnx, load_onnx
+from tvm_sparse_rnn.transform import KernelVariant
+from tvm_sparse_rnn.transform.dispatch.cost_model import CostParams
 
 HAS_RNN = importlib.util.find_spec("tvm_sparse_rnn.frontend.onnx_rnn") is not None
 needs_rnn = pytest.mark.skipif(
@@ -46,10 +47,18 @@ def _ort(model, feeds):
 
 
 def _tvm(model, feeds, target="llvm", **kwargs):
-    mod = from_onnx(model, target=target, params=WORK_ONLY, **kwargs)
-    vm = relax.VirtualMachine(build(mod, target), tvm.cpu())
+    """Build with the package's pipeline; returns ``(decisions, outputs)``."""
+    executable, _, _, decisions = build_onnx_with_decisions(
+        model, target=target, params=WORK_ONLY, **kwargs
+    )
+    vm = relax.VirtualMachine(executable, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()])
-    return mod, [out.numpy()] if isinstance(out, tvm.runtime.Tensor) else [o.numpy() for o in out]
+    outs = [out.numpy()] if isinstance(out, tvm.runtime.Tensor) else [o.numpy() for o in out]
+    return decisions, outs
+
+
+def _sparse(decisions):
+    return [d for d in decisions if d.variant is KernelVariant.SPARSE_DENSE]
 
 
 def gemm_matmul_mlp(seed=0):
@@ -85,14 +94,16 @@ def gemm_matmul_mlp(seed=0):
 def test_mlp_gemm_matmul_matches_onnxruntime():
     model = gemm_matmul_mlp()
     feeds = {"X": np.random.default_rng(1).standard_normal((6, 32)).astype("float32")}
-    mod, got = _tvm(model, feeds)
+    decisions, got = _tvm(model, feeds)
     np.testing.assert_allclose(got[0], _ort(model, feeds)[0], rtol=RTOL, atol=ATOL)
-    assert mod.script().count("R.call_tir") == 3
-    plans = {name: la.plan for name, la in analyze_onnx(model, target="llvm", params=WORK_ONLY)}
-    assert [plans[n].sparse for n in ("fc1", "fc2", "fc3", "head")] == [True, True, True, False]
-    assert plans["fc1"].choice.block_size == (1, 16)
-    assert plans["fc2"].choice.block_size == (4, 4)
-    assert plans["fc3"].choice.block_size == (8, 1)
+    assert len(_sparse(decisions)) == 3
+    plans = {d.layer: d for d in plan_onnx(model, target="llvm", params=WORK_ONLY)}
+    assert plans == {d.layer: d for d in decisions}  # inspect decides what compile builds
+    variants = [plans[n].variant for n in ("fc1", "fc2", "fc3", "head")]
+    assert variants == [KernelVariant.SPARSE_DENSE] * 3 + [KernelVariant.DENSE]
+    assert "block 1x16" in plans["fc1"].detail
+    assert "block 4x4" in plans["fc2"].detail
+    assert "block 8x1" in plans["fc3"].detail
 
 
 def test_3d_matmul_and_fixed_block_size():
@@ -106,8 +117,8 @@ def test_3d_matmul_and_fixed_block_size():
     )
     feeds = {"X": rng.standard_normal((2, 5, 32)).astype("float32")}
     for block in ("auto", (2, 8)):
-        mod, got = _tvm(model, feeds, block_size=block)
-        assert "R.call_tir" in mod.script()
+        decisions, got = _tvm(model, feeds, block_size=block)
+        assert _sparse(decisions)
         np.testing.assert_allclose(got[0], _ort(model, feeds)[0], rtol=RTOL, atol=ATOL)
 
 
@@ -124,7 +135,7 @@ def test_symbolic_batch_with_shape_dict():
     _, got = _tvm(model, feeds, shape_dict={"X": (3, 32)})
     np.testing.assert_allclose(got[0], _ort(model, feeds)[0], rtol=RTOL, atol=ATOL)
     with pytest.raises(ModelError, match="unknown input"):
-        from_onnx(model, target="llvm", shape_dict={"x": (3, 32)})
+        from_onnx(model, shape_dict={"x": (3, 32)})
 
 
 def test_unsupported_op_names_the_node():
@@ -140,7 +151,7 @@ def test_unsupported_op_names_the_node():
     )
     model.ir_version = 8
     with pytest.raises(UnsupportedError, match=r"my_fancy.*FancyOp.*com\.example"):
-        from_onnx(model, target="llvm")
+        from_onnx(model)
 
 
 def test_corrupt_and_missing_files(tmp_path):
@@ -155,9 +166,10 @@ def test_corrupt_and_missing_files(tmp_path):
 def test_cuda_build_packs_sparse_kernel_source():
     """Builds for sm_90a on a GPU-less machine; the sparse kernels are in the CUDA source."""
     model = gemm_matmul_mlp()
-    mod = from_onnx(model, target="cuda", params=WORK_ONLY)
-    assert mod.script().count("cls.sparse_dense_bsr") == 3  # fc1, fc2, fc3; head stays dense
-    executable = build(mod, "cuda")
+    executable, _, _, decisions = build_onnx_with_decisions(
+        model, target="cuda", params=WORK_ONLY
+    )
+    assert len(_sparse(decisions)) == 3  # fc1, fc2, fc3; head stays dense
     modules, cuda = [executable.mod], []
     while modules:
         m = modules.pop()
@@ -172,9 +184,8 @@ def test_cuda_build_packs_sparse_kernel_source():
 def test_cuda_end_to_end_matches_onnxruntime():
     model = gemm_matmul_mlp()
     feeds = {"X": np.random.default_rng(4).standard_normal((6, 32)).astype("float32")}
-    vm = relax.VirtualMachine(
-        build(from_onnx(model, target="cuda", params=WORK_ONLY), "cuda"), tvm.cuda()
-    )
+    executable = build_onnx_with_decisions(model, target="cuda", params=WORK_ONLY)[0]
+    vm = relax.VirtualMachine(executable, tvm.cuda())
     out = vm["main"](tvm.runtime.tensor(feeds["X"], tvm.cuda())).numpy()
     np.testing.assert_allclose(out, _ort(model, feeds)[0], rtol=RTOL, atol=ATOL)
 
@@ -194,6 +205,6 @@ def test_recurrent_matches_onnxruntime(op):
 def test_mixed_demo_model_matches_onnxruntime():
     model = build_demo_model(seq_len=3, batch=2, input_size=32, hidden=64, mlp=64, classes=16)
     feeds = {"frames": np.random.default_rng(6).standard_normal((3, 2, 32)).astype("float32")}
-    mod, got = _tvm(model, feeds)
+    decisions, got = _tvm(model, feeds)
     np.testing.assert_allclose(got[0], _ort(model, feeds)[0], rtol=RTOL, atol=ATOL)
-    assert "R.call_tir" in mod.script()
+    assert _sparse(decisions)

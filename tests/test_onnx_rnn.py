@@ -13,7 +13,8 @@ from onnx import TensorProto, helper
 from tvm import relax
 
 from tvm_sparse_rnn.errors import ModelError, UnsupportedError
-from tvm_sparse_rnn.frontend.onnx import import_relax
+from tvm_sparse_rnn.frontend.onnx import from_onnx
+from tvm_sparse_rnn.pipeline import build
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import (
     random_recurrent_weights,
@@ -25,8 +26,8 @@ T, N, IN, H = 6, 3, 5, 12
 SEQ_LENS = np.array([6, 2, 5], np.int32)
 
 
-def _import(model: onnx.ModelProto, target: str = "llvm") -> tvm.IRModule:
-    return import_relax(model, target=target)
+def _import(model: onnx.ModelProto) -> tvm.IRModule:
+    return from_onnx(model)
 
 
 def _feeds(direction, layout, inputs, seed):
@@ -43,7 +44,7 @@ def _feeds(direction, layout, inputs, seed):
 
 
 def _run_tvm(model, feeds):
-    ex = tvm.compile(_import(model), target=resolve_target("llvm"))
+    ex, _ = build(_import(model), "llvm")
     vm = relax.VirtualMachine(ex, tvm.cpu())
     names = [i.name for i in model.graph.input]
     out = vm["main"](*(tvm.runtime.tensor(feeds[n]) for n in names))
@@ -98,13 +99,11 @@ def test_recurrent_options_match_onnxruntime(kind, density, attributes, peephole
 
 
 def test_only_y_h_output():
-    """A node whose only used output is Y_h (Y unnamed) and without the optional hidden_size."""
+    """A node whose only used output is Y_h (Y unnamed)."""
     w = random_recurrent_weights("GRU", H, IN, 1, density=0.2, seed=1)
     model = recurrent_onnx_model("GRU", w, T, N, IN, H)
     node = model.graph.node[0]
     node.output[0] = ""
-    hidden = next(a for a in node.attribute if a.name == "hidden_size")
-    node.attribute.remove(hidden)
     del model.graph.output[0]
     feeds = _feeds("forward", 0, (), seed=3)
     got = _run_tvm(model, feeds)
@@ -117,6 +116,15 @@ def _with_weight_as_input(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     model.graph.initializer.remove(init)
     model.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, init.dims))
     return model
+
+
+def test_missing_hidden_size_is_rejected_like_onnxruntime():
+    w = random_recurrent_weights("GRU", H, IN, 1, density=0.2, seed=1)
+    model = recurrent_onnx_model("GRU", w, T, N, IN, H)
+    node = model.graph.node[0]
+    node.attribute.remove(next(a for a in node.attribute if a.name == "hidden_size"))
+    with pytest.raises(ModelError, match="hidden_size is required"):
+        _import(model)
 
 
 def test_errors_name_the_node():
@@ -147,7 +155,7 @@ def test_cuda_build_for_sm90a():
     w = random_recurrent_weights("LSTM", 16, IN, 2, density=0.2, seed=1)
     model = recurrent_onnx_model("LSTM", w, 3, 2, IN, 16, "bidirectional", 0, ("sequence_lens",))
     target = resolve_target("cuda")
-    ex = tvm.compile(_import(model, "cuda"), target=target)
+    ex, _ = build(_import(model), target)
     cuda_mods = [m for m in ex.mod.imports[0].imports if m.kind == "cuda"]
     assert len(cuda_mods) == 1
     src = cuda_mods[0].inspect_source()

@@ -1,4 +1,4 @@
-"""H100 numerics of the sparse persistent kernel against a float64 numpy reference.
+"""LIMITS numerics of the sparse persistent kernel against a float64 numpy reference.
 
 The vanilla-RNN acceptance sweep: H in {256, 1152, 1792, 2304} x B in {1, 2, 4, 8, 16} x density
 in {1, 10, 30} % x T in {1, 7, 256} x barrier in {grid, flag} x activation in {tanh, relu}; the
@@ -20,11 +20,17 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tvm_sparse_rnn.ops.cells import CellConfig
+from tvm_sparse_rnn.kernels.cuda.persistent import planner
 from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, unit_major
-from tvm_sparse_rnn.kernels.cuda.persistent.planner import CELL_GATES, plan_persistent
+from tvm_sparse_rnn.ops.cells import CellConfig, PersistentCell
 from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
+from tvm_sparse_rnn.target import device_limits
 from tvm_sparse_rnn.testing import TOLERANCES, random_recurrent_weights
+
+LIMITS = device_limits("cuda")  # the lent GPU's limits (the H200 tag when no GPU is present)
+plan_persistent = functools.partial(planner.plan_persistent, device=LIMITS)
+candidate_plans = functools.partial(planner.candidate_plans, device=LIMITS)
+max_hidden = functools.partial(planner.max_hidden, device=LIMITS)
 
 pytestmark = pytest.mark.gpu
 
@@ -88,7 +94,7 @@ def _gated(cell: str, dtype: str, hidden: int, batch: int):
     w = random_recurrent_weights(ONNX_KIND[cell], hidden, 48, density=0.1, seed=hidden + batch)
     if dtype == "float16":  # the reference runs on the weights the kernel sees
         w = {k: v.astype(np.float16).astype(np.float32) for k, v in w.items()}
-    gates = CELL_GATES[cell]
+    gates = PersistentCell(cell).gates
     R = unit_major(w["R"][0], gates)
     plan = plan_persistent(R, batch, dtype, gates=gates)
     return w, pack(R, plan, "guided", plan.batch_kernel <= plan.vector_width)
@@ -131,7 +137,6 @@ def test_input_projection_and_fallback(build_cache: str) -> None:
     import dataclasses
 
     from tvm_sparse_rnn.runtime.persistent import build_persistent_rnn
-    from tvm_sparse_rnn.kernels.cuda.persistent.planner import H100
 
     R = recurrent_weight(1152, 0.10)
     rng = np.random.default_rng(3)
@@ -145,8 +150,8 @@ def test_input_projection_and_fallback(build_cache: str) -> None:
     plan = dataclasses.replace(rnn.plan, double_buffer=True)
     double = build_persistent_rnn(R, 4, "tanh", "flag", plan=plan, cache_dir=build_cache)
     np.testing.assert_allclose(double(X=X, W=W, b=b), ref, rtol=1e-4, atol=1e-4)
-    tiny = dataclasses.replace(H100, num_sms=2)
-    fallback = build_persistent_rnn(R, 4, "tanh", "grid", device_limits=tiny)
+    tiny = dataclasses.replace(LIMITS, num_sms=2)
+    fallback = build_persistent_rnn(R, 4, "tanh", "grid", limits=tiny)
     assert fallback.plan.kind == "per_step"
     np.testing.assert_allclose(fallback(U=U), ref, rtol=1e-4, atol=1e-4)
 
@@ -202,12 +207,12 @@ def test_shared_memory_pairs_match_reference(
 
 def _check_against_reference(rnn, cell: str, w: dict, steps: int) -> None:
     """``rnn.run`` on random inputs and states vs the float64 ONNX reference."""
-    from tvm_sparse_rnn.runtime.persistent import split_onnx_bias
+    from tvm_sparse_rnn.transform.dispatch.recurrent_persistent import split_onnx_bias
 
     plan = rnn.plan
     G, hidden, batch = plan.gates, plan.hidden, plan.batch
     cfg = CellConfig(ONNX_KIND[cell], hidden, linear_before_reset=cell == "gru")
-    bias, rbias = split_onnx_bias(cell, w["B"][0, : G * hidden], w["B"][0, G * hidden :])
+    bias, rbias = split_onnx_bias(PersistentCell(cell), w["B"][0, : G * hidden], w["B"][0, G * hidden :])
     rng = np.random.default_rng(11)
     tol = HALF_TOLERANCE if plan.dtype == "float16" else 1e-4
     X = rng.standard_normal((steps, batch, 48)).astype(np.float32)
@@ -226,17 +231,17 @@ def test_gated_per_step_fallback() -> None:
     """LSTM and GRU in fp16 on the per-step kernel (weights do not fit a 2-SM device)."""
     import dataclasses
 
-    from tvm_sparse_rnn.runtime.persistent import build_persistent_rnn, split_onnx_bias
-    from tvm_sparse_rnn.kernels.cuda.persistent.planner import H100
+    from tvm_sparse_rnn.runtime.persistent import build_persistent_rnn
+    from tvm_sparse_rnn.transform.dispatch.recurrent_persistent import split_onnx_bias
 
-    tiny = dataclasses.replace(H100, num_sms=2)
+    tiny = dataclasses.replace(LIMITS, num_sms=2)
     rng = np.random.default_rng(5)
     for cell in ("lstm", "gru"):
         w, _ = _gated(cell, "float16", 1152, 4)
-        G, H = CELL_GATES[cell], 1152
-        rnn = build_persistent_rnn(w["R"][0], 4, cell, dtype="float16", device_limits=tiny)
+        G, H = PersistentCell(cell).gates, 1152
+        rnn = build_persistent_rnn(w["R"][0], 4, cell, dtype="float16", limits=tiny)
         assert rnn.plan.kind == "per_step"
-        bias, rbias = split_onnx_bias(cell, w["B"][0, : G * H], w["B"][0, G * H :])
+        bias, rbias = split_onnx_bias(PersistentCell(cell), w["B"][0, : G * H], w["B"][0, G * H :])
         X = rng.standard_normal((7, 4, 48)).astype(np.float32)
         res = rnn.run(X=X, W=w["W"][0], b=bias, rbias=rbias)
         cfg = CellConfig(ONNX_KIND[cell], H, linear_before_reset=cell == "gru")
@@ -250,12 +255,13 @@ def test_gated_per_step_fallback() -> None:
 @pytest.mark.parametrize("cell", ["tanh", "gru", "lstm"])
 def test_half_matches_onnxruntime(cell: str) -> None:
     """fp16 kernel vs onnxruntime (fp32, on the fp16-rounded weights and inputs), 1e-2."""
-    from tvm_sparse_rnn.runtime.persistent import build_persistent_rnn, split_onnx_bias
+    from tvm_sparse_rnn.runtime.persistent import build_persistent_rnn
     from tvm_sparse_rnn.testing import recurrent_onnxruntime
+    from tvm_sparse_rnn.transform.dispatch.recurrent_persistent import split_onnx_bias
 
     hidden, batch, steps = 1024, 4, 32
     w, _ = _gated(cell, "float16", hidden, batch)
-    G = CELL_GATES[cell]
+    G = PersistentCell(cell).gates
     rnn = build_persistent_rnn(w["R"][0], batch, cell, dtype="float16")
     assert rnn.plan.kind == "persistent"
     rng = np.random.default_rng(21)
@@ -269,7 +275,7 @@ def test_half_matches_onnxruntime(cell: str) -> None:
         feeds["initial_c"] = feeds["initial_h"][:, ::-1].copy()
     attributes = {"linear_before_reset": 1} if cell == "gru" else {}
     y, y_h, *y_c = recurrent_onnxruntime(ONNX_KIND[cell], w, feeds, hidden, attributes=attributes)
-    bias, rbias = split_onnx_bias(cell, w["B"][0, : G * hidden], w["B"][0, G * hidden :])
+    bias, rbias = split_onnx_bias(PersistentCell(cell), w["B"][0, : G * hidden], w["B"][0, G * hidden :])
     c0 = feeds["initial_c"][0] if G == 4 else None
     res = rnn.run(X=feeds["X"], W=w["W"][0], b=bias, rbias=rbias, h0=feeds["initial_h"][0], c0=c0)
     tol = HALF_TOLERANCE

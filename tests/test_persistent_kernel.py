@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -11,9 +12,16 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from tvm_sparse_rnn.kernels.cuda.persistent import planner
 from tvm_sparse_rnn.kernels.cuda.persistent.kernel import SENTINEL_BITS, make_persistent_kernel
-from tvm_sparse_rnn.runtime.persistent import build_kernel, cuda_source, persistent_prim_func
-from tvm_sparse_rnn.kernels.cuda.persistent.planner import plan_persistent
+from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, unit_major
+from tvm_sparse_rnn.runtime.persistent import build_kernel, cuda_source
+from tvm_sparse_rnn.target import device_limits
+
+LIMITS = device_limits("cuda")  # the lent GPU's limits (the H200 tag when no GPU is present)
+plan_persistent = functools.partial(planner.plan_persistent, device=LIMITS)
+candidate_plans = functools.partial(planner.candidate_plans, device=LIMITS)
+max_hidden = functools.partial(planner.max_hidden, device=LIMITS)
 
 CUDA = {"kind": "cuda", "arch": "sm_90a"}
 
@@ -58,15 +66,17 @@ def test_relu_fallback_and_prim_func() -> None:
     src = cuda_source(build_kernel(plan, "relu", "flag", True, CUDA))
     assert "max(" in src and "tanhf" not in src
     R = sp.random(300, 300, density=0.05, random_state=0, format="csr", dtype=np.float32)
-    func, consts, p = persistent_prim_func(R, 3, "tanh", "grid")
+    p = plan_persistent(R, 3)
+    func = make_persistent_kernel(p, "tanh", "grid")
+    packed = pack(R, p)
     assert p.batch_kernel == 4 and p.hidden_padded == 300
-    assert consts["vals"].shape == (p.rows_padded, p.nz_per_row)
+    assert packed.vals.shape == (p.rows_padded, p.nz_per_row)
     assert [str(v.name) for v in func.params] == [
         *("vals", "idx", "spairs", "U", "h0", "c0", "rbias", "out", "c_out", "status"),
     ]
-    with pytest.raises(ValueError, match="barrier"):
+    with pytest.raises(ValueError, match="spin"):
         make_persistent_kernel(p, "tanh", "spin")
-    with pytest.raises(ValueError, match="cell"):
+    with pytest.raises(ValueError, match="sigmoid"):
         make_persistent_kernel(p, "sigmoid", "grid")
     with pytest.raises(ValueError, match="gates"):
         make_persistent_kernel(p, "lstm", "grid")  # a 1-gate plan
@@ -77,7 +87,8 @@ def test_gated_and_half_sources(cell: str, dtype: str) -> None:
     """Gate rows of a unit share a lane group; fp16 values are two per register."""
     gates = {"gru": 3, "lstm": 4}[cell]
     R = sp.random(gates * 512, 512, density=0.1, random_state=1, format="csr", dtype=np.float32)
-    _, consts, plan = persistent_prim_func(R, 4, cell, "grid", dtype=dtype)
+    plan = plan_persistent(unit_major(R, gates), 4, dtype, gates=gates)
+    vals = pack(unit_major(R, gates), plan).vals
     assert plan.gates == gates and plan.rows_per_group % gates == 0
     assert plan.rows_padded >= gates * plan.hidden_padded
     src = cuda_source(build_kernel(plan, cell, "grid", True, CUDA))
@@ -85,8 +96,8 @@ def test_gated_and_half_sources(cell: str, dtype: str) -> None:
     if cell == "lstm":
         assert "c_out_ptr[" in src and "cst_ptr[" in src  # c_t stays in registers
     if dtype == "float16":
-        assert consts["vals"].dtype == np.int32
-        assert consts["vals"].shape == (plan.rows_padded, plan.nz_per_row // 2)
+        assert vals.dtype == np.int32
+        assert vals.shape == (plan.rows_padded, plan.nz_per_row // 2)
         assert re.search(rf"int wv_ptr\[{plan.pairs_per_thread // 2}\];", src)
         assert "sprnn_half_lo" in src and "sprnn_half_hi" in src
         assert "half h_sh_ptr" in src or "half* h_sh" in src
@@ -162,7 +173,7 @@ def test_no_register_spills(
 
 def test_most_copy_chunks_builds() -> None:
     """The flag barrier's pending-chunk bit mask holds the planner's largest per-thread copy."""
-    from tvm_sparse_rnn.kernels.cuda.persistent.planner import MAX_COPY_CHUNKS, candidate_plans
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import MAX_COPY_CHUNKS
 
     plan = max(candidate_plans(5760, 300, 4), key=lambda p: p.copy_chunks)
     assert 28 <= plan.copy_chunks <= MAX_COPY_CHUNKS

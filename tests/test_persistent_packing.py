@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 
 import numpy as np
@@ -10,10 +11,19 @@ import pytest
 import scipy.sparse as sp
 
 from tvm_sparse_rnn.errors import CapacityError, UnsupportedError
-from tvm_sparse_rnn.kernels.cuda.persistent.bank_conflicts import conflicts_per_step, count_wavefronts
+from tvm_sparse_rnn.kernels.cuda.persistent import planner
+from tvm_sparse_rnn.kernels.cuda.persistent.bank_conflicts import (
+    conflicts_per_step,
+    count_wavefronts,
+)
 from tvm_sparse_rnn.kernels.cuda.persistent.layout import smem_access
 from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack
-from tvm_sparse_rnn.kernels.cuda.persistent.planner import H100, max_hidden, plan_persistent
+from tvm_sparse_rnn.target import device_limits
+
+LIMITS = device_limits("cuda")  # the lent GPU's limits (the H200 tag when no GPU is present)
+plan_persistent = functools.partial(planner.plan_persistent, device=LIMITS)
+candidate_plans = functools.partial(planner.candidate_plans, device=LIMITS)
+max_hidden = functools.partial(planner.max_hidden, device=LIMITS)
 
 
 def random_r(hidden: int, density: float, seed: int = 0) -> sp.csr_array:
@@ -150,11 +160,11 @@ def test_planner_benchmark_sizes(hidden: int, batch: int, density: float) -> Non
     longest = int(rng.binomial(hidden, density, size=hidden).max())
     plan = plan_persistent(hidden=hidden, max_row_nnz=longest, batch=batch, require_persistent=True)
     assert plan.kind == "persistent"
-    assert plan.num_ctas <= H100.num_sms and plan.threads <= 1024 and plan.threads % 32 == 0
+    assert plan.num_ctas <= LIMITS.num_sms and plan.threads <= 1024 and plan.threads % 32 == 0
     assert plan.rows_padded >= hidden and plan.nz_per_row >= longest
-    assert plan.regs_estimate <= H100.max_regs_per_thread
-    assert plan.threads * plan.regs_estimate <= H100.regs_per_sm
-    assert plan.smem_bytes <= H100.smem_per_block and plan.num_batch_chunks == 1
+    assert plan.regs_estimate <= LIMITS.max_regs_per_thread
+    assert plan.threads * plan.regs_estimate <= LIMITS.regs_per_sm
+    assert plan.smem_bytes <= LIMITS.smem_per_block and plan.num_batch_chunks == 1
     if hidden == 5760 and density == 0.10:
         assert plan.index_mode == "i16x2"  # 32-bit indices cannot hold it in registers
 
@@ -166,7 +176,7 @@ def test_planner_fallback_and_chunks() -> None:
     assert fallback.kind == "per_step" and "8192" in fallback.reason
     chunked = plan_persistent(hidden=4096, max_row_nnz=40, batch=16)
     assert chunked.batch_kernel * chunked.num_batch_chunks >= 16 and chunked.num_batch_chunks == 2
-    assert chunked.smem_bytes <= H100.smem_per_block
+    assert chunked.smem_bytes <= LIMITS.smem_per_block
     with pytest.raises(UnsupportedError, match="bfloat16"):
         plan_persistent(hidden=256, max_row_nnz=10, batch=1, dtype="bfloat16")
     half = plan_persistent(hidden=256, max_row_nnz=10, batch=1, dtype="float16")

@@ -19,12 +19,12 @@ import tvm
 from tvm import relax
 from tvm.support import nvcc
 
-from tvm_sparse_rnn.compile import build
 from tvm_sparse_rnn.frontend.onnx import from_onnx
 from tvm_sparse_rnn.ops.cells import CellConfig
-from tvm_sparse_rnn.transform.dispatch.recurrent_persistent import full_lengths, persistent_rnn_plan
-from tvm_sparse_rnn.runtime.sequence import DEFAULT_DENSITY_THRESHOLD
+from tvm_sparse_rnn.pipeline import build, sparse_pipeline
 from tvm_sparse_rnn.target import resolve_target
+from tvm_sparse_rnn.transform import DispatchOptions, KernelVariant
+from tvm_sparse_rnn.transform.dispatch.recurrent import full_lengths, persistent_choice
 from tvm_sparse_rnn.testing import (
     random_recurrent_weights,
     recurrent_onnx_model,
@@ -55,6 +55,18 @@ def _model(
     return model, w
 
 
+def _dispatched(model: onnx.ModelProto, **options) -> tuple[tvm.IRModule, list]:
+    """The model imported and dispatched for cuda (no build); ``(module, decisions)``."""
+    pipeline = sparse_pipeline(CUDA, DispatchOptions(**options))
+    with CUDA:
+        mod = pipeline.front()(from_onnx(model))
+    return mod, pipeline.decisions
+
+
+def _build(model: onnx.ModelProto) -> tvm.runtime.Executable:
+    return build(from_onnx(model), CUDA)[0]
+
+
 def _persistent_calls(mod: tvm.IRModule) -> int:
     """Number of ``call_tir`` of the persistent kernel in ``main``."""
     return len(re.findall(r"R\.call_tir\(cls\.rnn_persistent_", mod.script()))
@@ -77,17 +89,19 @@ def _kernels(source: str) -> dict[str, str]:
 
 def test_rnn_uses_one_persistent_launch_per_direction(tmp_path):
     model, _ = _model(direction="bidirectional", inputs=("initial_h",))
-    mod = from_onnx(model, target=CUDA)
+    mod, decisions = _dispatched(model)
     assert _persistent_calls(mod) == 2
     script = mod["main"].script()
     assert script.count("R.matmul(") == 2  # the input projections only: no per-step mat-vecs
-    executable = build(mod, CUDA)
+    persistent = [d for d in decisions if d.variant is KernelVariant.PERSISTENT]
+    assert [d.layer for d in persistent] == ["rnn[fw]", "rnn[bw]"]
+    assert all("flag barrier" in d.detail for d in persistent)  # small h: the faster barrier
+    executable = _build(model)
     source = _cuda_source(executable)
     kernels = _kernels(source)
-    assert "cg::this_grid().sync()" in source
-    synced = [name for name, body in kernels.items() if "tvm_builtin_cuda_grid_sync()" in body]
-    assert synced == ["rnn_persistent_tanh_kernel"]
-    body = kernels["rnn_persistent_tanh_kernel"]
+    waiting = [name for name, body in kernels.items() if "sprnn_ready16(" in body]
+    assert waiting == ["rnn_persistent_tanh_kernel_1"]  # _kernel: the sentinel fill
+    body = kernels["rnn_persistent_tanh_kernel_1"]
     assert re.search(r"float wv_ptr\[\d+\];", body) and re.search(r"int wi_ptr\[\d+\];", body)
     assert not re.search(r"wv_ptr\[[a-z_(]", body)  # constant indices only: registers
     assert "sprnn_cp16(" in body and "cp.async.cg.shared.global" in source and "tanhf" in body
@@ -118,23 +132,29 @@ def test_non_qualifying_layers_keep_the_per_step_path(kind, inputs, attributes, 
     model, _ = _model(
         kind, inputs=inputs, attributes=attributes, density=density, shape=(3, N, IN, 32)
     )
-    mod = from_onnx(model, target=CUDA)
+    mod, decisions = _dispatched(model)
     assert _persistent_calls(mod) == 0
     assert "R.matmul(" in mod["main"].script()
+    assert KernelVariant.PER_STEP in [d.variant for d in decisions]
 
 
 def test_plan_conditions():
     r = random_recurrent_weights("RNN", 64, 8, 2, density=0.1, seed=0)["R"]
     cfg = CellConfig("RNN", 64, "bidirectional", activations=("Relu", "Sigmoid"))
-    plan = persistent_rnn_plan(cfg, 0, r[0], 5, True, DEFAULT_DENSITY_THRESHOLD)
-    assert plan is not None and plan.kind == "persistent" and plan.batch_kernel == 8
-    assert persistent_rnn_plan(cfg, 1, r[1], 5, True, DEFAULT_DENSITY_THRESHOLD) is None
-    assert persistent_rnn_plan(cfg, 0, r[0], 5, False, DEFAULT_DENSITY_THRESHOLD) is None
-    assert persistent_rnn_plan(cfg, 0, r[0], 5, True, 0.05) is None
-    lstm = CellConfig("LSTM", 64, peepholes=True)
+    options = DispatchOptions()
+
+    def choice(cfg, d, R, lengths_full=True, options=options):
+        return persistent_choice(cfg, d, R, 5, lengths_full, CUDA, options)
+
+    found, source, _ = choice(cfg, 0, r[0])
+    assert found.plan.kind == "persistent" and found.plan.batch_kernel == 8
+    assert source == "default config"
+    assert choice(cfg, 1, r[1])[0] is None  # Sigmoid
+    assert choice(cfg, 0, r[0], lengths_full=False)[2] == "sequence_lens given"
+    assert "R density" in choice(cfg, 0, r[0], options=DispatchOptions(0.95))[2]
     r4 = random_recurrent_weights("LSTM", 64, 8, density=0.1, seed=0)["R"][0]
-    assert persistent_rnn_plan(lstm, 0, r4, 5, True, 0.2, np.zeros(192, np.float32)).gates == 4
-    assert persistent_rnn_plan(lstm, 0, r4, 5, True, 0.2, np.ones(192, np.float32)) is None
+    assert choice(CellConfig("LSTM", 64), 0, r4)[0].plan.gates == 4
+    assert choice(CellConfig("LSTM", 64, peepholes=True), 0, r4)[2] == "LSTM peepholes"
     assert full_lengths(None, 4)
     assert full_lengths(relax.const(np.full(3, 4, np.int64)), 4)
     assert not full_lengths(relax.const(np.array([4, 2, 4], np.int64)), 4)
@@ -146,16 +166,16 @@ def test_plan_conditions():
 )
 def test_gated_layers_use_the_persistent_kernel(kind, attributes):
     model, _ = _model(kind, "bidirectional", ("initial_h",), attributes, shape=(3, N, IN, 64))
-    mod = from_onnx(model, target=CUDA)
+    mod, _ = _dispatched(model)
     assert _persistent_calls(mod) == 2
     assert f"rnn_persistent_{kind.lower()}" in mod.script()
 
 
 def test_other_kernels_build_as_with_the_default_pipeline(tmp_path):
-    """``compile.build`` keeps dlight and TVM's default TIR pipeline for the other kernels."""
+    """``pipeline.build`` keeps dlight and TVM's default TIR pipeline for the other kernels."""
     model, _ = _model("GRU", shape=(2, N, IN, 32))  # linear_before_reset=0: per-step path
-    mod = from_onnx(model, target=CUDA)
-    ours = build(mod, CUDA)
+    ours = _build(model)
+    mod, _ = _dispatched(model)
     with CUDA:
         default = tvm.compile(mod, target=CUDA)
     assert _cuda_source(ours) == _cuda_source(default)
@@ -189,7 +209,7 @@ def test_persistent_rnn_model_matches_onnxruntime(direction, initial_h, activati
     inputs = ("initial_h",) if initial_h else ()
     attributes = {"activations": [activation] * d}
     model, w = _model("RNN", direction, inputs, attributes, 0.1, shape, layout, seed=hidden)
-    mod = from_onnx(model, target=CUDA)
+    mod = from_onnx(model)
     assert _persistent_calls(mod) == d
     rng = np.random.default_rng(batch)
     x_shape = (seq_len, batch, input_size) if layout == 0 else (batch, seq_len, input_size)
@@ -197,7 +217,7 @@ def test_persistent_rnn_model_matches_onnxruntime(direction, initial_h, activati
     if initial_h:
         h_shape = (d, batch, hidden) if layout == 0 else (batch, d, hidden)
         feeds["initial_h"] = rng.standard_normal(h_shape).astype("float32")
-    vm = relax.VirtualMachine(build(mod, CUDA), tvm.cuda(0))
+    vm = relax.VirtualMachine(build(mod, CUDA)[0], tvm.cuda(0))
     names = [i.name for i in model.graph.input]
     got = vm["main"](*(tvm.runtime.tensor(feeds[n], tvm.cuda(0)) for n in names))
     expected = recurrent_onnxruntime("RNN", w, feeds, hidden, direction, layout, attributes)
@@ -224,7 +244,7 @@ def test_persistent_gated_model_matches_onnxruntime(kind, direction, states, lay
     inputs = (("initial_h", "initial_c") if kind == "LSTM" else ("initial_h",)) if states else ()
     attributes = {"linear_before_reset": 1} if kind == "GRU" else {}
     model, w = _model(kind, direction, inputs, attributes, 0.1, shape, layout, seed=hidden)
-    mod = from_onnx(model, target=CUDA)
+    mod = from_onnx(model)
     assert _persistent_calls(mod) == d
     rng = np.random.default_rng(batch)
     x_shape = (seq_len, batch, input_size) if layout == 0 else (batch, seq_len, input_size)
@@ -232,7 +252,7 @@ def test_persistent_gated_model_matches_onnxruntime(kind, direction, states, lay
     s_shape = (d, batch, hidden) if layout == 0 else (batch, d, hidden)
     for name in inputs:
         feeds[name] = rng.standard_normal(s_shape).astype("float32")
-    vm = relax.VirtualMachine(build(mod, CUDA), tvm.cuda(0))
+    vm = relax.VirtualMachine(build(mod, CUDA)[0], tvm.cuda(0))
     names = [i.name for i in model.graph.input]
     got = vm["main"](*(tvm.runtime.tensor(feeds[n], tvm.cuda(0)) for n in names))
     expected = recurrent_onnxruntime(kind, w, feeds, hidden, direction, layout, attributes)

@@ -12,19 +12,16 @@ import tvm
 from tvm import relax, s_tir, tirx
 
 from tvm_sparse_rnn.errors import UnsupportedError
-from tvm_sparse_rnn.ops.sparse_dense import sparse_dense_prim_func
 from tvm_sparse_rnn.kernels.x86.sparse_dense import (
     KNOB_CHOICES,
     LANES,
     X86Config,
     schedule_sparse_dense_x86,
 )
-from tvm_sparse_rnn.runtime.sparse_dense import (
-    build_sparse_dense,
-    emit_sparse_dense,
-    sparse_dense_func,
-)
+from tvm_sparse_rnn.ops.sparse_dense import sparse_dense_prim_func
+from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense, sparse_dense_func
 from tvm_sparse_rnn.testing import TOLERANCES, random_bsr, reference_sparse_dense
+from tvm_sparse_rnn.transform.dispatch import emit_sparse_dense
 
 BLOCKS = [(1, 1), (1, 4), (1, 16), (4, 4), (8, 1), (16, 16), (32, 1)]
 DENSITIES = [0.0, 0.01, 0.1, 0.5]

@@ -15,13 +15,13 @@ import pytest
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
-from tvm_sparse_rnn.ops.cells import CellConfig
-from tvm_sparse_rnn.kernels.x86.recurrent import pack_weight
-from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
-from tvm_sparse_rnn.runtime.sequence import RecurrentWeights, build_recurrent_sequence
 from tvm_sparse_rnn.kernels.cuda import sparse_dense as sparse_dense_cuda
 from tvm_sparse_rnn.kernels.x86 import sparse_dense as sparse_dense_x86
-from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense, tune_task
+from tvm_sparse_rnn.kernels.x86.recurrent import pack_weight
+from tvm_sparse_rnn.ops.cells import CellConfig
+from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
+from tvm_sparse_rnn.runtime.sequence import RecurrentWeights, build_recurrent_sequence
+from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import (
     TOLERANCES,
@@ -35,6 +35,7 @@ from tvm_sparse_rnn.tuning.generated import build_pipeline, realize, sampled_kno
 from tvm_sparse_rnn.tuning.lookup import use_tuning_logs
 from tvm_sparse_rnn.tuning.mutator import MutateCategorical
 from tvm_sparse_rnn.tuning.rnn_x86_space import recurrent_tune_task
+from tvm_sparse_rnn.tuning.sparse_dense_space import sparse_dense_tune_task as tune_task
 from tvm_sparse_rnn.tuning.tune import tune
 
 LLVM = resolve_target("llvm")

@@ -4,6 +4,7 @@ workload keys, builds for sm_90a (no GPU needed), lookup; a tiny tuning run on t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 from pathlib import Path
@@ -13,15 +14,18 @@ import pytest
 from tvm import s_tir, tirx
 from tvm.s_tir import meta_schedule as ms
 
+from tvm_sparse_rnn.kernels.cuda.persistent import planner
 from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, unit_major
-from tvm_sparse_rnn.kernels.cuda.persistent.planner import CELL_GATES, default_knobs, plan_persistent
-from tvm_sparse_rnn.target import resolve_target
+from tvm_sparse_rnn.kernels.cuda.persistent.planner import Barrier, default_knobs
+from tvm_sparse_rnn.ops.cells import PersistentCell
+from tvm_sparse_rnn.target import device_limits, resolve_target
 from tvm_sparse_rnn.testing import random_recurrent_weights
 from tvm_sparse_rnn.tuning.database import open_database
 from tvm_sparse_rnn.tuning.generated import build_pipeline, realize, sampled_knobs
 from tvm_sparse_rnn.tuning.lookup import use_tuning_logs
 from tvm_sparse_rnn.tuning.measure import build_kernel
 from tvm_sparse_rnn.tuning.persistent_space import (
+    BARRIERS,
     MEASURE_STEPS,
     PersistentConfig,
     persistent_tune_task,
@@ -30,8 +34,23 @@ from tvm_sparse_rnn.tuning.persistent_space import (
     tuned_persistent_config,
 )
 
+LIMITS = device_limits("cuda")  # the lent GPU's limits (the H200 tag when no GPU is present)
+plan_persistent = functools.partial(planner.plan_persistent, device=LIMITS)
+candidate_plans = functools.partial(planner.candidate_plans, device=LIMITS)
+max_hidden = functools.partial(planner.max_hidden, device=LIMITS)
+
 CUDA = resolve_target("cuda")
 ONNX_KIND = {"tanh": "RNN", "relu": "RNN", "gru": "GRU", "lstm": "LSTM"}
+
+
+def _task(R, batch: int, cell: str, **kwargs):
+    return persistent_tune_task(R, batch, PersistentCell(cell), "float32", LIMITS, **kwargs)
+
+
+def _tuned(R, batch: int, cell: str):
+    """``(plan, barrier, vector, order)`` the lookup gives (or None)."""
+    found = tuned_persistent_config(R, batch, PersistentCell(cell), "float32", CUDA, LIMITS)
+    return None if found is None else found[0]
 
 
 def _weights(cell: str = "gru", hidden: int = 48, seed: int = 0, density: float = 0.2) -> dict:
@@ -56,7 +75,7 @@ def _scheduled(task, config: PersistentConfig):
 def test_default_config_is_the_untuned_build() -> None:
     """Geometry 0 + default_knobs + guided: what build_persistent_rnn picks without a record."""
     w = _weights("lstm", 64)
-    task = persistent_tune_task(w["R"][0], 4, "lstm")
+    task = _task(w["R"][0], 4, "lstm")
     plan, barrier, vector, order = task.default_config.resolve(task_plans(task))
     assert plan == plan_persistent(unit_major(w["R"][0], 4), 4, gates=4)
     assert (barrier, vector, order) == (*default_knobs(plan), "guided")
@@ -66,7 +85,7 @@ def test_default_config_is_the_untuned_build() -> None:
 
 def test_space_samples_valid_distinct_configs() -> None:
     w = _weights("gru")
-    task = persistent_tune_task(w["R"][0], 2, "gru")
+    task = _task(w["R"][0], 2, "gru")
     undecided = s_tir.Trace(task.default_trace().insts, {})  # the space, decisions re-sampled
     seen = set()
     for seed in range(1, 25):
@@ -83,7 +102,7 @@ def test_every_candidate_builds_for_sm90a_with_its_own_packing() -> None:
     """Each knob combination round-trips through its trace, and the builder hook turns it into
     the real kernel (the chosen slot's packed arrays in place) that builds for sm_90a."""
     w = _weights("gru")
-    task = persistent_tune_task(w["R"][0], 2, "gru", num_geometries=2)
+    task = _task(w["R"][0], 2, "gru", num_geometries=2)
     stub_sig = [(p.dtype, [int(d) for d in p.shape]) for p in task.func.params]
     for values in itertools.product(*task.choices.values()):
         config = PersistentConfig(*values)
@@ -101,7 +120,7 @@ def test_every_candidate_builds_for_sm90a_with_its_own_packing() -> None:
             dims = [int(d) if isinstance(d, tirx.IntImm) else MEASURE_STEPS for d in p.shape]
             assert (p.dtype, dims) == (dtype, shape)
         if config.order == 0:  # the order changes the packing only, not the code
-            assert build_pipeline(mod, CUDA) == "tvm_sparse_rnn.persistent"
+            assert build_pipeline(mod, CUDA) == "tvm_sparse_rnn"
             built = build_kernel(mod, CUDA, None)
             source = built.imports[0].inspect_source()
             assert ("grid_sync" in source or "this_grid" in source) == (config.barrier == 0)
@@ -109,8 +128,8 @@ def test_every_candidate_builds_for_sm90a_with_its_own_packing() -> None:
 
 def test_measured_arrays_are_the_real_packings() -> None:
     w = _weights("lstm", 32)
-    R = unit_major(w["R"][0], CELL_GATES["lstm"])
-    task = persistent_tune_task(w["R"][0], 4, "lstm", num_geometries=2)
+    R = unit_major(w["R"][0], PersistentCell("lstm").gates)
+    task = _task(w["R"][0], 4, "lstm", num_geometries=2)
     arrays = dict(task.fixed_args)
     params = task.func.params
     assert len(arrays) == 3 * 3 * 2
@@ -129,13 +148,13 @@ def test_measured_arrays_are_the_real_packings() -> None:
 
 def test_workload_keys_tell_patterns_apart() -> None:
     a, b = _weights(seed=0)["R"][0], _weights(seed=1)["R"][0]
-    ta, tb = persistent_tune_task(a, 2, "gru"), persistent_tune_task(b, 2, "gru")
+    ta, tb = _task(a, 2, "gru"), _task(b, 2, "gru")
     assert ta.meta["structure_key"] != tb.meta["structure_key"]
     db = ms.database.MemoryDatabase()
     db.commit_workload(ta.mod)
-    assert db.has_workload(persistent_tune_task(a, 2, "gru").mod)
+    assert db.has_workload(_task(a, 2, "gru").mod)
     assert not db.has_workload(tb.mod)
-    assert not db.has_workload(persistent_tune_task(a, 4, "gru").mod)  # other batch
+    assert not db.has_workload(_task(a, 4, "gru").mod)  # other batch
 
 
 def test_lookup_record_then_shipped_then_default(tmp_path: Path, monkeypatch, caplog) -> None:
@@ -145,19 +164,19 @@ def test_lookup_record_then_shipped_then_default(tmp_path: Path, monkeypatch, ca
 
     caplog.set_level(logging.INFO, logger="tvm_sparse_rnn")
     R = _weights("gru")["R"][0]
-    task = persistent_tune_task(R, 2, "gru")
+    task = _task(R, 2, "gru")
     plans = task_plans(task)
     default = task.default_config.resolve(plans)
-    assert tuned_persistent_config(R, 2, "gru") == default
+    assert _tuned(R, 2, "gru") == default
     assert f"{task.name}: using the default config" in caplog.text
 
     shipped = PersistentConfig(geometry=2, barrier=1, vector=0, order=1)
     entry = {"meta": {**task.meta, "density": 0.3}, "config": dataclasses.asdict(shipped)}
     monkeypatch.setattr(lookup, "_shipped_entries", lambda target, op: [entry])
-    assert tuned_persistent_config(R, 2, "gru") == shipped.resolve(plans)
+    assert _tuned(R, 2, "gru") == shipped.resolve(plans)
     bad = {**entry, "config": {**entry["config"], "geometry": 9}}
     monkeypatch.setattr(lookup, "_shipped_entries", lambda target, op: [bad])
-    assert tuned_persistent_config(R, 2, "gru") == default
+    assert _tuned(R, 2, "gru") == default
 
     tuned = PersistentConfig(geometry=1, barrier=0, vector=1, order=1)
     db = open_database(tmp_path)
@@ -167,7 +186,7 @@ def test_lookup_record_then_shipped_then_default(tmp_path: Path, monkeypatch, ca
         record = ms.database.TuningRecord(_trace(task, config), workload, [secs], CUDA, args_info)
         db.commit_tuning_record(record)
     with use_tuning_logs(tmp_path):
-        assert tuned_persistent_config(R, 2, "gru") == tuned.resolve(plans)
+        assert _tuned(R, 2, "gru") == tuned.resolve(plans)
     assert f"{task.name}: using tuned record (100.0 us)" in caplog.text
 
 
@@ -175,10 +194,10 @@ def test_no_task_when_nothing_fits() -> None:
     import scipy.sparse as sp
 
     dense = sp.csr_array(np.ones((4096, 4096), np.float32))
-    assert persistent_tune_task(dense, 16, "tanh") is None
-    assert tuned_persistent_config(dense, 16, "tanh") is None
-    with pytest.raises(ValueError, match="cell"):
-        persistent_tune_task(dense, 1, "mgu")
+    assert _task(dense, 16, "tanh") is None
+    assert _tuned(dense, 16, "tanh") is None
+    with pytest.raises(ValueError, match="mgu"):
+        _task(dense, 1, "mgu")
 
 
 def test_tune_cli_op_persistent() -> None:
@@ -198,8 +217,9 @@ def test_tiny_tuning_run_matches_default_and_reference(tmp_path: Path) -> None:
     import tvm
 
     from tvm_sparse_rnn.ops.cells import CellConfig
-    from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel, split_onnx_bias
     from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
+    from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel
+    from tvm_sparse_rnn.transform.dispatch.recurrent_persistent import split_onnx_bias
     from tvm_sparse_rnn.tuning.tune import tune
 
     cell, hidden, batch, steps = "lstm", 256, 4, 7
@@ -210,8 +230,10 @@ def test_tiny_tuning_run_matches_default_and_reference(tmp_path: Path) -> None:
     with use_tuning_logs(tmp_path):
         tuned = tuned_persistent_config(w["R"][0], batch, cell)
     assert tuned == result.best_config.resolve(task_plans(task))
-    G = CELL_GATES[cell]
-    bias, rbias = split_onnx_bias(cell, w["B"][0, : G * hidden], w["B"][0, G * hidden :])
+    G = PersistentCell(cell).gates
+    bias, rbias = split_onnx_bias(
+        PersistentCell(cell), w["B"][0, : G * hidden], w["B"][0, G * hidden :]
+    )
     rng = np.random.default_rng(11)
     X = rng.standard_normal((steps, batch, 16)).astype(np.float32)
     h0 = (rng.standard_normal((batch, hidden)) * 0.5).astype(np.float32)
@@ -229,3 +251,72 @@ def test_tiny_tuning_run_matches_default_and_reference(tmp_path: Path) -> None:
     np.testing.assert_allclose(outs[1].h, outs[0].h, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(outs[1].h, y[:, 0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(outs[1].c, y_c[0], rtol=1e-4, atol=1e-4)
+
+
+def _commit(work_dir: Path, task, configs_secs) -> None:
+    """Store records of ``task`` for ``(config, seconds)`` pairs (as a tuning run would)."""
+    db = open_database(work_dir)
+    workload = db.commit_workload(task.mod)
+    args_info = ms.arg_info.ArgInfo.from_prim_func(task.func)
+    for config, secs in configs_secs:
+        record = ms.database.TuningRecord(_trace(task, config), workload, [secs], CUDA, args_info)
+        db.commit_tuning_record(record)
+
+
+def test_tuned_record_reaches_the_kernel_built_from_onnx(tmp_path: Path) -> None:
+    """A tuned record (geometry 1, grid barrier; the default is geometry 0 with the flag
+    barrier at this size) is what the dispatch pass builds for the ONNX model: the decision,
+    the emitted kernel's launch geometry and barrier in the CUDA source."""
+    from tvm_sparse_rnn.compile import build_onnx_with_decisions, plan_onnx
+    from tvm_sparse_rnn.testing import recurrent_onnx_model
+    from tvm_sparse_rnn.transform import KernelVariant
+
+    hidden, batch = 128, 4
+    w = random_recurrent_weights("RNN", hidden, 16, 1, 0.1, seed=5)
+    model = recurrent_onnx_model("RNN", w, 6, batch, 16, hidden)
+    task = _task(w["R"][0], batch, "tanh")
+    plans = task_plans(task)
+    default = task.default_config.resolve(plans)
+    assert default[0] == plans[0] and default[1] is Barrier.FLAG
+    tuned = PersistentConfig(geometry=1, barrier=BARRIERS.index(Barrier.GRID), vector=0, order=0)
+    _commit(tmp_path, task, [(task.default_config, 2e-4), (tuned, 1e-4)])
+
+    def persistent(decisions):
+        (decision,) = [d for d in decisions if d.variant is KernelVariant.PERSISTENT]
+        return decision
+
+    untuned = persistent(plan_onnx(model, target="cuda"))
+    assert plans[0].describe() in untuned.detail and "flag barrier" in untuned.detail
+    planned = plan_onnx(model, target="cuda", tuning_logs=tmp_path)
+    decision = persistent(planned)
+    assert plans[1].describe() in decision.detail and "grid barrier, scalar" in decision.detail
+    assert decision.config.startswith("tuned record (100.0 us)")
+    executable, *_, built = build_onnx_with_decisions(model, target="cuda", tuning_logs=tmp_path)
+    assert built == planned  # compile decides what inspect printed
+    (cuda,) = [m for m in executable.mod.imports[0].imports if m.kind == "cuda"]
+    source = cuda.inspect_source()
+    kernel = source.split("rnn_persistent_tanh_kernel(")[0].rsplit("__global__", 1)[1]
+    assert f"__launch_bounds__({plans[1].threads})" in kernel
+    assert "cg::this_grid().sync()" in source
+
+
+def test_inspect_and_compile_report_the_same_decisions(tmp_path: Path) -> None:
+    """The CLI: ``compile`` prints the decision table ``inspect`` prints (same model, target)."""
+    from tvm_sparse_rnn.cli.main import main
+    from tvm_sparse_rnn.demo import build_demo_model
+
+    path = tmp_path / "demo.onnx"
+    path.write_bytes(build_demo_model(seq_len=3, batch=2, hidden=128, mlp=128).SerializeToString())
+    tables = []
+    for argv in (["inspect", str(path)], ["compile", str(path), "-o", str(tmp_path / "m.so")]):
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main([*argv, "--target", "cuda"]) == 0
+        lines = out.getvalue().splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("layer"))
+        tables.append(lines[start : start + 2 + 5])
+    assert tables[0] == tables[1]
+    assert any("persistent" in line for line in tables[0])

@@ -56,8 +56,6 @@ SENTINEL_BITS = int(np.array(0xFFC0BEEF, np.uint32).view(np.int32))
 #: Polls of one chunk before the flag barrier gives up (about a second of spinning); the thread
 #: then sets ``status`` and stores NaN for the rest of the launch (never a silently wrong h).
 MAX_SPINS = 1 << 20
-#: Quiet NaN stored by a thread whose flag-barrier wait timed out.
-NAN_BITS = 0x7FC00000
 #: Device helper copying 16 bytes of ``h`` into shared memory with ``cp.async.cg``.
 COPY_HELPER = "sprnn_cp16"
 
@@ -71,6 +69,11 @@ __forceinline__ __device__ void sprnn_cp16(void* dst, const void* src) {
     "sprnn_cp_wait": """
 __forceinline__ __device__ void sprnn_cp_wait() {
   asm volatile("cp.async.wait_all;\\n" ::: "memory");
+}
+""",
+    "sprnn_nan": """
+__forceinline__ __device__ float sprnn_nan() {
+  return __int_as_float(0x7fc00000);
 }
 """,
     "sprnn_ready16": f"""
@@ -412,7 +415,7 @@ def make_persistent_kernel(
         """``value``, or NaN once a flag-barrier wait of this thread timed out (``spins[1]``)."""
         if not geo.flag:
             return value
-        return T.if_then_else(spins[1] != 0, T.reinterpret(f32_name, T.int32(NAN_BITS)), value)
+        return T.if_then_else(spins[1] != 0, _call("sprnn_nan", ret=f32_name), value)
 
     def smem_word(w_sh, rr, j, tx, w):
         """Word ``w`` of shared-memory slot ``j`` of row ``rr`` of thread ``tx``."""
@@ -645,8 +648,10 @@ def make_persistent_kernel(
                         f32(h_sh[h_elem(t, unit(bx, tx, ui), bc * width + b)]),
                         b,
                     )
+                    if geo.flag:
+                        hv[b] = guard(spins, hv[b])
                 for bi in T.vectorized(width):
-                    out[t, unit(bx, tx, ui), bc * width + bi] = to_dt(guard(spins, hv[bi]))
+                    out[t, unit(bx, tx, ui), bc * width + bi] = to_dt(hv[bi])
 
     @T.macro
     def end_step():
