@@ -72,10 +72,12 @@ def random_recurrent(hidden: int, density: float, seed: int = 0) -> sp.csr_array
 def _candidates(R: sp.csr_array, batch: int, count: int) -> list:
     """The planner's best geometry per lanes-per-row, ``count`` of them, best first."""
     from tvm_sparse_rnn.kernels.cuda.persistent.planner import candidate_plans, row_lengths
+    from tvm_sparse_rnn.target import device_limits
 
     lengths = row_lengths(R)
     seen, out = set(), []
-    for plan in candidate_plans(R.shape[0], int(lengths.max()), batch):
+    limits = device_limits("cuda")
+    for plan in candidate_plans(R.shape[0], int(lengths.max()), batch, device=limits):
         if plan.lanes_per_row not in seen:
             seen.add(plan.lanes_per_row)
             out.append(plan)

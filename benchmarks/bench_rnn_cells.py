@@ -57,28 +57,40 @@ def _weights(cell: str, hidden: int, dtype: str) -> dict[str, np.ndarray]:
 def _plans(R, cell: str, batch: int, dtype: str, count: int) -> list:
     """The planner's best geometry per lanes-per-row, ``count`` of them (or the fallback)."""
     from tvm_sparse_rnn.kernels.cuda.persistent.packing import unit_major
-    from tvm_sparse_rnn.kernels.cuda.persistent.planner import CELL_GATES, candidate_plans, plan_persistent, row_lengths
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import (
+        candidate_plans,
+        plan_persistent,
+        row_lengths,
+    )
+    from tvm_sparse_rnn.ops.cells import PersistentCell
+    from tvm_sparse_rnn.target import device_limits
 
-    gates = CELL_GATES[cell]
+    limits = device_limits("cuda")
+
+    gates = PersistentCell(cell).gates
     longest = int(row_lengths(R).max())
     seen, out = set(), []
-    for plan in candidate_plans(R.shape[1], longest, batch, dtype, gates=gates):
+    for plan in candidate_plans(R.shape[1], longest, batch, dtype, device=limits, gates=gates):
         if plan.lanes_per_row not in seen:
             seen.add(plan.lanes_per_row)
             out.append(plan)
-    return out[:count] or [plan_persistent(unit_major(R, gates), batch, dtype, gates=gates)]
+    return out[:count] or [
+        plan_persistent(unit_major(R, gates), batch, dtype, device=limits, gates=gates)
+    ]
 
 
 def _check(rnn, cell: str, w: dict, batch: int, hidden: int) -> float:
     """Max |error| of a short run against the float64 ONNX reference."""
     from tvm_sparse_rnn.ops.cells import CellConfig
-    from tvm_sparse_rnn.runtime.persistent import split_onnx_bias
+    from tvm_sparse_rnn.transform.dispatch.recurrent_persistent import split_onnx_bias
     from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
 
     G = rnn.plan.gates
     rng = np.random.default_rng(2)
     X = rng.standard_normal((CHECK_STEPS, batch, hidden)).astype(np.float32)
-    bias, rbias = split_onnx_bias(cell, w["B"][0, : G * hidden], w["B"][0, G * hidden :])
+    bias, rbias = split_onnx_bias(
+        PersistentCell(cell), w["B"][0, : G * hidden], w["B"][0, G * hidden :]
+    )
     got = rnn.run(X=X, W=w["W"][0], b=bias, rbias=rbias).h.astype(np.float64)
     cfg = CellConfig(ONNX_KIND[cell], hidden, linear_before_reset=cell == "gru")
     y = recurrent_sequence_reference(cfg, X, w["W"], w["R"], w["B"])[0][:, 0]
@@ -133,7 +145,8 @@ def run(args: argparse.Namespace) -> dict:
 
     from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, unit_major
     from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel, prebuild
-    from tvm_sparse_rnn.kernels.cuda.persistent.planner import CELL_GATES, default_knobs
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import default_knobs
+    from tvm_sparse_rnn.ops.cells import PersistentCell
 
     hiddens = HIDDEN[:1] if args.quick else HIDDEN
     cases = [*itertools.product(CELLS, DTYPES, hiddens, BATCH), CAPACITY_CASE]
@@ -142,7 +155,7 @@ def run(args: argparse.Namespace) -> dict:
     weights = {(c, h, dt): _weights(c, h, dt) for c, dt, h, _ in cases}
     jobs = []
     for cell, dtype, hidden, batch in cases:
-        R = unit_major(weights[(cell, hidden, dtype)]["R"][0], CELL_GATES[cell])
+        R = unit_major(weights[(cell, hidden, dtype)]["R"][0], PersistentCell(cell).gates)
         for plan in _plans(R, cell, batch, dtype, args.candidates):
             vector = default_knobs(plan)[1]
             for barrier in ("flag", "grid") if plan.kind == "persistent" else ("grid",):
@@ -157,7 +170,7 @@ def run(args: argparse.Namespace) -> dict:
         futures = [
             pool.submit(
                 pack,
-                unit_major(weights[(c[0], c[2], c[1])]["R"][0], CELL_GATES[c[0]]),
+                unit_major(weights[(c[0], c[2], c[1])]["R"][0], PersistentCell(c[0]).gates),
                 plan,
                 "guided" if plan.kind == "persistent" else "naive",
                 vector,

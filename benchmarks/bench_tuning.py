@@ -35,16 +35,17 @@ import numpy as np
 import tvm
 from common import RESULTS_DIR, device_info, format_table, median, plot_speedups, write_json
 
-from tvm_sparse_rnn.ops.cells import CellConfig
-from tvm_sparse_rnn.kernels.x86.recurrent import pack_weight
 from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, unit_major
+from tvm_sparse_rnn.kernels.x86.recurrent import pack_weight
+from tvm_sparse_rnn.ops.cells import CellConfig, PersistentCell
 from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel
-from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense, tune_task
-from tvm_sparse_rnn.target import resolve_target
+from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense
+from tvm_sparse_rnn.target import device_limits, resolve_target
 from tvm_sparse_rnn.testing import random_bsr, random_recurrent_weights
 from tvm_sparse_rnn.tuning.database import device_tag
 from tvm_sparse_rnn.tuning.persistent_space import MEASURE_STEPS, persistent_tune_task, task_plans
 from tvm_sparse_rnn.tuning.rnn_x86_space import recurrent_tune_task
+from tvm_sparse_rnn.tuning.sparse_dense_space import sparse_dense_tune_task
 from tvm_sparse_rnn.tuning.task import TuneTask
 from tvm_sparse_rnn.tuning.tune import tune
 
@@ -71,7 +72,7 @@ def _time(kernel, x: np.ndarray, repeat: int) -> float:
 def _sparse_dense_case(n, block, m, args, target):
     """``(case, task, time(config) -> seconds)`` of one ``sparse_dense`` kernel."""
     weight = random_bsr(n, n, block, args.density, seed=0)
-    task = tune_task(weight, m, target)
+    task = sparse_dense_tune_task(weight, m, target)
     x = np.random.default_rng(1).uniform(-1, 1, (m, n)).astype("float32")
 
     def timer(config):
@@ -110,7 +111,9 @@ def _persistent_case(kind, hidden, batch, args, target):
     """``(case, task, time(config) -> seconds)`` of one persistent GPU kernel (real packed R)."""
     cell = {"RNN": "tanh", "GRU": "gru", "LSTM": "lstm"}[kind]
     r = random_recurrent_weights(kind, hidden, 1, 1, args.density, seed=0)["R"][0]
-    task = persistent_tune_task(r, batch, cell)
+    task = persistent_tune_task(
+        r, batch, PersistentCell(cell), "float32", device_limits(resolve_target("cuda"))
+    )
     plans = task_plans(task)
     p = plans[0]
     rng = np.random.default_rng(1)

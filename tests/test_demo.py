@@ -7,9 +7,9 @@ import shutil
 import pytest
 from tvm.support import nvcc
 
-from tvm_sparse_rnn.compile import build
 from tvm_sparse_rnn.demo import build_demo_model
 from tvm_sparse_rnn.frontend.onnx import from_onnx
+from tvm_sparse_rnn.pipeline import build
 from tvm_sparse_rnn.target import resolve_target
 
 
@@ -20,7 +20,7 @@ def test_demo_model_cuda_source_compiles_for_sm90a():
     select, which NVRTC rejected on the H100).
     """
     target = resolve_target("cuda")
-    executable = build(from_onnx(build_demo_model(), target=target), target)
+    executable, _ = build(from_onnx(build_demo_model()), target)
     (cuda,) = [m for m in executable.mod.imports[0].imports if m.kind == "cuda"]
     source = cuda.inspect_source()
     assert source.count("__global__") >= 3

@@ -166,9 +166,7 @@ def test_corrupt_and_missing_files(tmp_path):
 def test_cuda_build_packs_sparse_kernel_source():
     """Builds for sm_90a on a GPU-less machine; the sparse kernels are in the CUDA source."""
     model = gemm_matmul_mlp()
-    executable, _, _, decisions = build_onnx_with_decisions(
-        model, target="cuda", params=WORK_ONLY
-    )
+    executable, _, _, decisions = build_onnx_with_decisions(model, target="cuda", params=WORK_ONLY)
     assert len(_sparse(decisions)) == 3  # fc1, fc2, fc3; head stays dense
     modules, cuda = [executable.mod], []
     while modules:

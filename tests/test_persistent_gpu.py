@@ -212,7 +212,9 @@ def _check_against_reference(rnn, cell: str, w: dict, steps: int) -> None:
     plan = rnn.plan
     G, hidden, batch = plan.gates, plan.hidden, plan.batch
     cfg = CellConfig(ONNX_KIND[cell], hidden, linear_before_reset=cell == "gru")
-    bias, rbias = split_onnx_bias(PersistentCell(cell), w["B"][0, : G * hidden], w["B"][0, G * hidden :])
+    bias, rbias = split_onnx_bias(
+        PersistentCell(cell), w["B"][0, : G * hidden], w["B"][0, G * hidden :]
+    )
     rng = np.random.default_rng(11)
     tol = HALF_TOLERANCE if plan.dtype == "float16" else 1e-4
     X = rng.standard_normal((steps, batch, 48)).astype(np.float32)
@@ -275,7 +277,9 @@ def test_half_matches_onnxruntime(cell: str) -> None:
         feeds["initial_c"] = feeds["initial_h"][:, ::-1].copy()
     attributes = {"linear_before_reset": 1} if cell == "gru" else {}
     y, y_h, *y_c = recurrent_onnxruntime(ONNX_KIND[cell], w, feeds, hidden, attributes=attributes)
-    bias, rbias = split_onnx_bias(PersistentCell(cell), w["B"][0, : G * hidden], w["B"][0, G * hidden :])
+    bias, rbias = split_onnx_bias(
+        PersistentCell(cell), w["B"][0, : G * hidden], w["B"][0, G * hidden :]
+    )
     c0 = feeds["initial_c"][0] if G == 4 else None
     res = rnn.run(X=feeds["X"], W=w["W"][0], b=bias, rbias=rbias, h0=feeds["initial_h"][0], c0=c0)
     tol = HALF_TOLERANCE

@@ -23,13 +23,13 @@ from tvm_sparse_rnn.frontend.onnx import from_onnx
 from tvm_sparse_rnn.ops.cells import CellConfig
 from tvm_sparse_rnn.pipeline import build, sparse_pipeline
 from tvm_sparse_rnn.target import resolve_target
-from tvm_sparse_rnn.transform import DispatchOptions, KernelVariant
-from tvm_sparse_rnn.transform.dispatch.recurrent import full_lengths, persistent_choice
 from tvm_sparse_rnn.testing import (
     random_recurrent_weights,
     recurrent_onnx_model,
     recurrent_onnxruntime,
 )
+from tvm_sparse_rnn.transform import DispatchOptions, KernelVariant
+from tvm_sparse_rnn.transform.dispatch.recurrent import full_lengths, persistent_choice
 
 T, N, IN, H = 12, 3, 16, 128
 CUDA = resolve_target("cuda")

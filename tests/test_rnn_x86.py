@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tvm_sparse_rnn.ops.cells import CellConfig
 from tvm_sparse_rnn.kernels.x86.recurrent import (
     UNROLL,
     RecurrentConfig,
+    default_recurrent_config,
     pack_weight,
     projection_prim_func,
     recurrent_prim_func,
     unit_major_order,
 )
+from tvm_sparse_rnn.ops.cells import CellConfig
 from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
 from tvm_sparse_rnn.runtime.sequence import RecurrentWeights, build_recurrent_sequence
 from tvm_sparse_rnn.testing import TOLERANCES, random_recurrent_weights
@@ -66,7 +67,8 @@ def test_prim_func_structure():
     assert script.count("pragma_parallel_launch_point") == 3  # init, steps, final state
     assert script.count("pragma_parallel_barrier_when_finish") == 3  # init h, init c, a step
     assert "alloc_local" not in script  # scratch stays on the stack, not the workspace pool
-    assert "T.parallel" not in recurrent_prim_func(cfg, 0, 5, 4, packed).script()  # tiny: serial
+    tiny = default_recurrent_config(packed.layout, 5, 4, cores=2)  # too little work: serial
+    assert "T.parallel" not in recurrent_prim_func(cfg, 0, 5, 4, packed, tiny).script()
     with pytest.raises(ValueError, match="steps_per_launch=2 must divide T=5"):
         recurrent_prim_func(cfg, 0, 5, 4, packed, RecurrentConfig(4, 2, 2))
     with pytest.raises(ValueError, match="accumulators=3 must divide"):

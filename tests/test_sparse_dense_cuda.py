@@ -10,13 +10,13 @@ import pytest
 import tvm
 from tvm import s_tir, tirx
 
-from tvm_sparse_rnn.ops.sparse_dense import sparse_dense_prim_func
 from tvm_sparse_rnn.kernels.cuda.sparse_dense import (
     KNOB_CHOICES,
     LANES,
     CudaConfig,
     schedule_sparse_dense_cuda,
 )
+from tvm_sparse_rnn.ops.sparse_dense import sparse_dense_prim_func
 from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense, sparse_dense_func
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import TOLERANCES, random_bsr, reference_sparse_dense

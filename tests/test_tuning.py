@@ -274,15 +274,15 @@ def test_rnn_lookup_order_shipped_then_default(monkeypatch, caplog) -> None:
     """Without a record: a shipped entry with the same cell, shapes and core count wins (nearest
     density), else the default; one log line each time."""
     from tvm_sparse_rnn.tuning import lookup
-    from tvm_sparse_rnn.tuning.rnn_x86_space import resolve_recurrent_config
+    from tvm_sparse_rnn.tuning.rnn_x86_space import recurrent_config
 
     cfg, w, task = _rnn_task()
     packed = pack_weight(w["R"][0], cfg.num_gates, False)
     caplog.set_level(logging.INFO, logger="tvm_sparse_rnn")
-    assert resolve_recurrent_config(cfg, 0, 8, 4, packed) == task.default_config
+    assert recurrent_config(cfg, 0, 8, 4, packed)[0] == task.default_config
     assert f"{task.name}: using the default config" in caplog.text
     shipped = {"meta": {**task.meta, "density": 0.25}, "config": {"accumulators": 2}}
     far = {"meta": {**task.meta, "density": 0.9}, "config": {"accumulators": 1}}
     monkeypatch.setattr(lookup, "_shipped_entries", lambda target, op: [far, shipped])
-    got = resolve_recurrent_config(cfg, 0, 8, 4, packed)
+    got, _ = recurrent_config(cfg, 0, 8, 4, packed)
     assert got.accumulators == 2 and f"{task.name}: using shipped config" in caplog.text

@@ -64,9 +64,7 @@ def _options(
     return DispatchOptions(sparsity_threshold, block_size, candidates, params)
 
 
-def _name_layers(
-    model: onnx.ModelProto, decisions: list[KernelDecision]
-) -> list[KernelDecision]:
+def _name_layers(model: onnx.ModelProto, decisions: list[KernelDecision]) -> list[KernelDecision]:
     """Decisions with the ``dense<i>`` layers renamed after their ONNX nodes."""
     dense = [d for d in decisions if d.layer.startswith("dense")]
     names = dict(zip((d.layer for d in dense), dense_layer_names(model, len(dense)), strict=True))

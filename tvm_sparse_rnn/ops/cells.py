@@ -29,16 +29,16 @@ import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
-from typing import Any, Protocol
 
 from ..errors import UnsupportedError
 
 logger = logging.getLogger(__name__)
 
 
-class Activation(str, enum.Enum):
+class Activation(enum.StrEnum):
     """ONNX activation names this package implements (no alpha/beta parameters)."""
 
     SIGMOID = "Sigmoid"
@@ -46,7 +46,7 @@ class Activation(str, enum.Enum):
     RELU = "Relu"
 
 
-class CellType(str, enum.Enum):
+class CellType(enum.StrEnum):
     """An ONNX recurrent operator: its gates (ONNX storage order) and defaults.
 
     The one table of gate counts in the package: every kernel reads ``num_gates`` from here.
@@ -78,7 +78,7 @@ class CellType(str, enum.Enum):
         return self is CellType.LSTM
 
 
-class PersistentCell(str, enum.Enum):
+class PersistentCell(enum.StrEnum):
     """The cells the persistent GPU kernel specializes on: a :class:`CellType` plus, for the
     vanilla RNN, its activation (gated cells use the ONNX default activations, GRU with
     ``linear_before_reset=1``)."""

@@ -30,8 +30,6 @@ from tvm import tirx
 from tvm.target import Target
 
 from ..errors import SparseRNNError, UnsupportedError
-from ..target import DeviceLimits, device_limits, is_cuda, resolve_target
-from ..tuning.persistent_space import tuned_persistent_config
 from ..kernels.cuda.persistent import cooperative
 from ..kernels.cuda.persistent.kernel import make_persistent_kernel, make_step_kernel
 from ..kernels.cuda.persistent.layout import PairOrder
@@ -43,6 +41,8 @@ from ..kernels.cuda.persistent.planner import (
     plan_persistent,
 )
 from ..ops.cells import PersistentCell
+from ..target import DeviceLimits, device_limits, is_cuda, resolve_target
+from ..tuning.persistent_space import tuned_persistent_config
 
 logger = logging.getLogger(__name__)
 

@@ -67,6 +67,8 @@ def sparse_dense_func(
     config = config or sparse_dense_config(weight, m, target)
     logger.debug("sparse_dense %s m=%s: %s", weight, m, config)
     return _scheduled(SparseDenseLayout.of(weight), m, target, config)
+
+
 class SparseDenseKernel:
     """A compiled ``sparse_dense`` for one weight and batch size; the weight lives on the device.
 

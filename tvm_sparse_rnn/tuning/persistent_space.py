@@ -55,8 +55,8 @@ from tvm.target import Target
 
 from ..kernels.cuda.persistent import cooperative as cuda_pipeline
 from ..kernels.cuda.persistent.kernel import make_persistent_kernel
-from ..kernels.cuda.persistent.packing import PackedWeights, pack, unit_major
 from ..kernels.cuda.persistent.layout import PairOrder
+from ..kernels.cuda.persistent.packing import PackedWeights, pack, unit_major
 from ..kernels.cuda.persistent.planner import (
     Barrier,
     PersistentPlan,
@@ -65,8 +65,7 @@ from ..kernels.cuda.persistent.planner import (
     row_lengths,
 )
 from ..ops.cells import PersistentCell
-from ..target import DeviceLimits
-from ..target import resolve_target
+from ..target import DeviceLimits, resolve_target
 from .generated import PARAMS_ATTR, PIPELINE_ATTR, stub_prim_func
 from .lookup import lookup_config
 from .task import STRUCTURE_ATTR, TuneTask

@@ -27,7 +27,6 @@ import numpy as np
 from tvm import s_tir, tirx
 
 from ..cpu_threads import pool_threads
-from ..ops.cells import CellConfig
 from ..kernels.x86.recurrent import (
     PackedLayout,
     PackedWeight,
@@ -36,6 +35,7 @@ from ..kernels.x86.recurrent import (
     recurrent_knob_choices,
     recurrent_prim_func,
 )
+from ..ops.cells import CellConfig
 from ..target import host_target
 from .generated import STUB_BLOCK, stub_prim_func
 from .lookup import lookup_config

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .cost_model import DEFAULT_CANDIDATES, CostParams
 
 
-class KernelVariant(str, enum.Enum):
+class KernelVariant(enum.StrEnum):
     """The kernel variants a placeholder can be lowered to."""
 
     SPARSE_DENSE = "sparse_dense"  # block-sparse X @ W.T (x86 or CUDA schedule)

@@ -154,19 +154,16 @@ def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> L
         rows=math.prod(int(d) for d in lead) if static else None,
     )
     stats = plan.choice
-    shape = "x".join(map(str, plan.shape))
+    detail = f"W {'x'.join(map(str, plan.shape))}, sparsity {plan.sparsity:.1%}"
+    if stats is not None:
+        block = "x".join(map(str, stats.block_size))
+        detail += f", block {block}, fill {stats.fill:.1%}, stored {stats.stored_fraction:.1%}"
     if not plan.sparse:
-        detail = f"W {shape}, sparsity {plan.sparsity:.1%}"
         decision = KernelDecision(call.name, KernelVariant.DENSE, detail, "-", plan.reason)
         return LinearLowering(decision, weight, None, None, target)
     bsr = BSRWeight.from_dense(weight, stats.block_size, dtype=str(ty.dtype))
     rows = math.prod(int(d) for d in lead) if static else tirx.Var("m", "int64")
     config, source = lookup_config(sparse_dense_tune_task(bsr, rows, target), target)
-    block = "x".join(map(str, stats.block_size))
-    detail = (
-        f"W {shape}, sparsity {plan.sparsity:.1%}, block {block}, fill {stats.fill:.1%}, "
-        f"stored {stats.stored_fraction:.1%}"
-    )
     decision = KernelDecision(
         call.name, KernelVariant.SPARSE_DENSE, detail, f"{source}: {config}", plan.reason
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-class PairOrder(str, enum.Enum):
+class PairOrder(enum.StrEnum):
     """Order of a row's ``<column, value>`` pairs over its lanes' slots."""
 
     GUIDED = "guided"  # bank-aware (see the module docstring)

@@ -59,7 +59,7 @@ SUPPORTED_DTYPES = ("float32", "float16")
 GATE_COUNTS = tuple(sorted({c.num_gates for c in CellType}))
 
 
-class Barrier(str, enum.Enum):
+class Barrier(enum.StrEnum):
     """How the persistent kernel separates timesteps (see :mod:`.kernel`)."""
 
     GRID = "grid"  # cooperative-groups grid sync
