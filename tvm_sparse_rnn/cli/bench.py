@@ -19,19 +19,25 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import tvm
 
-from ..compile import build_onnx, load_executable
-from ..demo import random_inputs
-from ..frontend.onnx import load_onnx
+from ..optional import require
 from ..target import resolve_target
 from ..testing import TOLERANCES
-from .options import add_compile_options, shape_dict
+from .options import (
+    add_compile_options,
+    check_output,
+    non_negative_int,
+    positive_int,
+    shape_dict,
+)
 from .table import format_table
+
+if TYPE_CHECKING:  # onnx, the frontend and onnxruntime load when a benchmark runs, not on --help
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +96,15 @@ def describe_host(target: str) -> str:
 
 
 def median_ms(fn: Callable[[], object], warmup: int, repeat: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeat`` calls after ``warmup``."""
+    """Median wall time of ``fn()`` in milliseconds over ``repeat`` calls after ``warmup``.
+
+    Raises
+    ------
+    ValueError
+        If ``repeat < 1`` (no sample to take the median of) or ``warmup < 0``.
+    """
+    if repeat < 1 or warmup < 0:
+        raise ValueError(f"median_ms: need repeat >= 1 and warmup >= 0, got {repeat}, {warmup}")
     for _ in range(warmup):
         fn()
     samples = []
@@ -132,6 +146,11 @@ def benchmark_model(
     seed : int
         Seed of the random inputs.
     """
+    from ..compile import build_onnx, load_executable
+    from ..demo import random_inputs
+    from ..frontend.onnx import load_onnx
+
+    ort = require("onnxruntime", None, "bench checks and times against onnxruntime")
     model = load_onnx(model_or_path)
     resolve_target(target)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -190,8 +209,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, metavar="MODEL.onnx")
     add_compile_options(parser)
-    parser.add_argument("--repeat", type=int, default=50, help="timed calls (default 50)")
-    parser.add_argument("--warmup", type=int, default=5, help="discarded calls (default 5)")
+    parser.add_argument(
+        "--repeat", type=positive_int, default=50, help="timed calls, >= 1 (default 50)"
+    )
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=5, help="discarded calls (default 5)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the result here")
     parser.set_defaults(func=run)
     return parser
@@ -199,6 +222,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Benchmark, print, optionally save; exit 1 if the TVM outputs do not match."""
+    if args.json:
+        check_output("--json", args.json, {"the input model": args.model})
     result = benchmark_model(
         args.model,
         target=args.target,
