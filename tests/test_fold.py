@@ -214,3 +214,22 @@ def test_silero_vad_folds_compiles_and_matches_onnxruntime(name, pruned):
     got = load_executable(executable, inputs, outputs, "llvm").run(feeds)
     for spec, ref in zip(outputs, expected, strict=True):
         np.testing.assert_allclose(got[spec.name], ref, rtol=1e-4, atol=2e-5)
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_compile_folds_by_default_and_no_fold_opts_out(tmp_path, capsys):
+    from tvm_sparse_rnn.cli.main import main
+
+    path = tmp_path / "dyn.onnx"
+    path.write_bytes(_dynamic_pad_model().SerializeToString())
+    argv = ["compile", str(path), "--shape", "X=1,10", "-o", str(tmp_path / "dyn.so")]
+    assert main(argv) == 0
+    x = np.random.default_rng(3).standard_normal((1, 10)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    run = ["run", str(tmp_path / "dyn.so"), "--inputs", str(tmp_path / "x.npy")]
+    assert main([*run, "-o", str(tmp_path / "y.npz")]) == 0
+    expected = _ort(_dynamic_pad_model(), {"X": x})[0]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npz")["Y"], expected)
+    capsys.readouterr()
+    assert main([*argv, "--no-fold"]) == 3  # ModelError: TVM's importer rejects dynamic pads
+    assert "Dynamic pads" in capsys.readouterr().err

@@ -29,7 +29,9 @@ from ..target import resolve_target
 from ..testing import TOLERANCES
 from .options import (
     add_compile_options,
+    add_fold_option,
     check_output,
+    load_model,
     non_negative_int,
     positive_int,
     shape_dict,
@@ -209,6 +211,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, metavar="MODEL.onnx")
     add_compile_options(parser)
+    add_fold_option(parser)
     parser.add_argument(
         "--repeat", type=positive_int, default=50, help="timed calls, >= 1 (default 50)"
     )
@@ -225,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output("--json", args.json, {"the input model": args.model})
     result = benchmark_model(
-        args.model,
+        load_model(args),
         target=args.target,
         shapes=shape_dict(args),
         sparsity_threshold=args.sparsity_threshold,

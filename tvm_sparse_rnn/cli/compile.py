@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from .options import add_compile_options, check_output, existing_dir, shape_dict
+from .options import (
+    add_compile_options,
+    add_fold_option,
+    check_output,
+    existing_dir,
+    load_model,
+    shape_dict,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, metavar="MODEL.onnx")
     add_compile_options(parser)
+    add_fold_option(parser)
     parser.add_argument(
         "--tuning-logs",
         type=existing_dir,
@@ -64,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_outputs(args.model, args.output)
     out = compile_onnx(
-        args.model,
+        load_model(args),
         args.output,
         target=args.target,
         shape_dict=shape_dict(args),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import UsageError
 from ..transform.block_size import parse_block_size
+
+logger = logging.getLogger(__name__)
 
 
 def unit_fraction(text: str) -> float:
@@ -134,6 +137,48 @@ def add_compile_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=D1,D2,...",
         help="static shape of an input with symbolic dims (repeatable)",
     )
+
+
+def add_fold_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-fold``: skip :func:`tvm_sparse_rnn.frontend.fold.fold_constants` before import."""
+    parser.add_argument(
+        "--no-fold",
+        dest="fold",
+        action="store_false",
+        help="do not fix input shapes and fold constant shape subgraphs (Shape -> Gather -> "
+        "Concat -> Pad) before import",
+    )
+
+
+def load_model(args: argparse.Namespace) -> object:
+    """``args.model`` loaded and checked, then folded unless ``--no-fold`` was given.
+
+    A folding failure that is not the user's (a shape of the wrong rank is) logs a warning and
+    keeps the model as it is: TVM's importer then reports what it cannot take.
+
+    Returns
+    -------
+    onnx.ModelProto
+
+    Raises
+    ------
+    ModelError
+        If the model cannot be read, or ``--shape`` does not fit its inputs.
+    """
+    from ..errors import ModelError
+    from ..frontend.fold import fold_constants
+    from ..frontend.onnx import load_onnx
+
+    model = load_onnx(args.model)
+    if not getattr(args, "fold", True):
+        return model
+    try:
+        return fold_constants(model, shape_dict(args))
+    except ModelError:
+        raise
+    except Exception as err:  # a folding bug must not block a model TVM may take as it is
+        logger.warning("constant folding failed, importing %s unfolded: %s", args.model, err)
+        return model
 
 
 def shape_dict(args: argparse.Namespace) -> dict[str, tuple[int, ...]] | None:
