@@ -455,6 +455,7 @@ def _checked_scipy(matrix: sp.sparray | sp.spmatrix) -> sp.sparray | sp.spmatrix
     fmt = matrix.format
     try:
         if fmt in ("csr", "csc", "bsr"):
+            matrix = matrix.copy()  # check_format may recast the index arrays it checks
             matrix.check_format(full_check=True)
         elif fmt == "coo":
             row, col = matrix.coords if hasattr(matrix, "coords") else (matrix.row, matrix.col)
