@@ -73,10 +73,19 @@ def _prepare(case) -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict[str, np
     return model, feeds, expected
 
 
-def _params(known: dict[str, str]) -> list:
+#: Cases reported failing on cuda in issue 14 (not re-run here: no GPU on the CI machine).
+KNOWN_FAILURES_CUDA = {
+    **{k: v for k, v in KNOWN_FAILURES.items() if k.startswith("test_gemm_default_scalar")},
+    "test_lstm_with_peepholes": "issue 14: ValueError: The block no longer exists in the "
+    "IRModule (cuda build of an LSTM with peepholes)",
+}
+
+
+def _params(known: dict[str, str], strict: bool = True) -> list:
     return [
         pytest.param(
-            name, marks=pytest.mark.xfail(strict=True, reason=known[name]) if name in known else ()
+            name,
+            marks=pytest.mark.xfail(strict=strict, reason=known[name]) if name in known else (),
         )
         for name in CASES
     ]
@@ -89,13 +98,23 @@ def test_case_selection():
     assert all(kinds[op] >= 5 for op in OPS), kinds
 
 
-@pytest.mark.parametrize("name", _params(KNOWN_FAILURES))
-def test_project_pipeline_llvm(name):
+def _check_project(name: str, target: str) -> None:
     model, feeds, expected = _prepare(CASES[name])
-    executable, inputs, outputs = build_onnx(model, target="llvm")
-    got = load_executable(executable, inputs, outputs, "llvm").run(feeds)
+    executable, inputs, outputs = build_onnx(model, target=target)
+    got = load_executable(executable, inputs, outputs, target).run(feeds)
     for out, ref in expected.items():
         np.testing.assert_allclose(got[out], ref, rtol=RTOL, atol=ATOL, err_msg=out)
+
+
+@pytest.mark.parametrize("name", _params(KNOWN_FAILURES))
+def test_project_pipeline_llvm(name):
+    _check_project(name, "llvm")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", _params(KNOWN_FAILURES_CUDA, strict=False))
+def test_project_pipeline_cuda(name):
+    _check_project(name, "cuda")
 
 
 def _run_plain(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
