@@ -35,14 +35,33 @@ def _first(mask: np.ndarray) -> int:
 
 def _as_index_array(name: str, arr: object) -> np.ndarray:
     """Return ``arr`` as a 1-D int32 array or raise naming ``name``."""
-    a = np.asarray(arr)
+    a = np.array(arr, copy=True)  # validate a private copy, not the caller's array
     if a.ndim != 1:
         raise BSRFormatError(name, f"expected a 1-D array, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.integer):
         raise BSRFormatError(name, f"expected an integer dtype, got {a.dtype}")
     if a.size and (int(a.max()) > _INT32_MAX or int(a.min()) < np.iinfo(np.int32).min):
         raise BSRFormatError(name, f"values do not fit int32 (max {int(a.max())})")
-    return np.ascontiguousarray(a, dtype=np.int32)
+    return _frozen_copy(a, np.int32)
+
+
+def _frozen_copy(arr: np.ndarray, dtype: object) -> np.ndarray:
+    """A private, C-contiguous, read-only copy of ``arr`` as ``dtype``.
+
+    The copy is always made (even when ``arr`` already has the dtype and layout), so a caller
+    editing its own arrays after validation cannot change a validated weight.
+    """
+    out = np.array(arr, dtype=dtype, order="C", copy=True)
+    out.flags.writeable = False
+    return out
+
+
+def _check_real(name: str, dtype: np.dtype) -> None:
+    """Raise unless ``dtype`` holds real numbers (bool, integer or float)."""
+    if dtype.kind not in "biuf":
+        raise BSRFormatError(
+            name, f"values must be real numbers (bool, int or float), got dtype {dtype}"
+        )
 
 
 def _check_dtype(dtype: object) -> str:
@@ -109,7 +128,8 @@ class BSRWeight:
         shape = tuple(int(s) for s in self.shape)
         if len(shape) != 2 or min(shape) < 1:
             raise BSRFormatError("shape", f"expected a 2-D shape (N, K) >= 1, got {self.shape!r}")
-        data = np.asarray(self.data)
+        # Copy first, validate the copy: nothing the caller does afterwards reaches it.
+        data = np.array(self.data, copy=True)
         if data.ndim != 3:
             raise BSRFormatError(
                 "data", f"expected a 3-D array (nnzb, bs_r, bs_c), got shape {data.shape}"
@@ -176,7 +196,9 @@ class BSRWeight:
             i = _first(~finite)
             raise BSRFormatError("data", f"block {i} holds a non-finite value (NaN or Inf)")
         object.__setattr__(self, "shape", shape)
-        object.__setattr__(self, "data", np.ascontiguousarray(data, dtype=dtype))
+        data = np.ascontiguousarray(data, dtype=dtype)
+        data.flags.writeable = False
+        object.__setattr__(self, "data", data)
         object.__setattr__(self, "indices", indices)
         object.__setattr__(self, "indptr", indptr)
 
@@ -203,6 +225,7 @@ class BSRWeight:
         w = np.asarray(weight)
         if w.ndim != 2:
             raise BSRFormatError("shape", f"expected a 2-D dense weight, got shape {w.shape}")
+        _check_real("data", w.dtype)
         if not np.isfinite(w).all():
             r, c = np.argwhere(~np.isfinite(w))[0]
             raise BSRFormatError("data", f"weight[{r}, {c}] = {w[r, c]} is not finite")
@@ -227,11 +250,22 @@ class BSRWeight:
 
         BSR inputs keep their block size unless ``block_size`` asks for another; CSR, CSC and
         COO inputs become 1x1 blocks unless ``block_size`` is given. Duplicates are summed and
-        indices sorted (canonical order); explicitly stored zero blocks are kept.
+        indices sorted (canonical order); explicitly stored zero blocks are kept. The input's
+        index arrays are checked before any conversion (scipy's own converters do not check
+        bounds), and nothing of ``matrix`` is shared with the result.
+
+        Raises
+        ------
+        BSRFormatError
+            If ``matrix`` is not a 2-D scipy sparse matrix of real numbers, its index arrays
+            are malformed, or ``block_size`` does not divide its shape.
         """
         if not sp.issparse(matrix):
             raise BSRFormatError("data", f"expected a scipy sparse matrix, got {type(matrix)!r}")
-        m = matrix
+        if len(matrix.shape) != 2:
+            raise BSRFormatError("shape", f"expected a 2-D sparse matrix, got shape {matrix.shape}")
+        _check_real("data", np.dtype(matrix.dtype))
+        m = _checked_scipy(matrix)
         if block_size is None:
             block_size = m.blocksize if m.format == "bsr" else (1, 1)
         _check_block_size(m.shape, block_size)
@@ -246,6 +280,78 @@ class BSRWeight:
         data = np.asarray(m.data)
         dtype = dtype or (data.dtype if data.dtype.name in SUPPORTED_DTYPES else "float32")
         return cls(data.astype(_check_dtype(dtype)), m.indices, m.indptr, m.shape)
+
+    @classmethod
+    def from_torch(
+        cls,
+        tensor: object,
+        block_size: tuple[int, int] | None = None,
+        dtype: str | None = None,
+    ) -> BSRWeight:
+        """Build from a 2-D torch tensor: sparse COO, CSR, CSC, BSR, BSC or dense (strided).
+
+        BSR/BSC tensors keep their block size unless ``block_size`` is given; the others become
+        1x1 blocks. ``dtype`` defaults to float16 for a float16 tensor, else float32 (bfloat16
+        and float64 values are cast to float32).
+
+        Raises
+        ------
+        BSRFormatError
+            If ``tensor`` is not a 2-D torch tensor of real numbers with a layout above, or its
+            structure is malformed.
+        """
+        matrix, natural = _torch_to_scipy(tensor)
+        if block_size is None and matrix.format == "bsr":
+            block_size = matrix.blocksize
+        return cls.from_scipy(matrix, block_size, dtype or natural)
+
+    @classmethod
+    def coerce(
+        cls,
+        weight: object,
+        block_size: tuple[int, int] | None = None,
+        dtype: str | None = None,
+    ) -> BSRWeight:
+        """Return ``weight`` as a :class:`BSRWeight`, whatever form of weight it is.
+
+        Parameters
+        ----------
+        weight : BSRWeight, scipy sparse matrix or array, numpy.ndarray or torch.Tensor
+            ``W[N, K]``. scipy inputs may be of any format (bsr, csr, csc, coo, ...); torch
+            inputs may be sparse COO/CSR/CSC/BSR/BSC or dense; a dense numpy array keeps every
+            block with a nonzero.
+        block_size : tuple of int, optional
+            ``(bs_r, bs_c)``. ``None`` keeps the input's blocks (BSRWeight, scipy BSR,
+            torch BSR/BSC) and uses 1x1 for everything else.
+        dtype : str, optional
+            ``"float32"`` or ``"float16"``. ``None`` keeps a supported input dtype, else
+            float32.
+
+        Returns
+        -------
+        BSRWeight
+            ``weight`` itself when it already is a BSRWeight of the requested block size and
+            dtype (it is immutable), else a new weight sharing no memory with ``weight``.
+
+        Raises
+        ------
+        BSRFormatError
+            If ``weight`` is of another type, or malformed (see :class:`BSRWeight`).
+        """
+        if isinstance(weight, BSRWeight):
+            return _rebuild(weight, block_size, dtype)
+        if sp.issparse(weight):
+            return cls.from_scipy(weight, block_size, dtype)
+        if isinstance(weight, np.ndarray):
+            return cls.from_dense(weight, block_size or (1, 1), dtype)
+        if _is_torch_tensor(weight):
+            return cls.from_torch(weight, block_size, dtype)
+        raise BSRFormatError(
+            "weight",
+            f"cannot use a {type(weight).__module__}.{type(weight).__qualname__} as a weight; "
+            "expected a BSRWeight, a scipy sparse matrix or array, a numpy.ndarray or a torch "
+            "tensor",
+        )
 
     # ------------------------------------------------------------------ views
     @property
@@ -324,3 +430,120 @@ class BSRWeight:
             f"BSRWeight(shape={self.shape}, block_size={self.block_size}, nnzb={self.nnzb}, "
             f"dtype={self.dtype}, stored={self.stored_fraction:.1%})"
         )
+
+
+# ---------------------------------------------------------------------- conversions
+def _rebuild(weight: BSRWeight, block_size: tuple[int, int] | None, dtype: str | None) -> BSRWeight:
+    """``weight`` with another block size and/or dtype (itself when both already match)."""
+    same_blocks = block_size is None or tuple(block_size) == weight.block_size
+    if same_blocks and (dtype is None or _check_dtype(dtype) == weight.dtype):
+        return weight
+    if same_blocks:
+        return weight.astype(dtype)
+    return BSRWeight.from_scipy(weight.to_scipy(), block_size, dtype or weight.dtype)
+
+
+def _check_index_range(name: str, index: np.ndarray, bound: int) -> None:
+    bad = (index < 0) | (index >= bound)
+    if bad.any():
+        i = _first(bad)
+        raise BSRFormatError(name, f"{name}[{i}] = {int(index[i])} is out of range [0, {bound})")
+
+
+def _checked_scipy(matrix: sp.sparray | sp.spmatrix) -> sp.sparray | sp.spmatrix:
+    """Check ``matrix``'s index arrays so that scipy's converters (which trust them) are safe."""
+    fmt = matrix.format
+    try:
+        if fmt in ("csr", "csc", "bsr"):
+            matrix = matrix.copy()  # check_format may recast the index arrays it checks
+            matrix.check_format(full_check=True)
+        elif fmt == "coo":
+            row, col = matrix.coords if hasattr(matrix, "coords") else (matrix.row, matrix.col)
+            if len(row) != len(col) or len(row) != len(matrix.data):
+                raise BSRFormatError(
+                    "indices",
+                    f"COO row ({len(row)}), col ({len(col)}) and data ({len(matrix.data)}) "
+                    "lengths differ",
+                )
+            _check_index_range("row", np.asarray(row), matrix.shape[0])
+            _check_index_range("col", np.asarray(col), matrix.shape[1])
+        else:
+            matrix = matrix.tocsr()
+    except (ValueError, TypeError, IndexError) as err:
+        if isinstance(err, BSRFormatError):
+            raise
+        raise BSRFormatError("indices", f"scipy {fmt} matrix is malformed: {err}") from err
+    return matrix
+
+
+def _is_torch_tensor(obj: object) -> bool:
+    """Whether ``obj`` is a torch tensor (without importing torch when it is not loaded)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def _torch_values(values: object) -> tuple[np.ndarray, str]:
+    """Values of a torch tensor as a numpy array scipy accepts, and the natural dtype."""
+    import torch
+
+    if values.dtype.is_complex:
+        raise BSRFormatError("data", f"values must be real numbers, got torch {values.dtype}")
+    natural = "float16" if values.dtype == torch.float16 else "float32"
+    if values.dtype in (torch.float16, torch.bfloat16, torch.float64):
+        values = values.to(torch.float32)  # scipy has no float16, numpy no bfloat16
+    return values.detach().cpu().numpy(), natural
+
+
+def _torch_to_scipy(tensor: object) -> tuple[sp.sparray, str]:
+    """A 2-D torch tensor of any layout as a scipy sparse array, and its natural dtype."""
+    import torch
+
+    if tensor.dim() != 2:
+        raise BSRFormatError("shape", f"expected a 2-D tensor, got shape {tuple(tensor.shape)}")
+    shape = tuple(int(s) for s in tensor.shape)
+    layout = tensor.layout
+    if layout == torch.strided:
+        values, natural = _torch_values(tensor)
+        return sp.csr_array(values), natural
+    if layout == torch.sparse_coo:
+        if tensor.dense_dim():
+            raise BSRFormatError("data", "hybrid sparse COO tensors (dense dims) are not supported")
+        # Not coalesce(): torch trusts the indices there; scipy sums duplicates after our check.
+        idx = tensor._indices().cpu().numpy()
+        values, natural = _torch_values(tensor._values())
+        return _scipy_or_error(sp.coo_array, (values, (idx[0], idx[1])), shape), natural
+    if layout in (torch.sparse_bsr, torch.sparse_bsc):
+        values, natural = _torch_values(tensor.values())
+        if values.ndim != 3:
+            raise BSRFormatError("data", f"expected (nnzb, bs_r, bs_c) blocks, got {values.shape}")
+        if layout == torch.sparse_bsr:
+            ptr, idx = tensor.crow_indices(), tensor.col_indices()
+            arrays = (values, idx.cpu().numpy(), ptr.cpu().numpy())
+            return _scipy_or_error(sp.bsr_array, arrays, shape), natural
+        ptr, idx = tensor.ccol_indices(), tensor.row_indices()
+        arrays = (values.transpose(0, 2, 1), idx.cpu().numpy(), ptr.cpu().numpy())
+        return _scipy_or_error(sp.bsr_array, arrays, shape[::-1]).T.tobsr(), natural
+    if layout in (torch.sparse_csr, torch.sparse_csc):
+        values, natural = _torch_values(tensor.values())
+        if values.ndim != 1:
+            raise BSRFormatError("data", "hybrid sparse tensors (dense dims) are not supported")
+        if layout == torch.sparse_csr:
+            arrays = (
+                values,
+                tensor.col_indices().cpu().numpy(),
+                tensor.crow_indices().cpu().numpy(),
+            )
+            return _scipy_or_error(sp.csr_array, arrays, shape), natural
+        arrays = (values, tensor.row_indices().cpu().numpy(), tensor.ccol_indices().cpu().numpy())
+        return _scipy_or_error(sp.csc_array, arrays, shape), natural
+    raise BSRFormatError("weight", f"torch layout {layout} is not supported")
+
+
+def _scipy_or_error(kind: type, arrays: tuple, shape: tuple[int, int]) -> sp.sparray:
+    try:
+        matrix = kind(arrays, shape=shape)
+    except (ValueError, TypeError, IndexError) as err:
+        raise BSRFormatError("indices", f"torch sparse tensor is malformed: {err}") from err
+    return _checked_scipy(matrix)

@@ -81,6 +81,7 @@ def plan_onnx(
     candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES,
     params: CostParams | None = None,
     tuning_logs: str | os.PathLike | None = None,
+    fold: bool = True,
 ) -> list[KernelDecision]:
     """The kernel decisions :func:`build_onnx` takes for the model, without building it.
 
@@ -90,7 +91,7 @@ def plan_onnx(
     pipeline = sparse_pipeline(
         target, _options(sparsity_threshold, block_size, candidates, params), tuning_logs
     )
-    mod = from_onnx(model, shape_dict=shape_dict)
+    mod = from_onnx(model, shape_dict=shape_dict, fold=fold)
     with pipeline.target:
         pipeline.front()(mod)
     return _name_layers(model, pipeline.decisions)
@@ -107,11 +108,12 @@ def build_onnx_with_decisions(
     params: CostParams | None = None,
     tuning_logs: str | os.PathLike | None = None,
     sparse: bool = True,
+    fold: bool = True,
 ) -> tuple[tvm.runtime.Executable, list[TensorSpec], list[TensorSpec], list[KernelDecision]]:
     """:func:`build_onnx` plus the kernel decisions of the dispatch pass."""
     model = load_onnx(model_or_path)
     options = _options(sparsity_threshold if sparse else 1.0, block_size, candidates, params)
-    mod = from_onnx(model, shape_dict=shape_dict)
+    mod = from_onnx(model, shape_dict=shape_dict, fold=fold)
     executable, decisions = build(mod, target, options, tuning_logs)
     inputs, outputs = model_signature(model, shape_dict)
     return executable, inputs, outputs, _name_layers(model, decisions)
@@ -131,8 +133,9 @@ def build_onnx(
         ``target`` (``"llvm"`` or ``"cuda"``, required), ``shape_dict``,
         ``sparsity_threshold``, ``block_size``, ``candidates``, ``params`` (the dispatch options,
         :class:`~tvm_sparse_rnn.transform.dispatch.DispatchOptions`), ``tuning_logs`` (a tuning
-        database whose best records the kernels use, else shipped configs, else defaults) and
-        ``sparse`` (``False`` builds every layer dense, for comparison).
+        database whose best records the kernels use, else shipped configs, else defaults),
+        ``sparse`` (``False`` builds every layer dense, for comparison) and ``fold`` (fold
+        constant shape subgraphs first, :func:`tvm_sparse_rnn.frontend.from_onnx`).
 
     Returns
     -------
@@ -239,7 +242,7 @@ class CompiledModel:
                 raise ModelError(
                     f"input {spec.name!r} has dtype {arr.dtype}, the model expects {spec.dtype}"
                 )
-            arrays.append(np.ascontiguousarray(arr, dtype=spec.dtype))
+            arrays.append(np.asarray(arr, dtype=spec.dtype, order="C"))  # keeps 0-d inputs
         return arrays
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -284,7 +287,7 @@ def load_compiled(library: str | os.PathLike) -> CompiledModel:
         inputs = [TensorSpec.from_json(s) for s in signature["inputs"]]
         outputs = [TensorSpec.from_json(s) for s in signature["outputs"]]
         target_kind = signature["target"]
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelError(
             f"signature {str(sig_path)!r} of {str(library)!r} is unreadable: {err}"
         ) from err

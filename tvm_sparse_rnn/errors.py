@@ -47,6 +47,18 @@ class TuningError(SparseRNNError):
     """A tuning run or a tuning database cannot be used."""
 
 
+class MissingDependencyError(SparseRNNError, ImportError):
+    """An optional package this feature needs is not installed; the message names the extra."""
+
+
+class UsageError(SparseRNNError, ValueError):
+    """Command-line arguments that cannot work together (the CLI exits with code 2).
+
+    For example an output path that would overwrite the input model, or a ``--tuning-logs``
+    directory that does not exist.
+    """
+
+
 # Errors raised inside a Python pass or callback cross TVM's FFI; registering the classes keeps
 # their type (otherwise they arrive as RuntimeError). BSRFormatError takes two arguments and is
 # raised outside passes, so it is not registered.

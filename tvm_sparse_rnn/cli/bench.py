@@ -19,18 +19,25 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import tvm
 
-from ..compile import build_onnx, load_executable
-from ..demo import random_inputs
-from ..frontend.onnx import load_onnx
+from ..optional import require
 from ..testing import TOLERANCES
-from .options import add_compile_options, shape_dict
+from .options import (
+    add_compile_options,
+    add_fold_option,
+    check_output,
+    non_negative_int,
+    positive_int,
+    shape_dict,
+)
 from .table import format_table
+
+if TYPE_CHECKING:  # onnx, the frontend and onnxruntime load when a benchmark runs, not on --help
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +96,15 @@ def describe_host(target: str) -> str:
 
 
 def median_ms(fn: Callable[[], object], warmup: int, repeat: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeat`` calls after ``warmup``."""
+    """Median wall time of ``fn()`` in milliseconds over ``repeat`` calls after ``warmup``.
+
+    Raises
+    ------
+    ValueError
+        If ``repeat < 1`` (no sample to take the median of) or ``warmup < 0``.
+    """
+    if repeat < 1 or warmup < 0:
+        raise ValueError(f"median_ms: need repeat >= 1 and warmup >= 0, got {repeat}, {warmup}")
     for _ in range(warmup):
         fn()
     samples = []
@@ -111,6 +126,7 @@ def benchmark_model(
     repeat: int = 50,
     dense: bool = True,
     seed: int = 1,
+    fold: bool = True,
 ) -> BenchResult:
     """Build ``model`` sparse (and dense) with TVM, check both against onnxruntime, time all.
 
@@ -130,7 +146,14 @@ def benchmark_model(
         Also build and time the dense TVM model.
     seed : int
         Seed of the random inputs.
+    fold : bool
+        Fold constant shape subgraphs before import (:func:`tvm_sparse_rnn.frontend.from_onnx`).
     """
+    from ..compile import build_onnx, load_executable
+    from ..demo import random_inputs
+    from ..frontend.onnx import load_onnx
+
+    ort = require("onnxruntime", None, "bench checks and times against onnxruntime")
     model = load_onnx(model_or_path)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     engines = {}
@@ -144,6 +167,7 @@ def benchmark_model(
             sparsity_threshold=sparsity_threshold,
             block_size=block_size,
             sparse=sparse,
+            fold=fold,
         )
         engines[name] = load_executable(executable, inputs, outputs, target).run
     feeds = random_inputs(inputs, seed)
@@ -188,8 +212,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, metavar="MODEL.onnx")
     add_compile_options(parser)
-    parser.add_argument("--repeat", type=int, default=50, help="timed calls (default 50)")
-    parser.add_argument("--warmup", type=int, default=5, help="discarded calls (default 5)")
+    add_fold_option(parser)
+    parser.add_argument(
+        "--repeat", type=positive_int, default=50, help="timed calls, >= 1 (default 50)"
+    )
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=5, help="discarded calls (default 5)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the result here")
     parser.set_defaults(func=run)
     return parser
@@ -197,6 +226,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Benchmark, print, optionally save; exit 1 if the TVM outputs do not match."""
+    if args.json:
+        check_output("--json", args.json, {"the input model": args.model})
     result = benchmark_model(
         args.model,
         target=args.target,
@@ -205,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         warmup=args.warmup,
         repeat=args.repeat,
+        fold=args.fold,
     )
     print(format_result(result))
     if args.json:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..compile import compile_onnx, signature_path
-from .inspect import decision_table
-from .options import add_compile_options, dispatch_kwargs
+from ..errors import UsageError
+from .options import (
+    add_compile_options,
+    add_fold_option,
+    check_output,
+    dispatch_kwargs,
+    existing_dir,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,9 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, metavar="MODEL.onnx")
     add_compile_options(parser)
+    add_fold_option(parser)
     parser.add_argument(
         "--tuning-logs",
-        type=Path,
+        type=existing_dir,
         metavar="DIR",
         help="tuning database (from `tune`): kernels use its best records, else shipped configs",
     )
@@ -32,8 +38,39 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
+def signature_path(library: Path) -> Path:
+    """The signature beside ``library`` (as :func:`tvm_sparse_rnn.compile.signature_path`,
+    without importing onnx and the frontend for ``--help``)."""
+    from ..compile import signature_path as _signature_path
+
+    return _signature_path(library)
+
+
+def check_outputs(model: Path, output: Path) -> None:
+    """Refuse ``-o`` paths whose library or signature would overwrite the model or each other.
+
+    Raises
+    ------
+    UsageError
+        For ``-o X.json`` (the library and its signature ``X.json`` would be one file), an
+        ``-o`` that is a directory, or a library or signature path that is the input model.
+    """
+    signature = signature_path(output)
+    if output.suffix == ".json":
+        raise UsageError(
+            f"-o {str(output)!r}: the signature is written to OUT with suffix .json, which "
+            "would overwrite the library; give OUT.so"
+        )
+    check_output("-o", output, {"the input model": model})
+    check_output(f"the signature of -o {str(output)!r}", signature, {"the input model": model})
+
+
 def run(args: argparse.Namespace) -> int:
     """Compile and report the written files."""
+    from ..compile import compile_onnx
+    from .inspect import decision_table
+
+    check_outputs(args.model, args.output)
     out, decisions = compile_onnx(
         args.model, args.output, target=args.target, **dispatch_kwargs(args)
     )

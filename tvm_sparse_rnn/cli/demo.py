@@ -13,6 +13,7 @@ from ..compile import plan_onnx
 from ..demo import build_demo_model
 from .bench import DENSE, ORT, benchmark_model, format_result
 from .inspect import decision_table
+from .options import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "against onnxruntime, and print the speed-up over the dense TVM build and onnxruntime.",
     )
     parser.add_argument("--target", choices=("llvm", "cuda"), default="llvm", help="default llvm")
-    parser.add_argument("--repeat", type=int, default=30, help="timed calls (default 30)")
+    parser.add_argument("--repeat", type=positive_int, default=30, help="timed calls (default 30)")
     parser.add_argument("--save", metavar="MODEL.onnx", help="also write the demo model here")
     parser.set_defaults(func=run)
     return parser

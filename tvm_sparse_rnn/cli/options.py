@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
 
+from ..errors import UsageError
 from ..transform.dispatch.cost_model import parse_block_size
+
+logger = logging.getLogger(__name__)
 
 
 def unit_fraction(text: str) -> float:
@@ -27,6 +34,62 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def existing_dir(text: str) -> Path:
+    """argparse type: a directory that exists."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"directory {text!r} does not exist")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a directory")
+    return path
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (resolved paths equal, or one inode when both exist)."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_output(option: str, output: Path, protected: Mapping[str, Path | None]) -> None:
+    """Refuse an output path that is a directory or would overwrite a ``protected`` file.
+
+    Parameters
+    ----------
+    option : str
+        The option that named ``output`` (for the message), e.g. ``"-o"``.
+    output : Path
+        The file about to be written.
+    protected : mapping of str to Path
+        What must survive, by description (``"the input model"``); ``None`` values are skipped.
+
+    Raises
+    ------
+    UsageError
+        Naming the option, the path and the file it would overwrite.
+    """
+    if output.is_dir():
+        raise UsageError(f"{option} {str(output)!r} is a directory; give a file path")
+    for what, path in protected.items():
+        if path is not None and same_file(output, path):
+            raise UsageError(f"{option} {str(output)!r} would overwrite {what} ({str(path)!r})")
 
 
 def _block_size(text: str) -> str | tuple[int, int]:
@@ -76,6 +139,17 @@ def add_compile_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_fold_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-fold``: skip :func:`tvm_sparse_rnn.frontend.fold.fold_constants` before import."""
+    parser.add_argument(
+        "--no-fold",
+        dest="fold",
+        action="store_false",
+        help="do not fix input shapes and fold constant shape subgraphs (Shape -> Gather -> "
+        "Concat -> Pad) before import",
+    )
+
+
 def shape_dict(args: argparse.Namespace) -> dict[str, tuple[int, ...]] | None:
     """The ``--shape`` options as a dict, ``None`` when none were given."""
     return dict(args.shape) or None
@@ -89,4 +163,5 @@ def dispatch_kwargs(args: argparse.Namespace) -> dict:
         "sparsity_threshold": args.sparsity_threshold,
         "block_size": args.block_size,
         "tuning_logs": getattr(args, "tuning_logs", None),
+        "fold": getattr(args, "fold", True),
     }

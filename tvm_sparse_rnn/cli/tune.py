@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from ..compile import plan_onnx
+from ..errors import UsageError
 from ..kernels.x86.recurrent import UNROLL, pack_weight
 from ..ops.cells import CellConfig, PersistentCell
 from ..target import device_limits, resolve_target
@@ -28,7 +28,13 @@ from ..tuning.rnn_x86_space import recurrent_tune_task
 from ..tuning.sparse_dense_space import sparse_dense_tune_task
 from ..tuning.task import TuneTask
 from ..tuning.tune import TaskResult, tune
-from .options import add_compile_options, positive_int, shape_dict, unit_fraction
+from .options import (
+    add_compile_options,
+    non_negative_int,
+    positive_int,
+    shape_dict,
+    unit_fraction,
+)
 from .table import format_table
 
 logger = logging.getLogger(__name__)
@@ -70,7 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--seq-len", type=positive_int, default=64, help="--op rnn: steps (default 64)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="--op: seed of the random pattern")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="--op: seed of the random pattern"
+    )
     add_compile_options(parser)
     parser.add_argument(
         "--trials", type=positive_int, default=32, help="records per task (default 32)"
@@ -127,24 +135,33 @@ def _persistent_tasks(args: argparse.Namespace) -> list[TuneTask]:
     return [] if task is None else [task]
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse argument combinations that cannot work.
+
+    Raises
+    ------
+    UsageError
+        Neither or both of MODEL.onnx and ``--op``; ``--op rnn`` off llvm or ``--op persistent``
+        off cuda; a ``--work-dir`` that exists but is not a directory.
+    """
+    if (args.model is None) == (args.op is None):
+        raise UsageError("tvm-sparse-rnn tune: give either MODEL.onnx or --op")
+    if args.op == "rnn" and args.target != "llvm":
+        raise UsageError("tvm-sparse-rnn tune: --op rnn tunes the x86 kernel: use --target llvm")
+    if args.op == "persistent" and args.target != "cuda":
+        raise UsageError(
+            "tvm-sparse-rnn tune: --op persistent tunes a GPU kernel: use --target cuda"
+        )
+    if args.work_dir.exists() and not args.work_dir.is_dir():
+        raise UsageError(
+            f"tvm-sparse-rnn tune: --work-dir {str(args.work_dir)!r} is not a directory"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """List the tasks, tune them, print the default-vs-tuned summary."""
-    if (args.model is None) == (args.op is None):
-        print("tvm-sparse-rnn tune: error: give either MODEL.onnx or --op", file=sys.stderr)
-        return 2
+    check_arguments(args)
     target = resolve_target(args.target)
-    if args.op == "rnn" and target.kind.name != "llvm":
-        print(
-            "tvm-sparse-rnn tune: error: --op rnn tunes the x86 kernel: use --target llvm",
-            file=sys.stderr,
-        )
-        return 2
-    if args.op == "persistent" and target.kind.name != "cuda":
-        print(
-            "tvm-sparse-rnn tune: error: --op persistent tunes a GPU kernel: use --target cuda",
-            file=sys.stderr,
-        )
-        return 2
     tasks = _tasks(args)
     if not tasks:
         print(f"{args.model}: no sparse kernel to tune (no layer passed the sparsity threshold)")

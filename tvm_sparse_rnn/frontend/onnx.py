@@ -11,6 +11,7 @@ exit). The result is target-neutral: recurrent layers are placeholders
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from google.protobuf.message import DecodeError
 from tvm.relax.frontend.onnx import onnx_frontend as _onnx_frontend
 
 from ..errors import ModelError, SparseRNNError, UnsupportedError
+from .fold import fold_constants
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +157,24 @@ def _check_supported(model: onnx.ModelProto, converters: Mapping[str, object]) -
             )
 
 
+def _folded(model: onnx.ModelProto, shape_dict: Mapping[str, tuple[int, ...]] | None):
+    """``model`` with its input shapes fixed and constant subgraphs folded; a folding failure
+    that is not the user's (a shape of the wrong rank is) logs a warning and keeps the model:
+    TVM's importer then reports what it cannot take."""
+    try:
+        return fold_constants(model, shape_dict)
+    except ModelError:
+        raise
+    except Exception as err:  # a folding bug must not block a model TVM may take as it is
+        logger.warning("constant folding failed, importing the model unfolded: %s", err)
+        return model
+
+
 def from_onnx(
     model_or_path: onnx.ModelProto | str | Path,
     *,
     shape_dict: Mapping[str, tuple[int, ...]] | None = None,
+    fold: bool = True,
 ) -> tvm.IRModule:
     """Import an ONNX model into a target-neutral Relax module.
 
@@ -168,6 +184,10 @@ def from_onnx(
         The model or its ``.onnx`` path.
     shape_dict : mapping of str to tuple of int, optional
         Static shapes for inputs with symbolic dims.
+    fold : bool
+        First fix the input shapes and fold what is constant once they are fixed (shape
+        subgraphs such as ``Shape -> Gather -> Concat -> Pad``, which TVM's importer rejects as
+        dynamic): :func:`tvm_sparse_rnn.frontend.fold.fold_constants`.
 
     Returns
     -------
@@ -184,17 +204,22 @@ def from_onnx(
     """
     model = load_onnx(model_or_path)
     model_signature(model, shape_dict)  # validates shape_dict's names
+    if fold:
+        model = _folded(model, shape_dict)
     recurrent = any(node.op_type in RECURRENT_OPS for node in model.graph.node)
     extra = _recurrent_converters() if recurrent else {}
     with _extra_converters(extra):
         _check_supported(model, _onnx_frontend._get_convert_map())
+        printed = io.StringIO()  # TVM's importer prints its errors; they go to the debug log
         try:
-            return _onnx_frontend.from_onnx(
-                model, shape_dict=dict(shape_dict) if shape_dict else None
-            )
+            with contextlib.redirect_stdout(printed):
+                return _onnx_frontend.from_onnx(
+                    model, shape_dict=dict(shape_dict) if shape_dict else None
+                )
         except SparseRNNError:
             raise
         except Exception as err:  # TVM's importer raises many types (TVMError, ValueError, ...)
+            logger.debug("TVM's importer printed: %s", printed.getvalue())
             message = str(err).strip().splitlines()
             raise ModelError(
                 f"TVM's ONNX importer failed: {message[-1] if message else type(err).__name__}"

@@ -64,6 +64,7 @@ def sparse_dense_func(
         ``global_symbol`` (the caller names it).
     """
     target = resolve_target(target)
+    weight = BSRWeight.coerce(weight)
     config = config or sparse_dense_config(weight, m, target)
     logger.debug("sparse_dense %s m=%s: %s", weight, m, config)
     return _scheduled(SparseDenseLayout.of(weight), m, target, config)
@@ -155,8 +156,8 @@ def build_sparse_dense(
 
     Parameters
     ----------
-    weight : BSRWeight
-        ``W[N, K]``, uploaded once.
+    weight : BSRWeight, scipy sparse, torch sparse tensor or numpy.ndarray
+        ``W[N, K]`` (converted by :meth:`BSRWeight.coerce`), uploaded once.
     m : int
         Rows of ``X``.
     target : str, dict or Target
@@ -169,5 +170,6 @@ def build_sparse_dense(
     SparseDenseKernel
     """
     target = resolve_target(target)
+    weight = BSRWeight.coerce(weight)
     config = config or sparse_dense_config(weight, int(m), target)
     return SparseDenseKernel(weight, int(m), target, config)

@@ -21,6 +21,7 @@ reduction block is named ``matmul`` (what ``LegalizeOps`` emits, fused epilogues
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from tvm import s_tir, tirx
@@ -42,7 +43,10 @@ def schedule_dense_func(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         block = sch.get_sblock(_MATMUL_BLOCK)
     except s_tir.ScheduleError:
         return None
-    *spatial, col, k = sch.get_loops(block)
+    loops = sch.get_loops(block)
+    if len(loops) < 3:  # a vector dot product (1-D x 1-D): nothing to tile
+        return None
+    *spatial, col, k = loops
     extent = sch.get(col).extent
     if not spatial or not isinstance(extent, tirx.IntImm):
         return None
@@ -63,5 +67,8 @@ def schedule_dense_func(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     sch.reverse_compute_at(accumulate, outer)
     sch.decompose_reduction(block, k)
     for consumer in sch.get_consumers(accumulate):
-        sch.reverse_compute_at(consumer, outer)
+        # an epilogue reading other rows or columns than the tile (Gemm's broadcast bias of
+        # another shape) cannot move under the tile loop: it stays a loop of its own
+        with contextlib.suppress(s_tir.ScheduleError):
+            sch.reverse_compute_at(consumer, outer)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)

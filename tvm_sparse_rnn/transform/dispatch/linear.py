@@ -46,8 +46,8 @@ def emit_sparse_dense(
         Builder inside a dataflow block or function.
     x : relax.Expr
         ``[M, K]`` tensor (``M`` static or symbolic) of ``weight.dtype``.
-    weight : BSRWeight
-        ``W[N, K]``; its arrays become Relax constants.
+    weight : BSRWeight or scipy/torch sparse
+        ``W[N, K]`` (converted by :meth:`BSRWeight.coerce`); its arrays become Relax constants.
     target : str, dict or Target
         Target the kernel is scheduled for.
     config : X86Config or CudaConfig, optional
@@ -64,6 +64,7 @@ def emit_sparse_dense(
     UnsupportedError
         If ``x`` is not 2-D, its last dimension is not ``K`` or its dtype is not the weight's.
     """
+    weight = BSRWeight.coerce(weight)
     ty = x.ty
     n, k = weight.shape
     if not isinstance(ty, relax.TensorType) or ty.ndim != 2 or ty.shape is None:
