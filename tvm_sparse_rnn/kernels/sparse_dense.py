@@ -25,6 +25,8 @@ from .x86 import sparse_dense as x86_schedule
 
 logger = logging.getLogger(__name__)
 
+#: Largest element count of ``X`` or ``Y`` (the kernels index with int32).
+INDEX_LIMIT = 2**31 - 1
 #: PrimFunc attribute ``op_pattern`` value kOpaque: keeps Relax's FuseOps away from the kernel.
 OP_PATTERN_OPAQUE = 8
 
@@ -71,11 +73,16 @@ def unscheduled_func(layout: SparseDenseLayout, m: int | tirx.Var, target: Targe
     Raises
     ------
     UnsupportedError
-        If ``m < 1``.
+        If ``m < 1``, or ``X`` or ``Y`` has more than :data:`INDEX_LIMIT` elements.
     """
     if isinstance(m, int) and m < 1:
         raise UnsupportedError(f"sparse_dense: batch m must be >= 1, got {m}")
     n, k = layout.shape
+    if isinstance(m, int) and max(m * n, m * k) > INDEX_LIMIT:
+        raise UnsupportedError(
+            f"sparse_dense: X ({m}, {k}) and Y ({m}, {n}) must have at most {INDEX_LIMIT} "
+            "elements (int32 indexing); split the batch"
+        )
     if is_cuda(target):
         lanes, replicate = cuda_schedule.LANES, False
     else:

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +74,24 @@ def repair_database(work_dir: str | os.PathLike) -> int:
     return dropped
 
 
+def _unreadable_lines(work_dir: Path) -> int:
+    bad = 0
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        path = work_dir / name
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError:
+                    bad += 1
+    return bad
+
+
 def open_database(work_dir: str | os.PathLike, *, create: bool = True) -> ms.database.JSONDatabase:
-    """Open (repairing if needed) or create the JSON database in ``work_dir``.
+    """Open or create the JSON database in ``work_dir``.
+
+    ``create=True`` (tuning) repairs a truncated database in place; ``create=False`` (lookup)
+    never writes to ``work_dir``: a truncated database is repaired in a private copy.
 
     Raises
     ------
@@ -85,7 +103,15 @@ def open_database(work_dir: str | os.PathLike, *, create: bool = True) -> ms.dat
         if not create:
             raise TuningError(f"no tuning database in {path} (expected {WORKLOAD_FILE})")
         path.mkdir(parents=True, exist_ok=True)
-    repair_database(path)
+    if create:
+        repair_database(path)
+    elif _unreadable_lines(path):
+        copy = Path(tempfile.mkdtemp(prefix="tvm_sparse_rnn_db_"))
+        for name in (WORKLOAD_FILE, RECORD_FILE):
+            if (path / name).exists():
+                shutil.copy(path / name, copy / name)
+        repair_database(copy)
+        path = copy
     return ms.database.JSONDatabase(work_dir=str(path))
 
 

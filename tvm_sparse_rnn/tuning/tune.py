@@ -7,11 +7,15 @@ records in the database only runs the remaining trials: an interrupted run resum
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +25,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
+from ..errors import TuningError
 from .database import median_seconds, open_database, task_records
 from .measure import make_builder, make_runner
 from .task import TuneTask
@@ -140,6 +145,63 @@ def tune(
     progress : bool
         Show a progress bar per task.
     """
+    with exclusive(work_dir), private_tmpdir():
+        return _tune(
+            tasks, target, work_dir, trials, num_trials_per_iter, cost_model, seed, progress
+        )
+
+
+@contextlib.contextmanager
+def exclusive(work_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``work_dir`` (``.lock``, ``fcntl.flock``), so that two tuning
+    runs on one database do not interleave their records.
+
+    Raises
+    ------
+    TuningError
+        If another process holds the lock.
+    """
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(work_dir) / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TuningError(
+                f"another tuning run holds {str(work_dir)!r}; wait for it or use another --work-dir"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def private_tmpdir() -> Iterator[None]:
+    """Point ``TMPDIR`` (inherited by MetaSchedule's builder and runner workers) to a directory
+    removed afterwards, so that no build artifact is left behind."""
+    previous = os.environ.get("TMPDIR")
+    with tempfile.TemporaryDirectory(prefix="tvm_sparse_rnn_tune_") as tmp:
+        os.environ["TMPDIR"], tempfile.tempdir = tmp, None
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = previous
+            tempfile.tempdir = None
+
+
+def _tune(
+    tasks: Sequence[TuneTask],
+    target: Target,
+    work_dir: str | os.PathLike,
+    trials: int,
+    num_trials_per_iter: int,
+    cost_model: str,
+    seed: int,
+    progress: bool,
+) -> list[TaskResult]:
     db = open_database(work_dir)
     results = []
     for index, task in enumerate(tasks):

@@ -143,6 +143,11 @@ class LinearLowering:
 def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> LinearLowering:
     """Decide how the linear placeholder ``call`` runs on ``target``."""
     weight, ty = call.weight, call.x.ty
+    if not np.isfinite(weight).all():  # keep the user's numbers, NaN/Inf included, exactly
+        detail = f"W {'x'.join(map(str, weight.shape))}"
+        reason = "the weight holds NaN or Inf: a sparse kernel would drop them where x is 0"
+        decision = KernelDecision(call.name, KernelVariant.DENSE, detail, "-", reason)
+        return LinearLowering(decision, weight, None, None, target)
     lead = ty.shape.values[:-1]
     static = all(isinstance(d, tvm.tirx.IntImm) for d in lead)
     plan = plan_layer(
