@@ -81,9 +81,9 @@ def _plans(R, cell: str, batch: int, dtype: str, count: int) -> list:
 
 def _check(rnn, cell: str, w: dict, batch: int, hidden: int) -> float:
     """Max |error| of a short run against the float64 ONNX reference."""
-    from tvm_sparse_rnn.ops.cells import CellConfig
-    from tvm_sparse_rnn.transform.dispatch.recurrent_persistent import split_onnx_bias
+    from tvm_sparse_rnn.ops.cells import CellConfig, PersistentCell
     from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
+    from tvm_sparse_rnn.transform.dispatch.recurrent_persistent import split_onnx_bias
 
     G = rnn.plan.gates
     rng = np.random.default_rng(2)
@@ -144,9 +144,9 @@ def run(args: argparse.Namespace) -> dict:
     import tvm
 
     from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, unit_major
-    from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel, prebuild
     from tvm_sparse_rnn.kernels.cuda.persistent.planner import default_knobs
     from tvm_sparse_rnn.ops.cells import PersistentCell
+    from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel, prebuild
 
     hiddens = HIDDEN[:1] if args.quick else HIDDEN
     cases = [*itertools.product(CELLS, DTYPES, hiddens, BATCH), CAPACITY_CASE]

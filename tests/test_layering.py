@@ -77,7 +77,7 @@ def test_no_import_circle():
         stack.append(node)
         for nxt in GRAPH.get(node, ()):
             if nxt in stack:
-                return stack[stack.index(nxt) :] + [nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if nxt not in done:
                 cycle = visit(nxt, stack, done)
                 if cycle:

@@ -2,8 +2,9 @@
 
 One definition of the cell math serves every implementation: the numpy reference
 (:mod:`tvm_sparse_rnn.ops.reference`, float64 arrays), the x86 kernel
-(:mod:`tvm_sparse_rnn.kernels.x86.recurrent`, scalar TIR expressions) and the per-step Relax composition
-used on CUDA (:mod:`tvm_sparse_rnn.runtime.sequence`, Relax expressions). The math is written once
+(:mod:`tvm_sparse_rnn.kernels.x86.recurrent`, scalar TIR expressions) and the per-step Relax
+composition used on CUDA (:mod:`tvm_sparse_rnn.transform.dispatch.recurrent_steps`, Relax
+expressions). The math is written once
 against a small :class:`CellOps` interface; each implementation supplies its own ops.
 
 Gate order and equations (ONNX operator specification, opset 14)::

@@ -11,7 +11,8 @@ silently. Being a pure call, an unused placeholder is removed by dead-code elimi
   of rank >= 2; emitted by :class:`~tvm_sparse_rnn.transform.DenseToSparse` and by recurrent
   lowerings for their projections.
 * :class:`RecurrentCall` one ONNX ``RNN``/``GRU``/``LSTM`` layer in layout 0 (time major),
-  emitted by the ONNX converters and :func:`tvm_sparse_rnn.runtime.sequence.build_recurrent_sequence`.
+  emitted by the ONNX converters and
+  :func:`tvm_sparse_rnn.runtime.sequence.build_recurrent_sequence`.
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ Cells (ONNX semantics and gate orders, default activations): ``"tanh"`` / ``"rel
 
 fp16 (``dtype="float16"``) keeps weights and ``h`` in half precision and accumulates in fp32.
 
-The geometry comes from :func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.plan_persistent`; when ``R`` does not
-fit in registers the same callable runs the per-step fallback (one launch per step). For Relax,
-:func:`persistent_prim_func` returns the PrimFunc and the packed constant arrays to pass to
-``call_tir``.
+The geometry comes from :func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.plan_persistent`
+(or the tuning lookup); when ``R`` does not fit in registers the same callable runs the per-step
+fallback (one launch per step). Inside a Relax model the dispatch pass emits the kernel
+(:mod:`tvm_sparse_rnn.transform.dispatch.recurrent_persistent`).
 """
 
 from __future__ import annotations

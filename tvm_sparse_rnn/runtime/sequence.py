@@ -138,7 +138,7 @@ def build_recurrent_sequence(
     if layout not in (0, 1):
         raise UnsupportedError(f"layout must be 0 or 1, got {layout}")
     target = resolve_target(target)
-    seq_len, batch = (x_shape[0], x_shape[1]) if layout == 0 else (x_shape[1], x_shape[0])
+    batch = x_shape[1] if layout == 0 else x_shape[0]
     weights.check(cfg, x_shape[2])
     D, H = cfg.num_directions, cfg.hidden_size
     state_shape = (D, batch, H) if layout == 0 else (batch, D, H)

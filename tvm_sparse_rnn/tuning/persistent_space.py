@@ -1,19 +1,22 @@
-"""Tuning space of the persistent RNN/GRU/LSTM GPU kernel (:mod:`~tvm_sparse_rnn.runtime.persistent`).
+"""Tuning space of the persistent RNN/GRU/LSTM GPU kernel.
 
-The kernel is generated from a geometry (:class:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.PersistentPlan`)
-and three code/layout knobs, so it is tuned through the stub of
+The kernel (:mod:`tvm_sparse_rnn.kernels.cuda.persistent.kernel`) is generated from a geometry
+(:class:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.PersistentPlan`) and three code/layout
+knobs, so it is tuned through the stub of
 :mod:`tvm_sparse_rnn.tuning.generated`. The knobs (:class:`PersistentConfig`, each a sampled
 ``sample_categorical`` decision):
 
-* ``geometry``: rank among the planner's :func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.candidate_plans`
-  for this ``R`` (0 = the lowest modelled cost, what ``build_persistent_rnn`` picks), the first
+* ``geometry``: rank among the planner's candidate plans
+  (:func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.candidate_plans`) for this ``R`` (0 = the
+  lowest modelled cost, what ``build_persistent_rnn`` picks), the first
   :data:`NUM_GEOMETRIES`;
-* ``barrier``: index into :data:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.BARRIERS` (grid sync or flags);
+* ``barrier``: index into :data:`BARRIERS` (grid sync or flags);
 * ``vector``: vector (up to LDS.128) loads of ``h`` off/on;
 * ``order``: index into :data:`ORDERS`, the nonzero order of the packing (bank-aware or not).
 
 The default config is what ``build_persistent_rnn`` builds without a record: geometry 0, the
-barrier and vector loads of :func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.default_knobs`, guided order.
+barrier and vector loads of
+:func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.default_knobs`, guided order.
 
 **Real weights for every candidate.** The packed arrays (``vals``, ``idx``, ``spairs``) differ
 in shape and content per geometry, order and vector layout, while MetaSchedule allocates one
@@ -99,10 +102,9 @@ class PersistentConfig:
     Attributes
     ----------
     geometry : int
-        Rank of the plan among :func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.candidate_plans` (0 = best
-        by the cost model).
+        Rank of the plan among the candidate plans (0 = best by the planner's cost model).
     barrier : int
-        Index into :data:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.BARRIERS` (``0`` grid, ``1`` flag).
+        Index into :data:`BARRIERS` (``0`` grid, ``1`` flag).
     vector : int
         ``1``: vector loads of ``h`` (and the packing laid out for them).
     order : int
@@ -223,7 +225,8 @@ class PackedSlots(Mapping):
     Parameters
     ----------
     R_unit_major : scipy.sparse.csr_array
-        ``(G*H, H)`` unit-major ``R`` (:func:`~tvm_sparse_rnn.kernels.cuda.persistent.packing.unit_major`).
+        ``(G*H, H)`` unit-major ``R``
+        (:func:`~tvm_sparse_rnn.kernels.cuda.persistent.packing.unit_major`).
     plans : list of PersistentPlan
         The candidate geometries, in slot order.
     """

@@ -8,8 +8,9 @@ Emitted per direction:
    when ``W`` is pruned, dlight's GEMM otherwise);
 2. Relax reshapes, transposes and zero pads into the kernel layout ``U (T, G*Hk, Bk)``
    (unit-major rows) and ``h0``/``c0 (Hk, Bk)`` (reverse direction: ``U`` flipped in time first);
-3. one ``R.call_tir`` of :func:`~tvm_sparse_rnn.kernels.cuda.persistent.kernel.make_persistent_kernel`
-   per batch chunk of the plan, with the packed ``R`` as Relax constants; the kernel carries the
+3. one ``R.call_tir`` of
+   :func:`~tvm_sparse_rnn.kernels.cuda.persistent.kernel.make_persistent_kernel` per batch chunk of
+   the plan, with the packed ``R`` as Relax constants; the kernel carries the
    cooperative-launch attribute, so the module must be built with the package's TIR pipeline
    (:func:`tvm_sparse_rnn.pipeline.build` does);
 4. slices back to ``Y (T, N, H)``, ``Y_h (N, H)`` and (LSTM) ``Y_c (N, H)``.
