@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -142,7 +143,9 @@ def _export(
     torch = _torch()
     buffer = io.BytesIO()
     module.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the shapes are static: the GRU exporter's batch-size advice does not apply
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1")
         torch.onnx.export(
             module,
             (example,),

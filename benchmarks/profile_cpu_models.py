@@ -1,0 +1,180 @@
+"""Where a compiled zoo model spends its time vs onnxruntime, per op class (CPU).
+
+The TVM build is profiled with the Relax VM profiler (``VirtualMachine(..., profile=True)``),
+onnxruntime with its session profiler (``enable_profiling``); both are run ``--runs`` times and
+their kernel times summed per op class (dense matmul, sparse matmul, batch matmul / attention,
+layernorm, softmax, gelu, conv1d, recurrent, layout, other) and averaged per call. The
+unattributed rest of a call's wall time (VM / session overhead, copies) is the ``overhead`` row.
+
+Usage::
+
+    python benchmarks/profile_cpu_models.py bert_4x4 deepspeech2
+    python benchmarks/profile_cpu_models.py bert_unstructured --forced   # 1x1 forced sparse
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cpu_models import FORCED_BLOCK
+from common import RESULTS_DIR, format_table, write_json
+
+from tvm_sparse_rnn.transform.block_size import COST_PARAMS
+from tvm_sparse_rnn.zoo import ZOO, parse_pruning
+
+logger = logging.getLogger(__name__)
+
+#: ONNX / onnxruntime op types per class (onnxruntime fuses e.g. Gelu, FusedMatMul).
+ORT_CLASSES = {
+    "layernorm": {"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization"},
+    "softmax": {"Softmax"},
+    "gelu": {"Gelu", "BiasGelu", "FastGelu", "Erf"},
+    "conv1d": {"Conv", "FusedConv"},
+    "recurrent": {"GRU", "LSTM", "RNN"},
+    "layout": {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Gather", "Slice"},
+}
+
+#: TVM kernel-name patterns per class, tried in order (fused kernels are named after their ops).
+TVM_PATTERNS = [
+    ("sparse matmul", r"sparse_dense|bsr"),
+    ("recurrent", r"gru|lstm|rnn|recurrent"),
+    ("conv1d", r"conv1d|conv"),
+    ("layernorm", r"layer_norm"),
+    ("softmax", r"softmax"),
+    ("gelu", r"erf|gelu|tanh"),
+    ("matmul", r"matmul|dense"),
+    ("layout", r"transpose|reshape|squeeze|concat|take|strided_slice|split|permute"),
+]
+
+
+def tvm_class(name: str, shapes: str) -> str:
+    """Op class of a TVM kernel from its name; ``matmul`` split by argument rank."""
+    for cls, pattern in TVM_PATTERNS:
+        if re.search(pattern, name):
+            if cls == "matmul":
+                return "batch matmul" if shapes.count(",") >= 6 else "dense matmul"
+            return cls
+    return "other"
+
+
+def ort_class(op: str, node: str, constant_b: set[str]) -> str:
+    """Op class of an onnxruntime node (MatMul/Gemm split by a constant second input)."""
+    if op in {"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "MatMulNBits"}:
+        return "dense matmul" if node in constant_b else "batch matmul"
+    return next((cls for cls, ops in ORT_CLASSES.items() if op in ops), "other")
+
+
+def profile_tvm(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int, **options: Any):
+    """Per-class microseconds per call of the package's build, and its wall time per call."""
+    import tvm
+    from tvm import relax
+
+    from tvm_sparse_rnn.compile import build_onnx, load_executable
+
+    executable, inputs, outputs = build_onnx(model, target="llvm", **options)
+    compiled = load_executable(executable, inputs, outputs, "llvm")
+    compiled.run(feeds)
+    start = time.perf_counter()
+    for _ in range(runs):
+        compiled.run(feeds)
+    wall = 1e6 * (time.perf_counter() - start) / runs
+    vm = relax.VirtualMachine(executable, tvm.cpu(), profile=True)
+    args = [tvm.runtime.tensor(feeds[spec.name]) for spec in inputs]
+    per_class: dict[str, float] = defaultdict(float)
+    for _ in range(runs):
+        report = vm.profile("main", *args)
+        for call in report.calls:
+            name = str(call["Name"])
+            us = float(call["Duration (us)"].microseconds)
+            per_class[tvm_class(name, str(call.get("Argument Shapes", "")))] += us / runs
+    return dict(per_class), wall
+
+
+def profile_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int, tmp: Path):
+    """Per-class microseconds per call of onnxruntime (default options), and its wall time."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp / "ort_optimized.onnx")
+    session = ort.InferenceSession(model.SerializeToString(), options)
+    session.run(None, feeds)
+    start = time.perf_counter()
+    for _ in range(runs):
+        session.run(None, feeds)
+    wall = 1e6 * (time.perf_counter() - start) / runs
+    optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+    consts = {i.name for i in optimized.graph.initializer}
+    constant_b = {n.name for n in optimized.graph.node if len(n.input) > 1 and n.input[1] in consts}
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp / "ort_profile")
+    session = ort.InferenceSession(model.SerializeToString(), options)
+    session.run(None, feeds)
+    for _ in range(runs):
+        session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    per_class: dict[str, float] = defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            node = event["name"][: -len("_kernel_time")]
+            cls = ort_class(event["args"].get("op_name", ""), node, constant_b)
+            per_class[cls] += event["dur"] / (runs + 1)
+    return dict(per_class), wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", choices=list(ZOO))
+    parser.add_argument("--forced", action="store_true", help="force the FORCED_BLOCK pruning")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import tempfile
+
+    from tvm_sparse_rnn.demo import random_inputs
+    from tvm_sparse_rnn.frontend.onnx import model_signature
+
+    results = {}
+    for name in args.models:
+        model = ZOO[name]()
+        feeds = random_inputs(model_signature(model, None)[0])
+        options: dict[str, Any] = {}
+        if args.forced and name in FORCED_BLOCK:
+            always = replace(COST_PARAMS["llvm"], break_even=float("inf"))
+            options = {"block_size": parse_pruning(FORCED_BLOCK[name]), "params": always}
+        with tempfile.TemporaryDirectory() as tmp:
+            tvm_us, tvm_wall = profile_tvm(model, feeds, args.runs, **options)
+            ort_us, ort_wall = profile_ort(model, feeds, args.runs, Path(tmp))
+        tvm_us["overhead"] = tvm_wall - sum(tvm_us.values())
+        ort_us["overhead"] = ort_wall - sum(ort_us.values())
+        classes = sorted(set(tvm_us) | set(ort_us), key=lambda c: -tvm_us.get(c, 0.0))
+        rows = [
+            {"class": c, "tvm (us)": tvm_us.get(c), "onnxruntime (us)": ort_us.get(c)}
+            for c in [*classes, "total"]
+        ]
+        rows[-1].update({"tvm (us)": tvm_wall, "onnxruntime (us)": ort_wall})
+        for row in rows:
+            t, o = row["tvm (us)"], row["onnxruntime (us)"]
+            row["tvm / ort"] = t / o if t and o else None
+        label = f"{name}{' (forced)' if options else ''}"
+        print(f"\n== {label} ==\n" + format_table(rows, list(rows[0])))
+        results[label] = rows
+    suffix = "_forced" if args.forced else ""
+    write_json(args.out_dir / f"profile_cpu_models{suffix}.json", {"models": results})
+
+
+if __name__ == "__main__":
+    main()
