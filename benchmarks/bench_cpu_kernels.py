@@ -5,8 +5,7 @@
 
 * ``ours`` -- :func:`tvm_sparse_rnn.build_sparse_dense` with the pruning block
   (``BSRWeight.from_dense(w, block_size=...)``), called from Python (numpy in / numpy out);
-* ``mkl`` -- ``sparse_dot_mkl.dot_product_mkl(x, Wt)`` with ``Wt = W.T`` in CSR (dense x sparse
-  gives ``Y`` directly; MKL's own thread count);
+* ``mkl`` -- ``sparse_dot_mkl.dot_product_mkl(W_csr, X.T).T`` (MKL's own thread count);
 * ``torch-csr`` -- ``torch.sparse.mm(W_csr, X.T).T`` (torch's CPU threads);
 * ``dense`` -- ``x @ W.T`` in numpy (OpenBLAS), the dense reference.
 
@@ -21,7 +20,8 @@ two cores), so single cases move by 2x or more between runs. Results:
 Usage::
 
     pip install sparse-dot-mkl mkl
-    python benchmarks/bench_cpu_kernels.py --repeat 7
+    TVM_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+        python benchmarks/bench_cpu_kernels.py --repeat 7
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 OURS, MKL, TORCH, DENSE = "ours", "mkl", "torch-csr", "dense"
 SPARSITY = 0.9
+#: Thread-count variables recorded with the results (the table in docs/results was run with 1).
+THREAD_VARS = ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 Call = Callable[[], np.ndarray]
 
@@ -70,7 +72,11 @@ def cases(sizes: list[int]) -> list[tuple[int, tuple[int, int], int]]:
 
 
 def mkl_call(x: np.ndarray, w: np.ndarray) -> Call:
-    """MKL dense x sparse: ``x @ W.T`` with ``W.T`` stored CSR.
+    """MKL sparse x dense: ``(W_csr @ X.T).T`` (``X.T`` C-contiguous, made once).
+
+    Of the orientations sparse-dot-mkl offers this is the fastest measured here (dense x CSR
+    ``x @ W.T`` was 2-8x slower at M = 1..64, N = K = 4096, one thread; ``X.T`` in Fortran
+    order 4x slower at M >= 16).
 
     Raises
     ------
@@ -83,8 +89,9 @@ def mkl_call(x: np.ndarray, w: np.ndarray) -> Call:
             os.environ["MKL_RT"] = libs[-1]
     from sparse_dot_mkl import dot_product_mkl
 
-    wt = sp.csr_matrix(w.T)
-    return lambda: dot_product_mkl(x, wt)
+    w_csr = sp.csr_matrix(w)
+    xt = np.ascontiguousarray(x.T)
+    return lambda: dot_product_mkl(w_csr, xt).T
 
 
 def torch_call(x: np.ndarray, w: np.ndarray) -> Call:
@@ -225,7 +232,9 @@ def main() -> None:
     if args.plot:
         plot(json.loads(args.plot.read_text()), args.plot.parent)
         return
-    results: dict[str, Any] = {"device": device_info(), "repeat": args.repeat, "cases": []}
+    threads = {v: os.environ.get(v) for v in THREAD_VARS if v in os.environ}
+    device = {**device_info(), "thread_env": threads}
+    results: dict[str, Any] = {"device": device, "repeat": args.repeat, "cases": []}
     for n, block, m in cases(args.sizes):
         results["cases"].append(bench_case(n, block, m, args))
         logger.info("%s: %s", results["cases"][-1]["case"], results["cases"][-1]["us"])

@@ -338,7 +338,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], out_dir: Path) -> None:
-    """Grouped bars: median ms per model and engine (log scale)."""
+    """Grouped bars: median ms per model and engine (log scale), minima as black dashes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -352,9 +352,13 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
         values = [results["models"][m]["median_ms"].get(engine, 0.0) for m in models]
         xs = [j + (i - (len(engines) - 1) / 2) * width for j in range(len(models))]
         ax.bar(xs, values, width, label=engine)
+        minima = [results["models"][m].get("min_ms", {}).get(engine) for m in models]
+        points = [(x, v) for x, v in zip(xs, minima, strict=True) if v]
+        if points:
+            ax.plot(*zip(*points, strict=True), "k_", markersize=6)
     ax.set_xticks(range(len(models)), models, rotation=20, fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("median ms per call (lower is better)")
+    ax.set_ylabel("ms per call: bar median, dash minimum")
     ax.set_title(f"Pruned zoo models, CPU: {results['device']['cpu']}", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
