@@ -196,7 +196,6 @@ def build_bert_encoder(
     """
     torch = _torch()
     block = parse_pruning(pruning)
-    torch.backends.mha.set_fastpath_enabled(False)
     with _seeded(seed):
         layer = torch.nn.TransformerEncoderLayer(
             d_model, heads, ffn, dropout=0.0, activation="gelu", batch_first=True
@@ -213,7 +212,12 @@ def build_bert_encoder(
                 _prune_(param, sparsity, block)
         x = torch.randn(batch, seq_len, d_model)
     name = f"bert_encoder_{layers}x{d_model}_{pruning}"
-    return _export(encoder, x, "x", "y", name)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # export the plain MHA ops, not the fused one
+    try:
+        return _export(encoder, x, "x", "y", name)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def _deepspeech2_module(
