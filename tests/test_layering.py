@@ -11,14 +11,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "tvm_sparse_rnn"
 #: Layers, lowest first; a module may import its own layer and the ones below.
 LAYERS = (
-    ("errors", "bsr", "target", "cpu_threads", "testing", "_schedules"),
+    ("errors", "optional", "bsr", "target", "cpu_threads", "testing", "_schedules"),
     ("ops",),
     ("kernels",),
     ("tuning",),
     ("transform", "frontend"),
     ("pipeline",),
     ("compile", "runtime"),
-    ("demo", "cli", "__main__", "__init__"),
+    ("demo", "zoo", "cli", "__main__", "__init__"),
 )
 
 

@@ -7,7 +7,7 @@ Each example draws a cell, direction, layout, sizes, pruning density, optional i
 Each example compiles a model (~0.5 s), so the example count is small.
 
 Out-of-range ``sequence_lens`` (onnxruntime rejects them) must raise a typed error; they run in
-a subprocess because one of them segfaults today (xfail, strict).
+a subprocess, so that a regression to the old segfault cannot take the test run down.
 """
 
 from __future__ import annotations
@@ -143,20 +143,14 @@ else:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14: sequence_lens outside [0, T] is not validated at run time (RNN reverse "
-    "lens 7 > T 5 and lens -1 run and return garbage; LSTM bidirectional lens 700000 "
-    "segfaults); fix in the recurrent converter (frontend/onnx_rnn.py) or the kernel entry "
-    "(rnn/sequence.py): a runtime check raising a typed error, as onnxruntime does",
-)
 @pytest.mark.parametrize(
     ("kind", "direction", "lens"),
     [("RNN", "reverse", 7), ("GRU", "forward", 9), ("RNN", "reverse", -1),
      ("LSTM", "bidirectional", 700000)],
 )  # fmt: skip
 def test_sequence_lens_out_of_range_is_a_typed_error(kind, direction, lens):
-    """In a subprocess: today one of these segfaults."""
+    """In a subprocess (these segfaulted or returned garbage before the runtime check): a
+    ``ModelError`` naming the node and the range, as onnxruntime rejects them."""
     proc = subprocess.run(
         [sys.executable, "-c", _LENS_SCRIPT, kind, direction, str(lens)],
         capture_output=True,

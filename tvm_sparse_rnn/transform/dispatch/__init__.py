@@ -17,6 +17,7 @@ Modelled on TVM's ``relax.backend.DispatchSortScan`` and MLC-LLM's dispatch pass
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -101,7 +102,8 @@ class DispatchKernels:
     tuning_logs : path, optional
         Tuning database (a directory, or a root of ``<device>/`` directories as
         ``tvm-sparse-rnn tune`` writes) whose best records the kernels use; shipped configs and
-        defaults otherwise.
+        defaults otherwise. ``None`` keeps the database of an enclosing
+        :func:`~tvm_sparse_rnn.tuning.lookup.use_tuning_logs` (or ``$TVM_SPARSE_RNN_TUNING_LOGS``).
 
     Notes
     -----
@@ -123,7 +125,10 @@ class DispatchKernels:
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Dispatch every placeholder, drop dead code."""
         target = _current_target(self.target)
-        with use_tuning_logs(self.tuning_logs):
+        logs = contextlib.nullcontext()  # keep an enclosing use_tuning_logs(...) scope
+        if self.tuning_logs is not None:
+            logs = use_tuning_logs(self.tuning_logs)
+        with logs:
             dispatcher = _Dispatcher(mod, target, self.options)
             mod = dispatcher.run()
         self.decisions = dispatcher.decisions
