@@ -43,12 +43,6 @@ def test_help_does_not_import_onnxruntime_or_xgboost(argv):
     assert loaded == {"onnxruntime": False, "xgboost": False, "matplotlib": False}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="cli/inspect.py imports onnx at module level, and cli/demo.py imports "
-    "tvm_sparse_rnn.demo and tvm_sparse_rnn.frontend.onnx (both import onnx); both are "
-    "imported by build_parser() for --help",
-)
 def test_help_does_not_import_onnx():
     loaded = _loaded_after(["--help"], ["onnx", "tvm.relax.frontend.onnx"])
     assert loaded == {"onnx": False, "tvm.relax.frontend.onnx": False}

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..compile import plan_onnx
-from ..demo import build_demo_model
 from .bench import DENSE, ORT, benchmark_model, format_result
 from .inspect import decision_table
 from .options import positive_int
@@ -33,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 1 if the check against onnxruntime fails."""
+    from ..compile import plan_onnx  # onnx loads when a command runs, not on --help
+    from ..demo import build_demo_model
+
     model = build_demo_model()
     if args.save:
         with open(args.save, "wb") as f:

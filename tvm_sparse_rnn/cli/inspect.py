@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..compile import plan_onnx
 from ..transform.dispatch import DECISION_HEADER, KernelDecision
 from .options import add_compile_options, dispatch_kwargs
 from .table import format_table
@@ -35,6 +34,8 @@ def decision_table(decisions: list[KernelDecision]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Plan the model and print the decisions."""
+    from ..compile import plan_onnx  # onnx loads when a command runs, not on --help
+
     decisions = plan_onnx(args.model, target=args.target, **dispatch_kwargs(args))
     print(f"{args.model} (target {args.target}): {len(decisions)} kernel decision(s)")
     print(decision_table(decisions))

@@ -14,7 +14,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..compile import plan_onnx
 from ..errors import UsageError
 from ..kernels.x86.recurrent import UNROLL, pack_weight
 from ..ops.cells import CellConfig, PersistentCell
@@ -105,6 +104,8 @@ def _tasks(args: argparse.Namespace) -> list[TuneTask]:
         return [_rnn_task(args)]
     if args.op == "persistent":
         return _persistent_tasks(args)
+    from ..compile import plan_onnx  # onnx loads when a command runs, not on --help
+
     with collect_tasks() as found:  # the tasks whose configs the dispatch pass looks up
         plan_onnx(
             args.model,
