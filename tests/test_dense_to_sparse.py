@@ -34,6 +34,8 @@ LLVM = resolve_target("llvm")
 #: The llvm rule without its per-kernel overhead, so that small test layers are judged by their
 #: blocks alone (the overhead term has its own test).
 WORK_ONLY = CostParams(block_overhead=16.0, break_even=0.45)
+#: The same with the x86 CSR kernel (llvm's default csr_factor).
+WORK_ONLY_CSR = CostParams(block_overhead=16.0, break_even=0.45, csr_factor=2.0)
 
 
 # ----------------------------------------------------------------------------- block-size rule
@@ -308,3 +310,39 @@ def test_cpu_pipeline_schedules_dense_layers(x_shape, n):
     np.testing.assert_allclose(
         _run(bb.get(), xv), np.maximum(xv @ w.T + b, 0), rtol=rtol, atol=atol
     )
+
+
+# ----------------------------------------------------------------------------- CSR kernel (x86)
+@pytest.mark.parametrize(
+    ("x_shape", "n"), [((5, 64), 48), ((2, 3, 64), 48), ((1, 64), 32), ((37, 96), 40)]
+)
+def test_unstructured_layers_use_the_csr_kernel_and_match_float64(x_shape, n):
+    """90 % unstructured weights (an empty row included) take the CSR kernel vectorized along M
+    on llvm, for any M (tiles of 16, 8, 4, 2 or 1 rows) and batched inputs."""
+    rng = np.random.default_rng(11)
+    w = pruned_weight(rng, (n, x_shape[-1]), 0.9)
+    w[3] = 0
+    after, dispatch = _dispatch(_dense_module(x_shape, [w]), cost_params=WORK_ONLY_CSR)
+    (decision,) = dispatch.decisions
+    assert decision.variant is KernelVariant.CSR_SPMM and "CSR" in decision.detail
+    assert "csr_spmm" in after.script()
+    xv = rng.standard_normal(x_shape).astype("float32")
+    ref = xv.astype(np.float64) @ w.T.astype(np.float64)
+    np.testing.assert_allclose(_run(after, xv), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_block_pruned_and_dynamic_batch_layers_keep_the_block_kernel():
+    rng = np.random.default_rng(12)
+    blocked = pruned_weight(rng, (64, 64), 0.9, (4, 4))
+    _, dispatch = _dispatch(_dense_module((8, 64), [blocked]), cost_params=WORK_ONLY_CSR)
+    assert dispatch.decisions[0].variant is KernelVariant.SPARSE_DENSE
+    bb = relax.BlockBuilder()
+    m = tvm.tirx.Var("m", "int64")
+    x = relax.Var("x", relax.TensorType((m, 64), "float32"))
+    w = pruned_weight(rng, (64, 64), 0.9)
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(x, relax.const(np.ascontiguousarray(w.T))))
+        bb.emit_func_output(out)
+    _, dispatch = _dispatch(bb.get(), cost_params=WORK_ONLY_CSR)
+    assert dispatch.decisions[0].variant is not KernelVariant.CSR_SPMM  # needs a static M

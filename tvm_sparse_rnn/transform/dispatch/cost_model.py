@@ -19,7 +19,10 @@ each layer's pruning pattern. Here each layer is judged on its own:
    ``memory_bound_rows`` rows the dense layer is bound by reading its weight, so it does not get
    cheaper): ``cost = block cost + kernel_overhead / (max(M, memory_bound_rows) * N * K)``.
    Small layers therefore stay dense.
-5. Keep the layer **dense** unless its element-wise sparsity reaches ``sparsity_threshold`` *and*
+5. On x86 with a static ``M``, the CSR kernel vectorized along ``M`` (unstructured weights) is
+   estimated at ``density * csr_factor``; it replaces the block-sparse kernel where that is
+   cheaper than the best block cost (the kernel overhead of step 4 applies to it too).
+6. Keep the layer **dense** unless its element-wise sparsity reaches ``sparsity_threshold`` *and*
    ``cost <= break_even``: the sparse kernels reach only part of a dense GEMM's arithmetic rate,
    so sparse must do sufficiently less work to be faster.
 
@@ -27,10 +30,13 @@ The per-target constants are in :data:`COST_PARAMS` and can be overridden per ca
 values fit ``benchmarks/calibrate_cost_rule.py`` (x86 ``sparse_dense`` with its default schedule
 vs the layer compiled dense by this package, 90 % sparsity, 2-core development CPU; see
 ``docs/relax_pass.md``): measured sparse/dense time is about ``cost / 0.8``, and
-``break_even = 0.45`` keeps a margin. The cuda values fit the same script on the H100 against
-the dense layer TVM's default GPU pipeline (dlight) builds: at ``M = 16`` every block size at 90 %
-is 0.14-0.21x the dense time (1x1 included: block overheads matter little), about ``cost / 1.6``
-with ``block_overhead = 2``; at ``M = 1`` both are launch-bound (0.66-0.96x).
+``break_even = 0.45`` keeps a margin. ``csr_factor = 2`` fits the CSR kernel against the dense
+layer at 10 % density, N = K = 1024 and 4096, M = 1 ... 128 (measured 0.04-0.2x dense, ad-hoc
+timing on the 2-core VM; ``benchmarks/bench_cpu_kernels.py`` has the kernel table). The cuda
+values fit the same script on the H100 against the dense layer TVM's default GPU pipeline
+(dlight) builds: at ``M = 16`` every block size at 90 % is 0.14-0.21x the dense time (1x1
+included: block overheads matter little), about ``cost / 1.6`` with ``block_overhead = 2``; at
+``M = 1`` both are launch-bound (0.66-0.96x).
 """
 
 from __future__ import annotations
@@ -76,18 +82,27 @@ class CostParams:
         Fixed cost of one sparse kernel call, in multiply-adds of the dense layer.
     memory_bound_rows : int
         Rows ``M`` below which the dense layer's time does not shrink (it reads its weight).
+    csr_factor : float or None
+        Cost of the CSR kernel vectorized along ``M`` (x86) per nonzero, relative to a dense
+        multiply-add: its estimate is ``density * csr_factor``; ``None`` where the target has
+        no such kernel.
     """
 
     block_overhead: float
     break_even: float
     kernel_overhead: float = 0.0
     memory_bound_rows: int = 1
+    csr_factor: float | None = None
 
 
 #: Cost-rule constants per TVM target kind.
 COST_PARAMS: dict[str, CostParams] = {
     "llvm": CostParams(
-        block_overhead=16.0, break_even=0.45, kernel_overhead=1e6, memory_bound_rows=8
+        block_overhead=16.0,
+        break_even=0.45,
+        kernel_overhead=1e6,
+        memory_bound_rows=8,
+        csr_factor=2.0,
     ),
     "cuda": CostParams(block_overhead=2.0, break_even=0.6),
 }
@@ -133,9 +148,12 @@ class LayerPlan:
     cost : float
         Estimated sparse over dense time, kernel overhead included (``inf`` without a choice).
     sparse : bool
-        Whether the layer becomes ``sparse_dense``.
+        Whether the layer becomes sparse.
     reason : str
         One line saying why (printed by ``tvm-sparse-rnn inspect``).
+    csr : bool
+        The sparse kernel is the CSR kernel vectorized along ``M`` (unstructured weights on
+        x86), not the block-sparse one.
     """
 
     shape: tuple[int, int]
@@ -144,6 +162,7 @@ class LayerPlan:
     cost: float
     sparse: bool
     reason: str
+    csr: bool = False
 
 
 def cost_params(target_kind: str) -> CostParams:
@@ -264,13 +283,21 @@ def plan_layer(
         return LayerPlan(shape, sparsity, None, math.inf, False, "no block size divides the shape")
     dense_work = max(rows or 1, params.memory_bound_rows) * shape[0] * shape[1]
     cost = choice.cost + params.kernel_overhead / dense_work
+    csr = (
+        params.csr_factor is not None
+        and rows is not None
+        and block_size == "auto"
+        and (1.0 - sparsity) * params.csr_factor < choice.cost
+    )
+    if csr:
+        cost = (1.0 - sparsity) * params.csr_factor + params.kernel_overhead / dense_work
     if sparsity < sparsity_threshold:
         reason = f"sparsity {sparsity:.1%} < threshold {sparsity_threshold:.1%}"
-        return LayerPlan(shape, sparsity, choice, cost, False, reason)
+        return LayerPlan(shape, sparsity, choice, cost, False, reason, csr)
     sparse = cost <= params.break_even
     relation = "<=" if sparse else ">"
     reason = f"est. cost {cost:.2f} x dense {relation} break-even {params.break_even:.2f}"
-    return LayerPlan(shape, sparsity, choice, cost, sparse, reason)
+    return LayerPlan(shape, sparsity, choice, cost, sparse, reason, csr)
 
 
 def parse_block_size(block_size: str | tuple[int, int]) -> tuple[int, int]:

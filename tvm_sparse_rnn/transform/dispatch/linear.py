@@ -21,6 +21,7 @@ from tvm.target import Target
 from ...bsr import BSRWeight
 from ...errors import UnsupportedError
 from ...kernels.sparse_dense import SparseDenseLayout, sparse_dense_func
+from ...kernels.x86.recurrent import PackedWeight, pack_weight, projection_prim_func
 from ...ops.placeholders import LinearCall
 from ...target import resolve_target
 from ...tuning.lookup import lookup_config
@@ -109,6 +110,8 @@ class LinearLowering:
         The sparse kernel's schedule config.
     target : Target
         The resolved target.
+    csr : PackedWeight or None
+        The CSR weight of the CSR variant (x86, unstructured).
     """
 
     decision: KernelDecision
@@ -116,10 +119,13 @@ class LinearLowering:
     bsr: BSRWeight | None
     config: object
     target: Target
+    csr: PackedWeight | None = None
     _consts: list[relax.Expr] = field(default_factory=list)
 
     def emit(self, bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
         """Emit ``x @ W.T`` (``x`` of rank >= 2) for the decided variant."""
+        if self.csr is not None:
+            return self._emit_csr(bb, x)
         if self.bsr is None:
             if not self._consts:
                 self._consts.append(relax.const(np.ascontiguousarray(self.weight.T)))
@@ -138,6 +144,30 @@ class LinearLowering:
         out = relax.TensorType((m, n), self.bsr.dtype)
         y = bb.emit(relax.call_tir(gv, [x2d, *self._consts], out))
         return y if ty.ndim == 2 else bb.emit(relax.op.reshape(y, [*lead, n]))
+
+    def _emit_csr(self, bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
+        """``Y^T = W X^T`` with the CSR kernel: every nonzero ``W[n, k]`` times the contiguous
+        row ``X^T[k, :]`` (Elsen et al., "Fast Sparse ConvNets", CVPR 2020; XNNPACK's SpMM)."""
+        op = relax.op
+        ty = x.ty
+        n, k = self.csr.shape
+        lead = ty.shape.values[:-1]
+        m = math.prod(int(d) for d in lead)
+        width = next(w for w in CSR_TILE_WIDTHS if m % w == 0)
+        if not self._consts:
+            self._consts.extend(relax.const(a) for a in self.csr.arrays())
+            self._consts.append(relax.const(np.zeros(n, np.float32)))
+        xt = bb.emit(op.permute_dims(op.reshape(x, [m, k]), [1, 0]))  # (K, M)
+        func = projection_prim_func(self.csr, m // width, width)
+        gv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 8), "csr_spmm")
+        out = relax.TensorType((m // width, n, width), "float32")
+        yt = bb.emit(relax.call_tir(gv, [xt, *self._consts], out))  # (M / w, N, w)
+        y = op.reshape(op.permute_dims(yt, [0, 2, 1]), [m, n])
+        return bb.emit(op.reshape(y, [*lead, n]))
+
+
+#: Widths of the CSR kernel's row tiles along M (the largest dividing M is taken).
+CSR_TILE_WIDTHS = (16, 8, 4, 2, 1)
 
 
 def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> LinearLowering:
@@ -167,6 +197,11 @@ def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> L
     if not plan.sparse:
         decision = KernelDecision(call.name, KernelVariant.DENSE, detail, "-", plan.reason)
         return LinearLowering(decision, weight, None, None, target)
+    if plan.csr and str(ty.dtype) == "float32":
+        csr = pack_weight(weight, 1, dense=False, row_multiple=1)
+        detail = f"W {'x'.join(map(str, plan.shape))}, sparsity {plan.sparsity:.1%}, CSR"
+        decision = KernelDecision(call.name, KernelVariant.CSR_SPMM, detail, "-", plan.reason)
+        return LinearLowering(decision, weight, None, None, target, csr)
     bsr = BSRWeight.from_dense(weight, stats.block_size, dtype=str(ty.dtype))
     rows = math.prod(int(d) for d in lead) if static else tirx.Var("m", "int64")
     config, source = lookup_config(sparse_dense_tune_task(bsr, rows, target), target)
