@@ -89,10 +89,10 @@ def test_run_rejects_wrong_inputs(compiled, tmp_path, capsys, arrays, message):
 def test_inspect_reports_per_layer_choice(mlp_path, capsys):
     assert main(["inspect", str(mlp_path)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[3:]}
-    assert rows["fc1"].split()[1] == "sparse_dense"
-    assert all(s in rows["fc1"] for s in ("W 1024x512", "block 1x16", "fill 0.0%"))
-    assert rows["fc2"].split()[1] == "sparse_dense" and "block 4x4" in rows["fc2"]
-    assert rows["classifier"].split()[1] == "dense"
+    # 32 rows of input: the x86 CSR kernel beats the block kernels (1x16, 4x4) there
+    assert rows["fc1"].split()[1] == "csr_spmm" and "W 1024x512, sparsity 90.3%" in rows["fc1"]
+    assert rows["fc2"].split()[1] == "csr_spmm" and "W 1024x1024" in rows["fc2"]
+    assert rows["classifier"].split()[1] == "dense" and "block 16x16" in rows["classifier"]
 
 
 def test_inspect_fixed_block_and_threshold(mlp_path, capsys):
@@ -143,7 +143,7 @@ def test_demo_runs_end_to_end(capsys):
     assert main(["demo", "--repeat", "2"]) == 0
     out = capsys.readouterr().out
     fc2 = next(line for line in out.splitlines() if line.startswith("fc2"))
-    assert "sparse_dense" in fc2 and "block 4x4, fill 0.0%" in fc2
+    assert "csr_spmm" in fc2 and "W 1024x1024" in fc2  # 32 rows: the CSR kernel
     assert any(line.startswith("rnn[0]") and "recurrent_x86" in line for line in out.splitlines())
     assert "check: matches onnxruntime" in out and "vs dense TVM" in out
 
@@ -156,7 +156,7 @@ def test_compile_verbose_with_tuning_logs(mlp_path, tmp_path, capsys, caplog):
     with caplog.at_level("INFO", logger="tvm_sparse_rnn"):
         assert main(args) == 0
     assert out.is_file()
-    assert "dispatch dense1 -> sparse_dense: W 1024x1024, sparsity 90.2%, block 4x4" in caplog.text
+    assert "dispatch dense1 -> csr_spmm: W 1024x1024, sparsity 90.2%, CSR" in caplog.text
 
 
 @pytest.mark.gpu

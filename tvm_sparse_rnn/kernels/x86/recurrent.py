@@ -565,7 +565,11 @@ def projection_steps_per_tile(seq_len: int, batch: int) -> int:
 
 
 def projection_prim_func(
-    packed: PackedWeight | PackedLayout, seq_len: int, batch: int, parallel: bool | None = None
+    packed: PackedWeight | PackedLayout,
+    seq_len: int,
+    batch: int,
+    parallel: bool | None = None,
+    steps_per_tile: int | None = None,
 ) -> tirx.PrimFunc:
     """The input projection ``U[t, r, :] = W[r, :] @ X[t]^T + Wb[r]`` for all steps at once.
 
@@ -584,6 +588,9 @@ def projection_prim_func(
         ``T`` and ``N``; ``XT`` has ``T*N`` columns.
     parallel : bool, optional
         Split the rows over all cores; ``None`` decides by the work (:data:`MIN_PARALLEL_WORK`).
+    steps_per_tile : int, optional
+        Steps per accumulator tile, a divisor of ``T``; ``None``:
+        :func:`projection_steps_per_tile`.
 
     Returns
     -------
@@ -592,7 +599,10 @@ def projection_prim_func(
         and the rows of ``U`` are unit-major like ``W``'s.
     """
     rows, k_in = packed.shape
-    m, steps = seq_len * batch, projection_steps_per_tile(seq_len, batch)
+    m = seq_len * batch
+    steps = steps_per_tile or projection_steps_per_tile(seq_len, batch)
+    if seq_len % steps:
+        raise ValueError(f"steps_per_tile={steps} must divide T={seq_len}")
     tile = steps * batch
     if parallel is None:
         parallel = packed.entries * m >= MIN_PARALLEL_WORK
