@@ -2,6 +2,7 @@
 
 One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
 
+    Conv1dToLinear (llvm)         constant-weight 1-D convolutions -> im2col + linear placeholders
     DenseToSparse                 constant-weight dense layers -> linear placeholders
     DispatchKernels(target)       every placeholder -> the kernel variant for the target
     TVM's default passes          library dispatch, legalize (+ fusion, dlight on cuda),
@@ -32,7 +33,13 @@ from tvm.target import Target
 from .errors import TuningError
 from .kernels.cuda.persistent import cooperative
 from .target import is_cuda, resolve_target
-from .transform import DenseToSparse, DispatchKernels, DispatchOptions, ScheduleDenseCPU
+from .transform import (
+    Conv1dToLinear,
+    DenseToSparse,
+    DispatchKernels,
+    DispatchOptions,
+    ScheduleDenseCPU,
+)
 from .transform.dispatch import KernelDecision
 
 logger = logging.getLogger(__name__)
@@ -81,8 +88,12 @@ class SparsePipeline:
         return self.dispatch.decisions
 
     def front(self) -> tvm.transform.Pass:
-        """Mark and dispatch only (what ``inspect`` runs)."""
-        return tvm.transform.Sequential([DenseToSparse(), self.dispatch], name="sparse_dispatch")
+        """Mark and dispatch only (what ``inspect`` runs); on llvm 1-D convolutions become
+        linear layers first (:class:`~tvm_sparse_rnn.transform.Conv1dToLinear`)."""
+        passes = [DenseToSparse(), self.dispatch]
+        if not is_cuda(self.target):
+            passes.insert(0, Conv1dToLinear())
+        return tvm.transform.Sequential(passes, name="sparse_dispatch")
 
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         with self.target:
