@@ -5,6 +5,10 @@
 
 * ``ours`` -- :func:`tvm_sparse_rnn.build_sparse_dense` with the pruning block
   (``BSRWeight.from_dense(w, block_size=...)``), called from Python (numpy in / numpy out);
+* ``ours-model`` -- the layer as a model gets it: a one-matmul Relax module built with the
+  package's pipeline (:func:`tvm_sparse_rnn.build`), whose dispatch pass picks the kernel (the
+  x86 CSR kernel along M for unstructured weights and from 16 rows, else the block kernel),
+  called through the Relax VM;
 * ``mkl`` -- ``sparse_dot_mkl.dot_product_mkl(W_csr, X.T).T`` (MKL's own thread count);
 * ``torch-csr`` -- ``torch.sparse.mm(W_csr, X.T).T`` (torch's CPU threads);
 * ``dense`` -- ``x @ W.T`` in numpy (OpenBLAS), the dense reference.
@@ -41,6 +45,7 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tvm
 from common import (
     RESULTS_DIR,
     device_info,
@@ -50,13 +55,14 @@ from common import (
     ratio,
     save_results,
 )
+from tvm import relax
 
-from tvm_sparse_rnn import BSRWeight, build_sparse_dense
+from tvm_sparse_rnn import BSRWeight, build, build_sparse_dense
 from tvm_sparse_rnn.demo import pruned_weight
 
 logger = logging.getLogger(__name__)
 
-OURS, MKL, TORCH, DENSE = "ours", "mkl", "torch-csr", "dense"
+OURS, MODEL, MKL, TORCH, DENSE = "ours", "ours-model", "mkl", "torch-csr", "dense"
 SPARSITY = 0.9
 #: Thread-count variables recorded with the results (the table in docs/results was run with 1).
 THREAD_VARS = ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -109,10 +115,28 @@ def torch_call(x: np.ndarray, w: np.ndarray) -> Call:
     return lambda: torch.sparse.mm(w_csr, xt).t().numpy()
 
 
+def model_call(x: np.ndarray, w: np.ndarray, notes: dict) -> Call:
+    """``x @ w.T`` compiled as a one-layer model by the package's pipeline (see the docstring)."""
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(xv, relax.const(np.ascontiguousarray(w.T))))
+        bb.emit_func_output(out)
+    executable, (decision,) = build(bb.get(), "llvm")
+    notes["model_kernel"] = decision.variant.value
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return lambda: vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
 def engines(x: np.ndarray, w: np.ndarray, block: tuple[int, int], notes: dict) -> dict[str, Call]:
     """Every available engine for one case; skipped ones go to ``notes['skipped']``."""
     kernel = build_sparse_dense(BSRWeight.from_dense(w, block_size=block), m=x.shape[0])
-    calls: dict[str, Call] = {OURS: lambda: kernel(x), DENSE: lambda: x @ w.T}
+    calls: dict[str, Call] = {
+        OURS: lambda: kernel(x),
+        MODEL: model_call(x, w, notes),
+        DENSE: lambda: x @ w.T,
+    }
     for name, make in ((MKL, mkl_call), (TORCH, torch_call)):
         try:
             calls[name] = make(x, w)
@@ -174,6 +198,7 @@ def bench_case(n: int, block: tuple[int, int], m: int, args: argparse.Namespace)
         "min_us": {name: 1e6 * v for name, v in minima.items()},
         "max_abs_err": errs,
         "x_mkl": ratio(us.get(MKL), us[OURS]),
+        "x_mkl_model": ratio(us.get(MKL), us[MODEL]),
         "x_torch": ratio(us.get(TORCH), us[OURS]),
         "x_dense": ratio(us[DENSE], us[OURS]),
         "x_mkl_min": ratio(minima.get(MKL), minima[OURS]),
@@ -183,23 +208,26 @@ def bench_case(n: int, block: tuple[int, int], m: int, args: argparse.Namespace)
 
 def table(results: dict[str, Any]) -> str:
     """Markdown table of the cases."""
-    header = "| case (N=K, block, M) | ours (us) | ours device (us) | MKL (us) | torch CSR (us) |"
-    header += " dense (us) | x MKL | x torch CSR | x dense | x MKL (minima) |"
-    lines = [header, "|" + "---|" * 10]
+    header = "| case (N=K, block, M) | ours (us) | ours device (us) | ours-model (us) [kernel] |"
+    header += " MKL (us) | torch CSR (us) | dense (us) | x MKL | x MKL (ours-model) |"
+    header += " x torch CSR | x dense | x MKL (minima) |"
+    lines = [header, "|" + "---|" * 12]
 
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:.3g}" if v < 1000 else f"{v:.0f}"
 
     for r in results["cases"]:
         us = r["us"]
-        cells = [us.get(OURS), r["ours_device_us"], us.get(MKL), us.get(TORCH), us.get(DENSE)]
-        cells += [r["x_mkl"], r["x_torch"], r["x_dense"], r["x_mkl_min"]]
-        lines.append("| " + " | ".join([r["case"], *map(f, cells)]) + " |")
+        model = f"{f(us.get(MODEL))} [{r.get('model_kernel', '-')}]"
+        cells = [f(us.get(OURS)), f(r["ours_device_us"]), model]
+        cells += map(f, [us.get(MKL), us.get(TORCH), us.get(DENSE), r["x_mkl"]])
+        cells += map(f, [r.get("x_mkl_model"), r["x_torch"], r["x_dense"], r["x_mkl_min"]])
+        lines.append("| " + " | ".join([r["case"], *cells]) + " |")
     rows = [{"case": r["case"], **r["max_abs_err"]} for r in results["cases"]]
     return (
         "\n".join(lines)
         + "\n\nmax |err| vs numpy:\n\n"
-        + format_table(rows, ["case", OURS, MKL, TORCH])
+        + format_table(rows, ["case", OURS, MODEL, MKL, TORCH])
     )
 
 
