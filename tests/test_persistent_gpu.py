@@ -29,8 +29,6 @@ from tvm_sparse_rnn.testing import TOLERANCES, random_recurrent_weights
 
 LIMITS = device_limits("cuda")  # the lent GPU's limits (the H200 tag when no GPU is present)
 plan_persistent = functools.partial(planner.plan_persistent, device=LIMITS)
-candidate_plans = functools.partial(planner.candidate_plans, device=LIMITS)
-max_hidden = functools.partial(planner.max_hidden, device=LIMITS)
 
 pytestmark = pytest.mark.gpu
 

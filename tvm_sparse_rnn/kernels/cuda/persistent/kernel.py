@@ -584,35 +584,30 @@ def make_persistent_kernel(
                     )
 
     @T.macro
+    def register_pair(acc, g, hb, h_sh, wv, wi, t, bc, ui, m, k):
+        # pair() of register slot per_iter*m + k of gate g's row of unit ui
+        pair(
+            acc,
+            g * width,
+            hb,
+            h_sh,
+            t,
+            bc,
+            value(wv, ui * gates + g, m, k),
+            column(wi, ui * gates + g, m, k),
+            geo.half,
+        )
+
+    @T.macro
     def matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui):
         # acc[g*width + b] = (R_g h_{t-1})[b] of unit ui, this lane's share of the row
         for g in T.unroll(gates):
             for b in T.unroll(width):
                 acc[g * width + b] = T.float32(0)
             for m in T.unroll(geo.register_slots // per_iter):
-                pair(
-                    acc,
-                    g * width,
-                    hb,
-                    h_sh,
-                    t,
-                    bc,
-                    value(wv, ui * gates + g, m, 0),
-                    column(wi, ui * gates + g, m, 0),
-                    geo.half,
-                )
+                register_pair(acc, g, hb, h_sh, wv, wi, t, bc, ui, m, 0)
                 if per_iter == 2:
-                    pair(
-                        acc,
-                        g * width,
-                        hb,
-                        h_sh,
-                        t,
-                        bc,
-                        value(wv, ui * gates + g, m, 1),
-                        column(wi, ui * gates + g, m, 1),
-                        geo.half,
-                    )
+                    register_pair(acc, g, hb, h_sh, wv, wi, t, bc, ui, m, 1)
             for j in T.unroll(smem_slots):
                 pair(
                     acc,

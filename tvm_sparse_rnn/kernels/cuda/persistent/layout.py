@@ -58,11 +58,6 @@ class SmemAccess:
         """Distinct bank positions of a column's first word."""
         return 32 // math.gcd(self.stride, 32)
 
-    @property
-    def phase_lanes(self) -> int:
-        """Lanes served together by one shared-memory wavefront (32 / width)."""
-        return 32 // self.width
-
 
 def smem_access(
     batch_kernel: int, hidden_padded: int, vector: bool = True, itemsize: int = 4
