@@ -23,6 +23,7 @@ from tvm import relax
 from tvm.ir import Op
 
 from ..ops.placeholders import LinearCall
+from .mutate import mutate_relax_functions
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ def _static(shape: relax.Expr) -> tuple[int, ...] | None:
 class _Conv1dMutator(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule) -> None:
         super().__init__(mod)
-        self.mod = mod
         self.count = 0
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -90,12 +90,6 @@ class _Conv1dMutator(relax.PyExprMutator):
         y = bb.emit(op.reshape(y, [batch, out_width, filters]))
         return op.permute_dims(y, [0, 2, 1])
 
-    def run(self) -> tvm.IRModule:
-        for gv, func in self.mod.functions_items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gv, self.visit_expr(func))
-        return self.builder_.finalize()
-
 
 @tvm.transform.module_pass(opt_level=0, name="Conv1dToLinear")
 class Conv1dToLinear:
@@ -104,7 +98,8 @@ class Conv1dToLinear:
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Fold constants, rewrite the convolutions, drop dead code."""
-        mutator = _Conv1dMutator(relax.transform.FoldConstant()(mod))
-        mod = mutator.run()
+        mod = relax.transform.FoldConstant()(mod)
+        mutator = _Conv1dMutator(mod)
+        mod = mutate_relax_functions(mutator, mod)
         logger.info("Conv1dToLinear: %d convolution(s) as linear layers", mutator.count)
         return relax.transform.DeadCodeElimination()(mod)

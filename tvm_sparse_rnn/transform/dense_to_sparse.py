@@ -36,6 +36,7 @@ from tvm.ir import Op
 
 from ..bsr import SUPPORTED_DTYPES
 from ..ops.placeholders import LinearCall
+from .mutate import mutate_relax_functions
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,6 @@ class _DenseToSparseMutator(relax.PyExprMutator):
 
     def __init__(self, mod: tvm.IRModule) -> None:
         super().__init__(mod)
-        self.mod = mod
         self.count = 0
 
     def _bound(self, expr: relax.Expr) -> relax.Expr:
@@ -98,13 +98,6 @@ class _DenseToSparseMutator(relax.PyExprMutator):
         self.count += 1
         return LinearCall(name, x, np.ascontiguousarray(weight)).emit(self.builder_)
 
-    def run(self) -> tvm.IRModule:
-        """Visit every Relax function of the module; return the rewritten module."""
-        for gv, func in self.mod.functions_items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gv, self.visit_expr(func))
-        return self.builder_.finalize()
-
 
 @tvm.transform.module_pass(opt_level=0, name="DenseToSparse")
 class DenseToSparse:
@@ -124,6 +117,6 @@ class DenseToSparse:
         if self.fold_constants:
             mod = relax.transform.FoldConstant()(mod)
         mutator = _DenseToSparseMutator(mod)
-        mod = mutator.run()
+        mod = mutate_relax_functions(mutator, mod)
         logger.info("DenseToSparse: %d dense layer(s) with constant weights", mutator.count)
         return relax.transform.DeadCodeElimination()(mod)

@@ -29,6 +29,7 @@ from ...errors import UnsupportedError
 from ...ops.placeholders import LinearCall, RecurrentCall
 from ...target import resolve_target
 from ...tuning.lookup import use_tuning_logs
+from ..mutate import mutate_relax_functions
 from .decision import DECISION_HEADER, DispatchOptions, KernelDecision, KernelVariant
 from .linear import LinearLowering, emit_sparse_dense, plan_linear
 from .recurrent import dispatch_recurrent
@@ -42,7 +43,6 @@ class _Dispatcher(relax.PyExprMutator):
 
     def __init__(self, mod: tvm.IRModule, target: Target, options: DispatchOptions) -> None:
         super().__init__(mod)
-        self.mod = mod
         self.target = target
         self.options = options
         self.decisions: list[KernelDecision] = []
@@ -80,13 +80,6 @@ class _Dispatcher(relax.PyExprMutator):
             self.decisions.extend(decisions)
             return out
         return call
-
-    def run(self) -> tvm.IRModule:
-        """Visit every Relax function of the module; return the rewritten module."""
-        for gv, func in self.mod.functions_items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gv, self.visit_expr(func))
-        return self.builder_.finalize()
 
 
 @tvm.transform.module_pass(opt_level=0, name="DispatchKernels")
@@ -130,7 +123,7 @@ class DispatchKernels:
             logs = use_tuning_logs(self.tuning_logs)
         with logs:
             dispatcher = _Dispatcher(mod, target, self.options)
-            mod = dispatcher.run()
+            mod = mutate_relax_functions(dispatcher, mod)
         self.decisions = dispatcher.decisions
         return relax.transform.DeadCodeElimination()(mod)
 
