@@ -41,6 +41,7 @@ from .frontend.onnx import (
 )
 from .pipeline import build, sparse_pipeline
 from .target import resolve_target
+from .transform import Precision
 from .transform.dispatch import DispatchOptions, KernelDecision
 from .transform.dispatch.cost_model import DEFAULT_CANDIDATES, CostParams
 
@@ -82,6 +83,7 @@ def plan_onnx(
     params: CostParams | None = None,
     tuning_logs: str | os.PathLike | None = None,
     fold: bool = True,
+    dtype: Precision | str = Precision.FLOAT32,
 ) -> list[KernelDecision]:
     """The kernel decisions :func:`build_onnx` takes for the model, without building it.
 
@@ -89,7 +91,7 @@ def plan_onnx(
     """
     model = load_onnx(model_or_path)
     pipeline = sparse_pipeline(
-        target, _options(sparsity_threshold, block_size, candidates, params), tuning_logs
+        target, _options(sparsity_threshold, block_size, candidates, params), tuning_logs, dtype
     )
     mod = from_onnx(model, shape_dict=shape_dict, fold=fold)
     with pipeline.target:
@@ -109,12 +111,13 @@ def build_onnx_with_decisions(
     tuning_logs: str | os.PathLike | None = None,
     sparse: bool = True,
     fold: bool = True,
+    dtype: Precision | str = Precision.FLOAT32,
 ) -> tuple[tvm.runtime.Executable, list[TensorSpec], list[TensorSpec], list[KernelDecision]]:
     """:func:`build_onnx` plus the kernel decisions of the dispatch pass."""
     model = load_onnx(model_or_path)
     options = _options(sparsity_threshold if sparse else 1.0, block_size, candidates, params)
     mod = from_onnx(model, shape_dict=shape_dict, fold=fold)
-    executable, decisions = build(mod, target, options, tuning_logs)
+    executable, decisions = build(mod, target, options, tuning_logs, dtype)
     inputs, outputs = model_signature(model, shape_dict)
     return executable, inputs, outputs, _name_layers(model, decisions)
 
@@ -134,8 +137,10 @@ def build_onnx(
         ``sparsity_threshold``, ``block_size``, ``candidates``, ``params`` (the dispatch options,
         :class:`~tvm_sparse_rnn.transform.dispatch.DispatchOptions`), ``tuning_logs`` (a tuning
         database whose best records the kernels use, else shipped configs, else defaults),
-        ``sparse`` (``False`` builds every layer dense, for comparison) and ``fold`` (fold
-        constant shape subgraphs first, :func:`tvm_sparse_rnn.frontend.from_onnx`).
+        ``sparse`` (``False`` builds every layer dense, for comparison), ``fold`` (fold
+        constant shape subgraphs first, :func:`tvm_sparse_rnn.frontend.from_onnx`) and ``dtype``
+        (``"float16"`` computes in half precision, :class:`~tvm_sparse_rnn.transform.ToFloat16`;
+        inputs and outputs keep the model's dtypes).
 
     Returns
     -------

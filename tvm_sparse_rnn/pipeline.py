@@ -2,16 +2,19 @@
 
 One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
 
+    ToFloat16 (--dtype float16)   matmuls, convolutions and what follows them in float16
     Conv1dToLinear (llvm)         constant-weight 1-D convolutions -> im2col + linear placeholders
     DenseToSparse                 constant-weight dense layers -> linear placeholders
     DispatchKernels(target)       every placeholder -> the kernel variant for the target
+    AccumulateInFloat32 (float16) the matmuls left dense accumulate in float32
     TVM's default passes          library dispatch, legalize (+ fusion, dlight on cuda),
       (+ ScheduleDenseCPU, llvm)  dataflow lowering, finalization
 
-Users who assemble their own pipeline insert the first two passes ahead of TVM's and build with
-the TIR pipeline :data:`~tvm_sparse_rnn.kernels.cuda.persistent.cooperative.PIPELINE_NAME` (it
-launches the persistent kernels cooperatively; a plain ``tvm.compile`` of such a module builds
-but faults at run time)::
+Users who assemble their own pipeline run the passes above TVM's (:meth:`SparsePipeline.front`)
+ahead of their own and build with the TIR pipeline
+:data:`~tvm_sparse_rnn.kernels.cuda.persistent.cooperative.PIPELINE_NAME` (it launches the
+persistent kernels cooperatively; a plain ``tvm.compile`` of such a module builds but faults at
+run time)::
 
     mod = relax.get_pipeline("tvm_sparse_rnn", target=target)(mod)
     ex = tvm.compile(mod, target, relax_pipeline=None, tir_pipeline=tir_pipeline(target))
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
@@ -34,13 +37,17 @@ from .errors import TuningError
 from .kernels.cuda.persistent import cooperative
 from .target import is_cuda, resolve_target
 from .transform import (
+    AccumulateInFloat32,
     Conv1dToLinear,
     DenseToSparse,
     DispatchKernels,
     DispatchOptions,
+    Precision,
     ScheduleDenseCPU,
+    ToFloat16,
 )
 from .transform.dispatch import KernelDecision
+from .transform.to_float16 import parse_precision
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +83,13 @@ class SparsePipeline:
         Resolved target.
     dispatch : DispatchKernels
         The dispatch pass (its :attr:`~DispatchKernels.decisions` after a run).
+    precision : Precision
+        The dtype the model computes in (:class:`~tvm_sparse_rnn.transform.ToFloat16`).
     """
 
     target: Target
     dispatch: DispatchKernels
-    passes: list[tvm.transform.Pass] = field(default_factory=list)
+    precision: Precision = Precision.FLOAT32
 
     @property
     def decisions(self) -> list[KernelDecision]:
@@ -89,10 +98,16 @@ class SparsePipeline:
 
     def front(self) -> tvm.transform.Pass:
         """Mark and dispatch only (what ``inspect`` runs); on llvm 1-D convolutions become
-        linear layers first (:class:`~tvm_sparse_rnn.transform.Conv1dToLinear`)."""
-        passes = [DenseToSparse(), self.dispatch]
-        if not is_cuda(self.target):
-            passes.insert(0, Conv1dToLinear())
+        linear layers first (:class:`~tvm_sparse_rnn.transform.Conv1dToLinear`); in float16 the
+        model is cast before and its dense matmuls accumulate in float32 after."""
+        float16 = self.precision is Precision.FLOAT16
+        passes = [
+            *([ToFloat16()] if float16 else []),
+            *([] if is_cuda(self.target) else [Conv1dToLinear()]),
+            DenseToSparse(),
+            self.dispatch,
+            *([AccumulateInFloat32()] if float16 else []),
+        ]
         return tvm.transform.Sequential(passes, name="sparse_dispatch")
 
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
@@ -121,11 +136,18 @@ def sparse_pipeline(
     target: str | dict | Target,
     options: DispatchOptions | None = None,
     tuning_logs: str | os.PathLike | None = None,
+    dtype: Precision | str = Precision.FLOAT32,
 ) -> SparsePipeline:
-    """The package's pipeline for ``target`` (see the module docstring)."""
+    """The package's pipeline for ``target`` (see the module docstring).
+
+    Raises
+    ------
+    UnsupportedError
+        If ``dtype`` is not a :class:`~tvm_sparse_rnn.transform.Precision`.
+    """
     target = resolve_target(target)
     dispatch = DispatchKernels(target, options, check_tuning_logs(tuning_logs))
-    return SparsePipeline(target, dispatch)
+    return SparsePipeline(target, dispatch, parse_precision(dtype))
 
 
 @relax.register_pipeline(PIPELINE_NAME)
@@ -133,9 +155,11 @@ def _registered(
     target: str | dict | Target | None = None,
     options: DispatchOptions | None = None,
     tuning_logs: str | os.PathLike | None = None,
+    dtype: Precision | str = Precision.FLOAT32,
 ) -> tvm.transform.Pass:
-    """``relax.get_pipeline("tvm_sparse_rnn", target=..., options=..., tuning_logs=...)``."""
-    pipeline = sparse_pipeline(target or Target.current(), options, tuning_logs)
+    """``relax.get_pipeline("tvm_sparse_rnn", target=..., options=..., tuning_logs=...,
+    dtype=...)``."""
+    pipeline = sparse_pipeline(target or Target.current(), options, tuning_logs, dtype)
 
     @tvm.transform.module_pass(opt_level=0, name=PIPELINE_NAME)
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -149,6 +173,7 @@ def build(
     target: str | dict | Target,
     options: DispatchOptions | None = None,
     tuning_logs: str | os.PathLike | None = None,
+    dtype: Precision | str = Precision.FLOAT32,
 ) -> tuple[tvm.runtime.Executable, list[KernelDecision]]:
     """Compile a Relax module (with placeholders) for ``target`` with the package's pipeline.
 
@@ -162,13 +187,15 @@ def build(
         Sparsity threshold and block-size choice.
     tuning_logs : path, optional
         Tuning database whose best records the kernels use.
+    dtype : Precision or str
+        ``"float32"`` (default) or ``"float16"`` (:class:`~tvm_sparse_rnn.transform.ToFloat16`).
 
     Returns
     -------
     tuple
         ``(executable, decisions)``: the Relax VM executable and the kernel decisions.
     """
-    pipeline = sparse_pipeline(target, options, tuning_logs)
+    pipeline = sparse_pipeline(target, options, tuning_logs, dtype)
     target = pipeline.target
     with target:
         executable = tvm.compile(

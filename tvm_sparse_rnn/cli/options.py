@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..transform.dispatch.cost_model import parse_block_size
+from ..transform.to_float16 import Precision
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +111,15 @@ def _shape(text: str) -> tuple[str, tuple[int, ...]]:
 
 
 def add_compile_options(parser: argparse.ArgumentParser) -> None:
-    """``--target``, ``--sparsity-threshold``, ``--block-size``, ``--shape``."""
+    """``--target``, ``--dtype``, ``--sparsity-threshold``, ``--block-size``, ``--shape``."""
     parser.add_argument("--target", choices=("llvm", "cuda"), default="llvm", help="default llvm")
+    parser.add_argument(
+        "--dtype",
+        choices=[p.value for p in Precision],
+        default=Precision.FLOAT32.value,
+        help="compute dtype: float16 runs matmuls and what follows them in half precision "
+        "(float32 accumulation; inputs and outputs stay float32); default float32",
+    )
     parser.add_argument(
         "--sparsity-threshold",
         type=unit_fraction,
@@ -161,4 +169,5 @@ def dispatch_kwargs(args: argparse.Namespace) -> dict:
         "block_size": args.block_size,
         "tuning_logs": getattr(args, "tuning_logs", None),
         "fold": getattr(args, "fold", True),
+        "dtype": args.dtype,
     }

@@ -65,7 +65,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=0.1,
         help="--op: kept fraction (of W's blocks, or of R's entries for rnn; default 0.1)",
     )
-    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     parser.add_argument(
         "--cell", choices=("RNN", "GRU", "LSTM"), default="LSTM", help="--op rnn (default LSTM)"
     )
@@ -113,6 +112,7 @@ def _tasks(args: argparse.Namespace) -> list[TuneTask]:
             shape_dict=shape_dict(args),
             sparsity_threshold=args.sparsity_threshold,
             block_size=args.block_size,
+            dtype=args.dtype,
         )
     return list(found.values())
 

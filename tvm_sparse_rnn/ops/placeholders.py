@@ -30,6 +30,8 @@ from .cells import CellConfig, RecurrentWeights
 
 logger = logging.getLogger(__name__)
 
+#: Name prefix of every placeholder's packed function.
+PLACEHOLDER_PREFIX = "tvm_sparse_rnn."
 LINEAR = "tvm_sparse_rnn.linear"
 RECURRENT = "tvm_sparse_rnn.recurrent_sequence"
 #: Runtime check of a ``sequence_lens`` input, ``check(lens, T, node) -> lens``: raises

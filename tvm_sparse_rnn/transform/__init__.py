@@ -1,16 +1,22 @@
-"""Relax passes: mark dense layers, dispatch every placeholder to a kernel, CPU dense schedule."""
+"""Relax passes: float16, mark dense layers, dispatch every placeholder to a kernel, CPU dense
+schedule."""
 
+from .accumulate_float32 import AccumulateInFloat32
 from .conv1d_to_linear import Conv1dToLinear
 from .dense_to_sparse import DenseToSparse
 from .dispatch import DispatchKernels, DispatchOptions, KernelDecision, KernelVariant
 from .schedule_dense_cpu import ScheduleDenseCPU
+from .to_float16 import Precision, ToFloat16
 
 __all__ = [
+    "AccumulateInFloat32",
     "Conv1dToLinear",
     "DenseToSparse",
     "DispatchKernels",
     "DispatchOptions",
     "KernelDecision",
     "KernelVariant",
+    "Precision",
     "ScheduleDenseCPU",
+    "ToFloat16",
 ]

@@ -9,12 +9,17 @@
   (:func:`~tvm_sparse_rnn.target.device_limits`), geometry/barrier/load width/pair order from
   the tuning lookup; every other direction runs per step (:mod:`.recurrent_steps`).
 
+A float16 placeholder (``--dtype float16``, :class:`~tvm_sparse_rnn.transform.ToFloat16`) runs on
+the float16 persistent kernel; the float32 kernels (x86, per step) get its input and states cast
+to float32 and their outputs cast back.
+
 Outputs are stacked to the ONNX layout-0 shapes ``Y (T, D, N, H)``, ``Y_h (D, N, H)``,
 ``Y_c (D, N, H)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -68,6 +73,7 @@ def persistent_choice(
     lengths_full: bool,
     target: Target,
     options: DispatchOptions,
+    dtype: str = F32,
 ) -> tuple[PersistentChoice | None, str, str]:
     """``(choice, config source, reason)`` of direction ``d`` on the persistent kernel;
     ``choice`` is ``None`` when the kernel does not apply (``reason`` says why)."""
@@ -80,11 +86,39 @@ def persistent_choice(
     if density > options.density_threshold:
         return None, "-", f"R density {density:.3f} > {options.density_threshold:.3f}"
     limits = device_limits(target)
-    found = tuned_persistent_config(R, batch, cell, F32, target, limits)
+    found = tuned_persistent_config(R, batch, cell, dtype, target, limits)
     if found is None:
         return None, "-", f"R does not fit on chip of {limits.name}"
     (plan, barrier, vector, order), source = found
     return PersistentChoice(cell, plan, barrier, vector, order), source, f"R density {density:.3f}"
+
+
+class _Float32Inputs:
+    """``X`` and a direction's states in float32 for the float32 kernels, outputs cast back to
+    ``X``'s dtype (all identities for a float32 layer; ``X`` is cast once, when first asked)."""
+
+    def __init__(self, bb: relax.BlockBuilder, x: relax.Expr, dtype: str) -> None:
+        self.bb, self._x, self.dtype = bb, x, dtype
+        self._x32: relax.Expr | None = x if dtype == F32 else None
+
+    def _cast(self, expr: relax.Expr | None, dtype: str) -> relax.Expr | None:
+        if expr is None or str(expr.ty.dtype) == dtype:
+            return expr
+        return self.bb.emit(op.astype(expr, dtype))
+
+    def x(self) -> relax.Expr:
+        """``X`` in float32."""
+        if self._x32 is None:
+            self._x32 = self._cast(self._x, F32)
+        return self._x32
+
+    def states(self, dirn: Direction) -> Direction:
+        """``dirn`` with its initial states in float32."""
+        return dataclasses.replace(dirn, h0=self._cast(dirn.h0, F32), c0=self._cast(dirn.c0, F32))
+
+    def back(self, outputs: list[relax.Expr]) -> list[relax.Expr]:
+        """The float32 outputs of a direction in ``X``'s dtype."""
+        return [self._cast(o, self.dtype) for o in outputs]
 
 
 def dispatch_recurrent(
@@ -97,6 +131,8 @@ def dispatch_recurrent(
     """Lower one recurrent placeholder for ``target``; returns ``(outputs, decisions)``."""
     cfg, X, weights = call.cfg, call.x, call.weights
     seq_len, batch, input_size = static_shape(X, "X")
+    dtype = str(X.ty.dtype)
+    to_f32 = _Float32Inputs(bb, X, dtype)
     H, G = cfg.hidden_size, cfg.num_gates
     sequence_lens = call.states.get("sequence_lens")
     if sequence_lens is None:
@@ -109,28 +145,31 @@ def dispatch_recurrent(
         rev_index = reverse_index(bb, lens, seq_len, batch)
     cuda = is_cuda(target)
     if not cuda:  # (I, T*N): one nonzero of W multiplies a contiguous row
-        x_in = bb.emit(op.reshape(op.permute_dims(X, [2, 0, 1]), [input_size, seq_len * batch]))
+        x_in = bb.emit(
+            op.reshape(op.permute_dims(to_f32.x(), [2, 0, 1]), [input_size, seq_len * batch])
+        )
     outs: list[list[relax.Expr]] = []
     decisions = []
     for d in range(cfg.num_directions):
-        b = np.zeros(2 * G * H, F32) if weights.B is None else weights.B[d]
+        b = np.zeros(2 * G * H, F32) if weights.B is None else weights.B[d].astype(F32)
         dirn = Direction(
             d,
-            weights.W[d],
+            weights.W[d].astype(F32),
             b[: G * H],
-            weights.R[d],
+            weights.R[d].astype(F32),
             b[G * H :],
-            None if weights.P is None else weights.P[d],
-            direction_state(bb, call.states.get("initial_h"), d, batch, H),
-            direction_state(bb, call.states.get("initial_c"), d, batch, H)
+            None if weights.P is None else weights.P[d].astype(F32),
+            direction_state(bb, call.states.get("initial_h"), d, batch, H, dtype),
+            direction_state(bb, call.states.get("initial_c"), d, batch, H, dtype)
             if cfg.kind.has_cell_state
             else None,
         )
         layer = f"{call.name}[{_DIRECTION_NAMES[d] if cfg.num_directions == 2 else d}]"
         shape = f"{cfg.kind.value} H={H} T={seq_len} N={batch}"
         if cuda:
+            lengths_full = full_lengths(sequence_lens, seq_len)
             choice, source, reason = persistent_choice(
-                cfg, d, dirn.r, batch, full_lengths(sequence_lens, seq_len), target, options
+                cfg, d, dirn.r, batch, lengths_full, target, options, dtype
             )
             if choice is not None:
                 outs.append(emit_persistent_direction(bb, cfg, X, dirn, choice, linear, layer))
@@ -139,7 +178,10 @@ def dispatch_recurrent(
                 )
             else:
                 full = None if sequence_lens is None else lens
-                outs.append(emit_steps_direction(bb, cfg, X, dirn, full, rev_index, linear, layer))
+                steps = emit_steps_direction(
+                    bb, cfg, to_f32.x(), to_f32.states(dirn), full, rev_index, linear, layer
+                )
+                outs.append(to_f32.back(steps))
                 decision = KernelDecision(layer, KernelVariant.PER_STEP, shape, "-", reason)
         else:
             dense_w = _density(dirn.w) > options.density_threshold
@@ -147,11 +189,19 @@ def dispatch_recurrent(
             packed_w = pack_weight(dirn.w, G, dense=dense_w, row_multiple=1)
             packed_r = pack_weight(dirn.r, G, dense=dense_r, row_multiple=UNROLL)
             config, source = recurrent_config(cfg, d, seq_len, batch, packed_r)
-            outs.append(
-                emit_x86_direction(
-                    bb, cfg, x_in, batch, dirn, lens, rev_index, packed_w, packed_r, config
-                )
+            x86 = emit_x86_direction(
+                bb,
+                cfg,
+                x_in,
+                batch,
+                to_f32.states(dirn),
+                lens,
+                rev_index,
+                packed_w,
+                packed_r,
+                config,
             )
+            outs.append(to_f32.back(x86))
             packing = f"W {'dense' if dense_w else 'sparse'}, R {'dense' if dense_r else 'sparse'}"
             reason = (
                 f"W density {_density(dirn.w):.3f}, R density {_density(dirn.r):.3f} "

@@ -33,11 +33,16 @@ def static_shape(expr: relax.Expr, name: str) -> tuple[int, ...]:
 
 
 def direction_state(
-    bb: relax.BlockBuilder, state: relax.Expr | None, d: int, batch: int, hidden: int
+    bb: relax.BlockBuilder,
+    state: relax.Expr | None,
+    d: int,
+    batch: int,
+    hidden: int,
+    dtype: str = F32,
 ) -> relax.Expr:
-    """``state[d]`` as ``(N, H)`` (state is ``(D, N, H)``), or zeros."""
+    """``state[d]`` as ``(N, H)`` (state is ``(D, N, H)``), or zeros of ``dtype``."""
     if state is None:
-        return const(np.zeros((batch, hidden), F32))
+        return const(np.zeros((batch, hidden), dtype))
     return bb.emit(op.squeeze(op.strided_slice(state, axes=[0], begin=[d], end=[d + 1]), [0]))
 
 

@@ -111,7 +111,7 @@ def emit_persistent_direction(
     cfg : CellConfig
         The layer.
     x : relax.Expr
-        ``X`` as ``(T, N, I)`` float32, static shape.
+        ``X`` as ``(T, N, I)``, static shape, in the plan's dtype (float32 or float16).
     dirn : Direction
         The direction's weights (ONNX shapes) and initial states ``(N, H)``.
     choice : PersistentChoice
@@ -124,10 +124,11 @@ def emit_persistent_direction(
     Returns
     -------
     list of relax.Expr
-        ``[Y (T, N, H), Y_h (N, H)]`` (LSTM: ``+ [Y_c (N, H)]``) float32, ``Y`` in time order.
+        ``[Y (T, N, H), Y_h (N, H)]`` (LSTM: ``+ [Y_c (N, H)]``) in ``x``'s dtype, ``Y`` in time
+        order.
     """
     seq_len, batch, input_size = (int(s) for s in x.ty.shape)
-    plan, cell = choice.plan, choice.cell
+    plan, cell, dtype = choice.plan, choice.cell, choice.plan.dtype
     H, Hk, Bk, G = cfg.hidden_size, plan.hidden_padded, plan.batch_kernel, plan.gates
     b_pad = Bk * plan.num_batch_chunks
     packed = pack(unit_major(dirn.r, G), plan, choice.order, choice.vector)
@@ -142,8 +143,9 @@ def emit_persistent_direction(
     rbias_k = np.zeros(Hk, F32)
     rbias_k[:H] = rbias
 
-    u = linear(bb.emit(op.reshape(x, [seq_len * batch, input_size])), dirn.w, f"{name}.W")
-    u = op.reshape(op.add(u, relax.const(bias.astype(F32))), [seq_len, batch, G, H])
+    x_rows = bb.emit(op.reshape(x, [seq_len * batch, input_size]))
+    u = linear(x_rows, dirn.w.astype(dtype), f"{name}.W")
+    u = op.reshape(op.add(u, relax.const(bias.astype(dtype))), [seq_len, batch, G, H])
     if cfg.is_reverse(dirn.index):
         u = op.flip(u, axis=0)
     u = op.permute_dims(u, [0, 3, 2, 1])  # (T, H, G, N): unit-major rows
@@ -156,8 +158,8 @@ def emit_persistent_direction(
     weights = [relax.const(a) for a in (packed.vals, packed.idx, packed.spairs)]
     rb_k = relax.const(rbias_k)
     out_ty = [
-        relax.TensorType((seq_len, Hk, Bk), F32),
-        relax.TensorType((Hk, Bk), F32),
+        relax.TensorType((seq_len, Hk, Bk), dtype),
+        relax.TensorType((Hk, Bk), dtype),
         relax.TensorType((1,), "int32"),
     ]
     chunks, c_chunks = [], []
