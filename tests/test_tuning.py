@@ -286,3 +286,38 @@ def test_rnn_lookup_order_shipped_then_default(monkeypatch, caplog) -> None:
     monkeypatch.setattr(lookup, "_shipped_entries", lambda target, op: [far, shipped])
     got, _ = recurrent_config(cfg, 0, 8, 4, packed)
     assert got.accumulators == 2 and f"{task.name}: using shipped config" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("mcpu", "family"),
+    [
+        ("emeraldrapids", "avx512"),
+        ("znver5", "avx512"),
+        ("rocketlake", "avx512"),
+        ("haswell", "avx2"),
+    ],
+)
+def test_shipped_cpu_configs_are_looked_up_by_isa_family(mcpu, family) -> None:
+    """The same VM class reports several mcpu names: the ISA family folder serves them all."""
+    from tvm.target import Target
+
+    from tvm_sparse_rnn.target import cpu_isa_family
+    from tvm_sparse_rnn.tuning.lookup import shipped_device_tags
+
+    target = Target({"kind": "llvm", "mcpu": mcpu})
+    assert cpu_isa_family(target) == family
+    assert shipped_device_tags(target) == [f"llvm-{mcpu}", f"llvm-{family}"]
+    assert cpu_isa_family(resolve_target("cuda")) is None
+
+
+def test_shipped_avx512_config_reaches_a_cpu_it_was_not_measured_on() -> None:
+    """An entry of ``schedules/llvm-avx512`` (measured on emeraldrapids) resolves on znver5."""
+    from tvm.target import Target
+
+    from tvm_sparse_rnn.tuning.lookup import lookup_config
+
+    weight = random_bsr(1792, 1792, (1, 16), 0.1, "float32", seed=0)
+    target = Target({"kind": "llvm", "mcpu": "znver5"})
+    config, source = lookup_config(tune_task(weight, 1, target), target)
+    assert source == "shipped config schedules/llvm-avx512"
+    assert (config.m_tile, config.unroll) == (4, 64)

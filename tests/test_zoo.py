@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,20 @@ def test_small_deepspeech2_matches_onnxruntime():
 
 def test_zoo_names():
     assert set(ZOO) >= {"bert_unstructured", "bert_4x4", "deepspeech2", "mlp4096_unstructured"}
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_inspect_puts_every_deepspeech2_gru_direction_on_the_persistent_kernel(
+    batch, tmp_path, capsys
+):
+    """The DeepSpeech2-like model (2-layer bidirectional GRU 1024, 90 %) for the H200: every
+    recurrent layer and direction on the persistent kernel at batch 1 and 64 (CPU-visible)."""
+    from tvm_sparse_rnn.cli.main import main
+
+    path = tmp_path / f"ds2_b{batch}.onnx"
+    path.write_bytes(build_deepspeech2(batch=batch, seq_len=31).SerializeToString())
+    assert main(["inspect", str(path), "--target", "cuda"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    recurrent = [row for row in rows if row and re.fullmatch(r"/gru/GRU(_1)?\[(fw|bw)\]", row[0])]
+    assert len(recurrent) == 4
+    assert all(row[1] == "persistent" and f"N={batch}:" in row for row in recurrent)

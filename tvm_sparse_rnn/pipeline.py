@@ -8,7 +8,8 @@ One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
     DispatchKernels(target)       every placeholder -> the kernel variant for the target
     AccumulateInFloat32 (float16) the matmuls left dense accumulate in float32
     TVM's default passes          library dispatch, legalize (+ fusion, dlight on cuda),
-      (+ ScheduleDenseCPU, llvm)  dataflow lowering, finalization
+      (+ ScheduleDenseCPU,        dataflow lowering, finalization
+       ScheduleRemainderCPU, llvm)
 
 Users who assemble their own pipeline run the passes above TVM's (:meth:`SparsePipeline.front`)
 ahead of their own and build with the TIR pipeline
@@ -44,6 +45,7 @@ from .transform import (
     DispatchOptions,
     Precision,
     ScheduleDenseCPU,
+    ScheduleRemainderCPU,
     ToFloat16,
 )
 from .transform.dispatch import KernelDecision
@@ -60,11 +62,11 @@ def tir_pipeline(target: Target) -> str:
 
 
 def _default_passes(target: Target) -> list[tvm.transform.Pass]:
-    """TVM's default Relax passes of ``target``'s backend (+ the CPU dense schedule)."""
+    """TVM's default Relax passes of ``target``'s backend (+ the CPU schedules)."""
     p = cuda_backend if is_cuda(target) else cpu_backend
     legalize = p.legalize_passes(target)
     if not is_cuda(target):
-        legalize = [*legalize, ScheduleDenseCPU]
+        legalize = [*legalize, ScheduleDenseCPU, ScheduleRemainderCPU]
     return (
         p.library_dispatch_passes(target)
         + legalize

@@ -52,6 +52,25 @@ for _name, _config in _TAGS.items():
     tvm.target.register_tag(_name, _config, override=True)
 
 
+#: x86 ISA families of shipped CPU configs, widest first: (name, LLVM features it needs).
+CPU_ISA_FAMILIES = (("avx512", ("avx512f", "avx512bw", "avx512vl")), ("avx2", ("avx2", "fma")))
+
+
+def cpu_isa_family(target: Target) -> str | None:
+    """The widest of :data:`CPU_ISA_FAMILIES` an llvm target's CPU has, else ``None``.
+
+    The same VM class reports different ``mcpu`` names (``emeraldrapids``, ``znver5``,
+    ``rocketlake``) for CPUs that run the same vector code; configs measured on one serve
+    the others of its family.
+    """
+    if target.kind.name != "llvm":
+        return None
+    for family, features in CPU_ISA_FAMILIES:
+        if all(tvm.target.codegen.target_has_features(f, target) for f in features):
+            return family
+    return None
+
+
 @functools.cache
 def host_target() -> Target:
     """The LLVM target of this machine's CPU (``mcpu`` detected, e.g. ``znver5``)."""

@@ -6,6 +6,7 @@ from .conv1d_to_linear import Conv1dToLinear
 from .dense_to_sparse import DenseToSparse
 from .dispatch import DispatchKernels, DispatchOptions, KernelDecision, KernelVariant
 from .schedule_dense_cpu import ScheduleDenseCPU
+from .schedule_remainder_cpu import ScheduleRemainderCPU
 from .to_float16 import Precision, ToFloat16
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "KernelVariant",
     "Precision",
     "ScheduleDenseCPU",
+    "ScheduleRemainderCPU",
     "ToFloat16",
 ]

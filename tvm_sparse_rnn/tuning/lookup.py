@@ -5,7 +5,9 @@ Lookup order, logged in one line per kernel:
 1. the best record of the task's exact workload (shape *and* sparsity structure) in the tuning
    database given by :func:`use_tuning_logs` (or ``$TVM_SPARSE_RNN_TUNING_LOGS``);
 2. a reviewed config shipped in ``schedules/<device>/<op>.json`` (package data) for the same
-   op, shapes, block size and dtype, the nearest density winning;
+   op, shapes, block size and dtype, the nearest density winning; ``<device>`` is the target's
+   own tag (``llvm-<mcpu>``), else its ISA family (``llvm-avx512``, ``llvm-avx2``:
+   :func:`~tvm_sparse_rnn.target.cpu_isa_family`);
 3. the schedule's hand-picked default.
 """
 
@@ -24,6 +26,7 @@ from typing import Any
 
 from tvm.target import Target
 
+from ..target import cpu_isa_family
 from .database import WORKLOAD_FILE, device_tag, median_seconds, open_database, task_records
 from .task import TuneTask
 
@@ -93,24 +96,33 @@ def _tuned_config(task: TuneTask, target: Target) -> tuple[Any, str] | None:
     return task.decode(records[0].trace), f"tuned record ({best_us:.1f} us) in {path}"
 
 
-def _shipped_entries(target: Target, op: str) -> list[dict]:
-    shipped = resources.files("tvm_sparse_rnn._schedules")
-    path = shipped.joinpath(device_tag(target)).joinpath(f"{op}.json")
+def shipped_device_tags(target: Target) -> list[str]:
+    """Folders of shipped configs that serve ``target``, most specific first."""
+    tags = [device_tag(target)]
+    family = cpu_isa_family(target)
+    if family is not None:
+        tags.append(f"{target.kind.name}-{family}")
+    return tags
+
+
+def _shipped_entries(tag: str, op: str) -> list[dict]:
+    path = resources.files("tvm_sparse_rnn._schedules").joinpath(tag).joinpath(f"{op}.json")
     return json.loads(path.read_text())["entries"] if path.is_file() else []
 
 
 def _shipped_config(task: TuneTask, target: Target) -> tuple[Any, str] | None:
     exact = {k: v for k, v in task.meta.items() if k not in ("density", "structure_key")}
-    matches = [
-        e
-        for e in _shipped_entries(target, task.op)
-        if {k: v for k, v in e["meta"].items() if k in exact} == exact
-    ]
-    if not matches:
-        return None
     density = task.meta.get("density", 0.0)
-    best = min(matches, key=lambda e: abs(e["meta"].get("density", 0.0) - density))
-    return task.config_cls(**best["config"]), f"shipped config schedules/{device_tag(target)}"
+    for tag in shipped_device_tags(target):
+        matches = [
+            e
+            for e in _shipped_entries(tag, task.op)
+            if {k: v for k, v in e["meta"].items() if k in exact} == exact
+        ]
+        if matches:
+            best = min(matches, key=lambda e: abs(e["meta"].get("density", 0.0) - density))
+            return task.config_cls(**best["config"]), f"shipped config schedules/{tag}"
+    return None
 
 
 def lookup_config(task: TuneTask, target: Target) -> tuple[Any, str]:

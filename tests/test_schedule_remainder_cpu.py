@@ -1,0 +1,71 @@
+"""ScheduleRemainderCPU: softmax, layer norm, GELU and layout functions get parallel, vectorized
+schedules on llvm and keep their numbers (numpy float64 / scipy references)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.special
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+from tvm_sparse_rnn.pipeline import build
+from tvm_sparse_rnn.target import resolve_target
+from tvm_sparse_rnn.transform import ScheduleDenseCPU, ScheduleRemainderCPU
+
+LLVM = resolve_target("llvm")
+op = relax.op
+
+
+def _encoder_tail(shape: tuple[int, ...]) -> tvm.IRModule:
+    """``main(x, g, b) = (layer_norm(gelu(x)), softmax(x), transpose(x))`` on ``x`` of ``shape``."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    g = relax.Var("g", relax.TensorType(shape[-1:], "float32"))
+    b = relax.Var("b", relax.TensorType(shape[-1:], "float32"))
+    with bb.function("main", [x, g, b]):
+        with bb.dataflow():
+            half = relax.const(0.5, "float32")
+            erf = op.erf(op.divide(x, relax.const(np.sqrt(2.0), "float32")))
+            gelu = bb.emit(op.multiply(op.multiply(x, half), op.add(erf, relax.const(1.0))))
+            norm = bb.emit(op.nn.layer_norm(gelu, g, b, axes=[-1], epsilon=1e-5))
+            soft = bb.emit(op.nn.softmax(x, axis=-1))
+            moved = bb.emit(op.permute_dims(x, [1, 0, 2]))
+            out = bb.emit_output(relax.Tuple([norm, soft, moved]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _reference(x: np.ndarray, g: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    x = x.astype(np.float64)
+    gelu = 0.5 * x * (1.0 + scipy.special.erf(x / np.sqrt(2.0)))
+    mean, var = gelu.mean(-1, keepdims=True), gelu.var(-1, keepdims=True)
+    norm = (gelu - mean) / np.sqrt(var + 1e-5) * g + b
+    soft = np.exp(x - x.max(-1, keepdims=True))
+    return [norm, soft / soft.sum(-1, keepdims=True), x.transpose(1, 0, 2)]
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 64), (3, 5, 7)])  # 7: no whole vector
+def test_remainder_functions_are_scheduled_and_exact(shape):
+    with LLVM:
+        lowered = tvm.transform.Sequential(
+            cpu_generic.library_dispatch_passes(LLVM)
+            + cpu_generic.legalize_passes(LLVM)
+            + [ScheduleDenseCPU, ScheduleRemainderCPU]
+        )(_encoder_tail(shape))
+    funcs = [f for _, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(funcs) >= 3
+    for func in funcs:
+        assert func.attrs["tirx.is_scheduled"]
+        assert "T.parallel" in func.script()
+    if shape[-1] % 16 == 0:
+        assert any("T.vectorized" in f.script() for f in funcs)
+
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(s).astype("float32") for s in (shape, shape[-1:], shape[-1:])]
+    executable, _ = build(_encoder_tail(shape), "llvm")
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    got = vm["main"](*(tvm.runtime.tensor(a) for a in args))
+    for out, ref in zip(got, _reference(*args), strict=True):
+        np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-5)
