@@ -7,6 +7,7 @@ under 2e-3); the float32 build of the same model keeps the suite's 1e-4.
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -231,3 +232,14 @@ def test_float16_recurrent_layers_match_onnxruntime_on_the_gpu(kind, direction, 
     """The float16 persistent kernel (GRU, LSTM) and the per-step fallback (sequence_lens)."""
     model, feeds = _recurrent(kind, direction, inputs)
     assert _relative_error(model, "cuda", "float16", feeds) < FLOAT16_RTOL
+
+
+def test_bench_builds_and_checks_in_float16(tmp_path):
+    """``bench --dtype float16`` times the float16 build and checks it with float16 tolerances."""
+    path, report = tmp_path / "mlp.onnx", tmp_path / "bench.json"
+    path.write_bytes(build_demo_model(**MLP).SerializeToString())
+    argv = ["bench", str(path), "--dtype", "float16", "--repeat", "2", "--warmup", "0"]
+    assert main([*argv, "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["dtype"] == "float16" and result["matches"]
+    assert 0 < result["max_abs_err"]["tvm-sparse-rnn"] < 1e-2

@@ -26,6 +26,7 @@ import tvm
 
 from ..optional import require
 from ..testing import TOLERANCES
+from ..transform.to_float16 import Precision
 from .options import (
     add_compile_options,
     add_fold_option,
@@ -60,9 +61,11 @@ class BenchResult:
         Largest absolute difference from onnxruntime, per TVM engine.
     matches : bool
         Whether every TVM engine is within :data:`tvm_sparse_rnn.testing.TOLERANCES` of
-        onnxruntime.
+        onnxruntime (those of float16 for a float16 build).
     repeat : int
         Timed calls per engine.
+    dtype : str
+        The dtype the TVM builds compute in (``--dtype``).
     """
 
     target: str
@@ -71,6 +74,7 @@ class BenchResult:
     max_abs_err: dict[str, float] = field(default_factory=dict)
     matches: bool = True
     repeat: int = 0
+    dtype: str = Precision.FLOAT32.value
 
     def speedup(self, baseline: str) -> float:
         """``median_ms[baseline] / median_ms[SPARSE]``."""
@@ -115,6 +119,12 @@ def median_ms(fn: Callable[[], object], warmup: int, repeat: int) -> float:
     return 1e3 * statistics.median(samples)
 
 
+def _tolerance(output_dtype: str, compute_dtype: str) -> tuple[float, float]:
+    """``(rtol, atol)`` of an output: float16's for a float16 build, else its own dtype's."""
+    key = compute_dtype if compute_dtype == Precision.FLOAT16 else output_dtype
+    return TOLERANCES.get(key, (0.0, 0.0))
+
+
 def benchmark_model(
     model_or_path: onnx.ModelProto | str | Path,
     *,
@@ -127,6 +137,7 @@ def benchmark_model(
     dense: bool = True,
     seed: int = 1,
     fold: bool = True,
+    dtype: str = Precision.FLOAT32.value,
 ) -> BenchResult:
     """Build ``model`` sparse (and dense) with TVM, check both against onnxruntime, time all.
 
@@ -148,6 +159,8 @@ def benchmark_model(
         Seed of the random inputs.
     fold : bool
         Fold constant shape subgraphs before import (:func:`tvm_sparse_rnn.frontend.from_onnx`).
+    dtype : str
+        ``"float32"`` or ``"float16"``: the dtype both TVM builds compute in.
     """
     from ..compile import build_onnx, load_executable
     from ..demo import random_inputs
@@ -168,16 +181,17 @@ def benchmark_model(
             block_size=block_size,
             sparse=sparse,
             fold=fold,
+            dtype=dtype,
         )
         engines[name] = load_executable(executable, inputs, outputs, target).run
     feeds = random_inputs(inputs, seed)
     reference = session.run(None, feeds)
-    result = BenchResult(target, describe_host(target), repeat=repeat)
+    result = BenchResult(target, describe_host(target), repeat=repeat, dtype=dtype)
     for name, run in engines.items():
         got = run(feeds)
         errs = []
         for spec, ref in zip(outputs, reference, strict=True):
-            rtol, atol = TOLERANCES[spec.dtype] if spec.dtype in TOLERANCES else (0, 0)
+            rtol, atol = _tolerance(spec.dtype, dtype)
             errs.append(float(np.max(np.abs(got[spec.name] - ref), initial=0.0)))
             result.matches &= bool(np.allclose(got[spec.name], ref, rtol=rtol, atol=atol))
         result.max_abs_err[name] = max(errs)
@@ -237,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         repeat=args.repeat,
         fold=args.fold,
+        dtype=args.dtype,
     )
     print(format_result(result))
     if args.json:
