@@ -52,7 +52,7 @@ ORT_CLASSES = {
 #: TVM kernel-name patterns per class, tried in order (fused kernels are named after their ops;
 #: a matmul with a fused epilogue counts as matmul).
 TVM_PATTERNS = [
-    ("sparse matmul", r"sparse_dense|bsr"),
+    ("sparse matmul", r"sparse_dense|bsr|csr_spmm"),
     ("recurrent", r"gru|lstm|rnn|recurrent"),
     ("conv1d", r"conv1d|conv"),
     ("matmul", r"matmul|dense"),

@@ -8,8 +8,10 @@ One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
     DispatchKernels(target)       every placeholder -> the kernel variant for the target
     AccumulateInFloat32 (float16) the matmuls left dense accumulate in float32
     TVM's default passes          library dispatch, legalize (+ fusion, dlight on cuda),
-      (+ ScheduleDenseCPU,        dataflow lowering, finalization
-       ScheduleRemainderCPU, llvm)
+      (llvm: FastMathTransform    dataflow lowering, finalization
+       before legalize, then
+       ScheduleDenseCPU,
+       ScheduleRemainderCPU)
 
 Users who assemble their own pipeline run the passes above TVM's (:meth:`SparsePipeline.front`)
 ahead of their own and build with the TIR pipeline
@@ -66,7 +68,10 @@ def _default_passes(target: Target) -> list[tvm.transform.Pass]:
     p = cuda_backend if is_cuda(target) else cpu_backend
     legalize = p.legalize_passes(target)
     if not is_cuda(target):
-        legalize = [*legalize, ScheduleDenseCPU, ScheduleRemainderCPU]
+        # vectorizable exp/erf/tanh/softmax (as onnxruntime's): a fused GELU or softmax of the
+        # BERT-like encoder 2-6x faster; the model's error vs onnxruntime did not change
+        fast_math = relax.transform.FastMathTransform()
+        legalize = [fast_math, *legalize, ScheduleDenseCPU, ScheduleRemainderCPU]
     return (
         p.library_dispatch_passes(target)
         + legalize
