@@ -187,3 +187,20 @@ def test_half_h_is_stored_in_whole_words(vector: bool) -> None:
     src = cuda_source(build_kernel(plan, "tanh", "flag", vector, CUDA))
     assert not re.search(r"[^_]out_ptr\[[^]]*\] = \(\(half\)", src)  # no 2-byte store of h
     assert re.search(r"\*\(uint4\*\)\(out_ptr \+", src)  # 8 halves per store
+
+
+def test_prebuild_takes_cell_and_barrier_values_as_strings(tmp_path):
+    """The GPU tests and ``bench_rnn.py`` pass ``("tanh", "flag")``: ``prebuild`` compiles them
+    (for sm_90a, no GPU) into the cache ``build_kernel`` loads from, one file per kernel."""
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import Barrier
+    from tvm_sparse_rnn.ops.cells import PersistentCell
+    from tvm_sparse_rnn.runtime.persistent import kernel_key, prebuild
+
+    R = sp.random(128, 128, density=0.1, format="csr", random_state=1, dtype=np.float32)
+    plan = planner.plan_persistent(R.toarray(), 2, device=LIMITS)
+    key = kernel_key(plan, "tanh", "flag", True)
+    assert key == kernel_key(plan, PersistentCell.TANH, Barrier.FLAG, True)
+    prebuild([(plan, "tanh", "flag", True), (plan, PersistentCell.TANH, "flag", True)], tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f"sprnn_{key}.so"]
+    kernel = build_kernel(plan, "tanh", "flag", True, "cuda")  # loading the .so needs a GPU
+    assert "grid_sync" not in cuda_source(kernel)

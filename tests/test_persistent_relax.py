@@ -209,7 +209,7 @@ def test_persistent_rnn_model_matches_onnxruntime(direction, initial_h, activati
     inputs = ("initial_h",) if initial_h else ()
     attributes = {"activations": [activation] * d}
     model, w = _model("RNN", direction, inputs, attributes, 0.1, shape, layout, seed=hidden)
-    mod = from_onnx(model)
+    mod, _ = _dispatched(model)
     assert _persistent_calls(mod) == d
     rng = np.random.default_rng(batch)
     x_shape = (seq_len, batch, input_size) if layout == 0 else (batch, seq_len, input_size)
@@ -217,7 +217,7 @@ def test_persistent_rnn_model_matches_onnxruntime(direction, initial_h, activati
     if initial_h:
         h_shape = (d, batch, hidden) if layout == 0 else (batch, d, hidden)
         feeds["initial_h"] = rng.standard_normal(h_shape).astype("float32")
-    vm = relax.VirtualMachine(build(mod, CUDA)[0], tvm.cuda(0))
+    vm = relax.VirtualMachine(_build(model), tvm.cuda(0))
     names = [i.name for i in model.graph.input]
     got = vm["main"](*(tvm.runtime.tensor(feeds[n], tvm.cuda(0)) for n in names))
     expected = recurrent_onnxruntime("RNN", w, feeds, hidden, direction, layout, attributes)
@@ -244,7 +244,7 @@ def test_persistent_gated_model_matches_onnxruntime(kind, direction, states, lay
     inputs = (("initial_h", "initial_c") if kind == "LSTM" else ("initial_h",)) if states else ()
     attributes = {"linear_before_reset": 1} if kind == "GRU" else {}
     model, w = _model(kind, direction, inputs, attributes, 0.1, shape, layout, seed=hidden)
-    mod = from_onnx(model)
+    mod, _ = _dispatched(model)
     assert _persistent_calls(mod) == d
     rng = np.random.default_rng(batch)
     x_shape = (seq_len, batch, input_size) if layout == 0 else (batch, seq_len, input_size)
@@ -252,7 +252,7 @@ def test_persistent_gated_model_matches_onnxruntime(kind, direction, states, lay
     s_shape = (d, batch, hidden) if layout == 0 else (batch, d, hidden)
     for name in inputs:
         feeds[name] = rng.standard_normal(s_shape).astype("float32")
-    vm = relax.VirtualMachine(build(mod, CUDA)[0], tvm.cuda(0))
+    vm = relax.VirtualMachine(_build(model), tvm.cuda(0))
     names = [i.name for i in model.graph.input]
     got = vm["main"](*(tvm.runtime.tensor(feeds[n], tvm.cuda(0)) for n in names))
     expected = recurrent_onnxruntime(kind, w, feeds, hidden, direction, layout, attributes)

@@ -222,11 +222,11 @@ def test_tiny_tuning_run_matches_default_and_reference(tmp_path: Path) -> None:
 
     cell, hidden, batch, steps = "lstm", 256, 4, 7
     w = _weights(cell, hidden, density=0.1)
-    task = persistent_tune_task(w["R"][0], batch, cell)
+    task = _task(w["R"][0], batch, cell)
     (result,) = tune([task], CUDA, tmp_path, 4, num_trials_per_iter=2, cost_model="random")
     assert result.trials >= 2 and result.tuned_s <= result.default_s
     with use_tuning_logs(tmp_path):
-        tuned = tuned_persistent_config(w["R"][0], batch, cell)
+        tuned = _tuned(w["R"][0], batch, cell)
     assert tuned == result.best_config.resolve(task_plans(task))
     G = PersistentCell(cell).gates
     bias, rbias = split_onnx_bias(

@@ -88,9 +88,11 @@ def _plan_and_pack(
     return plan, barrier, pack(R, plan, order, vector)
 
 
-def kernel_key(plan: PersistentPlan, cell: PersistentCell, barrier: Barrier, vector: bool) -> str:
+def kernel_key(
+    plan: PersistentPlan, cell: PersistentCell | str, barrier: Barrier | str, vector: bool
+) -> str:
     """Stable name of a kernel build (the source depends only on these)."""
-    text = repr((plan, cell.value, barrier.value, vector))
+    text = repr((plan, PersistentCell(cell).value, Barrier(barrier).value, vector))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -99,8 +101,8 @@ _MODULES: dict[tuple, tvm.runtime.Module] = {}
 
 def build_kernel(
     plan: PersistentPlan,
-    cell: PersistentCell,
-    barrier: Barrier,
+    cell: PersistentCell | str,
+    barrier: Barrier | str,
     vector: bool = True,
     target: str | tvm.target.Target = "cuda",
     cache_dir: str | os.PathLike | None = None,
@@ -152,7 +154,7 @@ def _prebuild_one(args: tuple) -> str:
 
 
 def prebuild(
-    specs: list[tuple[PersistentPlan, str, str, bool]],
+    specs: list[tuple[PersistentPlan, PersistentCell | str, Barrier | str, bool]],
     cache_dir: str | os.PathLike,
     workers: int | None = None,
 ) -> None:
@@ -169,7 +171,12 @@ def prebuild(
     """
     import multiprocessing as mp
 
-    todo = list(dict.fromkeys((*s, str(cache_dir)) for s in specs))
+    todo = list(
+        dict.fromkeys(
+            (plan, PersistentCell(cell), Barrier(barrier), vector, str(cache_dir))
+            for plan, cell, barrier, vector in specs
+        )
+    )
     with mp.get_context("spawn").Pool(workers or os.cpu_count()) as pool:
         for key in pool.imap_unordered(_prebuild_one, todo):
             logger.debug("prebuilt %s", key)
@@ -200,7 +207,9 @@ class PersistentRNN:
     plan : PersistentPlan
     packed : PackedWeights
     cell : PersistentCell
+        (a value such as ``"tanh"`` is accepted)
     barrier : Barrier
+        (a value such as ``"flag"`` is accepted)
     module : tvm.runtime.Module
         The compiled kernel (``"main"``).
     device : tvm.runtime.Device
@@ -214,6 +223,7 @@ class PersistentRNN:
     device: tvm.runtime.Device
 
     def __post_init__(self) -> None:
+        self.cell, self.barrier = PersistentCell(self.cell), Barrier(self.barrier)
         p = self.plan
         self._vals = tvm.runtime.tensor(self.packed.vals, self.device)
         self._idx = tvm.runtime.tensor(self.packed.idx, self.device)
