@@ -1,5 +1,6 @@
-"""ScheduleRemainderCPU: softmax, layer norm, GELU and layout functions get parallel, vectorized
-schedules on llvm and keep their numbers (numpy float64 / scipy references)."""
+"""The llvm pipeline's remainder: ScheduleRemainderCPU gives softmax, layer norm, GELU and layout
+functions parallel, vectorized schedules, FastMath their approximations; the numbers stay
+(numpy float64 / scipy references)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 from tvm_sparse_rnn.pipeline import build
 from tvm_sparse_rnn.target import resolve_target
-from tvm_sparse_rnn.transform import ScheduleDenseCPU, ScheduleRemainderCPU
+from tvm_sparse_rnn.transform import FastMath, ScheduleDenseCPU, ScheduleRemainderCPU
 
 LLVM = resolve_target("llvm")
 op = relax.op
@@ -69,3 +70,26 @@ def test_remainder_functions_are_scheduled_and_exact(shape):
     got = vm["main"](*(tvm.runtime.tensor(a) for a in args))
     for out, ref in zip(got, _reference(*args), strict=True):
         np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_math_keeps_calls_of_other_functions():
+    """TVM 0.27's FastMathTransform raises on a call of a Relax function; FastMath rewrites the
+    operators around it and leaves the call alone."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((8,), "float32"))
+    with bb.function("helper", [x], private=True):
+        with bb.dataflow():
+            out = bb.emit_output(op.exp(x))
+        bb.emit_func_output(out)
+    helper = bb.get().get_global_var("helper")
+    y = relax.Var("y", relax.TensorType((8,), "float32"))
+    with bb.function("main", [y]):
+        inner = bb.emit(relax.Call(helper, [y]))
+        bb.emit_func_output(bb.emit(op.erf(inner)))
+    mod = FastMath()(bb.get())
+    text = mod.script()
+    assert "fast_exp" in text and "fast_erf" in text and "cls.helper(y)" in text
+    data = np.linspace(-3, 3, 8, dtype="float32")
+    vm = relax.VirtualMachine(build(bb.get(), "llvm")[0], tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(data)).numpy()
+    np.testing.assert_allclose(got, scipy.special.erf(np.exp(data.astype(np.float64))), atol=1e-5)

@@ -8,7 +8,7 @@ One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
     DispatchKernels(target)       every placeholder -> the kernel variant for the target
     AccumulateInFloat32 (float16) the matmuls left dense accumulate in float32
     TVM's default passes          library dispatch, legalize (+ fusion, dlight on cuda),
-      (llvm: FastMathTransform    dataflow lowering, finalization
+      (llvm: FastMath             dataflow lowering, finalization
        before legalize, then
        ScheduleDenseCPU,
        ScheduleRemainderCPU)
@@ -45,6 +45,7 @@ from .transform import (
     DenseToSparse,
     DispatchKernels,
     DispatchOptions,
+    FastMath,
     Precision,
     ScheduleDenseCPU,
     ScheduleRemainderCPU,
@@ -68,10 +69,7 @@ def _default_passes(target: Target) -> list[tvm.transform.Pass]:
     p = cuda_backend if is_cuda(target) else cpu_backend
     legalize = p.legalize_passes(target)
     if not is_cuda(target):
-        # vectorizable exp/erf/tanh/softmax (as onnxruntime's): a fused GELU or softmax of the
-        # BERT-like encoder 2-6x faster; the model's error vs onnxruntime did not change
-        fast_math = relax.transform.FastMathTransform()
-        legalize = [fast_math, *legalize, ScheduleDenseCPU, ScheduleRemainderCPU]
+        legalize = [FastMath(), *legalize, ScheduleDenseCPU, ScheduleRemainderCPU]
     return (
         p.library_dispatch_passes(target)
         + legalize

@@ -5,6 +5,7 @@ from .accumulate_float32 import AccumulateInFloat32
 from .conv1d_to_linear import Conv1dToLinear
 from .dense_to_sparse import DenseToSparse
 from .dispatch import DispatchKernels, DispatchOptions, KernelDecision, KernelVariant
+from .fast_math import FastMath
 from .schedule_dense_cpu import ScheduleDenseCPU
 from .schedule_remainder_cpu import ScheduleRemainderCPU
 from .to_float16 import Precision, ToFloat16
@@ -15,6 +16,7 @@ __all__ = [
     "DenseToSparse",
     "DispatchKernels",
     "DispatchOptions",
+    "FastMath",
     "KernelDecision",
     "KernelVariant",
     "Precision",
