@@ -29,13 +29,14 @@ class _FastMathMutator(relax.PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
-        if not isinstance(call.op, tvm.ir.Op) or str(call.ty.dtype) != "float32":
+        name = call.op.name if isinstance(call.op, tvm.ir.Op) else None
+        if name != _SOFTMAX and name not in _FAST_UNARY:
             return call
-        if call.op.name == _SOFTMAX:
+        if not isinstance(call.ty, relax.TensorType) or str(call.ty.dtype) != "float32":
+            return call
+        if name == _SOFTMAX:
             return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], call.attrs.axis)
-        if call.op.name in _FAST_UNARY:
-            return self.builder_.call_te(_FAST_UNARY[call.op.name], call.args[0])
-        return call
+        return self.builder_.call_te(_FAST_UNARY[name], call.args[0])
 
 
 @tvm.transform.module_pass(opt_level=0, name="FastMath")
