@@ -22,12 +22,13 @@ from tvm_sparse_rnn.demo import build_demo_model, random_inputs
 from tvm_sparse_rnn.errors import UnsupportedError
 from tvm_sparse_rnn.frontend.onnx import from_onnx, model_signature
 from tvm_sparse_rnn.pipeline import sparse_pipeline
+from tvm_sparse_rnn.runtime.persistent import cuda_source
 from tvm_sparse_rnn.testing import (
     random_recurrent_weights,
     recurrent_onnx_model,
     run_onnxruntime,
 )
-from tvm_sparse_rnn.transform import AccumulateInFloat32, KernelVariant, Precision, ToFloat16
+from tvm_sparse_rnn.transform import AccumulateInFloat32, KernelVariant, ToFloat16
 
 #: Largest float16 error, relative to the largest |output| of onnxruntime's float32 run.
 FLOAT16_RTOL = 1e-2
@@ -99,7 +100,7 @@ def test_float16_cuda_build_runs_the_persistent_kernel_in_half():
     executable, _, _, decisions = build_onnx_with_decisions(model, target="cuda", dtype="float16")
     (persistent,) = [d for d in decisions if d.variant is KernelVariant.PERSISTENT]
     assert " float16 " in persistent.detail
-    kernels = dict(re.findall(KERNEL_PARAMS, _cuda_source(executable)))
+    kernels = dict(re.findall(KERNEL_PARAMS, cuda_source(executable.mod)))
     (params,) = [
         p for name, p in kernels.items() if name.startswith("rnn_persistent") and "U_" in p
     ]
@@ -129,22 +130,12 @@ def test_float16_layers_still_go_sparse():
 KERNEL_PARAMS = r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(([^)]*)\)"
 
 
-def _cuda_source(executable: tvm.runtime.Executable) -> str:
-    def modules(mod):
-        yield mod
-        for child in mod.imports:
-            yield from modules(child)
-
-    (cuda,) = [m for m in modules(executable.mod) if m.kind == "cuda"]
-    return cuda.inspect_source()
-
-
 def test_float16_cuda_build_runs_the_sparse_kernels_in_half():
     """sm_90a source, no GPU: the sparse kernels read half weights and activations."""
     executable, *_ = build_onnx_with_decisions(
         build_demo_model(**MLP), target="cuda", dtype="float16"
     )
-    source = _cuda_source(executable)
+    source = cuda_source(executable.mod)
     kernels = dict(re.findall(KERNEL_PARAMS, source))  # name -> parameters
     sparse = [params for params in kernels.values() if "W_indptr" in params]
     assert len(sparse) == 2, "fc1 and fc2 run a sparse kernel"
@@ -199,7 +190,6 @@ def test_to_float16_keeps_the_signature_and_stores_half_weights():
 def test_unknown_dtype_is_a_typed_error(tmp_path):
     with pytest.raises(UnsupportedError, match=r"'bfloat16'.*float32, float16"):
         sparse_pipeline("llvm", dtype="bfloat16")
-    assert Precision("float16") is Precision.FLOAT16
     path = tmp_path / "mlp.onnx"
     path.write_bytes(build_demo_model(**MLP).SerializeToString())
     assert main(["inspect", str(path), "--dtype", "bfloat16"]) == 2  # argparse choices

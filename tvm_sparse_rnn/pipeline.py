@@ -8,10 +8,8 @@ One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
     DispatchKernels(target)       every placeholder -> the kernel variant for the target
     AccumulateInFloat32 (float16) the matmuls left dense accumulate in float32
     TVM's default passes          library dispatch, legalize (+ fusion, dlight on cuda),
-      (llvm: FastMath             dataflow lowering, finalization
-       before legalize, then
-       ScheduleDenseCPU,
-       ScheduleRemainderCPU)
+                                  dataflow lowering, finalization; on llvm FastMath before
+                                  legalize, ScheduleDenseCPU and ScheduleRemainderCPU after
 
 Users who assemble their own pipeline run the passes above TVM's (:meth:`SparsePipeline.front`)
 ahead of their own and build with the TIR pipeline

@@ -18,19 +18,18 @@ from tvm import relax
 from tvm.ir import Op
 
 from .mutate import mutate_relax_functions
+from .to_float16 import Precision
 
 logger = logging.getLogger(__name__)
 
 _MATMUL = Op.get("relax.matmul")
-_FLOAT16 = "float16"
-_FLOAT32 = "float32"
 
 
 def _is_float16_matmul(call: relax.Call) -> bool:
     return (
         call.op == _MATMUL
-        and str(call.ty.dtype) == _FLOAT16
-        and all(str(arg.ty.dtype) == _FLOAT16 for arg in call.args)
+        and str(call.ty.dtype) == Precision.FLOAT16
+        and all(str(arg.ty.dtype) == Precision.FLOAT16 for arg in call.args)
     )
 
 
@@ -47,8 +46,8 @@ class _AccumulateMutator(relax.PyExprMutator):
         if not _is_float16_matmul(call):
             return call
         self.count += 1
-        wide = self.builder_.emit(relax.op.matmul(*call.args, out_dtype=_FLOAT32))
-        return relax.op.astype(wide, _FLOAT16)
+        wide = self.builder_.emit(relax.op.matmul(*call.args, out_dtype=Precision.FLOAT32))
+        return relax.op.astype(wide, Precision.FLOAT16)
 
 
 @tvm.transform.module_pass(opt_level=0, name="AccumulateInFloat32")

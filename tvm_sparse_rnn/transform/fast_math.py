@@ -16,6 +16,7 @@ import tvm
 from tvm import relax, topi
 
 from .mutate import mutate_relax_functions
+from .to_float16 import Precision
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class _FastMathMutator(relax.PyExprMutator):
         name = call.op.name if isinstance(call.op, tvm.ir.Op) else None
         if name != _SOFTMAX and name not in _FAST_UNARY:
             return call
-        if not isinstance(call.ty, relax.TensorType) or str(call.ty.dtype) != "float32":
+        if not isinstance(call.ty, relax.TensorType) or str(call.ty.dtype) != Precision.FLOAT32:
             return call
         if name == _SOFTMAX:
             return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], call.attrs.axis)
