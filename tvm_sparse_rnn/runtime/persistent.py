@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,10 +90,22 @@ def _plan_and_pack(
 
 
 def kernel_key(
-    plan: PersistentPlan, cell: PersistentCell | str, barrier: Barrier | str, vector: bool
+    plan: PersistentPlan,
+    cell: PersistentCell | str,
+    barrier: Barrier | str,
+    vector: bool,
+    target: str | tvm.target.Target = "cuda",
 ) -> str:
-    """Stable name of a kernel build (the source depends only on these)."""
-    text = repr((plan, PersistentCell(cell).value, Barrier(barrier).value, vector))
+    """Stable name of a kernel build (the binary depends only on these)."""
+    text = repr(
+        (
+            plan,
+            PersistentCell(cell).value,
+            Barrier(barrier).value,
+            vector,
+            str(resolve_target(target)),
+        )
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -119,7 +132,7 @@ def build_kernel(
         return _MODULES[key]
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"sprnn_{kernel_key(plan, cell, barrier, vector)}.so"
+        path = Path(cache_dir) / f"sprnn_{kernel_key(plan, cell, barrier, vector, tgt)}.so"
         if path.exists():
             _MODULES[key] = tvm.runtime.load_module(str(path))
             return _MODULES[key]
@@ -127,13 +140,22 @@ def build_kernel(
     with tgt:
         mod = tirx.build(tvm.IRModule({"main": func}), target=tgt, pipeline=cooperative.register())
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            mod.export_library(str(path))
-        except Exception as e:
-            logger.warning("build cache disabled, export_library failed: %s", e)
+        _export_atomically(mod, path)
     _MODULES[key] = mod
     return mod
+
+
+def _export_atomically(mod: tvm.runtime.Module, path: Path) -> None:
+    """Write ``mod`` to ``path`` through a private temporary name, so that processes sharing a
+    cache (pytest-xdist workers, :func:`prebuild`) never load a half-written library."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.so")
+    try:
+        mod.export_library(str(tmp))
+        os.replace(tmp, path)
+    except Exception as e:
+        logger.warning("build cache disabled, export_library failed: %s", e)
+        tmp.unlink(missing_ok=True)
 
 
 def cuda_source(mod: tvm.runtime.Module) -> str:
@@ -167,7 +189,7 @@ def prebuild(
     cache_dir : path
         Where the ``.so`` files go; :func:`build_kernel` with the same ``cache_dir`` loads them.
     workers : int, optional
-        Processes (default: CPU count).
+        Processes (default: the CPU count, at most one per kernel).
     """
     import multiprocessing as mp
 
@@ -177,9 +199,19 @@ def prebuild(
             for plan, cell, barrier, vector in specs
         )
     )
-    with mp.get_context("spawn").Pool(workers or os.cpu_count()) as pool:
-        for key in pool.imap_unordered(_prebuild_one, todo):
-            logger.debug("prebuilt %s", key)
+    workers = workers or min(os.cpu_count() or 1, len(todo))
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for done, key in enumerate(pool.imap_unordered(_prebuild_one, todo), 1):
+            logger.debug(
+                "prebuilt %s (%d/%d, %.1f s)", key, done, len(todo), time.perf_counter() - t0
+            )
+    logger.info(
+        "prebuilt %d kernels with %d processes in %.1f s",
+        len(todo),
+        workers,
+        time.perf_counter() - t0,
+    )
 
 
 @dataclass(frozen=True)
