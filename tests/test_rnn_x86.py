@@ -11,7 +11,9 @@ from tvm_sparse_rnn.kernels.x86.recurrent import (
     RecurrentConfig,
     default_recurrent_config,
     pack_weight,
+    padded_columns,
     projection_prim_func,
+    projection_tile,
     recurrent_prim_func,
     unit_major_order,
 )
@@ -120,10 +122,28 @@ def test_recurrent_kernel_configs_match_reference(kind, options, density, config
 
 
 @pytest.mark.parametrize(
-    ("dense", "seq_len", "batch"), [(False, 4, 3), (True, 4, 3), (False, 65, 4), (False, 3, 130)]
+    ("m", "tile", "padded"),
+    [(1, 1, 1), (12, 12, 12), (16, 16, 16), (95, 32, 96), (128, 64, 128), (200, 32, 224)],
 )
-def test_projection_matches_numpy(dense, seq_len, batch):
-    """Step-major output; tiles of whole steps (65 steps: 13 per tile; 130 lanes: 1 step)."""
+def test_projection_tile_is_a_power_of_two_with_little_padding(m, tile, padded):
+    assert projection_tile(m) == tile
+    assert padded_columns(m, tile) == padded
+
+
+@pytest.mark.parametrize(
+    ("dense", "seq_len", "batch", "tile"),
+    [
+        (False, 4, 3, None),  # 12 columns: one tile of 12, no padding
+        (True, 4, 3, None),
+        (False, 65, 4, None),  # 260 columns: tiles of 32, 28 padded
+        (False, 3, 130, None),
+        (False, 95, 1, None),  # DeepSpeech2's 95 frames: 96 columns
+        (False, 95, 1, 64),
+        (True, 7, 5, 16),
+    ],
+)
+def test_projection_matches_numpy(dense, seq_len, batch, tile):
+    """Step-major output for any ``T*N``, ``XT`` zero-padded to whole tiles."""
     import tvm
 
     m = seq_len * batch
@@ -132,9 +152,11 @@ def test_projection_matches_numpy(dense, seq_len, batch):
     xt = rng.standard_normal((9, m)).astype("float32")
     bias = rng.standard_normal(18).astype("float32")
     packed = pack_weight(w, 3, dense, row_multiple=1)
-    ex = tvm.compile(projection_prim_func(packed, seq_len, batch), target="llvm")
+    ex = tvm.compile(projection_prim_func(packed, seq_len, batch, tile=tile), target="llvm")
     order = unit_major_order(3, 6)
-    args = [xt, *packed.arrays(), bias[order], np.zeros((seq_len, 18, batch), "float32")]
+    xt_padded = np.zeros((9, padded_columns(m, tile or projection_tile(m))), "float32")
+    xt_padded[:, :m] = xt
+    args = [xt_padded, *packed.arrays(), bias[order], np.zeros((seq_len, 18, batch), "float32")]
     tensors = [tvm.runtime.tensor(a) for a in args]
     ex(*tensors)
     want = (w @ xt + bias[:, None])[order].reshape(18, seq_len, batch).transpose(1, 0, 2)

@@ -62,8 +62,10 @@ logger = logging.getLogger(__name__)
 
 #: Independent accumulators of the recurrent mat-vec; its packed rows are padded to a multiple.
 UNROLL = 4
-#: Widest batch tile (elements) of the input projection's accumulator row (8 AVX-512 vectors).
-MAX_PROJECTION_TILE = 128
+#: Accumulator tiles (elements) of the input projection, preferred first on equal padding.
+PROJECTION_TILES = (64, 128, 32, 16)
+#: Relative cost per column of the narrowest projection tile (50 vs 85 GFLOPS measured).
+_NARROW_TILE_COST = 1.6
 #: Multiply-adds (per step for the recurrence) below which a kernel runs on one core.
 MIN_PARALLEL_WORK = 1 << 14
 _F32 = "float32"
@@ -555,13 +557,27 @@ def recurrent_prim_func(
     return ib.get()
 
 
-def projection_steps_per_tile(seq_len: int, batch: int) -> int:
-    """Steps per accumulator tile of :func:`projection_prim_func`: the largest divisor ``d`` of
-    ``T`` with ``d * N`` up to :data:`MAX_PROJECTION_TILE` (so no tail loop is needed), else 1."""
-    fits = [
-        d for d in range(1, seq_len + 1) if seq_len % d == 0 and d * batch <= MAX_PROJECTION_TILE
-    ]
-    return max(fits, default=1)
+def projection_tile(m: int) -> int:
+    """Accumulator tile (columns of ``XT``) of :func:`projection_prim_func` for ``m`` columns.
+
+    Power-of-two tiles of 32-128 floats measured 82-88 GFLOPS on the 2-core AVX-512 VM (2048 ->
+    3072 at 10 %, ``m`` = 96 or 128) and tiles of 48 or 96 floats 11 (LLVM legalizes those
+    vectors badly), 16 floats 50: the tile is the one of :data:`PROJECTION_TILES` (16 counted
+    :data:`_NARROW_TILE_COST` times) with the fewest padded columns, ``m`` itself below 16.
+    """
+    if m < PROJECTION_TILES[-1]:
+        return m
+
+    def cost(tile: int) -> float:
+        narrow = _NARROW_TILE_COST if tile == PROJECTION_TILES[-1] else 1.0
+        return padded_columns(m, tile) * narrow
+
+    return min(PROJECTION_TILES, key=cost)
+
+
+def padded_columns(m: int, tile: int) -> int:
+    """Columns of ``XT`` the projection reads: ``m`` rounded up to a multiple of ``tile``."""
+    return -(-m // tile) * tile
 
 
 def projection_prim_func(
@@ -569,41 +585,40 @@ def projection_prim_func(
     seq_len: int,
     batch: int,
     parallel: bool | None = None,
-    steps_per_tile: int | None = None,
+    tile: int | None = None,
 ) -> tirx.PrimFunc:
     """The input projection ``U[t, r, :] = W[r, :] @ X[t]^T + Wb[r]`` for all steps at once.
 
-    ``XT`` is ``X`` transposed to ``(I, T*N)``, so one nonzero ``W[r, c]`` multiplies the
-    contiguous row ``XT[c, :]``: the accumulator is a tile of whole steps (up to
-    :data:`MAX_PROJECTION_TILE` columns) held in vector registers (several independent FMA
-    chains), rows run in parallel. The same code serves sparse (CSR) and dense ``W``. ``U`` is
-    written step-major, so that each step of :func:`recurrent_prim_func` reads one contiguous
-    ``(G*H, N)`` slice.
+    ``XT`` is ``X`` transposed to ``(I, T*N)`` and zero-padded to a multiple of the tile
+    (:func:`padded_columns`), so one nonzero ``W[r, c]`` multiplies the contiguous row
+    ``XT[c, :]``: the accumulator is a tile of columns held in vector registers (several
+    independent FMA chains), rows run in parallel (Elsen et al., "Fast Sparse ConvNets", CVPR
+    2020; XNNPACK's SpMM). The same code serves sparse (CSR) and dense ``W``. ``U`` is written
+    step-major, so that each step of :func:`recurrent_prim_func` reads one contiguous
+    ``(G*H, N)`` slice; the linear layers' CSR kernel uses it with ``N = 1`` (``U`` is then
+    ``Y (M, N_out, 1)``).
 
     Parameters
     ----------
     packed : PackedWeight or PackedLayout
         ``W`` of one direction (:func:`pack_weight`, any ``row_multiple``).
     seq_len, batch : int
-        ``T`` and ``N``; ``XT`` has ``T*N`` columns.
+        ``T`` and ``N``; ``X`` has ``m = T*N`` columns.
     parallel : bool, optional
         Split the rows over all cores; ``None`` decides by the work (:data:`MIN_PARALLEL_WORK`).
-    steps_per_tile : int, optional
-        Steps per accumulator tile, a divisor of ``T``; ``None``:
-        :func:`projection_steps_per_tile`.
+    tile : int, optional
+        Columns per accumulator tile; ``None``: :func:`projection_tile`.
 
     Returns
     -------
     tvm.tirx.PrimFunc
-        ``main(XT (I, T*N), W_values, [W_indices, W_indptr,] Wb (G*H,), U (T, G*H, N))``; ``Wb``
-        and the rows of ``U`` are unit-major like ``W``'s.
+        ``main(XT (I, padded_columns(m, tile)), W_values, [W_indices, W_indptr,] Wb (G*H,),
+        U (T, G*H, N))``; ``Wb`` and the rows of ``U`` are unit-major like ``W``'s.
     """
     rows, k_in = packed.shape
     m = seq_len * batch
-    steps = steps_per_tile or projection_steps_per_tile(seq_len, batch)
-    if seq_len % steps:
-        raise ValueError(f"steps_per_tile={steps} must divide T={seq_len}")
-    tile = steps * batch
+    tile = tile or projection_tile(m)
+    m_pad = padded_columns(m, tile)
     if parallel is None:
         parallel = packed.entries * m >= MIN_PARALLEL_WORK
     loop = T.parallel if parallel else T.serial
@@ -611,7 +626,7 @@ def projection_prim_func(
         with T.prim_func():
             T.func_name("projection_x86")
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            XT = _arg("XT", (k_in, m))
+            XT = _arg("XT", (k_in, m_pad))
             vals = _arg("W_values", (packed.entries,))
             if not packed.dense:
                 idx = _arg("W_indices", (packed.entries,), packed.index_dtype)
@@ -619,7 +634,7 @@ def projection_prim_func(
             Wb = _arg("Wb", (rows,))
             U = _arg("U", (seq_len, rows, batch))
             with loop(0, rows) as r:
-                with T.serial(0, m // tile) as mo:
+                with T.serial(0, m_pad // tile) as mo:
                     acc = _stack_buffer((tile,))
                     with T.vectorized(0, tile) as mi:
                         T.buffer_store(acc, Wb[r], [mi])
@@ -634,7 +649,11 @@ def projection_prim_func(
                             w_val, col = vals[k], tirx.Cast("int32", idx[k])
                         with T.vectorized(0, tile) as mi:
                             T.buffer_store(acc, acc[mi] + w_val * XT[col, mo * tile + mi], [mi])
-                    with T.serial(0, steps) as st:
-                        with T.vectorized(0, batch) as b:
-                            T.buffer_store(U, acc[st * batch + b], [mo * steps + st, r, b])
+                    with T.serial(0, tile) as mi:
+                        column = mo * tile + mi
+                        if m_pad == m:
+                            T.buffer_store(U, acc[mi], [column // batch, r, column % batch])
+                        else:
+                            with T.If(column < m), T.Then():
+                                T.buffer_store(U, acc[mi], [column // batch, r, column % batch])
     return ib.get()

@@ -21,13 +21,19 @@ from tvm.target import Target
 from ...bsr import BSRWeight
 from ...errors import UnsupportedError
 from ...kernels.sparse_dense import SparseDenseLayout, sparse_dense_func
-from ...kernels.x86.recurrent import PackedWeight, pack_weight, projection_prim_func
+from ...kernels.x86.recurrent import (
+    PackedWeight,
+    pack_weight,
+    projection_prim_func,
+    projection_tile,
+)
 from ...ops.placeholders import LinearCall
 from ...target import resolve_target
 from ...tuning.lookup import lookup_config
 from ...tuning.sparse_dense_space import sparse_dense_tune_task
 from .cost_model import plan_layer
 from .decision import DispatchOptions, KernelDecision, KernelVariant
+from .projection_x86 import pad_columns
 
 logger = logging.getLogger(__name__)
 
@@ -153,35 +159,17 @@ class LinearLowering:
         n, k = self.csr.shape
         lead = ty.shape.values[:-1]
         m = math.prod(int(d) for d in lead)
-        width, steps = csr_tiling(m)
+        tile = projection_tile(m)
         if not self._consts:
             self._consts.extend(relax.const(a) for a in self.csr.arrays())
             self._consts.append(relax.const(np.zeros(n, np.float32)))
-        xt = bb.emit(op.permute_dims(op.reshape(x, [m, k]), [1, 0]))  # (K, M)
-        func = projection_prim_func(self.csr, m // width, width, steps_per_tile=steps)
+        xt = bb.emit(pad_columns(op.permute_dims(op.reshape(x, [m, k]), [1, 0]), m, tile))
+        func = projection_prim_func(self.csr, 1, m, tile=tile)
         gv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 8), "csr_spmm")
-        out = relax.TensorType((m // width, n, width), "float32")
-        yt = bb.emit(relax.call_tir(gv, [xt, *self._consts], out))  # (M / w, N, w)
+        out = relax.TensorType((1, n, m), "float32")
+        yt = bb.emit(relax.call_tir(gv, [xt, *self._consts], out))  # Y^T as (1, N, M)
         y = op.reshape(op.permute_dims(yt, [0, 2, 1]), [m, n])
         return bb.emit(op.reshape(y, [*lead, n]))
-
-
-#: Largest accumulator tile of the CSR kernel (elements along M; 8 AVX-512 registers).
-CSR_MAX_TILE = 128
-
-
-def csr_tiling(m: int) -> tuple[int, int | None]:
-    """``(width, steps_per_tile)`` of the CSR kernel for ``M = m`` rows.
-
-    Tiles of a power of two of at least 8 rows measured 3-6x faster than tiles of 40-112 rows
-    (LLVM vectorizes them without remainders), so where ``M`` has such a factor the tile is that
-    power of two, up to :data:`CSR_MAX_TILE`; otherwise the kernel's own choice (a divisor of
-    ``M`` up to :data:`CSR_MAX_TILE`).
-    """
-    power = min(m & -m, CSR_MAX_TILE)  # the largest power of two dividing m
-    if power >= 8:
-        return power, 1
-    return 1, None
 
 
 def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> LinearLowering:

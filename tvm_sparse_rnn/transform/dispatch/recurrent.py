@@ -27,13 +27,14 @@ import tvm
 from tvm import relax
 from tvm.target import Target
 
-from ...kernels.x86.recurrent import UNROLL, pack_weight
+from ...kernels.x86.recurrent import UNROLL, pack_weight, projection_tile
 from ...ops.cells import CellConfig
 from ...ops.placeholders import RecurrentCall
 from ...target import device_limits, is_cuda
 from ...tuning.persistent_space import tuned_persistent_config
 from ...tuning.rnn_x86_space import recurrent_config
 from .decision import DispatchOptions, KernelDecision, KernelVariant
+from .projection_x86 import pad_columns
 from .recurrent_common import (
     F32,
     Direction,
@@ -145,9 +146,9 @@ def dispatch_recurrent(
         rev_index = reverse_index(bb, lens, seq_len, batch)
     cuda = is_cuda(target)
     if not cuda:  # (I, T*N): one nonzero of W multiplies a contiguous row
-        x_in = bb.emit(
-            op.reshape(op.permute_dims(to_f32.x(), [2, 0, 1]), [input_size, seq_len * batch])
-        )
+        columns = seq_len * batch
+        x_in = op.reshape(op.permute_dims(to_f32.x(), [2, 0, 1]), [input_size, columns])
+        x_in = bb.emit(pad_columns(x_in, columns, projection_tile(columns)))
     outs: list[list[relax.Expr]] = []
     decisions = []
     for d in range(cfg.num_directions):
@@ -193,6 +194,7 @@ def dispatch_recurrent(
                 bb,
                 cfg,
                 x_in,
+                seq_len,
                 batch,
                 to_f32.states(dirn),
                 lens,

@@ -22,7 +22,7 @@ from ...kernels.x86.recurrent import (
     unit_major_order,
 )
 from ...ops.cells import CellConfig
-from .recurrent_common import F32, Direction, const, reverse_sequences, static_shape
+from .recurrent_common import F32, Direction, const, reverse_sequences
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def emit_x86_direction(
     bb: relax.BlockBuilder,
     cfg: CellConfig,
     x: relax.Expr,
+    seq_len: int,
     batch: int,
     dirn: Direction,
     lens: relax.Expr,
@@ -42,15 +43,14 @@ def emit_x86_direction(
     packed_r: PackedWeight,
     config: RecurrentConfig,
 ) -> list[relax.Expr]:
-    """One direction on x86; ``x`` is ``X`` transposed to ``(I, T*N)``.
+    """One direction on x86; ``x`` is ``X`` transposed to ``(I, T*N)`` and padded to the
+    projection's tiles (:func:`~tvm_sparse_rnn.transform.dispatch.projection_x86.pad_columns`).
 
     Returns
     -------
     list of relax.Expr
         ``[Y (T, N, H), Y_h (N, H)[, Y_c (N, H)]]``.
     """
-    m = static_shape(x, "X")[1]
-    seq_len = m // batch
     H, G = cfg.hidden_size, cfg.num_gates
     order = unit_major_order(G, H)
 
