@@ -67,6 +67,7 @@ FORCED_BLOCK = {"bert_unstructured": "unstructured", "mlp4096_unstructured": "un
 
 DEFAULT_DEEPSPARSE = Path(__file__).resolve().parent.parent / ".venvs" / "deepsparse" / "bin"
 WORKER = Path(__file__).resolve().parent / "deepsparse_worker.py"
+RSS_WORKER = Path(__file__).resolve().parent / "peak_rss_worker.py"
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -106,27 +107,44 @@ def _local_engine(name: str, run: Runner, feeds: dict[str, np.ndarray]) -> Engin
 
 
 def tvm_engine(
-    name: str, model: onnx.ModelProto, feeds: dict[str, np.ndarray], **options: Any
+    name: str,
+    model: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    library: Path,
+    **options: Any,
 ) -> tuple[Engine, float]:
-    """Build ``model`` with :func:`build_onnx` (``options`` forwarded) as an engine.
+    """Compile ``model`` to ``library`` with :func:`compile_onnx` (``options`` forwarded) and
+    load it as an engine, the way a user runs a compiled model.
 
     Returns
     -------
     tuple
         ``(engine, build seconds)``.
     """
-    from tvm_sparse_rnn.compile import build_onnx, load_executable
+    from tvm_sparse_rnn.compile import compile_onnx, load_compiled
 
     start = time.perf_counter()
-    executable, inputs, outputs = build_onnx(model, target="llvm", shape_dict=None, **options)
+    compile_onnx(model, library, target="llvm", shape_dict=None, **options)
     seconds = time.perf_counter() - start
-    compiled = load_executable(executable, inputs, outputs, "llvm")
+    compiled = load_compiled(library)
 
     def run(f: dict[str, np.ndarray]) -> list[np.ndarray]:
         got = compiled.run(f)
-        return [got[spec.name] for spec in outputs]
+        return [got[spec.name] for spec in compiled.outputs]
 
     return _local_engine(name, run, feeds), seconds
+
+
+def peak_rss(engine: str, model_file: Path, feeds_path: Path) -> dict[str, float]:
+    """Peak and baseline resident MiB of ``engine`` running ``model_file`` in a fresh process
+    (:mod:`peak_rss_worker`)."""
+    out = subprocess.run(
+        [sys.executable, str(RSS_WORKER), engine, str(model_file), str(feeds_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def ort_engine(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> Engine:
@@ -238,8 +256,15 @@ def make_engines(
         block = parse_pruning(FORCED_BLOCK[name])
         tvm_builds.append((FORCED, {"block_size": block, "params": always}))
     for engine_name, options in tvm_builds:
-        engine, notes["build_s"][engine_name] = tvm_engine(engine_name, model, feeds, **options)
+        library = workdir / f"{name}_{engine_name}.so"
+        engine, notes["build_s"][engine_name] = tvm_engine(
+            engine_name, model, feeds, library, **options
+        )
         engines.append(engine)
+    notes["peak_rss_mb"] = {
+        SPARSE: peak_rss("tvm", workdir / f"{name}_{SPARSE}.so", feeds_path),
+        ORT: peak_rss("onnxruntime", path, feeds_path),
+    }
     for engine_name, precision in ((OV_F32, "f32"), (OV, None)):
         try:
             engines.append(openvino_engine(engine_name, path, feeds, precision))
@@ -334,7 +359,25 @@ def table(results: dict[str, Any]) -> str:
     ]
     text = "\n".join(lines) + "\n\nErrors vs onnxruntime:\n\n"
     text += format_table(errs, ["model", "engine", "max_abs", "rel"]) + "\n"
+    models = results["models"].items()
+    rss = [_rss_row(n, r["peak_rss_mb"]) for n, r in models if "peak_rss_mb" in r]
+    if rss:
+        text += "\nPeak RSS (MiB; a fresh process loads the model and runs it 3 times):\n\n"
+        text += format_table(rss, list(rss[0])) + "\n"
     return format_table(rows, ["model", *engines]) + "\n\n" + text
+
+
+def _rss_row(model: str, rss: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """One row of the memory table: peak RSS per engine, the ratio, the growth past loading."""
+    ours, ort = rss[SPARSE], rss[ORT]
+    return {
+        "model": model,
+        f"{SPARSE} peak": ours["peak_rss_mb"],
+        f"{ORT} peak": ort["peak_rss_mb"],
+        "peak ratio": ours["peak_rss_mb"] / ort["peak_rss_mb"],
+        f"{SPARSE} model": ours["peak_rss_mb"] - ours["baseline_rss_mb"],
+        f"{ORT} model": ort["peak_rss_mb"] - ort["baseline_rss_mb"],
+    }
 
 
 def plot(results: dict[str, Any], out_dir: Path) -> None:

@@ -1,0 +1,68 @@
+"""Peak resident memory of one engine running one model, in a fresh process.
+
+``bench_cpu_models.py`` runs this once per model for this package's compiled library and for
+onnxruntime: the worker imports the engine's runtime, records its resident set (the interpreter,
+numpy and the runtime's own libraries), loads the model, runs it three times on the inputs
+(``arr_0``, ... of ``FEEDS.npz`` in the model's input order) and prints one JSON line::
+
+    {"peak_rss_mb": ..., "baseline_rss_mb": ...}
+
+``peak_rss_mb`` is the process's high-water mark (``ru_maxrss``), ``baseline_rss_mb`` the
+resident set before the model was loaded.
+
+Usage (by the benchmark)::
+
+    python benchmarks/peak_rss_worker.py tvm LIBRARY.so FEEDS.npz
+    python benchmarks/peak_rss_worker.py onnxruntime MODEL.onnx FEEDS.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+from pathlib import Path
+
+import numpy as np
+
+
+def current_rss_mb() -> float:
+    """The resident set of this process now, in MiB (``/proc/self/statm``)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def peak_rss_mb() -> float:
+    """The high-water mark of this process's resident set, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("engine", choices=("tvm", "onnxruntime"))
+    parser.add_argument("model", type=Path, help="compiled library (tvm) or ONNX file")
+    parser.add_argument("feeds", type=Path, help="npz of the inputs in the model's order")
+    args = parser.parse_args()
+    with np.load(args.feeds) as data:
+        arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
+    if args.engine == "tvm":
+        from tvm_sparse_rnn.compile import load_compiled
+
+        baseline = current_rss_mb()
+        compiled = load_compiled(args.model)
+        feeds = {spec.name: a for spec, a in zip(compiled.inputs, arrays, strict=True)}
+        run = lambda: compiled.run(feeds)  # noqa: E731
+    else:
+        import onnxruntime as ort
+
+        baseline = current_rss_mb()
+        session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
+        feeds = {i.name: a for i, a in zip(session.get_inputs(), arrays, strict=True)}
+        run = lambda: session.run(None, feeds)  # noqa: E731
+    for _ in range(3):
+        run()
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline}))
+
+
+if __name__ == "__main__":
+    main()
