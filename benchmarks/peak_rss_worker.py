@@ -7,7 +7,7 @@ numpy and the runtime's own libraries), loads the model, runs it three times on 
 
     {"peak_rss_mb": ..., "baseline_rss_mb": ...}
 
-``peak_rss_mb`` is the process's high-water mark (``ru_maxrss``), ``baseline_rss_mb`` the
+``peak_rss_mb`` is the process's high-water mark (``VmHWM``), ``baseline_rss_mb`` the
 resident set before the model was loaded.
 
 Usage (by the benchmark)::
@@ -20,21 +20,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 from pathlib import Path
 
 import numpy as np
 
 
+def _status_mb(field: str) -> float:
+    """A ``kB`` field of ``/proc/self/status`` in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def current_rss_mb() -> float:
-    """The resident set of this process now, in MiB (``/proc/self/statm``)."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * resource.getpagesize() / 2**20
+    """The resident set of this process now, in MiB."""
+    return _status_mb("VmRSS")
 
 
 def peak_rss_mb() -> float:
-    """The high-water mark of this process's resident set, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The high-water mark of this process's resident set, in MiB (``VmHWM``: unlike
+    ``ru_maxrss``, which Linux carries across ``execve`` from the forking parent, it starts
+    with the process's own image)."""
+    return _status_mb("VmHWM")
 
 
 def main() -> None:
