@@ -11,6 +11,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm_sparse_rnn.bsr import BSRWeight
 from tvm_sparse_rnn.demo import pruned_weight
 from tvm_sparse_rnn.errors import UnsupportedError
+from tvm_sparse_rnn.kernels.x86.dense import choose_tile
 from tvm_sparse_rnn.pipeline import build, sparse_pipeline
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import TOLERANCES
@@ -279,7 +280,16 @@ def test_cost_params_override_keeps_layer_dense():
 
 
 # ----------------------------------------------------------------------------- dense CPU schedule
-@pytest.mark.parametrize(("x_shape", "n"), [((32, 48), 64), ((5, 24), 10), ((2, 3, 16), 8)])
+@pytest.mark.parametrize(
+    ("x_shape", "n"),
+    [
+        ((32, 48), 64),
+        ((5, 24), 10),
+        ((2, 3, 16), 8),
+        ((95, 40), 29),  # rows and columns padded to the tile
+        ((7, 1, 24), 48),  # a unit row axis joins the batch axis
+    ],
+)
 def test_cpu_pipeline_schedules_dense_layers(x_shape, n):
     """Layers kept dense get ScheduleDenseCPU (parallel, vectorized) and stay exact."""
     rng = np.random.default_rng(10)
@@ -310,6 +320,16 @@ def test_cpu_pipeline_schedules_dense_layers(x_shape, n):
     np.testing.assert_allclose(
         _run(bb.get(), xv), np.maximum(xv @ w.T + b, 0), rtol=rtol, atol=atol
     )
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "lanes", "tile"),
+    [(95, 512, 16, (14, 2)), (128, 768, 16, (12, 2)), (1, 29, 16, (1, 2)), (4, 16, 16, (4, 1))],
+)
+def test_dense_tile_trades_padding_for_reuse(rows, cols, lanes, tile):
+    chosen = choose_tile(rows, cols, lanes)
+    assert (chosen.rows, chosen.vectors) == tile
+    assert chosen.cols == lanes * tile[1]
 
 
 # ----------------------------------------------------------------------------- CSR kernel (x86)

@@ -11,6 +11,7 @@ import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
+from tvm_sparse_rnn.kernels.x86.vector import vector_lanes
 from tvm_sparse_rnn.pipeline import build
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.transform import FastMath, ScheduleDenseCPU, ScheduleRemainderCPU
@@ -70,6 +71,37 @@ def test_remainder_functions_are_scheduled_and_exact(shape):
     got = vm["main"](*(tvm.runtime.tensor(a) for a in args))
     for out, ref in zip(got, _reference(*args), strict=True):
         np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "rows"), [((1, 48, 32), 16), ((2, 48, 24), 8), ((1, 20, 24), None)]
+)
+def test_transposes_are_tiled_and_exact(shape, rows):
+    """A function whose output's last axis is not its input's gets a ``rows x lanes`` tile (the
+    widest of 16, 8, 4, 2 dividing the output rows; none where the columns are no whole number of
+    vectors)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(op.permute_dims(x, [0, 2, 1]))
+        bb.emit_func_output(out)
+    with LLVM:
+        lowered = tvm.transform.Sequential(
+            [*cpu_generic.legalize_passes(LLVM), ScheduleRemainderCPU]
+        )(bb.get())
+    (func,) = [f for _, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    script = func.script()
+    assert "T.parallel" in script
+    if rows is None:
+        assert "T.unroll" not in script
+    else:
+        lanes = vector_lanes(LLVM, 32)
+        assert f"T.unroll(T.int64({rows}))" in script
+        assert f"T.vectorized(T.int64({lanes}))" in script
+    data = np.random.default_rng(1).standard_normal(shape).astype("float32")
+    vm = relax.VirtualMachine(build(bb.get(), "llvm")[0], tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(data)).numpy(), data.swapaxes(1, 2))
 
 
 def test_fast_math_keeps_calls_of_other_functions():
