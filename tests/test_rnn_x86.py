@@ -12,6 +12,7 @@ from tvm_sparse_rnn.kernels.x86.recurrent import (
     default_recurrent_config,
     pack_weight,
     padded_columns,
+    projection_chains,
     projection_prim_func,
     projection_tile,
     recurrent_prim_func,
@@ -122,28 +123,40 @@ def test_recurrent_kernel_configs_match_reference(kind, options, density, config
 
 
 @pytest.mark.parametrize(
-    ("m", "tile", "padded"),
-    [(1, 1, 1), (12, 12, 12), (16, 16, 16), (95, 32, 96), (128, 64, 128), (200, 32, 224)],
+    ("m", "tile", "padded", "chains"),
+    [
+        (1, 1, 1, 4),
+        (12, 12, 12, 4),
+        (16, 16, 16, 4),
+        (95, 32, 96, 2),
+        (128, 64, 128, 1),
+        (200, 32, 224, 2),
+    ],
 )
-def test_projection_tile_is_a_power_of_two_with_little_padding(m, tile, padded):
+def test_projection_tile_is_a_power_of_two_with_little_padding(m, tile, padded, chains):
+    """Power-of-two tiles (``m`` itself below 16), 64 accumulator floats in flight (4 chains at
+    most)."""
     assert projection_tile(m) == tile
     assert padded_columns(m, tile) == padded
+    assert projection_chains(tile) == chains
 
 
 @pytest.mark.parametrize(
-    ("dense", "seq_len", "batch", "tile"),
+    ("dense", "seq_len", "batch", "tile", "chains"),
     [
-        (False, 4, 3, None),  # 12 columns: one tile of 12, no padding
-        (True, 4, 3, None),
-        (False, 65, 4, None),  # 260 columns: tiles of 32, 28 padded
-        (False, 3, 130, None),
-        (False, 95, 1, None),  # DeepSpeech2's 95 frames: 96 columns
-        (False, 95, 1, 64),
-        (True, 7, 5, 16),
+        (False, 4, 3, None, None),  # 12 columns: one tile of 12, no padding, 4 chains
+        (True, 4, 3, None, None),
+        (False, 65, 4, None, None),  # 260 columns: tiles of 32, 28 padded
+        (False, 3, 130, None, None),
+        (False, 95, 1, None, None),  # DeepSpeech2's 95 frames: 96 columns
+        (False, 95, 1, 64, 1),
+        (True, 7, 5, 16, 3),  # rows of 9 entries: 3 groups of 3
+        (False, 7, 5, 16, 3),  # 2-5 nonzeros a row: the remainder loop
     ],
 )
-def test_projection_matches_numpy(dense, seq_len, batch, tile):
-    """Step-major output for any ``T*N``, ``XT`` zero-padded to whole tiles."""
+def test_projection_matches_numpy(dense, seq_len, batch, tile, chains):
+    """Step-major output for any ``T*N``, ``XT`` zero-padded to whole tiles, any number of
+    accumulator chains (rows whose nonzeros are no multiple of it included)."""
     import tvm
 
     m = seq_len * batch
@@ -152,7 +165,8 @@ def test_projection_matches_numpy(dense, seq_len, batch, tile):
     xt = rng.standard_normal((9, m)).astype("float32")
     bias = rng.standard_normal(18).astype("float32")
     packed = pack_weight(w, 3, dense, row_multiple=1)
-    ex = tvm.compile(projection_prim_func(packed, seq_len, batch, tile=tile), target="llvm")
+    func = projection_prim_func(packed, seq_len, batch, tile=tile, chains=chains)
+    ex = tvm.compile(func, target="llvm")
     order = unit_major_order(3, 6)
     xt_padded = np.zeros((9, padded_columns(m, tile or projection_tile(m))), "float32")
     xt_padded[:, :m] = xt

@@ -37,7 +37,10 @@ unrolling, 64-bit index loads and 64-bit addressing measured no faster), plus ~2
 and step for the gate math and loop overheads; two cores run it 1.9-2.1x faster. ``U`` is
 step-major so a step streams one contiguous slice (unit-major rows of one step would be read
 ``G*1 KB`` apart, a cache miss per gate and unit: 6-17 % slower for LSTM). The projection is
-bound by L2 bandwidth (a 512 B row slice of ``X^T`` per nonzero and tile).
+bound by L2 bandwidth for wide tiles (a 128-256 B row slice of ``X^T`` per nonzero and tile);
+narrow tiles (``M`` = 4 .. 16) are bound by the FMA latency of one accumulator chain unless the
+nonzeros go to several chains (:func:`projection_chains`: 4096 x 4096 at 10 %, ``M = 4``: 0.77
+-> 0.34 ms with 4 chains on the 2-core VM; 16 columns 0.86 -> 0.45 ms; 64 columns gain nothing).
 
 Profile with ``perf record -g python benchmarks/bench_rnn_cpu.py`` (the kernel shows up as the
 ``*_compute_`` closures of ``recurrent_x86``).
@@ -64,6 +67,8 @@ logger = logging.getLogger(__name__)
 UNROLL = 4
 #: Accumulator tiles (elements) of the input projection, preferred first on equal padding.
 PROJECTION_TILES = (64, 128, 32, 16)
+#: Accumulator floats the projection keeps in flight (several independent FMA chains).
+PROJECTION_CHAIN_FLOATS = 64
 #: Relative cost per column of the narrowest projection tile (50 vs 85 GFLOPS measured).
 _NARROW_TILE_COST = 1.6
 #: Multiply-adds (per step for the recurrence) below which a kernel runs on one core.
@@ -575,6 +580,13 @@ def projection_tile(m: int) -> int:
     return min(PROJECTION_TILES, key=cost)
 
 
+def projection_chains(tile: int) -> int:
+    """Accumulator chains of :func:`projection_prim_func` for a ``tile``-column accumulator:
+    enough that :data:`PROJECTION_CHAIN_FLOATS` floats are in flight (an FMA's latency is ~4
+    cycles, its throughput 2 per cycle), at most 4."""
+    return max(1, min(4, PROJECTION_CHAIN_FLOATS // tile))
+
+
 def padded_columns(m: int, tile: int) -> int:
     """Columns of ``XT`` the projection reads: ``m`` rounded up to a multiple of ``tile``."""
     return -(-m // tile) * tile
@@ -586,6 +598,7 @@ def projection_prim_func(
     batch: int,
     parallel: bool | None = None,
     tile: int | None = None,
+    chains: int | None = None,
 ) -> tirx.PrimFunc:
     """The input projection ``U[t, r, :] = W[r, :] @ X[t]^T + Wb[r]`` for all steps at once.
 
@@ -608,6 +621,9 @@ def projection_prim_func(
         Split the rows over all cores; ``None`` decides by the work (:data:`MIN_PARALLEL_WORK`).
     tile : int, optional
         Columns per accumulator tile; ``None``: :func:`projection_tile`.
+    chains : int, optional
+        Independent accumulator tiles the nonzeros of a row go to in turn (summed at the end):
+        more FMA chains in flight for narrow tiles; ``None``: :func:`projection_chains`.
 
     Returns
     -------
@@ -619,6 +635,7 @@ def projection_prim_func(
     m = seq_len * batch
     tile = tile or projection_tile(m)
     m_pad = padded_columns(m, tile)
+    chains = chains or projection_chains(tile)
     if parallel is None:
         parallel = packed.entries * m >= MIN_PARALLEL_WORK
     loop = T.parallel if parallel else T.serial
@@ -635,25 +652,39 @@ def projection_prim_func(
             U = _arg("U", (seq_len, rows, batch))
             with loop(0, rows) as r:
                 with T.serial(0, m_pad // tile) as mo:
-                    acc = _stack_buffer((tile,))
-                    with T.vectorized(0, tile) as mi:
-                        T.buffer_store(acc, Wb[r], [mi])
-                    if packed.dense:
-                        start, end = 0, k_in
-                    else:
-                        start, end = ptr[r], ptr[r + 1]
-                    with T.serial(start, end) as k:
+                    acc = _stack_buffer((chains, tile))
+                    with T.unroll(0, chains) as c:
+                        with T.vectorized(0, tile) as mi:
+                            T.buffer_store(acc, tirx.const(0.0, _F32), [c, mi])
+
+                    def accumulate(k: tirx.PrimExpr, chain: int | tirx.PrimExpr) -> None:
                         if packed.dense:
                             w_val, col = vals[r * packed.padded_cols + k], k
                         else:
                             w_val, col = vals[k], tirx.Cast("int32", idx[k])
                         with T.vectorized(0, tile) as mi:
-                            T.buffer_store(acc, acc[mi] + w_val * XT[col, mo * tile + mi], [mi])
+                            value = acc[chain, mi] + w_val * XT[col, mo * tile + mi]
+                            T.buffer_store(acc, value, [chain, mi])
+
+                    if packed.dense:
+                        start, end = 0, k_in
+                    else:
+                        start, end = ptr[r], ptr[r + 1]
+                    with T.serial(0, (end - start) // chains) as group:
+                        with T.unroll(0, chains) as c:
+                            accumulate(start + group * chains + c, c)
+                    with T.serial(start + (end - start) // chains * chains, end) as k:
+                        accumulate(k, 0)
+                    with T.vectorized(0, tile) as mi:
+                        total = Wb[r]
+                        for c in range(chains):
+                            total = total + acc[c, mi]
+                        T.buffer_store(acc, total, [0, mi])
                     with T.serial(0, tile) as mi:
                         column = mo * tile + mi
                         if m_pad == m:
-                            T.buffer_store(U, acc[mi], [column // batch, r, column % batch])
+                            T.buffer_store(U, acc[0, mi], [column // batch, r, column % batch])
                         else:
                             with T.If(column < m), T.Then():
-                                T.buffer_store(U, acc[mi], [column // batch, r, column % batch])
+                                T.buffer_store(U, acc[0, mi], [column // batch, r, column % batch])
     return ib.get()
