@@ -12,6 +12,7 @@ Usage::
 
     python benchmarks/profile_cpu_models.py bert_4x4 deepspeech2
     python benchmarks/profile_cpu_models.py bert_unstructured --forced   # 1x1 forced sparse
+    python benchmarks/profile_cpu_models.py deepspeech2 --top 10         # + the slowest kernels
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class VMTimer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.per_kernel: dict[str, float] = defaultdict(float)
         self._start = 0.0
 
     def __call__(self, func: Any, symbol: str, before_run: bool, ret: Any, *args: Any) -> int:
@@ -96,6 +98,7 @@ class VMTimer:
             self._start = now
         else:
             self.seconds[tvm_class(str(symbol), args)] += now - self._start
+            self.per_kernel[str(symbol)] += now - self._start
         return VMInstrumentReturnKind.NO_OP
 
 
@@ -138,12 +141,14 @@ def profile_tvm(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int,
     vm.set_instrument(timer)
     args = [tvm.runtime.tensor(feeds[spec.name]) for spec in inputs]
     vm["main"](*args)
-    per_run = []
+    per_run, per_kernel = [], []
     for _ in range(runs):
         timer.seconds.clear()
+        timer.per_kernel.clear()
         vm["main"](*args)
         per_run.append({cls: 1e6 * sec for cls, sec in timer.seconds.items()})
-    return min_per_class(per_run), wall
+        per_kernel.append({name: 1e6 * sec for name, sec in timer.per_kernel.items()})
+    return min_per_class(per_run), wall, min_per_class(per_kernel)
 
 
 def profile_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int, tmp: Path):
@@ -188,6 +193,7 @@ def main() -> None:
     parser.add_argument("models", nargs="+", choices=list(ZOO))
     parser.add_argument("--forced", action="store_true", help="force the FORCED_BLOCK pruning")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--top", type=int, default=0, help="also list the N slowest kernels")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -205,7 +211,7 @@ def main() -> None:
             always = replace(COST_PARAMS["llvm"], break_even=float("inf"))
             options = {"block_size": parse_pruning(FORCED_BLOCK[name]), "params": always}
         with tempfile.TemporaryDirectory() as tmp:
-            tvm_us, tvm_wall = profile_tvm(model, feeds, args.runs, **options)
+            tvm_us, tvm_wall, kernels_us = profile_tvm(model, feeds, args.runs, **options)
             ort_us, ort_wall = profile_ort(model, feeds, args.runs, Path(tmp))
         tvm_us["overhead"] = tvm_wall - sum(tvm_us.values())
         ort_us["overhead"] = ort_wall - sum(ort_us.values())
@@ -220,6 +226,10 @@ def main() -> None:
             row["tvm / ort"] = t / o if t and o else None
         label = f"{name}{' (forced)' if options else ''}"
         print(f"\n== {label} ==\n" + format_table(rows, list(rows[0])))
+        if args.top:
+            slowest = sorted(kernels_us.items(), key=lambda kv: -kv[1])[: args.top]
+            top = [{"kernel": name, "tvm (us, all calls)": us} for name, us in slowest]
+            print(f"\nslowest kernels:\n{format_table(top, list(top[0]))}")
         results[label] = rows
     suffix = "_forced" if args.forced else ""
     write_json(args.out_dir / f"profile_cpu_models{suffix}.json", {"models": results})
