@@ -10,7 +10,9 @@ numpy and the runtime's own libraries), loads the model, runs it three times on 
 ``peak_rss_mb`` is the process's high-water mark (``VmHWM``), ``baseline_rss_mb`` the
 resident set before the model was loaded. torch is hidden from the worker: ``tvm_ffi`` imports
 torch whenever it is importable (+190 MiB on this VM, where torch is installed to export the
-zoo), and a deployment running a compiled model needs no torch.
+zoo), and a deployment running a compiled model needs no torch. The package's engine runs as a
+deployment would: TVM's runtime library only (``TVM_USE_RUNTIME_LIB=1``,
+:mod:`tvm_sparse_rnn.runtime.compiled`).
 
 Usage (by the benchmark)::
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -58,7 +61,8 @@ def main() -> None:
     with np.load(args.feeds) as data:
         arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
     if args.engine == "tvm":
-        from tvm_sparse_rnn.compile import load_compiled
+        os.environ["TVM_USE_RUNTIME_LIB"] = "1"  # TVM's runtime library only, as a deployment
+        from tvm_sparse_rnn.runtime.compiled import load_compiled
 
         baseline = current_rss_mb()
         compiled = load_compiled(args.model)

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "tvm_sparse_rnn"
 #: Layers, lowest first; a module may import its own layer and the ones below.
 LAYERS = (
-    ("errors", "optional", "bsr", "target", "cpu_threads", "testing", "_schedules"),
+    ("errors", "optional", "bsr", "target", "cpu_threads", "testing", "_schedules", "signature"),
     ("ops",),
     ("kernels",),
     ("tuning",),

@@ -17,10 +17,14 @@ DenseToSparse, DispatchKernels, DispatchOptions
     (:mod:`tvm_sparse_rnn.transform`); ``relax.get_pipeline("tvm_sparse_rnn")`` and
     :func:`tvm_sparse_rnn.pipeline.build` run them with TVM's default passes.
 
-ONNX import lives in :mod:`tvm_sparse_rnn.frontend` (needs the ``onnx`` package).
+ONNX import lives in :mod:`tvm_sparse_rnn.frontend` (needs the ``onnx`` package). Under a
+runtime-only TVM (``TVM_USE_RUNTIME_LIB=1``) the package offers the errors, :class:`BSRWeight`
+and :mod:`tvm_sparse_rnn.runtime.compiled` only (:data:`RUNTIME_ONLY`).
 """
 
 from __future__ import annotations
+
+import tvm
 
 from .bsr import BSRWeight
 from .cpu_threads import configure_cpu_threads
@@ -32,20 +36,27 @@ from .errors import (
     TuningError,
     UnsupportedError,
 )
-from .ops.cells import CellConfig, RecurrentWeights
-from .pipeline import build
 from .runtime import checks  # noqa: F401  (registers the runtime checks compiled models call)
-from .runtime.persistent import build_persistent_rnn
-from .runtime.sequence import build_recurrent_sequence
-from .runtime.sparse_dense import SparseDenseKernel, build_sparse_dense, sparse_dense_func
-from .transform import DenseToSparse, DispatchKernels, DispatchOptions
-from .transform.dispatch import emit_sparse_dense
 
 configure_cpu_threads()  # before any kernel runs: TVM fixes its pool size at first use
 
 __version__ = "0.1.0"
 
+#: TVM was loaded without its compiler (``TVM_USE_RUNTIME_LIB=1``, a runtime-only wheel): only
+#: :mod:`tvm_sparse_rnn.runtime.compiled` (load and run compiled models) is usable.
+RUNTIME_ONLY = bool(getattr(tvm.base, "_RUNTIME_ONLY", False))
+
+if not RUNTIME_ONLY:
+    from .ops.cells import CellConfig, RecurrentWeights
+    from .pipeline import build
+    from .runtime.persistent import build_persistent_rnn
+    from .runtime.sequence import build_recurrent_sequence
+    from .runtime.sparse_dense import SparseDenseKernel, build_sparse_dense, sparse_dense_func
+    from .transform import DenseToSparse, DispatchKernels, DispatchOptions
+    from .transform.dispatch import emit_sparse_dense
+
 __all__ = [
+    "RUNTIME_ONLY",
     "BSRFormatError",
     "BSRWeight",
     "CapacityError",

@@ -14,7 +14,6 @@ import contextlib
 import io
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from google.protobuf.message import DecodeError
 from tvm.relax.frontend.onnx import onnx_frontend as _onnx_frontend
 
 from ..errors import ModelError, SparseRNNError, UnsupportedError
+from ..signature import TensorSpec
 from .fold import fold_constants
 
 logger = logging.getLogger(__name__)
@@ -32,34 +32,6 @@ logger = logging.getLogger(__name__)
 RECURRENT_OPS = ("RNN", "GRU", "LSTM")
 #: Ops TVM's importer handles outside its converter map.
 _BUILTIN_OPS = frozenset({"If", "Constant"})
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, shape and dtype of one model input or output.
-
-    Attributes
-    ----------
-    name : str
-        The ONNX value name.
-    shape : tuple of (int or str)
-        Static dims as ints; symbolic dims by their ONNX name (``"?"`` when unnamed).
-    dtype : str
-        numpy dtype name, e.g. ``"float32"``.
-    """
-
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: str
-
-    def to_json(self) -> dict:
-        """A JSON-serializable dict."""
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @classmethod
-    def from_json(cls, obj: Mapping) -> TensorSpec:
-        """Inverse of :meth:`to_json`."""
-        return cls(obj["name"], tuple(obj["shape"]), obj["dtype"])
 
 
 def load_onnx(model_or_path: onnx.ModelProto | str | Path) -> onnx.ModelProto:

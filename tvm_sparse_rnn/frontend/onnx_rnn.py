@@ -30,7 +30,8 @@ from tvm.relax.frontend.onnx import onnx_frontend as _of
 
 from ..errors import ModelError, UnsupportedError
 from ..ops.cells import CellConfig, RecurrentWeights
-from ..ops.placeholders import SEQUENCE_LENS_CHECK, RecurrentCall
+from ..ops.placeholders import RecurrentCall
+from ..signature import SEQUENCE_LENS_CHECK
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def _sequence_lens_checked(
     bb: relax.BlockBuilder, node: str, lens: relax.Expr | None, seq_len: int
 ) -> relax.Expr | None:
     """``sequence_lens`` with its range checked as onnxruntime does: constants at import, runtime
-    inputs by :data:`~tvm_sparse_rnn.ops.placeholders.SEQUENCE_LENS_CHECK` in the graph (a length
+    inputs by :data:`~tvm_sparse_rnn.signature.SEQUENCE_LENS_CHECK` in the graph (a length
     past ``T`` would read out of bounds)."""
     if lens is None:
         return None

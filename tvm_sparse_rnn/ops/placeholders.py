@@ -37,7 +37,6 @@ RECURRENT = f"{PLACEHOLDER_PREFIX}recurrent_sequence"
 #: Runtime check of a ``sequence_lens`` input, ``check(lens, T, node) -> lens``: raises
 #: :class:`~tvm_sparse_rnn.errors.ModelError` for a length outside ``[0, T]``
 #: (:mod:`tvm_sparse_rnn.runtime.checks` registers it).
-SEQUENCE_LENS_CHECK = f"{PLACEHOLDER_PREFIX}check_sequence_lens"
 #: Optional runtime inputs of a recurrent layer, in argument order after ``X``.
 RECURRENT_STATE_INPUTS = ("sequence_lens", "initial_h", "initial_c")
 #: Constant weights of a recurrent layer, in argument order after the runtime inputs.

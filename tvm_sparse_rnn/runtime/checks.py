@@ -1,7 +1,7 @@
 """Runtime checks that compiled models call: registered TVM global functions.
 
 A model whose recurrent layers take ``sequence_lens`` as a runtime input checks its range in the
-graph (:data:`~tvm_sparse_rnn.ops.placeholders.SEQUENCE_LENS_CHECK`); importing
+graph (:data:`~tvm_sparse_rnn.signature.SEQUENCE_LENS_CHECK`); importing
 :mod:`tvm_sparse_rnn` registers the check, so load such a library with the package imported.
 """
 
@@ -11,7 +11,7 @@ import tvm
 import tvm_ffi
 
 from ..errors import ModelError
-from ..ops.placeholders import SEQUENCE_LENS_CHECK
+from ..signature import SEQUENCE_LENS_CHECK
 
 
 @tvm_ffi.register_global_func(SEQUENCE_LENS_CHECK, override=True)
