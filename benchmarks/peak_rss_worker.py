@@ -9,7 +9,7 @@ numpy and the runtime's own libraries), loads the model, runs it three times on 
 
 ``peak_rss_mb`` is the process's high-water mark (``VmHWM``), ``baseline_rss_mb`` the
 resident set before the model was loaded. torch is hidden from the worker: ``tvm_ffi`` imports
-torch whenever it is importable (+190 MiB on this VM, where torch is installed to export the
+torch whenever it is importable (~195 MiB more on this VM, where torch is installed to export the
 zoo), and a deployment running a compiled model needs no torch. The package's engine runs as a
 deployment would: TVM's runtime library only (``TVM_USE_RUNTIME_LIB=1``,
 :mod:`tvm_sparse_rnn.runtime.compiled`).

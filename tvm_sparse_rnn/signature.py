@@ -16,7 +16,9 @@ from pathlib import Path
 
 #: Version of the ``OUT.json`` signature layout.
 SIGNATURE_VERSION = 1
-#: Global function a compiled model calls on a runtime ``sequence_lens`` input.
+#: Global function a compiled model calls on a runtime ``sequence_lens`` input,
+#: ``check(lens, T, node) -> lens``: raises :class:`~tvm_sparse_rnn.errors.ModelError` for a
+#: length outside ``[0, T]`` (:mod:`tvm_sparse_rnn.runtime.checks` registers it).
 SEQUENCE_LENS_CHECK = "tvm_sparse_rnn.check_sequence_lens"
 
 

@@ -34,9 +34,6 @@ logger = logging.getLogger(__name__)
 PLACEHOLDER_PREFIX = "tvm_sparse_rnn."
 LINEAR = f"{PLACEHOLDER_PREFIX}linear"
 RECURRENT = f"{PLACEHOLDER_PREFIX}recurrent_sequence"
-#: Runtime check of a ``sequence_lens`` input, ``check(lens, T, node) -> lens``: raises
-#: :class:`~tvm_sparse_rnn.errors.ModelError` for a length outside ``[0, T]``
-#: (:mod:`tvm_sparse_rnn.runtime.checks` registers it).
 #: Optional runtime inputs of a recurrent layer, in argument order after ``X``.
 RECURRENT_STATE_INPUTS = ("sequence_lens", "initial_h", "initial_c")
 #: Constant weights of a recurrent layer, in argument order after the runtime inputs.

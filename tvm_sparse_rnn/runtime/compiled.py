@@ -37,7 +37,7 @@ class CompiledModel:
         The ONNX signature, inputs in the VM's parameter order.
     target_kind : str
         ``"llvm"`` or ``"cuda"``.
-    vm : tvm.VirtualMachine
+    vm : tvm.runtime.vm.VirtualMachine
         The loaded VM.
     device : tvm.runtime.Device
         Where inputs are copied.

@@ -608,8 +608,8 @@ def projection_prim_func(
     independent FMA chains), rows run in parallel (Elsen et al., "Fast Sparse ConvNets", CVPR
     2020; XNNPACK's SpMM). The same code serves sparse (CSR) and dense ``W``. ``U`` is written
     step-major, so that each step of :func:`recurrent_prim_func` reads one contiguous
-    ``(G*H, N)`` slice; the linear layers' CSR kernel uses it with ``N = 1`` (``U`` is then
-    ``Y (M, N_out, 1)``).
+    ``(G*H, N)`` slice; the linear layers' CSR kernel uses it with ``T = 1, N = M`` (``U`` is
+    then ``Y^T`` as ``(1, N_out, M)``).
 
     Parameters
     ----------
