@@ -78,7 +78,10 @@ def cpu_cases(quick: bool) -> list[Case]:
 def gpu_cases(quick: bool) -> list[Case]:
     ms = (1, 16) if quick else (1, 4, 16, 64)
     fp32 = [Case(m, 4096, b) for b in ((1, 16), (4, 4), (1, 1), (16, 16)) for m in ms]
-    fp16 = [Case(m, 4096, b, "float16") for b in ((1, 16), (4, 4)) for m in ms]
+    # float16 from 16 rows on runs the tensor-core kernel.
+    ms16 = (1, 16, 128) if quick else (1, 16, 64, 128, 512)
+    blocks16 = ((1, 1), (4, 4), (1, 16), (16, 16))
+    fp16 = [Case(m, 4096, b, "float16") for b in blocks16 for m in ms16]
     return fp32 + fp16
 
 
@@ -172,6 +175,7 @@ def run_gpu_case(case: Case, seed: int) -> dict[str, Any]:
     vs_dense = ratio(times["torch_dense"], times["tvm"])
     vs_sparse = ratio(best_sparse, times["tvm"])
     return {
+        "config": str(kernel.config),
         "times_s": times,
         "timing_method": methods,
         "max_abs_err": err,

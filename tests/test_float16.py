@@ -130,18 +130,32 @@ def test_float16_layers_still_go_sparse():
 KERNEL_PARAMS = r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(([^)]*)\)"
 
 
-def test_float16_cuda_build_runs_the_sparse_kernels_in_half():
-    """sm_90a source, no GPU: the sparse kernels read half weights and activations."""
-    executable, *_ = build_onnx_with_decisions(
+def _kernel_body(source: str, name: str) -> str:
+    """The definition of ``__global__`` function ``name`` in CUDA ``source``."""
+    (body,) = [
+        part
+        for part in source.split('extern "C" __global__')
+        if re.match(rf"\s*void (?:__launch_bounds__\(\d+\) )?{name}\([^)]*\)\s*{{", part)
+    ]
+    return body
+
+
+def test_float16_cuda_build_runs_the_sparse_kernels_on_tensor_cores():
+    """sm_90a source, no GPU: fc1 and fc2 (16 rows) read half pair words and multiply with
+    wmma; the decisions say so."""
+    executable, _, _, decisions = build_onnx_with_decisions(
         build_demo_model(**MLP), target="cuda", dtype="float16"
     )
+    variants = {d.layer: d.variant for d in decisions}
+    assert variants["fc1"] is variants["fc2"] is KernelVariant.TENSOR_CORE
     source = cuda_source(executable.mod)
     kernels = dict(re.findall(KERNEL_PARAMS, source))  # name -> parameters
-    sparse = [params for params in kernels.values() if "W_indptr" in params]
-    assert len(sparse) == 2, "fc1 and fc2 run a sparse kernel"
-    for params in sparse:
-        assert "half* __restrict__ W_data" in params
-        assert "half* __restrict__ X" in params
+    sparse = [name for name, params in kernels.items() if "words" in params]
+    assert len(sparse) == 2, "fc1 and fc2 run a tensor-core kernel"
+    for name in sparse:
+        assert "half* __restrict__ x" in kernels[name]
+        assert "uint* __restrict__ words" in kernels[name]
+        assert "nvcuda::wmma::mma_sync" in _kernel_body(source, name)
     (dense,) = [name for name in kernels if "matmul" in name]  # the classifier stays dense
     assert "matmul_cast" in dense  # sums in float32, one cast to half (AccumulateInFloat32)
 

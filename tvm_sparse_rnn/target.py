@@ -187,7 +187,15 @@ def device_limits(target: str | dict | Target) -> DeviceLimits:
         name=name,
         num_sms=num_sms,
         max_threads_per_block=int(attrs.get("max_threads_per_block", 1024)),
-        smem_per_block=OPT_IN_SHARED_MEMORY.get(
-            capability, int(attrs.get("max_shared_memory_per_block", 48 * 1024))
-        ),
+        smem_per_block=shared_memory_per_block(target),
+    )
+
+
+def shared_memory_per_block(target: str | dict | Target) -> int:
+    """Shared memory (bytes) a CTA may opt in to on ``target``'s arch
+    (:data:`OPT_IN_SHARED_MEMORY`), else the target's ``max_shared_memory_per_block``."""
+    target = resolve_target(target)
+    capability = str(target.attrs.get("arch", "")).removeprefix("sm_").rstrip("a")
+    return OPT_IN_SHARED_MEMORY.get(
+        capability, int(target.attrs.get("max_shared_memory_per_block", 48 * 1024))
     )

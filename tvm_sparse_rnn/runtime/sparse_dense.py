@@ -2,7 +2,9 @@
 
 * :func:`sparse_dense_func`: the scheduled PrimFunc for a weight, a batch size and a target,
   with the config of the tuning lookup unless one is given;
-* :func:`build_sparse_dense`: compile it into a callable :class:`SparseDenseKernel` (no Relax).
+* :func:`build_sparse_dense`: compile it into a callable :class:`SparseDenseKernel` (no Relax);
+  float16 on CUDA from 16 rows on runs the tensor-core kernel
+  (:mod:`tvm_sparse_rnn.kernels.cuda.tensor_core`) instead of the block-sparse one.
 
 Inside a Relax program use :func:`tvm_sparse_rnn.transform.dispatch.emit_sparse_dense`.
 
@@ -29,9 +31,17 @@ from tvm.target import Target
 
 from ..bsr import BSRWeight
 from ..errors import UnsupportedError
+from ..kernels.cuda.tensor_core.kernel import (
+    TensorCoreConfig,
+    default_config,
+    make_tensor_core_kernel,
+    padded_rows,
+)
+from ..kernels.cuda.tensor_core.packing import pack_tiled
 from ..kernels.sparse_dense import SparseDenseLayout
 from ..kernels.sparse_dense import sparse_dense_func as _scheduled
-from ..target import is_cuda, resolve_target
+from ..target import is_cuda, resolve_target, shared_memory_per_block
+from ..transform.dispatch.cost_model import cost_params, uses_tensor_cores
 from ..tuning.sparse_dense_space import sparse_dense_config
 
 logger = logging.getLogger(__name__)
@@ -92,11 +102,23 @@ class SparseDenseKernel:
         self.m = m
         self.target = target
         self.config = config
-        func = sparse_dense_func(weight, m, target, config).with_attr("global_symbol", "main")
+        n, k = weight.shape
+        if isinstance(config, TensorCoreConfig):
+            packed = pack_tiled(weight.toarray(), config.row_frags, config.warps)
+            self._padded = (padded_rows(m, config.m_tile), packed.layout.padded_k)
+            limit = shared_memory_per_block(target)
+            func = make_tensor_core_kernel(packed.layout, self._padded[0], config.m_tile, limit)
+            arrays = packed.arrays()
+        else:
+            self._padded = (m, k)
+            func = sparse_dense_func(weight, m, target, config)
+            arrays = weight.kernel_arrays()
+        func = func.with_attr("global_symbol", "main")
         self.executable = tvm.compile(tvm.IRModule({"main": func}), target=target)
         self.device = tvm.cuda(0) if is_cuda(target) else tvm.cpu(0)
-        self._weight_args = [tvm.runtime.tensor(a, self.device) for a in weight.kernel_arrays()]
-        self._out = tvm.runtime.tensor(np.zeros((m, weight.shape[0]), weight.dtype), self.device)
+        self._weight_args = [tvm.runtime.tensor(a, self.device) for a in arrays]
+        out = np.zeros((self._padded[0], n), weight.dtype)
+        self._out = tvm.runtime.tensor(out, self.device)
 
     @property
     def source(self) -> str | None:
@@ -117,11 +139,14 @@ class SparseDenseKernel:
             raise UnsupportedError(
                 f"sparse_dense: input x must have dtype {self.weight.dtype}, got {x.dtype.name}"
             )
+        if x.shape != self._padded:  # the tensor-core kernel's whole tiles
+            x = np.pad(x, [(0, p - s) for p, s in zip(self._padded, x.shape, strict=True)])
         return np.ascontiguousarray(x)
 
     def device_args(self, x: np.ndarray) -> list:
-        """``[X, W_data, W_indices, W_indptr, Y]`` on the device, for ``self.executable``
-        (``x`` is validated and uploaded; the weight and ``Y`` are the kernel's own)."""
+        """``[X, <weight arrays>, Y]`` on the device, for ``self.executable`` (``x`` is
+        validated, zero-padded to the kernel's tiles and uploaded; the weight and ``Y`` are the
+        kernel's own)."""
         x_dev = tvm.runtime.tensor(self._check(x), self.device)
         return [x_dev, *self._weight_args, self._out]
 
@@ -139,7 +164,7 @@ class SparseDenseKernel:
             ``(m, N)`` of the weight's dtype.
         """
         self.executable(*self.device_args(x))
-        return self._out.numpy()
+        return self._out.numpy()[: self.m]
 
     def time(self, x: np.ndarray, number: int = 100, repeat: int = 5) -> list[float]:
         """Seconds per call, one mean over ``number`` calls per repeat (``time_evaluator``)."""
@@ -162,8 +187,10 @@ def build_sparse_dense(
         Rows of ``X``.
     target : str, dict or Target
         ``"llvm"`` (this CPU), ``"cuda"`` (this machine's GPU, else the H200) or a TVM target.
-    config : X86Config or CudaConfig, optional
-        Schedule knobs; ``None``: tuned record, else shipped config, else default.
+    config : X86Config, CudaConfig or TensorCoreConfig, optional
+        Knobs; ``None``: the tensor-core kernel's default where the cost rule sends the layer
+        to tensor cores (float16, CUDA, ``m >= 16``), else tuned record, shipped config or
+        default of the block-sparse kernel.
 
     Returns
     -------
@@ -171,5 +198,7 @@ def build_sparse_dense(
     """
     target = resolve_target(target)
     weight = BSRWeight.coerce(weight)
+    if config is None and uses_tensor_cores(cost_params(target.kind.name), int(m), weight.dtype):
+        config = default_config(int(m))
     config = config or sparse_dense_config(weight, int(m), target)
     return SparseDenseKernel(weight, int(m), target, config)

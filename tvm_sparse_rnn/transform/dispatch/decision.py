@@ -12,6 +12,7 @@ class KernelVariant(enum.StrEnum):
     """The kernel variants a placeholder can be lowered to."""
 
     SPARSE_DENSE = "sparse_dense"  # block-sparse X @ W.T (x86 or CUDA schedule)
+    TENSOR_CORE = "tensor_core"  # CUDA float16: W loaded sparse, multiplied on tensor cores
     CSR_SPMM = "csr_spmm"  # x86 CSR kernel vectorized along the rows of X (unstructured W)
     DENSE = "dense"  # R.matmul, scheduled by the target's default pipeline
     RECURRENT_X86 = "recurrent_x86"  # x86 projection + one-launch recurrent kernel

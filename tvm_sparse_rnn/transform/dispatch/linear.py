@@ -20,6 +20,7 @@ from tvm.target import Target
 
 from ...bsr import BSRWeight
 from ...errors import UnsupportedError
+from ...kernels.cuda.tensor_core.kernel import default_config
 from ...kernels.sparse_dense import SparseDenseLayout, sparse_dense_func
 from ...kernels.x86.recurrent import (
     PackedWeight,
@@ -31,8 +32,9 @@ from ...ops.placeholders import LinearCall
 from ...target import resolve_target
 from ...tuning.lookup import lookup_config
 from ...tuning.sparse_dense_space import sparse_dense_tune_task
-from .cost_model import plan_layer
+from .cost_model import cost_params, plan_layer, uses_tensor_cores
 from .decision import DispatchOptions, KernelDecision, KernelVariant
+from .linear_tensor_core import TensorCoreLinear
 from .projection_x86 import pad_columns
 
 logger = logging.getLogger(__name__)
@@ -118,6 +120,8 @@ class LinearLowering:
         The resolved target.
     csr : PackedWeight or None
         The CSR weight of the CSR variant (x86, unstructured).
+    tensor_core : TensorCoreLinear or None
+        The packed weight of the tensor-core variant (CUDA, float16).
     """
 
     decision: KernelDecision
@@ -126,10 +130,13 @@ class LinearLowering:
     config: object
     target: Target
     csr: PackedWeight | None = None
+    tensor_core: TensorCoreLinear | None = None
     _consts: list[relax.Expr] = field(default_factory=list)
 
     def emit(self, bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
         """Emit ``x @ W.T`` (``x`` of rank >= 2) for the decided variant."""
+        if self.tensor_core is not None:
+            return self.tensor_core.emit(bb, x)
         if self.csr is not None:
             return self._emit_csr(bb, x)
         if self.bsr is None:
@@ -182,6 +189,7 @@ def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> L
         return LinearLowering(decision, weight, None, None, target)
     lead = ty.shape.values[:-1]
     static = all(isinstance(d, tvm.tirx.IntImm) for d in lead)
+    rows = math.prod(int(d) for d in lead) if static else None
     plan = plan_layer(
         weight,
         target.kind.name,
@@ -189,7 +197,7 @@ def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> L
         options.block_size,
         options.candidates,
         options.cost_params,
-        rows=math.prod(int(d) for d in lead) if static else None,
+        rows=rows,
     )
     stats = plan.choice
     detail = f"W {'x'.join(map(str, plan.shape))}, sparsity {plan.sparsity:.1%}"
@@ -204,9 +212,25 @@ def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> L
         detail = f"W {'x'.join(map(str, plan.shape))}, sparsity {plan.sparsity:.1%}, CSR"
         decision = KernelDecision(call.name, KernelVariant.CSR_SPMM, detail, "-", plan.reason)
         return LinearLowering(decision, weight, None, None, target, csr)
+    params = options.cost_params or cost_params(target.kind.name)
+    if uses_tensor_cores(params, rows, str(ty.dtype)):
+        try:
+            tc = TensorCoreLinear.plan(weight, default_config(rows), target)
+        except UnsupportedError as err:  # too dense for the registers: the block kernel runs
+            logger.info("%s: no tensor-core kernel (%s)", call.name, err)
+        else:
+            detail = f"W {'x'.join(map(str, plan.shape))}, sparsity {plan.sparsity:.1%}, "
+            decision = KernelDecision(
+                call.name,
+                KernelVariant.TENSOR_CORE,
+                detail + tc.detail(),
+                f"default: {tc.config}",
+                plan.reason,
+            )
+            return LinearLowering(decision, weight, None, None, target, tensor_core=tc)
     bsr = BSRWeight.from_dense(weight, stats.block_size, dtype=str(ty.dtype))
-    rows = math.prod(int(d) for d in lead) if static else tirx.Var("m", "int64")
-    config, source = lookup_config(sparse_dense_tune_task(bsr, rows, target), target)
+    batch = rows if static else tirx.Var("m", "int64")
+    config, source = lookup_config(sparse_dense_tune_task(bsr, batch, target), target)
     decision = KernelDecision(
         call.name, KernelVariant.SPARSE_DENSE, detail, f"{source}: {config}", plan.reason
     )
