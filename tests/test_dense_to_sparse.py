@@ -351,6 +351,20 @@ def test_unstructured_layers_use_the_csr_kernel_and_match_float64(x_shape, n):
     np.testing.assert_allclose(_run(after, xv), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_block_pruned_layers_from_16_rows_take_the_csr_kernel_in_row_groups():
+    """A 4x4-pruned weight at M = 32: the CSR kernel with rows in groups of 4 (one load of
+    ``X^T[c, :]`` for four rows), numbers vs float64."""
+    rng = np.random.default_rng(13)
+    blocked = pruned_weight(rng, (64, 64), 0.9, (4, 4))
+    after, dispatch = _dispatch(_dense_module((32, 64), [blocked]), cost_params=WORK_ONLY_CSR)
+    (decision,) = dispatch.decisions
+    assert decision.variant is KernelVariant.CSR_SPMM
+    assert "rows in groups of 4" in decision.detail
+    xv = rng.standard_normal((32, 64)).astype("float32")
+    ref = xv.astype(np.float64) @ blocked.T.astype(np.float64)
+    np.testing.assert_allclose(_run(after, xv), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_block_pruned_and_dynamic_batch_layers_keep_the_block_kernel():
     rng = np.random.default_rng(12)
     blocked = pruned_weight(rng, (64, 64), 0.9, (4, 4))

@@ -10,10 +10,12 @@ from tvm_sparse_rnn.kernels.x86.recurrent import (
     UNROLL,
     RecurrentConfig,
     default_recurrent_config,
+    pack_row_groups,
     pack_weight,
     padded_columns,
     projection_chains,
     projection_prim_func,
+    projection_row_group,
     projection_tile,
     recurrent_prim_func,
     unit_major_order,
@@ -175,6 +177,45 @@ def test_projection_matches_numpy(dense, seq_len, batch, tile, chains):
     ex(*tensors)
     want = (w @ xt + bias[:, None])[order].reshape(18, seq_len, batch).transpose(1, 0, 2)
     np.testing.assert_allclose(tensors[-1].numpy(), want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    ("block_rows", "tile", "group"),
+    [(1, 64, 1), (4, 64, 4), (4, 128, 2), (16, 64, 4), (6, 16, 2), (8, 16, 8)],
+)
+def test_projection_row_group_fits_the_accumulator_registers(block_rows, tile, group):
+    assert projection_row_group(block_rows, tile) == group
+
+
+@pytest.mark.parametrize(("row_group", "m", "chains"), [(2, 37, None), (4, 128, None), (4, 12, 2)])
+def test_row_groups_share_x_loads_and_match_numpy(row_group, m, chains):
+    """Rows packed in groups (one column list per group, zeros where a row lacks a column; an
+    empty group included) give the same ``Y^T`` as the row-by-row packing."""
+    import tvm
+
+    rng = np.random.default_rng(row_group * m)
+    blocks = rng.random((4, 10)) < 0.3
+    w = np.kron(blocks, np.ones((4, 4))) * rng.uniform(-1, 1, (16, 40))
+    w[5, 7] = 0.5  # a scattered nonzero: the group's other rows store a zero there
+    w[12:] = 0
+    w = w.astype("float32")
+    packed = pack_row_groups(w, row_group)
+    assert packed.row_group == row_group and packed.indptr.shape == (16 // row_group + 1,)
+    assert packed.entries == sum(
+        np.count_nonzero(w[g : g + row_group].any(axis=0)) for g in range(0, 16, row_group)
+    )
+    tile = projection_tile(m)
+    func = projection_prim_func(packed, 1, m, tile=tile, chains=chains)
+    xt = np.zeros((40, padded_columns(m, tile)), "float32")
+    xt[:, :m] = rng.standard_normal((40, m))
+    bias = rng.standard_normal(16).astype("float32")
+    args = [xt, *packed.arrays(), bias, np.zeros((1, 16, m), "float32")]
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    tvm.compile(func, target="llvm")(*tensors)
+    want = w.astype(np.float64) @ xt[:, :m] + bias[:, None]
+    np.testing.assert_allclose(tensors[-1].numpy()[0], want, rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="must divide the 16 rows"):
+        pack_row_groups(w, 3)
 
 
 @pytest.mark.parametrize(

@@ -125,3 +125,35 @@ def test_fast_math_keeps_calls_of_other_functions():
     vm = relax.VirtualMachine(build(bb.get(), "llvm")[0], tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(data)).numpy()
     np.testing.assert_allclose(got, scipy.special.erf(np.exp(data.astype(np.float64))), atol=1e-5)
+
+
+def _softmax_module(shape: tuple[int, ...], axis: int) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(op.nn.softmax(x, axis))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis", "vector"),
+    [
+        ((1, 12, 128, 128), -1, True),  # BERT's attention probabilities
+        ((3, 5, 48), 2, True),
+        ((4, 40), -1, False),  # 40 does not divide by the lanes: TOPI's fast_softmax
+        ((16, 8, 32), 1, False),  # not the last axis
+    ],
+)
+def test_softmax_runs_the_vector_kernel_on_the_last_axis(shape, axis, vector):
+    """The pipeline's FastMath gives a last-axis softmax whose length divides by the lanes the
+    vector kernel (two-step lane-wise max and sum); numbers vs float64 numpy either way."""
+    lanes = vector_lanes(resolve_target("llvm"), 32)
+    mod = FastMath(lanes)(_softmax_module(shape, axis))
+    assert ("softmax_vector" in mod.script()) is (vector and shape[-1] % lanes == 0)
+    data = np.random.default_rng(2).standard_normal(shape).astype("float32") * 4
+    vm = relax.VirtualMachine(build(_softmax_module(shape, axis), "llvm")[0], tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(data)).numpy()
+    ref = scipy.special.softmax(data.astype(np.float64), axis=axis)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)

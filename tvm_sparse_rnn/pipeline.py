@@ -36,6 +36,7 @@ from tvm.target import Target
 
 from .errors import TuningError
 from .kernels.cuda.persistent import cooperative
+from .kernels.x86.vector import vector_lanes
 from .target import is_cuda, resolve_target
 from .transform import (
     AccumulateInFloat32,
@@ -67,7 +68,8 @@ def _default_passes(target: Target) -> list[tvm.transform.Pass]:
     p = cuda_backend if is_cuda(target) else cpu_backend
     legalize = p.legalize_passes(target)
     if not is_cuda(target):
-        legalize = [FastMath(), *legalize, ScheduleDenseCPU, ScheduleRemainderCPU]
+        lanes = vector_lanes(target, 32)
+        legalize = [FastMath(lanes), *legalize, ScheduleDenseCPU, ScheduleRemainderCPU]
     return (
         p.library_dispatch_passes(target)
         + legalize

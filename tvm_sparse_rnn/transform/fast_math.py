@@ -15,6 +15,7 @@ import logging
 import tvm
 from tvm import relax, topi
 
+from ..kernels.x86.softmax import make_softmax
 from .mutate import mutate_relax_functions
 from .to_float16 import Precision
 
@@ -24,9 +25,34 @@ _FAST_UNARY = {"relax.exp": topi.fast_exp, "relax.erf": topi.fast_erf, "relax.ta
 _SOFTMAX = "relax.nn.softmax"
 
 
+#: PrimFunc attribute ``op_pattern`` value kOpaque: keeps Relax's FuseOps away from the kernel.
+OP_PATTERN_OPAQUE = 8
+
+
 @relax.expr_functor.mutator
 class _FastMathMutator(relax.PyExprMutator):
-    """Replaces float32 ``exp``/``erf``/``tanh``/softmax calls by their TOPI approximations."""
+    """Replaces float32 ``exp``/``erf``/``tanh``/softmax calls by their TOPI approximations;
+    a softmax over a static last axis that divides by ``lanes`` by the vector kernel of
+    :mod:`~tvm_sparse_rnn.kernels.x86.softmax`."""
+
+    def __init__(self, mod: tvm.IRModule, lanes: int | None) -> None:
+        super().__init__(mod)
+        self.lanes = lanes
+
+    def _vector_softmax(self, call: relax.Call) -> relax.Expr | None:
+        ty = call.ty
+        shape = ty.shape.values if ty.shape is not None else None
+        if self.lanes is None or shape is None or ty.ndim < 2:
+            return None
+        if int(call.attrs.axis) not in (-1, ty.ndim - 1):
+            return None
+        if not all(isinstance(d, tvm.tirx.IntImm) for d in shape) or int(shape[-1]) % self.lanes:
+            return None
+        dims = tuple(int(d) for d in shape)
+        func = make_softmax(dims, str(ty.dtype), self.lanes)
+        func = func.with_attr("op_pattern", OP_PATTERN_OPAQUE).without_attr("global_symbol")
+        gv = self.builder_.add_func(func, "softmax_vector")
+        return relax.call_tir(gv, [call.args[0]], relax.TensorType(dims, str(ty.dtype)))
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
@@ -36,14 +62,27 @@ class _FastMathMutator(relax.PyExprMutator):
         if not isinstance(call.ty, relax.TensorType) or str(call.ty.dtype) != Precision.FLOAT32:
             return call
         if name == _SOFTMAX:
+            vector = self._vector_softmax(call)
+            if vector is not None:
+                return vector
             return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], call.attrs.axis)
         return self.builder_.call_te(_FAST_UNARY[name], call.args[0])
 
 
 @tvm.transform.module_pass(opt_level=0, name="FastMath")
 class FastMath:
-    """Rewrite every Relax function's ``exp``, ``erf``, ``tanh`` and softmax (float32)."""
+    """Rewrite every Relax function's ``exp``, ``erf``, ``tanh`` and softmax (float32).
+
+    Parameters
+    ----------
+    lanes : int, optional
+        Vector lanes of the target (float32); given, a last-axis softmax whose length divides
+        by it runs the vector kernel.
+    """
+
+    def __init__(self, lanes: int | None = None) -> None:
+        self.lanes = lanes
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """The module with the approximations in place."""
-        return mutate_relax_functions(_FastMathMutator(mod), mod)
+        return mutate_relax_functions(_FastMathMutator(mod, self.lanes), mod)

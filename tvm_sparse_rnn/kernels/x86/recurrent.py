@@ -69,6 +69,8 @@ UNROLL = 4
 PROJECTION_TILES = (64, 128, 32, 16)
 #: Accumulator floats the projection keeps in flight (several independent FMA chains).
 PROJECTION_CHAIN_FLOATS = 64
+#: Most accumulator floats of a row group (16 AVX-512 registers).
+PROJECTION_GROUP_FLOATS = 256
 #: Relative cost per column of the narrowest projection tile (50 vs 85 GFLOPS measured).
 _NARROW_TILE_COST = 1.6
 #: Multiply-adds (per step for the recurrence) below which a kernel runs on one core.
@@ -108,6 +110,12 @@ class PackedWeight:
         Every row holds a multiple of this many entries (padding: ``<col 0, 0.0>``).
     nonzeros : int
         Nonzeros of the weight before padding.
+    row_group : int
+        Consecutive rows packed together (sparse, ``G = 1``): group ``i`` (rows
+        ``i*row_group ...``) has one column list ``indices[indptr[i]:indptr[i+1]]`` (the union
+        of its rows' columns) and ``values[e * row_group + j]`` for entry ``e`` and row ``j``
+        (zero where row ``j`` lacks the column), so one load of ``X^T[c, :]`` feeds
+        ``row_group`` rows (a weight pruned in ``row_group x c`` blocks stores no zero).
     """
 
     values: np.ndarray
@@ -118,6 +126,7 @@ class PackedWeight:
     padded_cols: int
     row_multiple: int
     nonzeros: int
+    row_group: int = 1
 
     @property
     def dense(self) -> bool:
@@ -131,8 +140,9 @@ class PackedWeight:
 
     @property
     def entries(self) -> int:
-        """Length of :attr:`values` (padding included)."""
-        return int(self.values.size)
+        """Entries per row group (the length of :attr:`indices`; of :attr:`values` for
+        ``row_group = 1``), padding included."""
+        return int(self.values.size) // self.row_group
 
     @property
     def layout(self) -> PackedLayout:
@@ -144,6 +154,7 @@ class PackedWeight:
             self.row_multiple,
             self.entries,
             self.index_dtype,
+            self.row_group,
         )
 
     def arrays(self) -> list[np.ndarray]:
@@ -168,9 +179,11 @@ class PackedLayout:
     row_multiple : int
         Every packed row holds a multiple of this many entries.
     entries : int
-        Length of the ``values`` (and ``indices``) array, padding included.
+        Entries per row group (the ``indices`` array), padding included.
     index_dtype : str or None
         dtype of the column indices; ``None`` for the dense variant.
+    row_group : int
+        Rows sharing one column list (:attr:`PackedWeight.row_group`).
     """
 
     shape: tuple[int, int]
@@ -179,6 +192,7 @@ class PackedLayout:
     row_multiple: int
     entries: int
     index_dtype: str | None
+    row_group: int = 1
 
     @property
     def dense(self) -> bool:
@@ -236,6 +250,33 @@ def pack_weight(
     return PackedWeight(
         vals, cols, indptr.astype(np.int32), num_gates, (gh, k), k, row_multiple, nnz
     )
+
+
+def pack_row_groups(w: np.ndarray | sp.sparray, row_group: int) -> PackedWeight:
+    """Pack an ``(N, K)`` linear weight for the CSR kernel with ``row_group`` rows per column
+    list (:attr:`PackedWeight.row_group`; ``G = 1``, no padding).
+
+    Raises
+    ------
+    ValueError
+        If ``row_group`` does not divide ``N``.
+    """
+    n, k = w.shape
+    if row_group < 1 or n % row_group:
+        raise ValueError(f"row_group {row_group} must divide the {n} rows of the weight")
+    csr = sp.csr_array(w, dtype=np.float32)
+    csr.eliminate_zeros()
+    csr.sort_indices()
+    rows = np.repeat(np.arange(n), np.diff(csr.indptr))
+    group = rows // row_group
+    keys = np.unique(group * k + csr.indices)  # each group's column list, in order
+    indptr = np.searchsorted(keys, np.arange(n // row_group + 1) * k).astype(np.int32)
+    entries = max(keys.size, 1)  # TVM buffers can't be empty
+    vals = np.zeros((entries, row_group), np.float32)
+    vals[np.searchsorted(keys, group * k + csr.indices), rows % row_group] = csr.data
+    cols = np.zeros(entries, np.uint16 if k <= np.iinfo(np.uint16).max else np.int32)
+    cols[: keys.size] = keys % k
+    return PackedWeight(vals.reshape(-1), cols, indptr, 1, (n, k), k, 1, int(csr.nnz), row_group)
 
 
 def _f32(value: float) -> tirx.PrimExpr:
@@ -424,7 +465,7 @@ def recurrent_prim_func(
         :data:`UNROLL`.
     """
     H, G, N, Hp = cfg.hidden_size, cfg.num_gates, batch, packed.padded_cols
-    if packed.shape != (G * H, H) or packed.row_multiple != UNROLL:
+    if packed.shape != (G * H, H) or packed.row_multiple != UNROLL or packed.row_group != 1:
         raise ValueError(f"R is packed as {packed.shape} rows of {packed.row_multiple}")
     acc_n, spl = config.accumulators, config.steps_per_launch
     if acc_n < 1 or UNROLL % acc_n:
@@ -580,11 +621,21 @@ def projection_tile(m: int) -> int:
     return min(PROJECTION_TILES, key=cost)
 
 
-def projection_chains(tile: int) -> int:
-    """Accumulator chains of :func:`projection_prim_func` for a ``tile``-column accumulator:
-    enough that :data:`PROJECTION_CHAIN_FLOATS` floats are in flight (an FMA's latency is ~4
-    cycles, its throughput 2 per cycle), at most 4."""
-    return max(1, min(4, PROJECTION_CHAIN_FLOATS // tile))
+def projection_chains(tile: int, row_group: int = 1) -> int:
+    """Accumulator chains of :func:`projection_prim_func` for a ``tile``-column accumulator
+    of ``row_group`` rows: enough that :data:`PROJECTION_CHAIN_FLOATS` floats are in flight
+    (an FMA's latency is ~4 cycles, its throughput 2 per cycle), at most 4."""
+    return max(1, min(4, PROJECTION_CHAIN_FLOATS // (tile * row_group)))
+
+
+def projection_row_group(block_rows: int, tile: int) -> int:
+    """Rows per column list (:func:`pack_row_groups`) for a weight pruned in blocks of
+    ``block_rows`` rows: the largest power of two dividing ``block_rows`` whose accumulators
+    (``row_group * tile`` floats) fit :data:`PROJECTION_GROUP_FLOATS`."""
+    group = 1
+    while block_rows % (2 * group) == 0 and 2 * group * tile <= PROJECTION_GROUP_FLOATS:
+        group *= 2
+    return group
 
 
 def padded_columns(m: int, tile: int) -> int:
@@ -632,59 +683,70 @@ def projection_prim_func(
         U (T, G*H, N))``; ``Wb`` and the rows of ``U`` are unit-major like ``W``'s.
     """
     rows, k_in = packed.shape
+    rg = packed.row_group
     m = seq_len * batch
     tile = tile or projection_tile(m)
     m_pad = padded_columns(m, tile)
-    chains = chains or projection_chains(tile)
+    chains = chains or projection_chains(tile, rg)
     if parallel is None:
-        parallel = packed.entries * m >= MIN_PARALLEL_WORK
+        parallel = packed.entries * rg * m >= MIN_PARALLEL_WORK
     loop = T.parallel if parallel else T.serial
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("projection_x86")
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             XT = _arg("XT", (k_in, m_pad))
-            vals = _arg("W_values", (packed.entries,))
+            vals = _arg("W_values", (packed.entries * rg,))
             if not packed.dense:
                 idx = _arg("W_indices", (packed.entries,), packed.index_dtype)
-                ptr = _arg("W_indptr", (rows + 1,), "int32")
+                ptr = _arg("W_indptr", (rows // rg + 1,), "int32")
             Wb = _arg("Wb", (rows,))
             U = _arg("U", (seq_len, rows, batch))
-            with loop(0, rows) as r:
+            with loop(0, rows // rg) as g:
                 with T.serial(0, m_pad // tile) as mo:
-                    acc = _stack_buffer((chains, tile))
-                    with T.unroll(0, chains) as c:
+                    acc = _stack_buffer((chains * rg, tile))
+                    with T.unroll(0, chains * rg) as c:
                         with T.vectorized(0, tile) as mi:
                             T.buffer_store(acc, tirx.const(0.0, _F32), [c, mi])
 
                     def accumulate(k: tirx.PrimExpr, chain: int | tirx.PrimExpr) -> None:
                         if packed.dense:
-                            w_val, col = vals[r * packed.padded_cols + k], k
+                            col = k
                         else:
-                            w_val, col = vals[k], tirx.Cast("int32", idx[k])
+                            col = tirx.Cast("int32", idx[k])
                         with T.vectorized(0, tile) as mi:
-                            value = acc[chain, mi] + w_val * XT[col, mo * tile + mi]
-                            T.buffer_store(acc, value, [chain, mi])
+                            x = XT[col, mo * tile + mi]  # one load for the group's rows
+                            for j in range(rg):
+                                if packed.dense:
+                                    w_val = vals[g * packed.padded_cols + k]
+                                else:
+                                    w_val = vals[k * rg + j]
+                                value = acc[chain * rg + j, mi] + w_val * x
+                                T.buffer_store(acc, value, [chain * rg + j, mi])
 
                     if packed.dense:
                         start, end = 0, k_in
                     else:
-                        start, end = ptr[r], ptr[r + 1]
+                        start, end = ptr[g], ptr[g + 1]
                     with T.serial(0, (end - start) // chains) as group:
                         with T.unroll(0, chains) as c:
                             accumulate(start + group * chains + c, c)
                     with T.serial(start + (end - start) // chains * chains, end) as k:
                         accumulate(k, 0)
-                    with T.vectorized(0, tile) as mi:
-                        total = Wb[r]
-                        for c in range(chains):
-                            total = total + acc[c, mi]
-                        T.buffer_store(acc, total, [0, mi])
-                    with T.serial(0, tile) as mi:
-                        column = mo * tile + mi
-                        if m_pad == m:
-                            T.buffer_store(U, acc[0, mi], [column // batch, r, column % batch])
-                        else:
-                            with T.If(column < m), T.Then():
-                                T.buffer_store(U, acc[0, mi], [column // batch, r, column % batch])
+                    for j in range(rg):
+                        r = g * rg + j
+                        with T.vectorized(0, tile) as mi:
+                            total = Wb[r]
+                            for c in range(chains):
+                                total = total + acc[c * rg + j, mi]
+                            T.buffer_store(acc, total, [j, mi])
+                        with T.serial(0, tile) as mi:
+                            column = mo * tile + mi
+                            if m_pad == m:
+                                T.buffer_store(U, acc[j, mi], [column // batch, r, column % batch])
+                            else:
+                                with T.If(column < m), T.Then():
+                                    T.buffer_store(
+                                        U, acc[j, mi], [column // batch, r, column % batch]
+                                    )
     return ib.get()

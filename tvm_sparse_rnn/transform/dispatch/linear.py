@@ -24,8 +24,10 @@ from ...kernels.cuda.tensor_core.kernel import default_config
 from ...kernels.sparse_dense import SparseDenseLayout, sparse_dense_func
 from ...kernels.x86.recurrent import (
     PackedWeight,
+    pack_row_groups,
     pack_weight,
     projection_prim_func,
+    projection_row_group,
     projection_tile,
 )
 from ...ops.placeholders import LinearCall
@@ -208,8 +210,13 @@ def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> L
         decision = KernelDecision(call.name, KernelVariant.DENSE, detail, "-", plan.reason)
         return LinearLowering(decision, weight, None, None, target)
     if plan.csr and str(ty.dtype) == "float32":
-        csr = pack_weight(weight, 1, dense=False, row_multiple=1)
+        group = projection_row_group(stats.block_size[0], projection_tile(rows))
+        if group > 1:  # rows pruned together share one load of X^T per column
+            csr = pack_row_groups(weight, group)
+        else:
+            csr = pack_weight(weight, 1, dense=False, row_multiple=1)
         detail = f"W {'x'.join(map(str, plan.shape))}, sparsity {plan.sparsity:.1%}, CSR"
+        detail += f", rows in groups of {group}" if group > 1 else ""
         decision = KernelDecision(call.name, KernelVariant.CSR_SPMM, detail, "-", plan.reason)
         return LinearLowering(decision, weight, None, None, target, csr)
     params = options.cost_params or cost_params(target.kind.name)
