@@ -27,6 +27,7 @@ from tvm_sparse_rnn.transform.dispatch.cost_model import (
     CostParams,
     block_stats,
     choose_block_size,
+    csr_row_group,
     parse_block_size,
     plan_layer,
 )
@@ -345,10 +346,19 @@ def test_unstructured_layers_use_the_csr_kernel_and_match_float64(x_shape, n):
     after, dispatch = _dispatch(_dense_module(x_shape, [w]), cost_params=WORK_ONLY_CSR)
     (decision,) = dispatch.decisions
     assert decision.variant is KernelVariant.CSR_SPMM and "CSR" in decision.detail
+    assert "groups" not in decision.detail  # scattered rows share no columns
     assert "csr_spmm" in after.script()
     xv = rng.standard_normal(x_shape).astype("float32")
     ref = xv.astype(np.float64) @ w.T.astype(np.float64)
     np.testing.assert_allclose(_run(after, xv), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("block", "most", "group"), [((4, 4), 8, 4), ((8, 1), 4, 4), ((2, 2), 8, 2), ((1, 1), 8, 1)]
+)
+def test_csr_row_group_follows_the_rows_pruned_together(block, most, group):
+    rng = np.random.default_rng(14)
+    assert csr_row_group(pruned_weight(rng, (64, 64), 0.9, block), most) == group
 
 
 def test_block_pruned_layers_from_16_rows_take_the_csr_kernel_in_row_groups():

@@ -69,8 +69,9 @@ UNROLL = 4
 PROJECTION_TILES = (64, 128, 32, 16)
 #: Accumulator floats the projection keeps in flight (several independent FMA chains).
 PROJECTION_CHAIN_FLOATS = 64
-#: Most accumulator floats of a row group (16 AVX-512 registers).
+#: Most accumulator floats of a row group (16 AVX-512 registers), and most rows in a group.
 PROJECTION_GROUP_FLOATS = 256
+PROJECTION_MAX_GROUP = 8
 #: Relative cost per column of the narrowest projection tile (50 vs 85 GFLOPS measured).
 _NARROW_TILE_COST = 1.6
 #: Multiply-adds (per step for the recurrence) below which a kernel runs on one core.
@@ -628,12 +629,12 @@ def projection_chains(tile: int, row_group: int = 1) -> int:
     return max(1, min(4, PROJECTION_CHAIN_FLOATS // (tile * row_group)))
 
 
-def projection_row_group(block_rows: int, tile: int) -> int:
-    """Rows per column list (:func:`pack_row_groups`) for a weight pruned in blocks of
-    ``block_rows`` rows: the largest power of two dividing ``block_rows`` whose accumulators
-    (``row_group * tile`` floats) fit :data:`PROJECTION_GROUP_FLOATS`."""
+def projection_row_group(tile: int) -> int:
+    """The most rows per column list (:func:`pack_row_groups`) whose accumulators
+    (``row_group * tile`` floats) fit :data:`PROJECTION_GROUP_FLOATS`: a power of two, at most
+    :data:`PROJECTION_MAX_GROUP`."""
     group = 1
-    while block_rows % (2 * group) == 0 and 2 * group * tile <= PROJECTION_GROUP_FLOATS:
+    while 2 * group <= PROJECTION_MAX_GROUP and 2 * group * tile <= PROJECTION_GROUP_FLOATS:
         group *= 2
     return group
 

@@ -320,6 +320,26 @@ def plan_layer(
     return LayerPlan(shape, sparsity, choice, cost, sparse, reason, csr)
 
 
+#: Largest share of stored zeros at which the x86 CSR kernel packs rows in groups (a group
+#: of ``g`` rows loads ``X^T[c, :]`` once for ``g`` rows, and multiplies its stored zeros).
+MAX_ROW_GROUP_FILL = 0.25
+
+
+def csr_row_group(weight: np.ndarray, most: int) -> int:
+    """Rows per column list of the x86 CSR kernel for ``weight`` (``N x K``): the largest power
+    of two up to ``most`` dividing ``N`` whose ``g x 1`` blocks store at most
+    :data:`MAX_ROW_GROUP_FILL` zeros (4 for a weight pruned in 4x4 blocks, 1 for an
+    unstructured one)."""
+    nonzero = np.asarray(weight) != 0
+    group = most
+    while group > 1:
+        divides = nonzero.shape[0] % group == 0
+        if divides and block_stats(nonzero, (group, 1), 0.0).fill <= MAX_ROW_GROUP_FILL:
+            return group
+        group //= 2
+    return 1
+
+
 def uses_tensor_cores(params: CostParams, rows: int | None, dtype: str) -> bool:
     """Whether a sparse layer of ``rows`` rows (``None``: dynamic) and ``dtype`` runs on the
     tensor-core kernel."""

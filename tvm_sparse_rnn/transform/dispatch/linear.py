@@ -34,7 +34,7 @@ from ...ops.placeholders import LinearCall
 from ...target import resolve_target
 from ...tuning.lookup import lookup_config
 from ...tuning.sparse_dense_space import sparse_dense_tune_task
-from .cost_model import cost_params, plan_layer, uses_tensor_cores
+from .cost_model import cost_params, csr_row_group, plan_layer, uses_tensor_cores
 from .decision import DispatchOptions, KernelDecision, KernelVariant
 from .linear_tensor_core import TensorCoreLinear
 from .projection_x86 import pad_columns
@@ -210,7 +210,7 @@ def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> L
         decision = KernelDecision(call.name, KernelVariant.DENSE, detail, "-", plan.reason)
         return LinearLowering(decision, weight, None, None, target)
     if plan.csr and str(ty.dtype) == "float32":
-        group = projection_row_group(stats.block_size[0], projection_tile(rows))
+        group = csr_row_group(weight, projection_row_group(projection_tile(rows)))
         if group > 1:  # rows pruned together share one load of X^T per column
             csr = pack_row_groups(weight, group)
         else:
