@@ -42,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 DTYPE = "float16"
 ACC = "float32"
-#: Halves per 16-byte store when zeroing a chunk tile.
-ZERO_VECTOR = 8
+#: Halves per 16-byte access (zeroing a chunk tile, staging X).
+VECTOR_HALVES = 8
 #: Row stride (halves) of a chunk tile in shared memory: 64 + 8 keeps the eight 16-byte rows an
 #: ``ldmatrix`` phase reads in distinct banks.
 ROW_STRIDE = CHUNK + 8
@@ -139,19 +139,19 @@ def make_tensor_core_kernel(
     af, bf = layout.row_frags, m_tile // FRAGMENT
     tile_halves = rows * ROW_STRIDE
     x_halves = m_tile * ROW_STRIDE
-    x_rounds = m_tile * CHUNK // (ZERO_VECTOR * LANES)
+    x_rounds = m_tile * CHUNK // (VECTOR_HALVES * LANES)
     out_per_cta = rows * m_tile
     out_rounds = -(-out_per_cta // (warps * LANES))
-    row_vectors = CHUNK // ZERO_VECTOR
+    row_vectors = CHUNK // VECTOR_HALVES
 
     @T.macro
     def scatter_segment(ws, regs, w, lane, c):
         for z in T.unroll(rows * row_vectors // LANES):
             vec = z * LANES + lane
-            for v in T.vectorized(ZERO_VECTOR):
+            for v in T.vectorized(VECTOR_HALVES):
                 ws[
                     w * tile_halves + (vec // row_vectors) * ROW_STRIDE
-                    + (vec % row_vectors) * ZERO_VECTOR + v
+                    + (vec % row_vectors) * VECTOR_HALVES + v
                 ] = T.float16(0)  # fmt: skip
         T.cuda.warp_sync()
         for s in T.unroll(slots):
@@ -167,21 +167,21 @@ def make_tensor_core_kernel(
     def load_x(xr, x, colr, bm, lane, c):
         for i in T.unroll(x_rounds):
             vec = i * LANES + lane
-            for v in T.vectorized(ZERO_VECTOR):
-                xr[i * ZERO_VECTOR + v] = x[
+            for v in T.vectorized(VECTOR_HALVES):
+                xr[i * VECTOR_HALVES + v] = x[
                     bm * m_tile + vec // row_vectors,
-                    colr[c] * CHUNK + (vec % row_vectors) * ZERO_VECTOR + v,
+                    colr[c] * CHUNK + (vec % row_vectors) * VECTOR_HALVES + v,
                 ]
 
     @T.macro
     def store_x(xs, xr, w, lane):
         for i in T.unroll(x_rounds):
             vec = i * LANES + lane
-            for v in T.vectorized(ZERO_VECTOR):
+            for v in T.vectorized(VECTOR_HALVES):
                 xs[
                     w * x_halves + (vec // row_vectors) * ROW_STRIDE
-                    + (vec % row_vectors) * ZERO_VECTOR + v
-                ] = xr[i * ZERO_VECTOR + v]  # fmt: skip
+                    + (vec % row_vectors) * VECTOR_HALVES + v
+                ] = xr[i * VECTOR_HALVES + v]  # fmt: skip
 
     @T.macro
     def multiply_segment(ws, xs, a_frag, b_frag, c_frag, w):
@@ -239,7 +239,7 @@ def make_tensor_core_kernel(
                         regs = T.alloc_buffer((q * QUAD,), "uint32", scope="local")
                         colr = T.alloc_buffer((spw,), "int32", scope="local")
                         a_frag = T.alloc_buffer((af * 16, 16), DTYPE, scope="wmma.matrix_a")
-                        xr = T.alloc_buffer((x_rounds * ZERO_VECTOR,), DTYPE, scope="local")
+                        xr = T.alloc_buffer((x_rounds * VECTOR_HALVES,), DTYPE, scope="local")
                         b_frag = T.alloc_buffer((16, bf * 16), DTYPE, scope="wmma.matrix_b")
                         c_frag = T.alloc_buffer((af * 16, bf * 16), ACC, scope="wmma.accumulator")
                         for j in T.unroll(q):
