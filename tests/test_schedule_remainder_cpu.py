@@ -14,7 +14,12 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm_sparse_rnn.kernels.x86.vector import vector_lanes
 from tvm_sparse_rnn.pipeline import build
 from tvm_sparse_rnn.target import resolve_target
-from tvm_sparse_rnn.transform import FastMath, ScheduleDenseCPU, ScheduleRemainderCPU
+from tvm_sparse_rnn.transform import (
+    CancelTransposes,
+    FastMath,
+    ScheduleDenseCPU,
+    ScheduleRemainderCPU,
+)
 
 LLVM = resolve_target("llvm")
 op = relax.op
@@ -157,3 +162,62 @@ def test_softmax_runs_the_vector_kernel_on_the_last_axis(shape, axis, vector):
     got = vm["main"](tvm.runtime.tensor(data)).numpy()
     ref = scipy.special.softmax(data.astype(np.float64), axis=axis)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def _ffn_gap_module(second_operand_is_constant: bool) -> tvm.IRModule:
+    """``xt = permute(reshape(gelu(permute(yt) + b)))``: the activations between two CSR
+    kernels, as the dispatch emits them (``yt`` (1, N, M) -> ``xt`` (N, M))."""
+    n, m = 8, 6
+    bb = relax.BlockBuilder()
+    yt = relax.Var("yt", relax.TensorType((1, n, m), "float32"))
+    other = relax.Var("other", relax.TensorType((1, m, n), "float32"))
+    bias = np.linspace(-1, 1, n, dtype="float32")
+    with bb.function("main", [yt, other]):
+        with bb.dataflow():
+            y = bb.emit(op.reshape(op.permute_dims(yt, [0, 2, 1]), [1, m, n]))
+            z = bb.emit(op.add(relax.const(bias) if second_operand_is_constant else other, y))
+            half = bb.emit(op.multiply(z, relax.const(0.5, "float32")))
+            erf = bb.emit(op.erf(op.divide(z, relax.const(1.4142135, "float32"))))
+            g = bb.emit(op.multiply(half, op.add(erf, relax.const(1.0, "float32"))))
+            out = bb.emit_output(op.permute_dims(op.reshape(g, [m, n]), [1, 0]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("constant", [True, False])
+def test_cancel_transposes_runs_the_chain_feature_major(constant):
+    """With constant operands the chain runs on ``reshape(yt, [N, M])`` (bias as (N, 1)) and no
+    transpose is left; with another tensor operand nothing changes. Same numbers either way."""
+    mod = _ffn_gap_module(constant)
+    after = CancelTransposes(mod)
+    assert ("permute_dims" in after.script()) is not constant
+    rng = np.random.default_rng(3)
+    args = [rng.standard_normal((1, 8, 6)).astype("float32"), rng.standard_normal((1, 6, 8))]
+    args = [tvm.runtime.tensor(a.astype("float32")) for a in args]
+    results = []
+    for module in (mod, after):
+        ex = tvm.compile(module, target="llvm")
+        results.append(relax.VirtualMachine(ex, tvm.cpu())["main"](*args).numpy())
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_cancel_transposes_between_the_demo_mlps_csr_layers():
+    """fc1 -> ReLU -> fc2 of the demo MLP (16 rows, both on the CSR kernel): the transpose
+    after fc1 and the one before fc2 cancel; the pipeline's build still matches onnxruntime."""
+    from tvm_sparse_rnn.compile import build_onnx_with_decisions, load_executable
+    from tvm_sparse_rnn.demo import build_demo_model, random_inputs
+    from tvm_sparse_rnn.frontend.onnx import from_onnx
+    from tvm_sparse_rnn.pipeline import sparse_pipeline
+    from tvm_sparse_rnn.testing import run_onnxruntime
+
+    model = build_demo_model(seq_len=4, batch=4, hidden=512, mlp=1024, classes=16, recurrent=False)
+    pipeline = sparse_pipeline("llvm")
+    with pipeline.target:
+        front = pipeline.front()(from_onnx(model))
+    assert front.script().count("permute_dims") == 4
+    assert CancelTransposes(front).script().count("permute_dims") == 2
+    executable, inputs, outputs, _ = build_onnx_with_decisions(model, target="llvm")
+    feeds = random_inputs(inputs)
+    got = load_executable(executable, inputs, outputs, "llvm").run(feeds)
+    for spec, ref in zip(outputs, run_onnxruntime(model, feeds), strict=True):
+        np.testing.assert_allclose(got[spec.name], ref, rtol=1e-4, atol=1e-4)

@@ -40,6 +40,7 @@ from .kernels.x86.vector import vector_lanes
 from .target import is_cuda, resolve_target
 from .transform import (
     AccumulateInFloat32,
+    CancelTransposes,
     Conv1dToLinear,
     DenseToSparse,
     DispatchKernels,
@@ -69,7 +70,13 @@ def _default_passes(target: Target) -> list[tvm.transform.Pass]:
     legalize = p.legalize_passes(target)
     if not is_cuda(target):
         lanes = vector_lanes(target, 32)
-        legalize = [FastMath(lanes), *legalize, ScheduleDenseCPU, ScheduleRemainderCPU]
+        legalize = [
+            CancelTransposes,
+            FastMath(lanes),
+            *legalize,
+            ScheduleDenseCPU,
+            ScheduleRemainderCPU,
+        ]
     return (
         p.library_dispatch_passes(target)
         + legalize

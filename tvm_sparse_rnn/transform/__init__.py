@@ -2,6 +2,7 @@
 schedule."""
 
 from .accumulate_float32 import AccumulateInFloat32
+from .cancel_transposes import CancelTransposes
 from .conv1d_to_linear import Conv1dToLinear
 from .dense_to_sparse import DenseToSparse
 from .dispatch import DispatchKernels, DispatchOptions, KernelDecision, KernelVariant
@@ -12,6 +13,7 @@ from .to_float16 import Precision, ToFloat16
 
 __all__ = [
     "AccumulateInFloat32",
+    "CancelTransposes",
     "Conv1dToLinear",
     "DenseToSparse",
     "DispatchKernels",
