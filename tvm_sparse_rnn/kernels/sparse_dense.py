@@ -20,6 +20,7 @@ from ..errors import UnsupportedError
 from ..ops.sparse_dense import sparse_dense_prim_func
 from ..target import is_cuda
 from .cuda import sparse_dense as cuda_schedule
+from .opaque import opaque_kernel
 from .space import KnobSpace
 from .x86 import sparse_dense as x86_schedule
 
@@ -27,8 +28,6 @@ logger = logging.getLogger(__name__)
 
 #: Largest element count of ``X`` or ``Y`` (the kernels index with int32).
 INDEX_LIMIT = 2**31 - 1
-#: PrimFunc attribute ``op_pattern`` value kOpaque: keeps Relax's FuseOps away from the kernel.
-OP_PATTERN_OPAQUE = 8
 
 
 @dataclass(frozen=True)
@@ -122,4 +121,4 @@ def sparse_dense_func(
         ``global_symbol`` (the caller names it).
     """
     func = schedule_func(unscheduled_func(layout, m, target), target, config)
-    return func.with_attr("op_pattern", OP_PATTERN_OPAQUE).without_attr("global_symbol")
+    return opaque_kernel(func)

@@ -15,6 +15,7 @@ import logging
 import tvm
 from tvm import relax, topi
 
+from ..kernels.opaque import opaque_kernel
 from ..kernels.x86.softmax import make_softmax
 from .mutate import mutate_relax_functions
 from .to_float16 import Precision
@@ -23,10 +24,6 @@ logger = logging.getLogger(__name__)
 
 _FAST_UNARY = {"relax.exp": topi.fast_exp, "relax.erf": topi.fast_erf, "relax.tanh": topi.fast_tanh}
 _SOFTMAX = "relax.nn.softmax"
-
-
-#: PrimFunc attribute ``op_pattern`` value kOpaque: keeps Relax's FuseOps away from the kernel.
-OP_PATTERN_OPAQUE = 8
 
 
 @relax.expr_functor.mutator
@@ -50,7 +47,7 @@ class _FastMathMutator(relax.PyExprMutator):
             return None
         dims = tuple(int(d) for d in shape)
         func = make_softmax(dims, str(ty.dtype), self.lanes)
-        func = func.with_attr("op_pattern", OP_PATTERN_OPAQUE).without_attr("global_symbol")
+        func = opaque_kernel(func)
         gv = self.builder_.add_func(func, "softmax_vector")
         return relax.call_tir(gv, [call.args[0]], relax.TensorType(dims, str(ty.dtype)))
 

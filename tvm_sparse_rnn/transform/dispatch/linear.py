@@ -21,6 +21,7 @@ from tvm.target import Target
 from ...bsr import BSRWeight
 from ...errors import UnsupportedError
 from ...kernels.cuda.tensor_core.kernel import default_config
+from ...kernels.opaque import opaque_kernel
 from ...kernels.sparse_dense import SparseDenseLayout, sparse_dense_func
 from ...kernels.x86.recurrent import (
     PackedWeight,
@@ -174,7 +175,7 @@ class LinearLowering:
             self._consts.append(relax.const(np.zeros(n, np.float32)))
         xt = bb.emit(pad_columns(op.permute_dims(op.reshape(x, [m, k]), [1, 0]), m, tile))
         func = projection_prim_func(self.csr, 1, m, tile=tile)
-        gv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 8), "csr_spmm")
+        gv = bb.add_func(opaque_kernel(func), "csr_spmm")
         out = relax.TensorType((1, n, m), "float32")
         yt = bb.emit(relax.call_tir(gv, [xt, *self._consts], out))  # Y^T as (1, N, M)
         y = op.reshape(op.permute_dims(yt, [0, 2, 1]), [m, n])

@@ -22,12 +22,10 @@ from ...kernels.cuda.tensor_core.kernel import (
     padded_rows,
 )
 from ...kernels.cuda.tensor_core.packing import TiledWeight, pack_tiled
+from ...kernels.opaque import opaque_kernel
 from ...target import shared_memory_per_block
 
 logger = logging.getLogger(__name__)
-
-#: PrimFunc attribute ``op_pattern`` value kOpaque: keeps Relax's FuseOps away from the kernel.
-OP_PATTERN_OPAQUE = 8
 
 
 @dataclass
@@ -79,7 +77,7 @@ class TensorCoreLinear:
             self._consts.extend(relax.const(a) for a in self.tiled.arrays())
         limit = shared_memory_per_block(self.target)
         func = make_tensor_core_kernel(lay, mp, self.config.m_tile, limit)
-        func = func.with_attr("op_pattern", OP_PATTERN_OPAQUE).without_attr("global_symbol")
+        func = opaque_kernel(func)
         gv = bb.add_func(func, "sparse_dense_tensor_core")
         out = relax.TensorType((mp, n), "float16")
         y = bb.emit(relax.call_tir(gv, [bb.emit(x2d), *self._consts], out))

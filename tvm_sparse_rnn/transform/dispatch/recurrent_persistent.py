@@ -32,14 +32,12 @@ from ...kernels.cuda.persistent.kernel import make_persistent_kernel
 from ...kernels.cuda.persistent.layout import PairOrder
 from ...kernels.cuda.persistent.packing import pack, unit_major
 from ...kernels.cuda.persistent.planner import Barrier, PersistentPlan
+from ...kernels.opaque import opaque_kernel
 from ...ops.cells import CellConfig, PersistentCell
 from .recurrent_common import F32, Direction, op
 from .recurrent_steps import Linear
 
 logger = logging.getLogger(__name__)
-
-#: PrimFunc attribute ``op_pattern`` value kOpaque: keeps Relax's FuseOps away from the kernel.
-_OP_PATTERN_OPAQUE = 8
 
 
 @dataclass(frozen=True)
@@ -132,12 +130,8 @@ def emit_persistent_direction(
     H, Hk, Bk, G = cfg.hidden_size, plan.hidden_padded, plan.batch_kernel, plan.gates
     b_pad = Bk * plan.num_batch_chunks
     packed = pack(unit_major(dirn.r, G), plan, choice.order, choice.vector)
-    func = (
-        make_persistent_kernel(plan, cell, choice.barrier, choice.vector)
-        .without_attr("global_symbol")
-        .with_attr("op_pattern", _OP_PATTERN_OPAQUE)
-        .with_attr("tirx.is_scheduled", True)
-    )
+    func = opaque_kernel(make_persistent_kernel(plan, cell, choice.barrier, choice.vector))
+    func = func.with_attr("tirx.is_scheduled", True)
     gv = bb.add_func(func, f"rnn_persistent_{cell.value}")
     bias, rbias = split_onnx_bias(cell, dirn.wb, dirn.rb)
     rbias_k = np.zeros(Hk, F32)

@@ -14,6 +14,7 @@ import logging
 import tvm
 from tvm import relax
 
+from ...kernels.opaque import opaque_kernel
 from ...kernels.x86.recurrent import (
     PackedWeight,
     RecurrentConfig,
@@ -25,9 +26,6 @@ from ...ops.cells import CellConfig
 from .recurrent_common import F32, Direction, const, reverse_sequences
 
 logger = logging.getLogger(__name__)
-
-#: PrimFunc attribute ``op_pattern`` value kOpaque: keeps Relax's FuseOps away from the kernels.
-_OP_PATTERN_OPAQUE = 8
 
 
 def emit_x86_direction(
@@ -55,8 +53,7 @@ def emit_x86_direction(
     order = unit_major_order(G, H)
 
     def add(func: tvm.tirx.PrimFunc, name: str) -> relax.GlobalVar:
-        func = func.without_attr("global_symbol").with_attr("op_pattern", _OP_PATTERN_OPAQUE)
-        return bb.add_func(func, name)
+        return bb.add_func(opaque_kernel(func), name)
 
     kind = cfg.kind.value.lower()
     proj = add(projection_prim_func(packed_w, seq_len, batch), f"{kind}_projection_x86")
