@@ -191,6 +191,8 @@ def test_cancel_transposes_runs_the_chain_feature_major(constant):
     mod = _ffn_gap_module(constant)
     after = CancelTransposes(mod)
     assert ("permute_dims" in after.script()) is not constant
+    if not constant:  # what a failed chain emitted is dropped again
+        tvm.ir.assert_structural_equal(after, mod)
     rng = np.random.default_rng(3)
     args = [rng.standard_normal((1, 8, 6)).astype("float32"), rng.standard_normal((1, 6, 8))]
     args = [tvm.runtime.tensor(a.astype("float32")) for a in args]

@@ -63,6 +63,7 @@ class _Canceller(relax.PyExprMutator):
         super().__init__(mod)
         self.var2val: dict[relax.Var, relax.Expr] = {}
         self.cancelled = 0
+        self.emitted = False  # bindings of a chain that then failed are dead code
 
     def visit_function_(self, func: relax.Function) -> relax.Expr:
         self.var2val = dict(relax.analysis.get_var2val(func))
@@ -107,6 +108,7 @@ class _Canceller(relax.PyExprMutator):
             return None
         yt = self._source(expr, n, m)
         if yt is not None:
+            self.emitted = True
             out = self.builder_.emit(relax.op.reshape(yt, [n, m]))
             memo[key] = out
             return out
@@ -116,6 +118,7 @@ class _Canceller(relax.PyExprMutator):
         args = [self._rebuild(arg, shape, n, m, memo) for arg in value.args]
         if any(a is None for a in args):
             return None
+        self.emitted = True
         out = self.builder_.emit(relax.Call(value.op, args, value.attrs))
         memo[key] = out
         return out
@@ -148,5 +151,6 @@ def CancelTransposes(mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.I
     mod = mutate_relax_functions(canceller, mod)
     if canceller.cancelled:
         logger.info("CancelTransposes: %d transpose pairs removed", canceller.cancelled)
+    if canceller.emitted:
         mod = relax.transform.DeadCodeElimination()(mod)
     return mod
