@@ -25,6 +25,7 @@ import tvm
 from tvm import relax
 
 from .mutate import mutate_relax_functions
+from .shapes import tensor_shape
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +47,10 @@ def _op(expr: relax.Expr, name: str | None = None) -> bool:
     return name is None or expr.op.name == name
 
 
-def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
-    """The static shape of ``expr``'s tensor type, or ``None``."""
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    dims = ty.shape.values
-    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return None
-    return tuple(int(d) for d in dims)
-
-
 @relax.expr_functor.mutator
 class _Canceller(relax.PyExprMutator):
+    """Rebinds ``permute_dims(reshape(chain), [1, 0])`` to the chain recomputed on ``Y^T``."""
+
     def __init__(self, mod: tvm.IRModule) -> None:
         super().__init__(mod)
         self.var2val: dict[relax.Var, relax.Expr] = {}
@@ -88,11 +80,18 @@ class _Canceller(relax.PyExprMutator):
             return None
         axes = [int(a) for a in value.attrs.axes] if value.attrs.axes is not None else None
         yt = value.args[0]
-        if axes != [0, 2, 1] or _shape(yt) != (1, n, m):
+        if axes != [0, 2, 1] or tensor_shape(yt) != (1, n, m):
             return None
         return yt
 
-    def _rebuild(self, expr, shape, n, m, memo) -> relax.Expr | None:
+    def _rebuild(
+        self,
+        expr: relax.Expr,
+        shape: tuple[int, ...],
+        n: int,
+        m: int,
+        memo: dict[relax.Expr, relax.Expr],
+    ) -> relax.Expr | None:
         """``expr`` (of ``shape``) recomputed feature-major (``(n, m)``), or ``None``."""
         if isinstance(expr, tvm.ir.expr.Constant):
             data = expr.value.numpy()
@@ -104,7 +103,7 @@ class _Canceller(relax.PyExprMutator):
         key = expr
         if key in memo:
             return memo[key]
-        if _shape(expr) != shape:
+        if tensor_shape(expr) != shape:
             return None
         yt = self._source(expr, n, m)
         if yt is not None:
@@ -129,9 +128,9 @@ class _Canceller(relax.PyExprMutator):
         if _op(value, "relax.permute_dims") and _op(self._value(value.args[0]), "relax.reshape"):
             axes = value.attrs.axes
             reshape = self._value(value.args[0])
-            flat = _shape(reshape)
+            flat = tensor_shape(reshape)
             chain = reshape.args[0]
-            shape = _shape(chain)
+            shape = tensor_shape(chain)
             if axes is not None and [int(a) for a in axes] == [1, 0] and flat and shape:
                 m, n = flat
                 if shape[-1] == n and int(np.prod(shape[:-1])) == m:

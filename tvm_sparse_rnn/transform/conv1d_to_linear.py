@@ -24,18 +24,12 @@ from tvm.ir import Op
 
 from ..ops.placeholders import LinearCall
 from .mutate import mutate_relax_functions
+from .shapes import tensor_shape
 
 logger = logging.getLogger(__name__)
 
 _CONV1D = Op.get("relax.nn.conv1d")
 op = relax.op
-
-
-def _static(shape: relax.Expr) -> tuple[int, ...] | None:
-    values = getattr(shape, "values", None)
-    if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
-        return None
-    return tuple(int(v) for v in values)
 
 
 @relax.expr_functor.mutator
@@ -50,7 +44,7 @@ class _Conv1dMutator(relax.PyExprMutator):
             return call
         x, weight = call.args
         attrs = call.attrs
-        shape = _static(x.ty.shape) if isinstance(x.ty, relax.TensorType) else None
+        shape = tensor_shape(x)
         if (
             not isinstance(weight, tvm.ir.expr.Constant)
             or shape is None

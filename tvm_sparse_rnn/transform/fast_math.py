@@ -18,6 +18,7 @@ from tvm import relax, topi
 from ..kernels.opaque import opaque_kernel
 from ..kernels.x86.softmax import make_softmax
 from .mutate import mutate_relax_functions
+from .shapes import tensor_shape
 from .to_float16 import Precision
 
 logger = logging.getLogger(__name__)
@@ -37,19 +38,16 @@ class _FastMathMutator(relax.PyExprMutator):
         self.lanes = lanes
 
     def _vector_softmax(self, call: relax.Call) -> relax.Expr | None:
-        ty = call.ty
-        shape = ty.shape.values if ty.shape is not None else None
-        if self.lanes is None or shape is None or ty.ndim < 2:
+        dims = tensor_shape(call)
+        if self.lanes is None or dims is None or len(dims) < 2 or dims[-1] % self.lanes:
             return None
-        if int(call.attrs.axis) not in (-1, ty.ndim - 1):
+        if int(call.attrs.axis) not in (-1, len(dims) - 1):
             return None
-        if not all(isinstance(d, tvm.tirx.IntImm) for d in shape) or int(shape[-1]) % self.lanes:
-            return None
-        dims = tuple(int(d) for d in shape)
-        func = make_softmax(dims, str(ty.dtype), self.lanes)
+        dtype = str(call.ty.dtype)
+        func = make_softmax(dims, dtype, self.lanes)
         func = opaque_kernel(func)
         gv = self.builder_.add_func(func, "softmax_vector")
-        return relax.call_tir(gv, [call.args[0]], relax.TensorType(dims, str(ty.dtype)))
+        return relax.call_tir(gv, [call.args[0]], relax.TensorType(dims, dtype))
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)

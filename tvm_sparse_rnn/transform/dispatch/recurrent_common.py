@@ -10,10 +10,10 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
 from tvm import relax
 
 from ...errors import UnsupportedError
+from ..shapes import tensor_shape
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +26,10 @@ def const(a: np.ndarray, dtype: str | None = None) -> relax.Expr:
 
 
 def static_shape(expr: relax.Expr, name: str) -> tuple[int, ...]:
-    shape = expr.ty.shape
-    if shape is None or not all(isinstance(s, tvm.tirx.IntImm) for s in shape):
-        raise UnsupportedError(f"{name} must have a static shape, got {shape}")
-    return tuple(int(s) for s in shape)
+    shape = tensor_shape(expr)
+    if shape is None:
+        raise UnsupportedError(f"{name} must have a static shape, got {expr.ty.shape}")
+    return shape
 
 
 def direction_state(
