@@ -102,12 +102,13 @@ def build_onnx_with_decisions(
     sparse: bool = True,
     fold: bool = True,
     dtype: Precision | str = Precision.FLOAT32,
+    cuda_graph: bool = True,
 ) -> tuple[tvm.runtime.Executable, list[TensorSpec], list[TensorSpec], list[KernelDecision]]:
     """:func:`build_onnx` plus the kernel decisions of the dispatch pass."""
     model = load_onnx(model_or_path)
     options = _options(sparsity_threshold if sparse else 1.0, block_size, candidates, params)
     mod = from_onnx(model, shape_dict=shape_dict, fold=fold)
-    executable, decisions = build(mod, target, options, tuning_logs, dtype)
+    executable, decisions = build(mod, target, options, tuning_logs, dtype, cuda_graph)
     inputs, outputs = model_signature(model, shape_dict)
     return executable, inputs, outputs, _name_layers(model, decisions)
 
@@ -130,7 +131,8 @@ def build_onnx(
         ``sparse`` (``False`` builds every layer dense, for comparison), ``fold`` (fold
         constant shape subgraphs first, :func:`tvm_sparse_rnn.frontend.from_onnx`) and ``dtype``
         (``"float16"`` computes in half precision, :class:`~tvm_sparse_rnn.transform.ToFloat16`;
-        inputs and outputs keep the model's dtypes).
+        inputs and outputs keep the model's dtypes), ``cuda_graph`` (cuda: replay the model's
+        kernels as CUDA graphs, :func:`tvm_sparse_rnn.pipeline.build`).
 
     Returns
     -------

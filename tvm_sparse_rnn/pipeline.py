@@ -58,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 PIPELINE_NAME = "tvm_sparse_rnn"
 
+#: TVM's pass-context switch of ``RewriteCUDAGraph`` (in the cuda backend's finalize passes).
+CUDA_GRAPH_CONFIG = "relax.backend.use_cuda_graph"
+
 
 def tir_pipeline(target: Target) -> str:
     """The TIR pipeline of ``target``: the cooperative-launch pipeline on cuda, else default."""
@@ -180,12 +183,25 @@ def _registered(
     return _pass
 
 
+def _with_config(key: str, value: object) -> tvm.transform.PassContext:
+    """The caller's pass context with ``key`` set to ``value``."""
+    current = tvm.transform.PassContext.current()
+    return tvm.transform.PassContext(
+        opt_level=current.opt_level,
+        required_pass=list(current.required_pass),
+        disabled_pass=list(current.disabled_pass),
+        instruments=list(current.instruments),
+        config={**current.config, key: value},
+    )
+
+
 def build(
     mod: tvm.IRModule,
     target: str | dict | Target,
     options: DispatchOptions | None = None,
     tuning_logs: str | os.PathLike | None = None,
     dtype: Precision | str = Precision.FLOAT32,
+    cuda_graph: bool = True,
 ) -> tuple[tvm.runtime.Executable, list[KernelDecision]]:
     """Compile a Relax module (with placeholders) for ``target`` with the package's pipeline.
 
@@ -201,6 +217,11 @@ def build(
         Tuning database whose best records the kernels use.
     dtype : Precision or str
         ``"float32"`` (default) or ``"float16"`` (:class:`~tvm_sparse_rnn.transform.ToFloat16`).
+    cuda_graph : bool
+        On cuda, capture the model's static kernel sequences into CUDA graphs on the first call
+        and replay them after (TVM's ``RewriteCUDAGraph``; ``relax.backend.use_cuda_graph``): a
+        call then costs one graph launch per region instead of a launch per kernel. Turn it off
+        to capture the calls in a graph of one's own (``torch.cuda.graph``). Ignored on llvm.
 
     Returns
     -------
@@ -209,7 +230,7 @@ def build(
     """
     pipeline = sparse_pipeline(target, options, tuning_logs, dtype)
     target = pipeline.target
-    with target:
+    with target, _with_config(CUDA_GRAPH_CONFIG, cuda_graph and is_cuda(target)):
         executable = tvm.compile(
             mod, target=target, relax_pipeline=pipeline, tir_pipeline=tir_pipeline(target)
         )

@@ -1,20 +1,22 @@
 """A zoo of pruned reference models generated in code with torch (nothing downloaded or committed).
 
-Every builder is seeded and deterministic, exports with the TorchScript ONNX exporter
-(``dynamo=False``, opset 17) and returns a checked :class:`onnx.ModelProto`:
+Every model is seeded and deterministic. Its torch builder returns a :class:`TorchModel` (the
+pruned module and an example input: what a torch user runs); :func:`export` writes it with the
+TorchScript ONNX exporter (``dynamo=False``, opset 17) to a checked :class:`onnx.ModelProto`:
 
-* :func:`build_bert_encoder` -- a BERT-base-like encoder: ``layers`` x
+* :func:`bert_encoder` -- a BERT-base-like encoder: ``layers`` x
   :class:`torch.nn.TransformerEncoderLayer` (batch first, GELU, post-norm) on hidden states
   ``x [batch, seq, d_model]`` (no embedding); the attention in/out projections and both FFN
   Linear weights pruned by magnitude, unstructured or in ``bs_r x bs_c`` blocks.
-* :func:`build_deepspeech2` -- a DeepSpeech2-like acoustic model: Conv1d over spectrogram
+* :func:`deepspeech2` -- a DeepSpeech2-like acoustic model: Conv1d over spectrogram
   frames ``x [batch, features, T]`` (kernel 11, stride 2, ReLU), a stack of bidirectional GRUs
   (``W`` and ``R`` pruned unstructured) and a Linear classifier, output
   ``logits [T', batch, classes]`` with ``T' = (T - 11) // 2 + 1``.
-* :func:`build_wide_mlp` -- ``layers`` x (Linear + ReLU) of width ``width`` on ``x [batch, width]``.
+* :func:`wide_mlp` -- ``layers`` x (Linear + ReLU) of width ``width`` on ``x [batch, width]``.
 
-torch is imported inside the builders only (it is not a dependency of the package); a missing
-torch raises :class:`ImportError` saying ``pip install torch``. :data:`ZOO` maps a model name to a
+``build_bert_encoder`` etc. export in one call. torch is imported inside the builders only (it
+is not a dependency of the package); a missing torch raises :class:`ImportError` saying
+``pip install torch``. :data:`ZOO` (ONNX) and :data:`TORCH_ZOO` (torch) map a model name to a
 builder with the benchmark defaults; every size is a keyword argument, so tests build small
 versions fast.
 """
@@ -26,6 +28,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -136,33 +139,59 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def _export(
-    module: Any, example: Any, input_name: str, output_name: str, name: str
-) -> onnx.ModelProto:
-    """Export ``module(example)`` to a checked ONNX model (opset :data:`OPSET`, static shapes)."""
+@dataclass
+class TorchModel:
+    """A zoo model as torch builds it, before export (what a torch user would run).
+
+    Attributes
+    ----------
+    module : torch.nn.Module
+        The pruned module, in eval mode, on the CPU in float32.
+    example : torch.Tensor
+        A seeded input of the model's static shape.
+    input_name, output_name : str
+        The ONNX names of the single input and output.
+    name : str
+        The ONNX graph name.
+    """
+
+    module: Any
+    example: Any
+    input_name: str
+    output_name: str
+    name: str
+
+
+def export(model: TorchModel) -> onnx.ModelProto:
+    """Export ``model.module(model.example)`` to a checked ONNX model (opset :data:`OPSET`,
+    static shapes; the plain multi-head-attention ops, not torch's fused fast path)."""
     torch = _torch()
     buffer = io.BytesIO()
-    module.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        # the shapes are static: the GRU exporter's batch-size advice does not apply
-        warnings.filterwarnings("ignore", message=".*batch_size other than 1")
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,
-            opset_version=OPSET,
-            dynamo=False,
-            input_names=[input_name],
-            output_names=[output_name],
-            do_constant_folding=True,
-        )
-    model = onnx.load_from_string(buffer.getvalue())
-    model.graph.name = name
-    onnx.checker.check_model(model)
-    return model
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # the shapes are static: the GRU exporter's batch-size advice does not apply
+            warnings.filterwarnings("ignore", message=".*batch_size other than 1")
+            torch.onnx.export(
+                model.module,
+                (model.example,),
+                buffer,
+                opset_version=OPSET,
+                dynamo=False,
+                input_names=[model.input_name],
+                output_names=[model.output_name],
+                do_constant_folding=True,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    onnx_model = onnx.load_from_string(buffer.getvalue())
+    onnx_model.graph.name = model.name
+    onnx.checker.check_model(onnx_model)
+    return onnx_model
 
 
-def build_bert_encoder(
+def bert_encoder(
     *,
     layers: int = 2,
     d_model: int = 768,
@@ -173,7 +202,7 @@ def build_bert_encoder(
     sparsity: float = 0.9,
     pruning: Pruning = "unstructured",
     seed: int = 0,
-) -> onnx.ModelProto:
+) -> TorchModel:
     """A pruned BERT-like encoder (see the module docstring).
 
     Parameters
@@ -191,7 +220,7 @@ def build_bert_encoder(
 
     Returns
     -------
-    onnx.ModelProto
+    TorchModel
         Input ``x [batch, seq_len, d_model]`` float32, output ``y`` of the same shape.
     """
     torch = _torch()
@@ -211,13 +240,7 @@ def build_bert_encoder(
             ):
                 _prune_(param, sparsity, block)
         x = torch.randn(batch, seq_len, d_model)
-    name = f"bert_encoder_{layers}x{d_model}_{pruning}"
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # export the plain MHA ops, not the fused one
-    try:
-        return _export(encoder, x, "x", "y", name)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return TorchModel(encoder.eval(), x, "x", "y", f"bert_encoder_{layers}x{d_model}_{pruning}")
 
 
 def _deepspeech2_module(
@@ -243,7 +266,7 @@ def _deepspeech2_module(
     return DeepSpeech2()
 
 
-def build_deepspeech2(
+def deepspeech2(
     *,
     features: int = 161,
     channels: int = 512,
@@ -254,7 +277,7 @@ def build_deepspeech2(
     batch: int = 1,
     sparsity: float = 0.9,
     seed: int = 0,
-) -> onnx.ModelProto:
+) -> TorchModel:
     """A DeepSpeech2-like model with pruned bidirectional GRUs (see the module docstring).
 
     Parameters
@@ -272,7 +295,7 @@ def build_deepspeech2(
 
     Returns
     -------
-    onnx.ModelProto
+    TorchModel
         Input ``x [batch, features, seq_len]`` float32, output
         ``logits [(seq_len - 11) // 2 + 1, batch, classes]``.
     """
@@ -283,10 +306,10 @@ def build_deepspeech2(
             if name.startswith("weight_"):
                 _prune_(param, sparsity, (1, 1))
         x = torch.randn(batch, features, seq_len)
-    return _export(module, x, "x", "logits", f"deepspeech2_h{hidden}")
+    return TorchModel(module.eval(), x, "x", "logits", f"deepspeech2_h{hidden}")
 
 
-def build_wide_mlp(
+def wide_mlp(
     *,
     layers: int = 3,
     width: int = 4096,
@@ -294,7 +317,7 @@ def build_wide_mlp(
     sparsity: float = 0.9,
     pruning: Pruning = "unstructured",
     seed: int = 0,
-) -> onnx.ModelProto:
+) -> TorchModel:
     """A wide pruned MLP: ``layers`` x (Linear ``width -> width`` + ReLU).
 
     Parameters
@@ -312,7 +335,7 @@ def build_wide_mlp(
 
     Returns
     -------
-    onnx.ModelProto
+    TorchModel
         Input ``x [batch, width]`` float32, output ``y [batch, width]``.
     """
     torch = _torch()
@@ -325,14 +348,42 @@ def build_wide_mlp(
             stack += [linear, torch.nn.ReLU()]
         module = torch.nn.Sequential(*stack)
         x = torch.randn(batch, width)
-    return _export(module, x, "x", "y", f"wide_mlp_{layers}x{width}_{pruning}")
+    return TorchModel(module.eval(), x, "x", "y", f"wide_mlp_{layers}x{width}_{pruning}")
 
 
-#: The zoo: model name -> builder with the benchmark defaults (call it; keywords override).
+def build_bert_encoder(**kwargs: Any) -> onnx.ModelProto:
+    """:func:`bert_encoder` exported to ONNX (same keywords)."""
+    return export(bert_encoder(**kwargs))
+
+
+def build_deepspeech2(**kwargs: Any) -> onnx.ModelProto:
+    """:func:`deepspeech2` exported to ONNX (same keywords)."""
+    return export(deepspeech2(**kwargs))
+
+
+def build_wide_mlp(**kwargs: Any) -> onnx.ModelProto:
+    """:func:`wide_mlp` exported to ONNX (same keywords)."""
+    return export(wide_mlp(**kwargs))
+
+
+#: The zoo's torch models: name -> builder with the benchmark defaults (keywords override).
+TORCH_ZOO: dict[str, Callable[..., TorchModel]] = {
+    "bert_unstructured": partial(bert_encoder, pruning="unstructured"),
+    "bert_4x4": partial(bert_encoder, pruning="4x4"),
+    "deepspeech2": deepspeech2,
+    "mlp4096_unstructured": partial(wide_mlp, pruning="unstructured"),
+    "mlp4096_4x4": partial(wide_mlp, pruning="4x4"),
+}
+
+
+def _exported(builder: Callable[..., TorchModel]) -> Callable[..., onnx.ModelProto]:
+    def build(**kwargs: Any) -> onnx.ModelProto:
+        return export(builder(**kwargs))
+
+    return build
+
+
+#: The zoo: model name -> ONNX builder with the benchmark defaults (call it; keywords override).
 ZOO: dict[str, Callable[..., onnx.ModelProto]] = {
-    "bert_unstructured": partial(build_bert_encoder, pruning="unstructured"),
-    "bert_4x4": partial(build_bert_encoder, pruning="4x4"),
-    "deepspeech2": build_deepspeech2,
-    "mlp4096_unstructured": partial(build_wide_mlp, pruning="unstructured"),
-    "mlp4096_4x4": partial(build_wide_mlp, pruning="4x4"),
+    name: _exported(builder) for name, builder in TORCH_ZOO.items()
 }
