@@ -2,8 +2,8 @@
 
 Vanilla RNN ``h_t = tanh(R h_{t-1} + u_t)``, fp32, T = 256, on one GPU, all in one run:
 
-* the seed's sweeps: batch at H=1792/10%; density at H=1792/B=4 and H=2304/B=4; H=5760/B=2/10%;
-  fixed parameter count 2304@25%, 3456@11%, 4608@6.25%, 5760@4% (B=4);
+* the seed's sweeps: batch 1-64 at H=1792/10%; density at H=1792/B=4 and H=2304/B=4;
+  H=5760/B=2/10%; fixed parameter count 2304@25%, 3456@11%, 4608@6.25%, 5760@4% (B=4);
 * per case the best of the planner's top geometries for both barriers (flag and grid);
 * baselines: cuBLAS ``addmm`` loop eager and as a CUDA graph, cuSPARSE CSR ``mm`` loop as a CUDA
   graph, cuDNN ``nn.RNN`` fp32 and fp16 (``input_size = H``, so it also does ``W x_t``);
@@ -43,7 +43,7 @@ logger = logging.getLogger("bench_rnn")
 
 STEPS = 256
 SWEEPS = {
-    "batch": [(1792, b, 0.10) for b in (1, 2, 4, 8, 16)],
+    "batch": [(1792, b, 0.10) for b in (1, 2, 4, 8, 16, 32, 64)],
     "density_1792": [(1792, 4, d) for d in (0.01, 0.05, 0.10, 0.20, 0.30)],
     "density_2304": [(2304, 4, d) for d in (0.01, 0.05, 0.10, 0.20, 0.30)],
     "large": [(5760, 2, 0.10)],

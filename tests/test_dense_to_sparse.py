@@ -24,10 +24,12 @@ from tvm_sparse_rnn.transform import (
 )
 from tvm_sparse_rnn.transform.dispatch import emit_sparse_dense
 from tvm_sparse_rnn.transform.dispatch.cost_model import (
+    COST_PARAMS,
     CostParams,
     block_stats,
     choose_block_size,
     csr_row_group,
+    dense_tiles,
     parse_block_size,
     plan_layer,
 )
@@ -390,3 +392,23 @@ def test_block_pruned_and_dynamic_batch_layers_keep_the_block_kernel():
         bb.emit_func_output(out)
     _, dispatch = _dispatch(bb.get(), cost_params=WORK_ONLY_CSR)
     assert dispatch.decisions[0].variant is not KernelVariant.CSR_SPMM  # needs a static M
+
+
+def test_cuda_dense_layer_of_few_output_tiles_runs_on_the_block_kernel():
+    """Step 8 of the rule: dlight's 32 x 64 output tiles, one per CTA; the DeepSpeech2
+    classifier (95 x 29 outputs: 3 tiles) takes the block kernel, unpruned; its convolution as a
+    linear layer (95 x 512: 24 tiles) stays dense, as measured."""
+    rng = np.random.default_rng(12)
+    fc = rng.standard_normal((29, 2048)).astype("float32")
+    plan = plan_layer(fc, "cuda", rows=95)
+    assert plan.sparse and plan.starved and plan.choice.stored_fraction == 1.0
+    assert "runs 3 CTA(s)" in plan.reason
+    assert dense_tiles(COST_PARAMS["cuda"], 95, 29) == 3
+    conv = rng.standard_normal((512, 1771)).astype("float32")
+    assert not plan_layer(conv, "cuda", rows=95).sparse
+    assert not plan_layer(fc, "cuda", rows=None).sparse  # M dynamic
+    assert not plan_layer(fc, "cuda", rows=95, sparsity_threshold=1.0).sparse
+    assert not plan_layer(fc, "llvm", rows=95).sparse
+    many = plan_layer(fc, "cuda", rows=95 * 16)  # 48 tiles
+    assert not many.sparse and not many.starved
+    assert not plan_layer(fc[:, :128], "cuda", rows=95).sparse  # a short reduction

@@ -23,6 +23,7 @@ from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense
 from tvm_sparse_rnn.target import resolve_target, shared_memory_per_block
 from tvm_sparse_rnn.testing import random_bsr, run_onnxruntime
 from tvm_sparse_rnn.transform import KernelVariant
+from tvm_sparse_rnn.zoo import build_bert_encoder
 
 TARGET = resolve_target({"kind": "cuda", "arch": "sm_90a"})
 SHARED = shared_memory_per_block(TARGET)
@@ -186,3 +187,15 @@ def test_gpu_build_sparse_dense_takes_tensor_cores_from_16_rows():
         got = kernel(x)
         assert got.shape == (m, 256)
         assert np.abs(got - ref).max() <= FLOAT16_RTOL * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("pruning", ["unstructured", "4x4"])
+def test_float16_pruned_transformer_runs_its_linear_layers_on_tensor_cores(pruning):
+    """sm_90a, no GPU: a pruned BERT-like encoder layer (seq 32) in float16 runs its four
+    pruned Linear layers (in/out projections, both FFN) on ``wmma``."""
+    pytest.importorskip("torch")
+    model = build_bert_encoder(layers=1, d_model=128, heads=4, ffn=256, seq_len=32, pruning=pruning)
+    executable, _, _, decisions = build_onnx_with_decisions(model, target="cuda", dtype="float16")
+    assert [d.variant for d in decisions] == [KernelVariant.TENSOR_CORE] * 4
+    source = cuda_source(executable.mod)
+    assert source.count("nvcuda::wmma::mma_sync") >= 4

@@ -2,7 +2,8 @@
 
 TVM's default ``llvm`` pipeline legalizes ``R.nn.conv1d`` into an unscheduled loop nest (the
 DeepSpeech2-like model's ``Conv1d(161 -> 512, k 11, s 2)`` took ~90 ms against onnxruntime's
-~1 ms). This pass rewrites ``conv1d(x, W)`` (NCW / OIW, ``groups = 1``, ``W`` constant) as
+~1 ms). This pass rewrites ``conv1d(x, W)`` (NCW / OIW, ``groups = 1``, ``W``
+constant, float32 or float16) as
 
     pad -> K strided slices of x stacked to (N, C, K, W_out) -> (N * W_out, C * K)   (im2col)
     -> LinearCall with W reshaped to (F, C * K)                                       (x @ W.T)
@@ -10,7 +11,9 @@ DeepSpeech2-like model's ``Conv1d(161 -> 512, k 11, s 2)`` took ~90 ms against o
 
 so the product is one linear placeholder: the dispatch pass gives it the dense CPU schedule, or a
 sparse kernel when the filters are pruned. It runs before ``DenseToSparse`` in the llvm pipeline
-(:mod:`tvm_sparse_rnn.pipeline`).
+(:mod:`tvm_sparse_rnn.pipeline`). Not on cuda: there dlight's ``conv1d`` (85 us for the
+DeepSpeech2-like convolution at batch 1 in float16 on the H100) beats im2col + its dense matmul
+(100 us for the matmul alone).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tvm
 from tvm import relax
 from tvm.ir import Op
 
+from ..bsr import SUPPORTED_DTYPES
 from ..ops.placeholders import LinearCall
 from .mutate import mutate_relax_functions
 from .shapes import tensor_shape
@@ -52,7 +56,8 @@ class _Conv1dMutator(relax.PyExprMutator):
             or str(attrs.data_layout) != "NCW"
             or str(attrs.kernel_layout) != "OIW"
             or str(attrs.out_layout) != "NCW"
-            or str(x.ty.dtype) != "float32"
+            or str(x.ty.dtype) not in SUPPORTED_DTYPES
+            or str(weight.ty.dtype) != str(x.ty.dtype)
         ):
             return call
         w = weight.value.numpy()

@@ -221,7 +221,7 @@ def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> L
         decision = KernelDecision(call.name, KernelVariant.CSR_SPMM, detail, "-", plan.reason)
         return LinearLowering(decision, weight, None, None, target, csr)
     params = options.cost_params or cost_params(target.kind.name)
-    if uses_tensor_cores(params, rows, str(ty.dtype)):
+    if uses_tensor_cores(params, rows, str(ty.dtype)) and not plan.starved:
         try:
             tc = TensorCoreLinear.plan(weight, default_config(rows), target)
         except UnsupportedError as err:  # too dense for the registers: the block kernel runs
