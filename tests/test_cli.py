@@ -171,3 +171,20 @@ def test_cuda_compile_then_run_round_trip(mlp_path, tmp_path):
     )
     got = np.load(tmp_path / "o.npz")["logits"]
     np.testing.assert_allclose(got, _ort(mlp_path, {"frames": x}), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], True), (["--no-cuda-graph"], False)])
+def test_compile_passes_the_cuda_graph_switch(mlp_path, tmp_path, monkeypatch, flag, expected):
+    """``--no-cuda-graph`` reaches the build (``cuda_graph=False``); CUDA graphs by default."""
+    import tvm_sparse_rnn.compile as compile_module
+
+    seen = {}
+
+    def fake_compile(model, output, **kwargs):
+        seen.update(kwargs)
+        return output, []
+
+    monkeypatch.setattr(compile_module, "compile_onnx", fake_compile)
+    out = tmp_path / "m.so"
+    assert main(["compile", str(mlp_path), "--target", "cuda", *flag, "-o", str(out)]) == 0
+    assert seen["cuda_graph"] is expected and seen["target"] == "cuda"

@@ -28,6 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_compile_options(parser)
     add_fold_option(parser)
     parser.add_argument(
+        "--no-cuda-graph",
+        dest="cuda_graph",
+        action="store_false",
+        help="cuda: launch every kernel on each call instead of replaying the model's kernel "
+        "sequences as CUDA graphs (for callers that capture the calls in a graph of their own)",
+    )
+    parser.add_argument(
         "--tuning-logs",
         type=existing_dir,
         metavar="DIR",
@@ -72,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
 
     check_outputs(args.model, args.output)
     out, decisions = compile_onnx(
-        args.model, args.output, target=args.target, **dispatch_kwargs(args)
+        args.model,
+        args.output,
+        target=args.target,
+        cuda_graph=args.cuda_graph,
+        **dispatch_kwargs(args),
     )
     print(decision_table(decisions))
     print(f"wrote {out} and {signature_path(out)} ({args.target})")
