@@ -7,7 +7,9 @@ One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
     DenseToSparse                 constant-weight dense layers -> linear placeholders
     DispatchKernels(target)       every placeholder -> the kernel variant for the target
     AccumulateInFloat32 (float16) the matmuls left dense accumulate in float32
-    TVM's default passes          library dispatch, legalize (+ fusion, dlight on cuda),
+    TVM's default passes          after ConstantTakeToSlice (a take of one constant index ->
+                                  slice + squeeze, which fusion absorbs): library dispatch,
+                                  legalize (+ fusion, dlight on cuda),
                                   dataflow lowering, finalization; on llvm FastMath before
                                   legalize, ScheduleDenseCPU and ScheduleRemainderCPU after
 
@@ -41,6 +43,7 @@ from .target import is_cuda, resolve_target
 from .transform import (
     AccumulateInFloat32,
     CancelTransposes,
+    ConstantTakeToSlice,
     Conv1dToLinear,
     DenseToSparse,
     DispatchKernels,
@@ -68,7 +71,8 @@ def tir_pipeline(target: Target) -> str:
 
 
 def _default_passes(target: Target) -> list[tvm.transform.Pass]:
-    """TVM's default Relax passes of ``target``'s backend (+ the CPU schedules)."""
+    """TVM's default Relax passes of ``target``'s backend, after :class:`ConstantTakeToSlice`
+    (+ the CPU schedules)."""
     p = cuda_backend if is_cuda(target) else cpu_backend
     legalize = p.legalize_passes(target)
     if not is_cuda(target):
@@ -80,12 +84,13 @@ def _default_passes(target: Target) -> list[tvm.transform.Pass]:
             ScheduleDenseCPU,
             ScheduleRemainderCPU,
         ]
-    return (
-        p.library_dispatch_passes(target)
-        + legalize
-        + p.dataflow_lower_passes(target)
-        + p.finalize_passes(target)
-    )
+    return [
+        ConstantTakeToSlice,
+        *p.library_dispatch_passes(target),
+        *legalize,
+        *p.dataflow_lower_passes(target),
+        *p.finalize_passes(target),
+    ]
 
 
 @dataclass

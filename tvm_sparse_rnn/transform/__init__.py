@@ -3,6 +3,7 @@ schedule."""
 
 from .accumulate_float32 import AccumulateInFloat32
 from .cancel_transposes import CancelTransposes
+from .constant_take_to_slice import ConstantTakeToSlice
 from .conv1d_to_linear import Conv1dToLinear
 from .dense_to_sparse import DenseToSparse
 from .dispatch import DispatchKernels, DispatchOptions, KernelDecision, KernelVariant
@@ -14,6 +15,7 @@ from .to_float16 import Precision, ToFloat16
 __all__ = [
     "AccumulateInFloat32",
     "CancelTransposes",
+    "ConstantTakeToSlice",
     "Conv1dToLinear",
     "DenseToSparse",
     "DispatchKernels",
