@@ -33,6 +33,8 @@ def softmax_compute(x: te.Tensor, lanes: int) -> te.Tensor:
     groups = c // lanes
 
     def lane_reduce(t: te.Tensor, op, name: str) -> te.Tensor:
+        if groups == 1:  # one vector per row: the lanes are the row
+            return t
         g = te.reduce_axis((0, groups), "g")
         return te.compute(
             (*lead, lanes), lambda *i: op(t[(*i[:-1], g * lanes + i[-1])], axis=g), name=name
@@ -76,11 +78,14 @@ def make_softmax(shape: tuple[int, ...], dtype: str, lanes: int) -> tirx.PrimFun
     sch.parallel(row)
     sch.vectorize(sch.split(col, [None, lanes])[1])
     sch.compute_inline(sch.get_sblock("shifted"))
-    for name in ("row_inverse", "row_sum", "partial_sum", "T_fast_exp", "row_max", "partial_max"):
-        sch.compute_at(sch.get_sblock(name), row)
-    for name in ("T_fast_exp", "partial_max", "partial_sum"):
+    partials = ("partial_max", "partial_sum") if shape[-1] > lanes else ()  # none: one vector
+    stages = ("row_inverse", "row_sum", "partial_sum", "T_fast_exp", "row_max", "partial_max")
+    for name in stages:  # consumers first
+        if name in partials or not name.startswith("partial"):
+            sch.compute_at(sch.get_sblock(name), row)
+    for name in ("T_fast_exp", *partials):
         sch.set_scope(sch.get_sblock(name), 0, "local")
-    for name in ("partial_max", "partial_sum"):
+    for name in partials:
         block = sch.get_sblock(name)
         lane, group = sch.get_loops(block)[-2:]
         sch.reorder(group, lane)
