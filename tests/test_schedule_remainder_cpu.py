@@ -11,8 +11,9 @@ import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
+from tvm_sparse_rnn.frontend import from_onnx
 from tvm_sparse_rnn.kernels.x86.vector import vector_lanes
-from tvm_sparse_rnn.pipeline import build
+from tvm_sparse_rnn.pipeline import build, sparse_pipeline
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.transform import (
     CancelTransposes,
@@ -20,6 +21,7 @@ from tvm_sparse_rnn.transform import (
     ScheduleDenseCPU,
     ScheduleRemainderCPU,
 )
+from tvm_sparse_rnn.zoo import build_bert_encoder
 
 LLVM = resolve_target("llvm")
 op = relax.op
@@ -147,6 +149,7 @@ def _softmax_module(shape: tuple[int, ...], axis: int) -> tvm.IRModule:
     [
         ((1, 12, 128, 128), -1, True),  # BERT's attention probabilities
         ((3, 5, 48), 2, True),
+        ((2, 4, 16), -1, True),  # one vector per row on AVX-512 (a BERT of seq 16 crashed)
         ((4, 40), -1, False),  # 40 does not divide by the lanes: TOPI's fast_softmax
         ((16, 8, 32), 1, False),  # not the last axis
     ],
@@ -223,3 +226,14 @@ def test_cancel_transposes_between_the_demo_mlps_csr_layers():
     got = load_executable(executable, inputs, outputs, "llvm").run(feeds)
     for spec, ref in zip(outputs, run_onnxruntime(model, feeds), strict=True):
         np.testing.assert_allclose(got[spec.name], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_output_transposes_fuse_with_the_adds_that_follow():
+    """The CSR kernels' outputs are transposed back (``Y^T -> Y``) and the lowerings leave
+    var-to-var bindings after that transpose; canonicalized before ``FuseOps``, it fuses with
+    the bias / residual add that follows (without: no such function)."""
+    pytest.importorskip("torch")
+    model = build_bert_encoder(layers=1, d_model=64, heads=4, ffn=128, seq_len=16)
+    mod = sparse_pipeline("llvm")(from_onnx(model))
+    names = [gv.name_hint for gv in mod.get_global_vars()]
+    assert any("transpose" in n and "add" in n for n in names), names

@@ -9,7 +9,8 @@ One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
     AccumulateInFloat32 (float16) the matmuls left dense accumulate in float32
     TVM's default passes          after ConstantTakeToSlice (a take of one constant index ->
                                   slice + squeeze, which fusion absorbs): library dispatch,
-                                  legalize (+ fusion, dlight on cuda),
+                                  legalize (+ fusion after CanonicalizeBindings, dlight on
+                                  cuda),
                                   dataflow lowering, finalization; on llvm FastMath before
                                   legalize, ScheduleDenseCPU and ScheduleRemainderCPU after
 
@@ -70,11 +71,21 @@ def tir_pipeline(target: Target) -> str:
     return cooperative.register() if is_cuda(target) else "default"
 
 
+def _canonicalize_before_fusion(passes: list[tvm.transform.Pass]) -> list[tvm.transform.Pass]:
+    """``passes`` with ``CanonicalizeBindings`` ahead of ``FuseOps``: the lowerings and
+    legalization leave var-to-var bindings (``lv_1 = lv1``) between a kernel's output transpose
+    and the element-wise op that follows, and ``FuseOps`` does not fuse across them (the
+    BERT-like encoder: 3 kernels and full copies fewer per layer)."""
+    names = [pass_.info.name for pass_ in passes]
+    at = names.index("FuseOps")
+    return [*passes[:at], relax.transform.CanonicalizeBindings(), *passes[at:]]
+
+
 def _default_passes(target: Target) -> list[tvm.transform.Pass]:
     """TVM's default Relax passes of ``target``'s backend, after :class:`ConstantTakeToSlice`
     (+ the CPU schedules)."""
     p = cuda_backend if is_cuda(target) else cpu_backend
-    legalize = p.legalize_passes(target)
+    legalize = _canonicalize_before_fusion(p.legalize_passes(target))
     if not is_cuda(target):
         lanes = vector_lanes(target, 32)
         legalize = [
