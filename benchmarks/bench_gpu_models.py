@@ -113,7 +113,7 @@ class TorchGraph:
                 y = module(x)
         return cls(module, x, graph, y)
 
-    def replay(self) -> None:
+    def run(self) -> None:
         """One call: replay the graph."""
         self.graph.replay()
 
@@ -122,24 +122,37 @@ class TorchGraph:
         return self.y.float().cpu().numpy()
 
 
-def tvm_engine(model: TorchModel, dtype: str) -> tuple[Callable[[], Any], Callable[[], Any], list]:
-    """``(call, output, decisions)``: the exported model built by the package for cuda."""
-    import tvm
+@dataclass
+class PackageBuild:
+    """A zoo model built by the package for cuda, called through the Relax VM as a user calls it,
+    on an input resident on the GPU."""
 
-    from tvm_sparse_rnn.compile import build_onnx_with_decisions, load_executable
+    main: Any
+    x: Any
+    decisions: list
+    y: Any = None
 
-    executable, inputs, outputs, decisions = build_onnx_with_decisions(
-        export(model), target="cuda", dtype=dtype
-    )
-    compiled = load_executable(executable, inputs, outputs, "cuda")
-    x = tvm.runtime.tensor(model.example.numpy(), compiled.device)
-    main = compiled.vm["main"]
-    result: list = [main(x)]
+    @classmethod
+    def build(cls, model: TorchModel, dtype: str) -> PackageBuild:
+        """Export ``model``, build it in ``dtype`` (CUDA graphs on, the default), load it."""
+        import tvm
 
-    def call() -> None:
-        result[0] = main(x)
+        from tvm_sparse_rnn.compile import build_onnx_with_decisions, load_executable
 
-    return call, lambda: result[0].numpy().astype("float32"), decisions
+        executable, inputs, outputs, decisions = build_onnx_with_decisions(
+            export(model), target="cuda", dtype=dtype
+        )
+        compiled = load_executable(executable, inputs, outputs, "cuda")
+        x = tvm.runtime.tensor(model.example.numpy(), compiled.device)
+        return cls(compiled.vm["main"], x, decisions)
+
+    def run(self) -> None:
+        """One call."""
+        self.y = self.main(self.x)
+
+    def output(self) -> np.ndarray:
+        """The last call's output in float32 on the CPU."""
+        return self.y.numpy().astype("float32")
 
 
 def reference(model: TorchModel) -> np.ndarray:
@@ -185,32 +198,32 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
 
     model = case.torch_model()
     ref = reference(model)
-    calls, outputs, row = {}, {}, {"model": case.label}
+    engines: dict[str, TorchGraph | PackageBuild] = {}
+    row: dict[str, Any] = {"model": case.label}
     for engine in args.engines:
         if engine in (TORCH32, TORCH16):
             dtype = torch.float32 if engine == TORCH32 else torch.float16
-            graph = TorchGraph.capture(model, dtype)
-            calls[engine], outputs[engine] = graph.replay, graph.output
+            engines[engine] = TorchGraph.capture(model, dtype)
         else:
-            dtype = "float32" if engine == TVM32 else "float16"
-            calls[engine], outputs[engine], decisions = tvm_engine(model, dtype)
-            row[f"{engine}_kernels"] = sorted({d.variant.value for d in decisions})
-    for engine, call in calls.items():
-        call()
+            built = PackageBuild.build(model, "float32" if engine == TVM32 else "float16")
+            row[f"{engine}_kernels"] = sorted({d.variant.value for d in built.decisions})
+            engines[engine] = built
+    for engine, runner in engines.items():
+        runner.run()
         torch.cuda.synchronize()
-        row[f"{engine}_error"] = relative_error(outputs[engine](), ref)
-    times: dict[str, list[float]] = {engine: [] for engine in calls}
+        row[f"{engine}_error"] = relative_error(runner.output(), ref)
+    times: dict[str, list[float]] = {engine: [] for engine in engines}
     for _ in range(args.repeat):
-        for engine, call in calls.items():
-            times[engine] += cuda_event_time(call, calls=args.calls, repeat=1)
+        for engine, runner in engines.items():
+            times[engine] += cuda_event_time(runner.run, calls=args.calls, repeat=1)
     for engine, values in times.items():
         row[f"{engine}_ms"] = median(values) * 1e3
     for ours in (TVM32, TVM16):
         for base in (TORCH32, TORCH16):
             if ours in times and base in times:
                 row[f"{ours}_x_{base}"] = row[f"{base}_ms"] / row[f"{ours}_ms"]
-    if args.profile and TVM16 in calls:
-        row["tvm-fp16_profile"] = profile_kernels(calls[TVM16])
+    if args.profile and TVM16 in engines:
+        row["tvm-fp16_profile"] = profile_kernels(engines[TVM16].run)
     logger.info("%s: %s", case.label, {k: v for k, v in row.items() if k.endswith("_ms")})
     return row
 
