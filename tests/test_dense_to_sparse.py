@@ -327,7 +327,13 @@ def test_cpu_pipeline_schedules_dense_layers(x_shape, n):
 
 @pytest.mark.parametrize(
     ("rows", "cols", "lanes", "tile"),
-    [(95, 512, 16, (14, 2)), (128, 768, 16, (12, 2)), (1, 29, 16, (1, 2)), (4, 16, 16, (4, 1))],
+    [
+        (95, 512, 16, (14, 2)),  # nothing but 1 divides 95: pad to 98
+        (128, 768, 16, (8, 2)),  # 8 divides: no padding copies (12 would model 4 % less work)
+        (100, 64, 16, (4, 2)),
+        (1, 29, 16, (1, 2)),
+        (4, 16, 16, (4, 1)),
+    ],
 )
 def test_dense_tile_trades_padding_for_reuse(rows, cols, lanes, tile):
     chosen = choose_tile(rows, cols, lanes)
