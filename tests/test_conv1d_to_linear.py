@@ -55,3 +55,21 @@ def test_conv1d_matches_onnxruntime(
     got = load_executable(executable, inputs, outputs, "llvm").run({"X": x})["Y"]
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(got, session.run(None, {"X": x})[0], rtol=1e-4, atol=1e-4)
+
+
+def test_float16_conv1d_becomes_a_linear_layer_and_matches_onnxruntime():
+    """A float16 build casts the convolution first; it is still rewritten (``conv0``), and the
+    result stays within the float16 tolerance of onnxruntime's float32 run."""
+    rng = np.random.default_rng(3)
+    w = pruned_weight(rng, (8, 4 * 5), 0.0).reshape(8, 4, 5)
+    b = rng.standard_normal(8).astype("float32")
+    model = _conv_model(w, b, 30, 2, 2, 1, 1)
+    executable, inputs, outputs, decisions = build_onnx_with_decisions(
+        model, target="llvm", dtype="float16"
+    )
+    assert [d.layer for d in decisions] == ["conv0"]
+    x = rng.standard_normal((2, 4, 30)).astype("float32")
+    got = load_executable(executable, inputs, outputs, "llvm").run({"X": x})["Y"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = session.run(None, {"X": x})[0]
+    assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()

@@ -8,6 +8,7 @@ import tvm
 
 from tvm_sparse_rnn.compile import build_onnx, load_executable
 from tvm_sparse_rnn.demo import build_demo_model, random_inputs
+from tvm_sparse_rnn.pipeline import CUDA_GRAPH_CONFIG, _with_config
 from tvm_sparse_rnn.testing import run_onnxruntime
 
 #: The demo MLP on 16 rows (fc1 and fc2 go sparse, the classifier stays dense).
@@ -33,9 +34,13 @@ def test_cuda_graph_can_be_turned_off(model):
 
 def test_cuda_graph_keeps_the_callers_pass_context(model):
     """The build adds its switch to the caller's pass context instead of replacing it."""
-    with tvm.transform.PassContext(opt_level=3, disabled_pass=["FoldConstant"]):
+    with tvm.transform.PassContext(
+        opt_level=3, disabled_pass=["FoldConstant"], config={"tirx.disable_vectorize": True}
+    ):
+        derived = _with_config(CUDA_GRAPH_CONFIG, True)
         executable, _, _ = build_onnx(model, target="cuda")
-        assert tvm.transform.PassContext.current().opt_level == 3
+    assert derived.opt_level == 3 and list(derived.disabled_pass) == ["FoldConstant"]
+    assert derived.config["tirx.disable_vectorize"] and derived.config[CUDA_GRAPH_CONFIG]
     assert CAPTURE in executable.as_text()
 
 

@@ -18,7 +18,7 @@ from tvm import relax
 from tvm.ir import Op
 
 from .mutate import mutate_relax_functions
-from .shapes import tensor_shape
+from .shapes import constant_value, tensor_shape
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +27,8 @@ _TAKE = Op.get("relax.take")
 
 def _constant_index(expr: relax.Expr) -> int | None:
     """The value of a scalar integer constant, else ``None``."""
-    if not isinstance(expr, tvm.ir.expr.Constant):
-        return None
-    value = expr.value.numpy()
-    if value.ndim != 0 or value.dtype.kind not in "iu":
+    value = constant_value(expr)
+    if value is None or value.ndim != 0 or value.dtype.kind not in "iu":
         return None
     return int(value)
 

@@ -37,17 +37,12 @@ from tvm.ir import Op
 from ..bsr import SUPPORTED_DTYPES
 from ..ops.placeholders import LinearCall
 from .mutate import mutate_relax_functions
+from .shapes import constant_value
 
 logger = logging.getLogger(__name__)
 
 _MATMUL = Op.get("relax.matmul")
 _PERMUTE_DIMS = Op.get("relax.permute_dims")
-
-
-def _constant_value(expr: relax.Expr) -> np.ndarray | None:
-    if isinstance(expr, tvm.ir.expr.Constant):
-        return expr.value.numpy()
-    return None
 
 
 @relax.expr_functor.mutator
@@ -66,12 +61,12 @@ class _DenseToSparseMutator(relax.PyExprMutator):
     def _weight_nk(self, expr: relax.Expr) -> np.ndarray | None:
         """The ``(N, K)`` weight behind ``expr``, or ``None`` if it is not a 2-D constant."""
         expr = self._bound(expr)
-        value = _constant_value(expr)
+        value = constant_value(expr)
         if value is not None:
             return value.T if value.ndim == 2 else None
         if isinstance(expr, relax.Call) and expr.op == _PERMUTE_DIMS:
             axes = expr.attrs.axes
-            value = _constant_value(self._bound(expr.args[0]))
+            value = constant_value(self._bound(expr.args[0]))
             if value is not None and value.ndim == 2 and (axes is None or list(axes) == [1, 0]):
                 return value
         return None

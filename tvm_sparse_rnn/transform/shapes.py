@@ -1,7 +1,9 @@
-"""Static shapes of Relax expressions, for the passes that only rewrite static tensors."""
+"""Static shapes and constant values of Relax expressions, for the passes that only rewrite
+static tensors or read constant operands."""
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -16,3 +18,10 @@ def tensor_shape(expr: relax.Expr) -> tuple[int, ...] | None:
     if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
         return None
     return tuple(int(d) for d in dims)
+
+
+def constant_value(expr: relax.Expr) -> np.ndarray | None:
+    """The value of ``expr`` when it is a Relax constant, else ``None``."""
+    if isinstance(expr, tvm.ir.expr.Constant):
+        return expr.value.numpy()
+    return None
