@@ -8,6 +8,9 @@ rows (unstructured and 4x4) and the DeepSpeech2-like model (Conv1d, 2-layer bidi
 * ``tvm-fp32``, ``tvm-fp16`` -- :func:`tvm_sparse_rnn.compile.build_onnx` of the exported model
   (``dtype="float16"`` computes in half precision), called through the Relax VM as a user calls
   it: its kernels replay as CUDA graphs (``cuda_graph=True``, the default);
+  ``tvm-fp16-seq`` (on request) the float16 build with the two directions of each bidirectional
+  recurrent layer in two launches one after the other (``concurrent_directions=False``), to
+  measure what one concurrent launch gains;
 * ``torch-fp32``, ``torch-fp16`` -- the same torch module (``.half()`` for fp16) in eval mode
   under ``torch.inference_mode``, captured once in a CUDA graph and replayed -- what a torch user
   deploying on a GPU runs.
@@ -54,7 +57,14 @@ from common import (
 logger = logging.getLogger("bench_gpu_models")
 
 TVM32, TVM16, TORCH32, TORCH16 = "tvm-fp32", "tvm-fp16", "torch-fp32", "torch-fp16"
+TVM16_SEQ = "tvm-fp16-seq"
 ENGINES = (TVM32, TVM16, TORCH32, TORCH16)
+#: Keywords of :func:`tvm_sparse_rnn.compile.build_onnx` per package engine.
+PACKAGE_BUILDS = {
+    TVM32: {"dtype": "float32"},
+    TVM16: {"dtype": "float16"},
+    TVM16_SEQ: {"dtype": "float16", "concurrent_directions": False},
+}
 
 
 @dataclass(frozen=True)
@@ -133,14 +143,15 @@ class PackageBuild:
     y: Any = None
 
     @classmethod
-    def build(cls, model: TorchModel, dtype: str) -> PackageBuild:
-        """Export ``model``, build it in ``dtype`` (CUDA graphs on, the default), load it."""
+    def build(cls, model: TorchModel, **options: Any) -> PackageBuild:
+        """Export ``model``, build it with ``options`` of ``build_onnx`` (CUDA graphs on, the
+        default), load it."""
         import tvm
 
         from tvm_sparse_rnn.compile import build_onnx_with_decisions, load_executable
 
         executable, inputs, outputs, decisions = build_onnx_with_decisions(
-            export(model), target="cuda", dtype=dtype
+            export(model), target="cuda", **options
         )
         compiled = load_executable(executable, inputs, outputs, "cuda")
         x = tvm.runtime.tensor(model.example.numpy(), compiled.device)
@@ -205,7 +216,7 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
             dtype = torch.float32 if engine == TORCH32 else torch.float16
             engines[engine] = TorchGraph.capture(model, dtype)
         else:
-            built = PackageBuild.build(model, "float32" if engine == TVM32 else "float16")
+            built = PackageBuild.build(model, **PACKAGE_BUILDS[engine])
             row[f"{engine}_kernels"] = sorted({d.variant.value for d in built.decisions})
             engines[engine] = built
     for engine, runner in engines.items():
@@ -218,7 +229,7 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
             times[engine] += cuda_event_time(runner.run, calls=args.calls, repeat=1)
     for engine, values in times.items():
         row[f"{engine}_ms"] = median(values) * 1e3
-    for ours in (TVM32, TVM16):
+    for ours in PACKAGE_BUILDS:
         for base in (TORCH32, TORCH16):
             if ours in times and base in times:
                 row[f"{ours}_x_{base}"] = row[f"{base}_ms"] / row[f"{ours}_ms"]
@@ -230,8 +241,9 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
 
 def table(rows: list[dict]) -> str:
     """The timing table and, where profiled, the top kernels of each model."""
-    columns = ["model", *(f"{e}_ms" for e in ENGINES), *(f"{e}_error" for e in ENGINES)]
-    columns += [f"{o}_x_{b}" for o in (TVM32, TVM16) for b in (TORCH32, TORCH16)]
+    engines = (*ENGINES, TVM16_SEQ)
+    columns = ["model", *(f"{e}_ms" for e in engines), *(f"{e}_error" for e in engines)]
+    columns += [f"{o}_x_{b}" for o in PACKAGE_BUILDS for b in (TORCH32, TORCH16)]
     present = [c for c in columns if any(c in r for r in rows)]
     text = format_table(rows, present)
     for row in rows:
@@ -261,7 +273,9 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", choices=[c.label for c in CASES])
-    parser.add_argument("--engines", nargs="*", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument(
+        "--engines", nargs="*", choices=(*ENGINES, TVM16_SEQ), default=list(ENGINES)
+    )
     parser.add_argument("--repeat", type=int, default=15, help="interleaved rounds")
     parser.add_argument("--calls", type=int, default=50, help="calls per round and engine")
     parser.add_argument("--profile", action="store_true", help="top kernels of tvm-fp16")

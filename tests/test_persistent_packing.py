@@ -17,7 +17,8 @@ from tvm_sparse_rnn.kernels.cuda.persistent.bank_conflicts import (
     count_wavefronts,
 )
 from tvm_sparse_rnn.kernels.cuda.persistent.layout import smem_access
-from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack
+from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, stack_directions, unit_major
+from tvm_sparse_rnn.kernels.cuda.persistent.planner import candidate_plans
 from tvm_sparse_rnn.target import device_limits
 
 LIMITS = device_limits("cuda")  # the lent GPU's limits (the H200 tag when no GPU is present)
@@ -185,6 +186,40 @@ def test_planner_fallback_and_chunks() -> None:
     wide = plan_persistent(hidden=16384, max_row_nnz=150, batch=4)  # 3 samples of h fit
     assert (wide.batch_kernel, wide.num_batch_chunks) == (2, 2)
     assert 5760 <= max_hidden(0.10, batch=2) < 8192
+
+
+def test_batch_chunks_split_the_batch_evenly() -> None:
+    """56 samples of H = 1024 fit in shared memory: B = 64 runs as 2 x 32, not 56 + 8 padded."""
+    plan = plan_persistent(hidden=1024, max_row_nnz=120, batch=64, gates=3)
+    assert (plan.batch_kernel, plan.num_batch_chunks) == (32, 2)
+    odd = plan_persistent(hidden=1024, max_row_nnz=120, batch=57, gates=3)
+    assert (odd.batch_kernel, odd.num_batch_chunks) == (32, 2)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "batch", "dtype"), [(1024, 1, "float16"), (1024, 16, "float32")]
+)
+def test_two_directions_share_the_sms(hidden: int, batch: int, dtype: str) -> None:
+    one = candidate_plans(hidden, 120, batch, dtype, device=LIMITS, gates=3)
+    two = candidate_plans(hidden, 120, batch, dtype, device=LIMITS, gates=3, directions=2)
+    assert two and all(p.directions == 2 and p.grid_ctas <= LIMITS.num_sms for p in two)
+    assert max(p.num_ctas for p in one) > LIMITS.num_sms // 2  # the single launch uses more
+    assert two[0].describe().startswith("2 directions x ")
+    with pytest.raises(ValueError, match="directions"):
+        candidate_plans(hidden, 120, batch, dtype, device=LIMITS, gates=3, directions=0)
+
+
+def test_stacked_directions_are_direction_major() -> None:
+    rng = np.random.default_rng(0)
+    rs = [unit_major(rng.random((3 * 64, 64)) * (rng.random((3 * 64, 64)) < 0.2), 3) for _ in "fb"]
+    longest = max(int(np.diff(r.indptr).max()) for r in rs)
+    plan = plan_persistent(hidden=64, max_row_nnz=longest, batch=2, gates=3, directions=2)
+    packs = [pack(r, plan) for r in rs]
+    vals, idx, spairs = stack_directions(packs)
+    assert vals.shape[0] == 2 * plan.rows_padded and spairs.shape[0] == plan.grid_ctas
+    np.testing.assert_array_equal(idx[plan.rows_padded :], packs[1].idx)
+    with pytest.raises(ValueError, match="2 packings"):
+        stack_directions(packs[:1])
 
 
 def test_default_knobs_follow_h100_measurements() -> None:

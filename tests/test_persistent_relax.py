@@ -1,6 +1,7 @@
 """ONNX ``RNN``/``GRU``/``LSTM`` layers on CUDA use the sparse persistent kernel (one launch).
 
-CPU: the imported module holds one ``call_tir`` of the persistent kernel per direction, the
+CPU: the imported module holds one ``call_tir`` of the persistent kernel per layer (both
+directions in one launch; one per direction with ``concurrent_directions=False``), the
 CUDA source has the register arrays and the grid sync in exactly one kernel, the library is
 tagged for a cooperative launch, nvcc compiles it for sm_90a; layers that do not qualify keep the
 per-step path, and kernels other than the persistent one build exactly as with TVM's default.
@@ -55,7 +56,7 @@ def _model(
     return model, w
 
 
-def _dispatched(model: onnx.ModelProto, **options) -> tuple[tvm.IRModule, list]:
+def _dispatched(model: onnx.ModelProto, **options: object) -> tuple[tvm.IRModule, list]:
     """The model imported and dispatched for cuda (no build); ``(module, decisions)``."""
     pipeline = sparse_pipeline(CUDA, DispatchOptions(**options))
     with CUDA:
@@ -63,8 +64,8 @@ def _dispatched(model: onnx.ModelProto, **options) -> tuple[tvm.IRModule, list]:
     return mod, pipeline.decisions
 
 
-def _build(model: onnx.ModelProto) -> tvm.runtime.Executable:
-    return build(from_onnx(model), CUDA)[0]
+def _build(model: onnx.ModelProto, **options: object) -> tvm.runtime.Executable:
+    return build(from_onnx(model), CUDA, DispatchOptions(**options))[0]
 
 
 def _persistent_calls(mod: tvm.IRModule) -> int:
@@ -87,16 +88,18 @@ def _kernels(source: str) -> dict[str, str]:
     return bodies
 
 
-def test_rnn_uses_one_persistent_launch_per_direction(tmp_path):
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_rnn_uses_one_persistent_launch_per_layer(concurrent, tmp_path):
     model, _ = _model(direction="bidirectional", inputs=("initial_h",))
-    mod, decisions = _dispatched(model)
-    assert _persistent_calls(mod) == 2
+    mod, decisions = _dispatched(model, concurrent_directions=concurrent)
+    assert _persistent_calls(mod) == (1 if concurrent else 2)
     script = mod["main"].script()
     assert script.count("R.matmul(") == 2  # the input projections only: no per-step mat-vecs
     persistent = [d for d in decisions if d.variant is KernelVariant.PERSISTENT]
     assert [d.layer for d in persistent] == ["rnn[fw]", "rnn[bw]"]
     assert all("flag barrier" in d.detail for d in persistent)  # small h: the faster barrier
-    executable = _build(model)
+    assert all(("2 directions x " in d.detail) == concurrent for d in persistent)
+    executable = _build(model, concurrent_directions=concurrent)
     source = _cuda_source(executable)
     kernels = _kernels(source)
     waiting = [name for name, body in kernels.items() if "sprnn_ready16(" in body]
@@ -144,17 +147,25 @@ def test_plan_conditions():
     options = DispatchOptions()
 
     def choice(cfg, d, R, lengths_full=True, options=options):
-        return persistent_choice(cfg, d, R, 5, lengths_full, CUDA, options)
+        return persistent_choice(cfg, (d,), [R], 5, lengths_full, CUDA, options)
 
     found, source, _ = choice(cfg, 0, r[0])
     assert found.plan.kind == "persistent" and found.plan.batch_kernel == 8
-    assert source == "default config"
+    assert found.plan.directions == 1 and source == "default config"
     assert choice(cfg, 1, r[1])[0] is None  # Sigmoid
+    both = persistent_choice(cfg, (0, 1), list(r), 5, True, CUDA, options)
+    assert both[0] is None and "Sigmoid" in both[2]
     assert choice(cfg, 0, r[0], lengths_full=False)[2] == "sequence_lens given"
     assert "R density" in choice(cfg, 0, r[0], options=DispatchOptions(0.95))[2]
-    r4 = random_recurrent_weights("LSTM", 64, 8, density=0.1, seed=0)["R"][0]
-    assert choice(CellConfig("LSTM", 64), 0, r4)[0].plan.gates == 4
-    assert choice(CellConfig("LSTM", 64, peepholes=True), 0, r4)[2] == "LSTM peepholes"
+    r4 = random_recurrent_weights("LSTM", 64, 8, 2, density=0.1, seed=0)["R"]
+    assert choice(CellConfig("LSTM", 64), 0, r4[0])[0].plan.gates == 4
+    assert choice(CellConfig("LSTM", 64, peepholes=True), 0, r4[0])[2] == "LSTM peepholes"
+    pair, _, reason = persistent_choice(
+        CellConfig("LSTM", 64, "bidirectional"), (0, 1), list(r4), 5, True, CUDA, options
+    )
+    longest = max(int(np.count_nonzero(rd, axis=1).max()) for rd in r4)
+    assert pair.plan.directions == 2 and pair.plan.nz_per_row >= longest
+    assert reason.count("0.1") == 2  # both densities
     assert full_lengths(None, 4)
     assert full_lengths(relax.const(np.full(3, 4, np.int64)), 4)
     assert not full_lengths(relax.const(np.array([4, 2, 4], np.int64)), 4)
@@ -167,7 +178,7 @@ def test_plan_conditions():
 def test_gated_layers_use_the_persistent_kernel(kind, attributes):
     model, _ = _model(kind, "bidirectional", ("initial_h",), attributes, shape=(3, N, IN, 64))
     mod, _ = _dispatched(model)
-    assert _persistent_calls(mod) == 2
+    assert _persistent_calls(mod) == 1  # both directions in one launch
     assert f"rnn_persistent_{kind.lower()}" in mod.script()
 
 
@@ -183,6 +194,15 @@ def test_other_kernels_build_as_with_the_default_pipeline(tmp_path):
     library = tmp_path / "gru.so"
     ours.export_library(str(library))
     assert COOPERATIVE_TAG not in library.read_bytes()
+
+
+def _launches(direction: str, concurrent: bool) -> int:
+    return 2 if direction == "bidirectional" and not concurrent else 1
+
+
+def _with_sequential(cases: list[tuple]) -> list[tuple]:
+    """``cases`` with the concurrent flag, bidirectional ones also with sequential directions."""
+    return [(*c, True) for c in cases] + [(*c, False) for c in cases if "bidirectional" in c]
 
 
 GPU_CASES = [
@@ -202,22 +222,27 @@ GPU_CASES = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("direction", "initial_h", "activation", "layout", "shape"), GPU_CASES)
-def test_persistent_rnn_model_matches_onnxruntime(direction, initial_h, activation, layout, shape):
+@pytest.mark.parametrize(
+    ("direction", "initial_h", "activation", "layout", "shape", "concurrent"),
+    _with_sequential(GPU_CASES),
+)
+def test_persistent_rnn_model_matches_onnxruntime(
+    direction, initial_h, activation, layout, shape, concurrent
+):
     seq_len, batch, input_size, hidden = shape
     d = 2 if direction == "bidirectional" else 1
     inputs = ("initial_h",) if initial_h else ()
     attributes = {"activations": [activation] * d}
     model, w = _model("RNN", direction, inputs, attributes, 0.1, shape, layout, seed=hidden)
-    mod, _ = _dispatched(model)
-    assert _persistent_calls(mod) == d
+    mod, _ = _dispatched(model, concurrent_directions=concurrent)
+    assert _persistent_calls(mod) == _launches(direction, concurrent)
     rng = np.random.default_rng(batch)
     x_shape = (seq_len, batch, input_size) if layout == 0 else (batch, seq_len, input_size)
     feeds = {"X": rng.standard_normal(x_shape).astype("float32")}
     if initial_h:
         h_shape = (d, batch, hidden) if layout == 0 else (batch, d, hidden)
         feeds["initial_h"] = rng.standard_normal(h_shape).astype("float32")
-    vm = relax.VirtualMachine(_build(model), tvm.cuda(0))
+    vm = relax.VirtualMachine(_build(model, concurrent_directions=concurrent), tvm.cuda(0))
     names = [i.name for i in model.graph.input]
     got = vm["main"](*(tvm.runtime.tensor(feeds[n], tvm.cuda(0)) for n in names))
     expected = recurrent_onnxruntime("RNN", w, feeds, hidden, direction, layout, attributes)
@@ -230,6 +255,7 @@ GATED_GPU_CASES = [
     ("GRU", "forward", False, 0, (20, 4, 32, 256)),
     ("GRU", "reverse", True, 0, (9, 3, 24, 250)),
     ("GRU", "bidirectional", True, 1, (16, 16, 32, 1024)),
+    ("GRU", "bidirectional", False, 0, (8, 64, 32, 1024)),  # two batch chunks of 32
     ("LSTM", "forward", True, 0, (20, 4, 32, 256)),
     ("LSTM", "reverse", False, 0, (9, 1, 24, 250)),
     ("LSTM", "bidirectional", True, 1, (16, 4, 32, 1792)),
@@ -237,22 +263,27 @@ GATED_GPU_CASES = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("kind", "direction", "states", "layout", "shape"), GATED_GPU_CASES)
-def test_persistent_gated_model_matches_onnxruntime(kind, direction, states, layout, shape):
+@pytest.mark.parametrize(
+    ("kind", "direction", "states", "layout", "shape", "concurrent"),
+    _with_sequential(GATED_GPU_CASES),
+)
+def test_persistent_gated_model_matches_onnxruntime(
+    kind, direction, states, layout, shape, concurrent
+):
     seq_len, batch, input_size, hidden = shape
     d = 2 if direction == "bidirectional" else 1
     inputs = (("initial_h", "initial_c") if kind == "LSTM" else ("initial_h",)) if states else ()
     attributes = {"linear_before_reset": 1} if kind == "GRU" else {}
     model, w = _model(kind, direction, inputs, attributes, 0.1, shape, layout, seed=hidden)
-    mod, _ = _dispatched(model)
-    assert _persistent_calls(mod) == d
+    mod, _ = _dispatched(model, concurrent_directions=concurrent)
+    assert _persistent_calls(mod) == _launches(direction, concurrent)
     rng = np.random.default_rng(batch)
     x_shape = (seq_len, batch, input_size) if layout == 0 else (batch, seq_len, input_size)
     feeds = {"X": rng.standard_normal(x_shape).astype("float32")}
     s_shape = (d, batch, hidden) if layout == 0 else (batch, d, hidden)
     for name in inputs:
         feeds[name] = rng.standard_normal(s_shape).astype("float32")
-    vm = relax.VirtualMachine(_build(model), tvm.cuda(0))
+    vm = relax.VirtualMachine(_build(model, concurrent_directions=concurrent), tvm.cuda(0))
     names = [i.name for i in model.graph.input]
     got = vm["main"](*(tvm.runtime.tensor(feeds[n], tvm.cuda(0)) for n in names))
     expected = recurrent_onnxruntime(kind, w, feeds, hidden, direction, layout, attributes)

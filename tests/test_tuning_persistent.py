@@ -144,6 +144,23 @@ def test_measured_arrays_are_the_real_packings() -> None:
             np.testing.assert_allclose(packed.to_dense(), R.toarray(), rtol=1e-6)
 
 
+def test_two_direction_task_measures_the_stacked_launch() -> None:
+    """A bidirectional layer's task: plans for half of the SMs each, ``R`` packed for both
+    directions (the shapes of the real launch), its own workload and no shipped config."""
+    w = _weights("gru", 48)
+    one, two = _task(w["R"][0], 2, "gru"), _task(w["R"][0], 2, "gru", directions=2)
+    plans = task_plans(two)
+    assert all(p.directions == 2 and p.grid_ctas <= LIMITS.num_sms for p in plans)
+    assert two.meta["directions"] == 2 and "directions" not in one.meta
+    assert " x2 " in two.name and two.meta["structure_key"] == one.meta["structure_key"]
+    params = two.func.params
+    for pos, array in dict(two.fixed_args).items():
+        assert list(array.shape) == [int(d) for d in params[pos].shape]
+    db = ms.database.MemoryDatabase()
+    db.commit_workload(one.mod)
+    assert not db.has_workload(two.mod)
+
+
 def test_workload_keys_tell_patterns_apart() -> None:
     a, b = _weights(seed=0)["R"][0], _weights(seed=1)["R"][0]
     ta, tb = _task(a, 2, "gru"), _task(b, 2, "gru")

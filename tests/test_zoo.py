@@ -77,7 +77,8 @@ def test_inspect_puts_every_deepspeech2_gru_direction_on_the_persistent_kernel(
     batch, tmp_path, capsys
 ):
     """The DeepSpeech2-like model (2-layer bidirectional GRU 1024, 90 %) for the H200: every
-    recurrent layer and direction on the persistent kernel at batch 1 and 64 (CPU-visible)."""
+    recurrent layer and direction on the persistent kernel at batch 1 and 64, both directions of
+    a layer in one launch (CPU-visible)."""
     from tvm_sparse_rnn.cli.main import main
 
     path = tmp_path / f"ds2_b{batch}.onnx"
@@ -87,3 +88,4 @@ def test_inspect_puts_every_deepspeech2_gru_direction_on_the_persistent_kernel(
     recurrent = [row for row in rows if row and re.fullmatch(r"/gru/GRU(_1)?\[(fw|bw)\]", row[0])]
     assert len(recurrent) == 4
     assert all(row[1] == "persistent" and f"N={batch}:" in row for row in recurrent)
+    assert all(" ".join(row).count("2 directions x ") == 1 for row in recurrent)  # one launch

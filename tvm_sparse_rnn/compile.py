@@ -51,8 +51,11 @@ def _options(
     block_size: str | tuple[int, int],
     candidates: tuple[tuple[int, int], ...],
     params: CostParams | None,
+    concurrent_directions: bool,
 ) -> DispatchOptions:
-    return DispatchOptions(sparsity_threshold, block_size, candidates, params)
+    return DispatchOptions(
+        sparsity_threshold, block_size, candidates, params, concurrent_directions
+    )
 
 
 def _name_layers(model: onnx.ModelProto, decisions: list[KernelDecision]) -> list[KernelDecision]:
@@ -74,15 +77,15 @@ def plan_onnx(
     tuning_logs: str | os.PathLike | None = None,
     fold: bool = True,
     dtype: Precision | str = Precision.FLOAT32,
+    concurrent_directions: bool = True,
 ) -> list[KernelDecision]:
     """The kernel decisions :func:`build_onnx` takes for the model, without building it.
 
     Runs the same import and the same dispatch pass (``tvm-sparse-rnn inspect`` prints them).
     """
     model = load_onnx(model_or_path)
-    pipeline = sparse_pipeline(
-        target, _options(sparsity_threshold, block_size, candidates, params), tuning_logs, dtype
-    )
+    options = _options(sparsity_threshold, block_size, candidates, params, concurrent_directions)
+    pipeline = sparse_pipeline(target, options, tuning_logs, dtype)
     mod = from_onnx(model, shape_dict=shape_dict, fold=fold)
     with pipeline.target:
         pipeline.front()(mod)
@@ -103,10 +106,12 @@ def build_onnx_with_decisions(
     fold: bool = True,
     dtype: Precision | str = Precision.FLOAT32,
     cuda_graph: bool = True,
+    concurrent_directions: bool = True,
 ) -> tuple[tvm.runtime.Executable, list[TensorSpec], list[TensorSpec], list[KernelDecision]]:
     """:func:`build_onnx` plus the kernel decisions of the dispatch pass."""
     model = load_onnx(model_or_path)
-    options = _options(sparsity_threshold if sparse else 1.0, block_size, candidates, params)
+    threshold = sparsity_threshold if sparse else 1.0
+    options = _options(threshold, block_size, candidates, params, concurrent_directions)
     mod = from_onnx(model, shape_dict=shape_dict, fold=fold)
     executable, decisions = build(mod, target, options, tuning_logs, dtype, cuda_graph)
     inputs, outputs = model_signature(model, shape_dict)
@@ -132,7 +137,9 @@ def build_onnx(
         constant shape subgraphs first, :func:`tvm_sparse_rnn.frontend.from_onnx`) and ``dtype``
         (``"float16"`` computes in half precision, :class:`~tvm_sparse_rnn.transform.ToFloat16`;
         inputs and outputs keep the model's dtypes), ``cuda_graph`` (cuda: replay the model's
-        kernels as CUDA graphs, :func:`tvm_sparse_rnn.pipeline.build`).
+        kernels as CUDA graphs, :func:`tvm_sparse_rnn.pipeline.build`),
+        ``concurrent_directions`` (cuda: both directions of a bidirectional recurrent layer in
+        one persistent launch where they fit, ``False``: one launch after the other).
 
     Returns
     -------

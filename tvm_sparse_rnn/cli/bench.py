@@ -138,6 +138,7 @@ def benchmark_model(
     seed: int = 1,
     fold: bool = True,
     dtype: str = Precision.FLOAT32.value,
+    concurrent_directions: bool = True,
 ) -> BenchResult:
     """Build ``model`` sparse (and dense) with TVM, check both against onnxruntime, time all.
 
@@ -161,6 +162,8 @@ def benchmark_model(
         Fold constant shape subgraphs before import (:func:`tvm_sparse_rnn.frontend.from_onnx`).
     dtype : str
         ``"float32"`` or ``"float16"``: the dtype both TVM builds compute in.
+    concurrent_directions : bool
+        cuda: both directions of a bidirectional recurrent layer in one persistent launch.
     """
     from ..compile import build_onnx, load_executable
     from ..demo import random_inputs
@@ -182,6 +185,7 @@ def benchmark_model(
             sparse=sparse,
             fold=fold,
             dtype=dtype,
+            concurrent_directions=concurrent_directions,
         )
         engines[name] = load_executable(executable, inputs, outputs, target).run
     feeds = random_inputs(inputs, seed)
@@ -252,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         fold=args.fold,
         dtype=args.dtype,
+        concurrent_directions=args.concurrent_directions,
     )
     print(format_result(result))
     if args.json:

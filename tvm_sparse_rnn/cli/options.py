@@ -111,7 +111,8 @@ def _shape(text: str) -> tuple[str, tuple[int, ...]]:
 
 
 def add_compile_options(parser: argparse.ArgumentParser) -> None:
-    """``--target``, ``--dtype``, ``--sparsity-threshold``, ``--block-size``, ``--shape``."""
+    """``--target``, ``--dtype``, ``--sparsity-threshold``, ``--block-size``,
+    ``--sequential-directions``, ``--shape``."""
     parser.add_argument("--target", choices=("llvm", "cuda"), default="llvm", help="default llvm")
     parser.add_argument(
         "--dtype",
@@ -133,6 +134,13 @@ def add_compile_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         metavar="auto|RxC",
         help="BSR block size: chosen per layer (auto, default) or fixed, e.g. 1x16",
+    )
+    parser.add_argument(
+        "--sequential-directions",
+        dest="concurrent_directions",
+        action="store_false",
+        help="cuda: run the two directions of a bidirectional recurrent layer one after the "
+        "other (default: both in one persistent launch, each on half of the SMs, where they fit)",
     )
     parser.add_argument(
         "--shape",
@@ -170,4 +178,5 @@ def dispatch_kwargs(args: argparse.Namespace) -> dict:
         "tuning_logs": getattr(args, "tuning_logs", None),
         "fold": getattr(args, "fold", True),
         "dtype": args.dtype,
+        "concurrent_directions": args.concurrent_directions,
     }

@@ -113,6 +113,7 @@ def _tasks(args: argparse.Namespace) -> list[TuneTask]:
             sparsity_threshold=args.sparsity_threshold,
             block_size=args.block_size,
             dtype=args.dtype,
+            concurrent_directions=args.concurrent_directions,
         )
     return list(found.values())
 

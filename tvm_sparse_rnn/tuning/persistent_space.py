@@ -59,7 +59,7 @@ from tvm.target import Target
 from ..kernels.cuda.persistent import cooperative as cuda_pipeline
 from ..kernels.cuda.persistent.kernel import make_persistent_kernel
 from ..kernels.cuda.persistent.layout import PairOrder
-from ..kernels.cuda.persistent.packing import PackedWeights, pack, unit_major
+from ..kernels.cuda.persistent.packing import pack, stack_directions, unit_major
 from ..kernels.cuda.persistent.planner import (
     Barrier,
     PersistentPlan,
@@ -239,9 +239,9 @@ class PackedSlots(Mapping):
         arrays = {}
         for g, plan in enumerate(self._plans):
             for order, vector in _LAYOUTS:
-                packed: PackedWeights = pack(self._R, plan, order, vector)
+                packed = pack(self._R, plan, order, vector)
                 base = len(_PACKED) * slot_of(g, vector, order)
-                for k, array in enumerate((packed.vals, packed.idx, packed.spairs)):
+                for k, array in enumerate(stack_directions([packed] * plan.directions)):
                     arrays[base + k] = array
         return arrays
 
@@ -282,6 +282,7 @@ def persistent_tune_task(
     dtype: str,
     device: DeviceLimits,
     num_geometries: int = NUM_GEOMETRIES,
+    directions: int = 1,
 ) -> TuneTask | None:
     """The persistent kernel of one recurrent weight as a tuning task (real packed ``R``).
 
@@ -299,6 +300,10 @@ def persistent_tune_task(
         The GPU the planner plans for.
     num_geometries : int
         Candidate geometries (the planner's best first).
+    directions : int
+        Recurrences of ``R``'s shape one launch runs (both directions of a bidirectional
+        layer: 2). The task measures the launch with ``R`` packed for every direction: the
+        geometry, not the weights, decides its time.
 
     Returns
     -------
@@ -313,7 +318,9 @@ def persistent_tune_task(
     lengths = row_lengths(Ru)
     hidden = Ru.shape[1]
     longest = int(lengths.max()) if lengths.size else 0
-    plans = candidate_plans(hidden, longest, batch, dtype, device=device, gates=gates)
+    plans = candidate_plans(
+        hidden, longest, batch, dtype, device=device, gates=gates, directions=directions
+    )
     plans = plans[:num_geometries]
     if not plans:
         return None
@@ -338,8 +345,10 @@ def persistent_tune_task(
         {STRUCTURE_ATTR: key, PIPELINE_ATTR: PIPELINE},
     )
     density = Ru.nnz / (Ru.shape[0] * Ru.shape[1])
+    concurrent = {"directions": directions} if directions > 1 else {}
+    name = f"{OP} {cell.value} H={hidden} B={batch} {dtype} {density:.0%}"
     return TuneTask(
-        name=f"{OP} {cell.value} H={hidden} B={batch} {dtype} {density:.0%} [{key[:8]}]",
+        name=f"{name}{f' x{directions}' if concurrent else ''} [{key[:8]}]",
         op=OP,
         func=stub,
         config_cls=PersistentConfig,
@@ -354,6 +363,7 @@ def persistent_tune_task(
             "dtype": dtype,
             "density": round(density, 4),
             "structure_key": key,
+            **concurrent,
         },
     )
 
@@ -365,6 +375,7 @@ def tuned_persistent_config(
     dtype: str,
     target: Target,
     device: DeviceLimits,
+    directions: int = 1,
 ) -> tuple[tuple[PersistentPlan, Barrier, bool, PairOrder], str] | None:
     """``((plan, barrier, vector, order), source)`` to build the kernel of ``R`` with.
 
@@ -377,7 +388,7 @@ def tuned_persistent_config(
     tuple or None
         ``None`` when no persistent geometry fits (use the per-step fallback).
     """
-    task = persistent_tune_task(R, batch, cell, dtype, device)
+    task = persistent_tune_task(R, batch, cell, dtype, device, directions=directions)
     if task is None:
         return None
     plans = task_plans(task)

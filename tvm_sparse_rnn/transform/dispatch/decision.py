@@ -72,12 +72,17 @@ class DispatchOptions:
         Block sizes tried by ``"auto"``.
     cost_params : CostParams, optional
         Overrides the target's cost-rule constants.
+    concurrent_directions : bool
+        cuda: run both directions of a bidirectional layer in one persistent launch, each on
+        half of the SMs, where a geometry fits (else, or when ``False``, one launch per
+        direction, one after the other).
     """
 
     sparsity_threshold: float = 0.5
     block_size: str | tuple[int, int] = "auto"
     candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES
     cost_params: CostParams | None = None
+    concurrent_directions: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.sparsity_threshold) <= 1.0:

@@ -1,6 +1,7 @@
-"""Lower one direction of a recurrent placeholder to the sparse persistent kernel (CUDA).
+"""Lower directions of a recurrent placeholder to the sparse persistent kernel (CUDA).
 
-Emitted per direction:
+One launch runs one direction, or both directions of a bidirectional layer at once (a plan of
+``directions == 2``: each direction on its own CTAs, inputs and outputs stacked). Emitted:
 
 1. ``U = X @ W^T + b``: one linear layer over all ``T * N`` rows and all gates before the
    recurrence (``b = Wb + Rb``, except ``Wb`` alone for the GRU ``h`` gate, whose ``Rb`` goes
@@ -8,7 +9,7 @@ Emitted per direction:
    when ``W`` is pruned, dlight's GEMM otherwise);
 2. Relax reshapes, transposes and zero pads into the kernel layout ``U (T, G*Hk, Bk)``
    (unit-major rows) and ``h0``/``c0 (Hk, Bk)`` (reverse direction: ``U`` flipped in time first);
-3. one ``R.call_tir`` of
+3. one ``R.call_tir`` (for all its directions) of
    :func:`~tvm_sparse_rnn.kernels.cuda.persistent.kernel.make_persistent_kernel` per batch chunk of
    the plan, with the packed ``R`` as Relax constants; the kernel carries the
    cooperative-launch attribute, so the module must be built with the package's TIR pipeline
@@ -30,7 +31,7 @@ from tvm import relax
 
 from ...kernels.cuda.persistent.kernel import make_persistent_kernel
 from ...kernels.cuda.persistent.layout import PairOrder
-from ...kernels.cuda.persistent.packing import pack, unit_major
+from ...kernels.cuda.persistent.packing import pack, stack_directions, unit_major
 from ...kernels.cuda.persistent.planner import Barrier, PersistentPlan
 from ...kernels.opaque import opaque_kernel
 from ...ops.cells import CellConfig, PersistentCell
@@ -89,18 +90,20 @@ def split_onnx_bias(
     return bias, rbias
 
 
-def emit_persistent_direction(
+def emit_persistent(
     bb: relax.BlockBuilder,
     cfg: CellConfig,
     x: relax.Expr,
-    dirn: Direction,
+    dirns: list[Direction],
     choice: PersistentChoice,
     linear: Linear,
-    name: str,
-) -> list[relax.Expr]:
-    """Emit one direction of an ONNX ``RNN``/``GRU``/``LSTM`` as the persistent kernel.
+    names: list[str],
+) -> list[list[relax.Expr]]:
+    """Emit directions of an ONNX ``RNN``/``GRU``/``LSTM`` as one persistent launch.
 
-    See the module docstring.
+    See the module docstring. With ``choice.plan.directions == 2`` both directions of a
+    bidirectional layer run in the same launch, each on its own CTAs: their ``U``, states and
+    outputs are stacked along the hidden axis, their packed ``R`` along the rows.
 
     Parameters
     ----------
@@ -110,50 +113,62 @@ def emit_persistent_direction(
         The layer.
     x : relax.Expr
         ``X`` as ``(T, N, I)``, static shape, in the plan's dtype (float32 or float16).
-    dirn : Direction
-        The direction's weights (ONNX shapes) and initial states ``(N, H)``.
+    dirns : list of Direction
+        ``choice.plan.directions`` directions: weights (ONNX shapes), initial states ``(N, H)``.
     choice : PersistentChoice
         Geometry, barrier, vector loads and pair order, as the dispatch resolved them.
     linear : callable
         The dispatch of a linear layer (the input projection, sparse where it pays).
-    name : str
-        Layer name (the projection is ``<name>.W``).
+    names : list of str
+        Layer name of each direction (its projection is ``<name>.W``).
 
     Returns
     -------
-    list of relax.Expr
-        ``[Y (T, N, H), Y_h (N, H)]`` (LSTM: ``+ [Y_c (N, H)]``) in ``x``'s dtype, ``Y`` in time
-        order.
+    list of list of relax.Expr
+        Per direction ``[Y (T, N, H), Y_h (N, H)]`` (LSTM: ``+ [Y_c (N, H)]``) in ``x``'s dtype,
+        ``Y`` in time order.
     """
     seq_len, batch, input_size = (int(s) for s in x.ty.shape)
     plan, cell, dtype = choice.plan, choice.cell, choice.plan.dtype
     H, Hk, Bk, G = cfg.hidden_size, plan.hidden_padded, plan.batch_kernel, plan.gates
+    if len(dirns) != plan.directions:
+        raise ValueError(f"{len(dirns)} directions for a plan of {plan.directions}")
     b_pad = Bk * plan.num_batch_chunks
-    packed = pack(unit_major(dirn.r, G), plan, choice.order, choice.vector)
+    packed = stack_directions(
+        [pack(unit_major(d.r, G), plan, choice.order, choice.vector) for d in dirns]
+    )
     func = opaque_kernel(make_persistent_kernel(plan, cell, choice.barrier, choice.vector))
     func = func.with_attr("tirx.is_scheduled", True)
     gv = bb.add_func(func, f"rnn_persistent_{cell.value}")
-    bias, rbias = split_onnx_bias(cell, dirn.wb, dirn.rb)
-    rbias_k = np.zeros(Hk, F32)
-    rbias_k[:H] = rbias
 
     x_rows = bb.emit(op.reshape(x, [seq_len * batch, input_size]))
-    u = linear(x_rows, dirn.w.astype(dtype), f"{name}.W")
-    u = op.reshape(op.add(u, relax.const(bias.astype(dtype))), [seq_len, batch, G, H])
-    if cfg.is_reverse(dirn.index):
-        u = op.flip(u, axis=0)
-    u = op.permute_dims(u, [0, 3, 2, 1])  # (T, H, G, N): unit-major rows
-    states = [op.permute_dims(s, [1, 0]) for s in (dirn.h0, dirn.c0 if G == 4 else dirn.h0)]
-    if (Hk, b_pad) != (H, batch):
-        u = op.nn.pad(u, [0, 0, 0, Hk - H, 0, 0, 0, b_pad - batch])
-        states = [op.nn.pad(s, [0, Hk - H, 0, b_pad - batch]) for s in states]
-    u = bb.emit(op.reshape(u, [seq_len, Hk * G, b_pad]))
-    h, c = (bb.emit(s) for s in states)
-    weights = [relax.const(a) for a in (packed.vals, packed.idx, packed.spairs)]
-    rb_k = relax.const(rbias_k)
+    us, hs, cs, rbiases = [], [], [], []
+    for dirn, name in zip(dirns, names, strict=True):
+        bias, rbias = split_onnx_bias(cell, dirn.wb, dirn.rb)
+        rbiases.append(np.pad(rbias, (0, Hk - H)))
+        u = linear(x_rows, dirn.w.astype(dtype), f"{name}.W")
+        u = op.reshape(op.add(u, relax.const(bias.astype(dtype))), [seq_len, batch, G, H])
+        if cfg.is_reverse(dirn.index):
+            u = op.flip(u, axis=0)
+        u = op.permute_dims(u, [0, 3, 2, 1])  # (T, H, G, N): unit-major rows
+        states = [op.permute_dims(s, [1, 0]) for s in (dirn.h0, dirn.c0 if G == 4 else dirn.h0)]
+        if (Hk, b_pad) != (H, batch):
+            u = op.nn.pad(u, [0, 0, 0, Hk - H, 0, 0, 0, b_pad - batch])
+            states = [op.nn.pad(s, [0, Hk - H, 0, b_pad - batch]) for s in states]
+        us.append(bb.emit(op.reshape(u, [seq_len, Hk * G, b_pad])))
+        hs.append(bb.emit(states[0]))
+        cs.append(bb.emit(states[1]))
+
+    def stacked(parts: list[relax.Expr], axis: int) -> relax.Expr:
+        return parts[0] if len(parts) == 1 else bb.emit(op.concat(parts, axis=axis))
+
+    u, h, c = stacked(us, 1), stacked(hs, 0), stacked(cs, 0)
+    weights = [relax.const(a) for a in packed]
+    rb_k = relax.const(np.concatenate(rbiases).astype(F32))
+    rows = plan.directions * Hk
     out_ty = [
-        relax.TensorType((seq_len, Hk, Bk), dtype),
-        relax.TensorType((Hk, Bk), dtype),
+        relax.TensorType((seq_len, rows, Bk), dtype),
+        relax.TensorType((rows, Bk), dtype),
         relax.TensorType((1,), "int32"),
     ]
     chunks, c_chunks = [], []
@@ -168,17 +183,23 @@ def emit_persistent_direction(
         res = bb.emit(relax.call_tir(gv, [*weights, *args, rb_k], out_ty))
         chunks.append(bb.emit(relax.TupleGetItem(res, 0)))  # status (output 2) is ignored
         c_chunks.append(bb.emit(relax.TupleGetItem(res, 1)))
+    y_all, c_all = stacked(chunks, 2), stacked(c_chunks, 1)
 
-    def unpad(parts: list[relax.Expr], axis: int) -> relax.Expr:
-        whole = parts[0] if len(parts) == 1 else bb.emit(op.concat(parts, axis=axis))
-        return op.strided_slice(whole, axes=[axis - 1, axis], begin=[0, 0], end=[H, batch])
+    def unpad(whole: relax.Expr, k: int) -> relax.Expr:
+        """Direction ``k``'s ``[.., H, N]`` of a stacked ``[.., D * Hk, B_pad]`` output."""
+        axes = [whole.ty.ndim - 2, whole.ty.ndim - 1]
+        return op.strided_slice(whole, axes=axes, begin=[k * Hk, 0], end=[k * Hk + H, batch])
 
-    y = bb.emit(op.permute_dims(unpad(chunks, 2), [0, 2, 1]))  # (T, N, H), kernel time order
-    y_h = bb.emit(
-        op.squeeze(op.strided_slice(y, axes=[0], begin=[seq_len - 1], end=[seq_len]), [0])
-    )
-    if cfg.is_reverse(dirn.index):
-        y = bb.emit(op.flip(y, axis=0))
-    if G != 4:
-        return [y, y_h]
-    return [y, y_h, bb.emit(op.permute_dims(unpad(c_chunks, 1), [1, 0]))]
+    outputs = []
+    for k, dirn in enumerate(dirns):
+        y = bb.emit(op.permute_dims(unpad(y_all, k), [0, 2, 1]))  # (T, N, H), kernel time order
+        y_h = bb.emit(
+            op.squeeze(op.strided_slice(y, axes=[0], begin=[seq_len - 1], end=[seq_len]), [0])
+        )
+        if cfg.is_reverse(dirn.index):
+            y = bb.emit(op.flip(y, axis=0))
+        outs = [y, y_h]
+        if G == 4:
+            outs.append(bb.emit(op.permute_dims(unpad(c_all, k), [1, 0])))
+        outputs.append(outs)
+    return outputs

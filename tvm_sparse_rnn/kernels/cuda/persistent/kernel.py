@@ -367,12 +367,13 @@ def make_persistent_kernel(
     geo = KernelGeometry(plan, barrier, vector)
     hidden, batch, rows, gates = plan.hidden_padded, plan.batch_kernel, plan.rows_padded, plan.gates
     ctas, threads, lanes, rpt = plan.num_ctas, plan.threads, plan.lanes_per_row, plan.rows_per_group
+    dirs, grid = plan.directions, plan.grid_ctas
     groups, units = plan.groups_per_cta, plan.units_per_group
     dtype, f32_name = plan.dtype, "float32"
     width, passes = geo.pass_width, geo.passes
     nvr, nir, per_iter = geo.value_registers, geo.index_registers, geo.slots_per_iteration
     smem_slots, epc, h_size = geo.smem_slots, geo.chunk_elements, geo.h_elements
-    fill_ctas = FILL_CTAS_PER_CTA * ctas
+    fill_ctas, step_words = FILL_CTAS_PER_CTA * grid, dirs * geo.h_words
     cell_update = _cell_macro(cell, width)
     f32, to_dt = _converters(dtype)
 
@@ -392,12 +393,21 @@ def make_persistent_kernel(
         )
 
     def row(bx, tx, rr):
-        """Packed row ``rr`` of the lane group of thread ``tx``."""
+        """Packed row ``rr`` of the lane group of thread ``tx`` (rows of all directions)."""
         return (bx * groups + tx // lanes) * rpt + rr
 
+    def direction_row(bx, tx, rr):
+        """``row`` within its direction (unit-major row of ``R``, padding beyond ``G * Hk``)."""
+        return ((bx % ctas) * groups + tx // lanes) * rpt + rr
+
     def unit(bx, tx, ui):
-        """Hidden unit ``ui`` of the lane group of thread ``tx``."""
-        return (bx * groups + tx // lanes) * units + ui
+        """Hidden unit ``ui`` of the lane group of thread ``tx``, within its direction."""
+        return ((bx % ctas) * groups + tx // lanes) * units + ui
+
+    def state_row(bx, unit_index):
+        """Row of ``h0``, ``c0``, ``rbias``, ``out`` and ``c_out`` holding ``unit_index`` of the
+        direction of CTA ``bx`` (directions are stacked along the hidden axis)."""
+        return (bx // ctas) * hidden + unit_index
 
     def value(wv, rr, m, k):
         """Value of slot ``per_iter*m + k`` of row ``rr`` (float32)."""
@@ -434,11 +444,11 @@ def make_persistent_kernel(
     @T.macro
     def fill_sentinel(out, status, steps):
         # Fill out[0:T-1] with the sentinel: what the flag barrier waits on.
-        words = T.decl_buffer((steps * geo.h_words,), "int32", data=out.data)
+        words = T.decl_buffer((steps * step_words,), "int32", data=out.data)
         for fb in T.thread_binding(fill_ctas, thread="blockIdx.x"):
             for ft in T.thread_binding(FILL_THREADS, thread="threadIdx.x"):
-                for it in range(T.ceildiv((steps - 1) * geo.h_words, 4 * FILL_THREADS * fill_ctas)):
-                    if ((it * fill_ctas + fb) * FILL_THREADS + ft) * 4 < (steps - 1) * geo.h_words:
+                for it in range(T.ceildiv((steps - 1) * step_words, 4 * FILL_THREADS * fill_ctas)):
+                    if ((it * fill_ctas + fb) * FILL_THREADS + ft) * 4 < (steps - 1) * step_words:
                         for v in T.vectorized(4):
                             words[((it * fill_ctas + fb) * FILL_THREADS + ft) * 4 + v] = T.int32(
                                 SENTINEL_BITS
@@ -463,11 +473,9 @@ def make_persistent_kernel(
     @T.macro
     def load_cell_state(rbv, cst, rbias, c0, bx, tx):
         for ui in T.unroll(units):
-            rbv[ui] = rbias[T.min((bx * groups + tx // lanes) * units + ui, hidden - 1)]
+            rbv[ui] = rbias[state_row(bx, T.min(unit(bx, tx, ui), hidden - 1))]
             for b in T.unroll(batch):
-                cst[ui * batch + b] = f32(
-                    c0[T.min((bx * groups + tx // lanes) * units + ui, hidden - 1), b]
-                )
+                cst[ui * batch + b] = f32(c0[state_row(bx, T.min(unit(bx, tx, ui), hidden - 1)), b])
 
     @T.macro
     def load_u(uu, U, t, bx, tx, bc):
@@ -475,18 +483,26 @@ def make_persistent_kernel(
         for rr in T.unroll(rpt):
             for b in T.unroll(width):
                 uu[rr * width + b] = f32(
-                    U[t, T.min(row(bx, tx, rr), gates * hidden - 1), bc * width + b]
+                    U[
+                        t,
+                        (bx // ctas) * gates * hidden
+                        + T.min(direction_row(bx, tx, rr), gates * hidden - 1),
+                        bc * width + b,
+                    ]
                 )
 
     @T.macro
-    def copy_chunk(h_sh, h0, out, t, tx, i, first):
+    def copy_chunk(h_sh, h0, out, t, bx, tx, i, first):
         # chunk e = i*threads + tx of h_{t-1} (flat [Hk, Bk]) -> buffer t % buffers, cp.async.cg
         if first:
             _call(
                 COPY_HELPER,
                 T.address_of(h_sh[(t % geo.buffers) * h_size + dst_elem(i * threads + tx)]),
                 T.address_of(
-                    h0[((i * threads + tx) * epc) // batch, ((i * threads + tx) * epc) % batch]
+                    h0[
+                        state_row(bx, ((i * threads + tx) * epc) // batch),
+                        ((i * threads + tx) * epc) % batch,
+                    ]
                 ),
             )
         else:
@@ -496,21 +512,21 @@ def make_persistent_kernel(
                 T.address_of(
                     out[
                         t - 1,
-                        ((i * threads + tx) * epc) // batch,
+                        state_row(bx, ((i * threads + tx) * epc) // batch),
                         ((i * threads + tx) * epc) % batch,
                     ]
                 ),
             )
 
     @T.macro
-    def exchange_h(h_sh, h0, out, status, pend, spins, t, tx):
+    def exchange_h(h_sh, h0, out, status, pend, spins, t, bx, tx):
         # h_{t-1} -> shared memory. Step 0 copies h0; the flag barrier re-copies every chunk
         # that still holds the sentinel until all have landed (bounded spin); the grid barrier
         # already waited, so one copy suffices.
         if t == 0:
             for i in T.unroll(plan.copy_chunks):
                 if geo.all_threads_copy or i * threads + tx < geo.h_chunks:
-                    copy_chunk(h_sh, h0, out, t, tx, i, True)
+                    copy_chunk(h_sh, h0, out, t, bx, tx, i, True)
             _call("sprnn_cp_wait")
         elif geo.flag:
             pend[0] = 0
@@ -521,7 +537,7 @@ def make_persistent_kernel(
             while pend[0] != 0:
                 for i in T.unroll(plan.copy_chunks):
                     if T.bitwise_and(T.shift_right(pend[0], i), 1) == 1:
-                        copy_chunk(h_sh, h0, out, t, tx, i, False)
+                        copy_chunk(h_sh, h0, out, t, bx, tx, i, False)
                 _call("sprnn_cp_wait")
                 for i in T.unroll(plan.copy_chunks):
                     if T.bitwise_and(T.shift_right(pend[0], i), 1) == 1:
@@ -544,7 +560,7 @@ def make_persistent_kernel(
         else:
             for i in T.unroll(plan.copy_chunks):
                 if geo.all_threads_copy or i * threads + tx < geo.h_chunks:
-                    copy_chunk(h_sh, h0, out, t, tx, i, False)
+                    copy_chunk(h_sh, h0, out, t, bx, tx, i, False)
             _call("sprnn_cp_wait")
         T.cuda.cta_sync()
 
@@ -646,7 +662,7 @@ def make_persistent_kernel(
                     if geo.flag:
                         hv[b] = guard(spins, hv[b])
                 for bi in T.vectorized(width):
-                    out[t, unit(bx, tx, ui), bc * width + bi] = to_dt(hv[bi])
+                    out[t, state_row(bx, unit(bx, tx, ui)), bc * width + bi] = to_dt(hv[bi])
 
     @T.macro
     def end_step():
@@ -663,28 +679,30 @@ def make_persistent_kernel(
                 for ui in T.unroll(units):
                     if unit(bx, tx, ui) < hidden:
                         for b in T.unroll(batch):
-                            c_out[unit(bx, tx, ui), b] = to_dt(guard(spins, cst[ui * batch + b]))
+                            c_out[state_row(bx, unit(bx, tx, ui)), b] = to_dt(
+                                guard(spins, cst[ui * batch + b])
+                            )
 
     @T.prim_func
     def main(
-        vals: T.Buffer((rows, geo.value_words), geo.value_dtype),
-        idx: T.Buffer((rows, geo.index_words), "int32"),
-        spairs: T.Buffer((ctas, geo.smem_pair_words), "int32"),
+        vals: T.Buffer((dirs * rows, geo.value_words), geo.value_dtype),
+        idx: T.Buffer((dirs * rows, geo.index_words), "int32"),
+        spairs: T.Buffer((grid, geo.smem_pair_words), "int32"),
         u_handle: T.handle,
-        h0: T.Buffer((hidden, batch), dtype),
-        c0: T.Buffer((hidden, batch), dtype),
-        rbias: T.Buffer((hidden,), f32_name),
+        h0: T.Buffer((dirs * hidden, batch), dtype),
+        c0: T.Buffer((dirs * hidden, batch), dtype),
+        rbias: T.Buffer((dirs * hidden,), f32_name),
         out_handle: T.handle,
-        c_out: T.Buffer((hidden, batch), dtype),
+        c_out: T.Buffer((dirs * hidden, batch), dtype),
         status: T.Buffer((1,), "int32"),
     ):
         T.func_attr({"tirx.noalias": True, COOPERATIVE_ATTR: True})
         steps = T.int32()
-        U = T.match_buffer(u_handle, (steps, gates * hidden, batch), dtype)
-        out = T.match_buffer(out_handle, (steps, hidden, batch), dtype)
+        U = T.match_buffer(u_handle, (steps, dirs * gates * hidden, batch), dtype)
+        out = T.match_buffer(out_handle, (steps, dirs * hidden, batch), dtype)
         if geo.flag:
             fill_sentinel(out, status, steps)
-        for bx in T.thread_binding(ctas, thread="blockIdx.x"):
+        for bx in T.thread_binding(grid, thread="blockIdx.x"):
             for tx in T.thread_binding(threads, thread="threadIdx.x"):
                 h_sh = T.alloc_buffer((geo.buffers * h_size,), dtype, scope=geo.h_scope)
                 w_sh = T.alloc_buffer((geo.smem_pair_words,), "int32", scope=geo.pair_scope)
@@ -710,7 +728,7 @@ def make_persistent_kernel(
                 for t in range(steps):
                     if passes == 1:  # u_t before waiting for h_{t-1}
                         load_u(uu, U, t, bx, tx, 0)
-                    exchange_h(h_sh, h0, out, status, pend, spins, t, tx)
+                    exchange_h(h_sh, h0, out, status, pend, spins, t, bx, tx)
                     for bc in T.unroll(passes):
                         if passes > 1:
                             load_u(uu, U, t, bx, tx, bc)

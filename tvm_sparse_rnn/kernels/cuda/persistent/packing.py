@@ -24,6 +24,7 @@ provably aligned (a pre-multiplied offset makes TVM emit a gather instead of LDS
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -205,3 +206,25 @@ def pack(
     spairs = _smem_pairs(plan, cols[:, :, nzr:], svals[:, :, nzr:])
     logger.debug("packed R %dx%d (%s) for %s", G * H, H, order, plan.describe())
     return PackedWeights(plan, order, vector, cols, svals, vals, idx, spairs)
+
+
+def stack_directions(packs: Sequence[PackedWeights]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(vals, idx, spairs)`` of one launch running several recurrences of one plan.
+
+    The kernel of a plan with ``directions > 1`` reads direction ``d``'s rows of ``vals`` and
+    ``idx`` at ``d * rows_padded`` and its CTAs' shared pairs at ``d * num_ctas``: the packs are
+    concatenated in direction order.
+
+    Raises
+    ------
+    ValueError
+        If the packs are not ``plan.directions`` packings of one plan.
+    """
+    plan = packs[0].plan
+    if len(packs) != plan.directions or any(p.plan != plan for p in packs):
+        raise ValueError(f"need {plan.directions} packings of one plan, got {len(packs)}")
+    return tuple(np.concatenate([getattr(p, name) for p in packs]) for name in _KERNEL_ARRAYS)
+
+
+#: The packed arrays the kernel takes, in its parameter order.
+_KERNEL_ARRAYS = ("vals", "idx", "spairs")

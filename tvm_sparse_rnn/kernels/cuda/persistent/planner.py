@@ -111,6 +111,10 @@ class PersistentPlan:
     smem_pairs : int
         Of each lane's ``pairs_per_lane`` slots of a row, how many (the last ones) are kept in
         shared memory instead of registers.
+    directions : int
+        Independent recurrences of this geometry run by one launch, each on its own
+        ``num_ctas`` CTAs (2: both directions of a bidirectional layer at once, so the grid has
+        ``directions * num_ctas`` CTAs).
     reason : str
         Why this plan (the capacity numbers for ``per_step``).
     """
@@ -131,7 +135,13 @@ class PersistentPlan:
     gates: int = 1
     double_buffer: bool = False
     smem_pairs: int = 0
+    directions: int = 1
     reason: str = field(default="", compare=False)
+
+    @property
+    def grid_ctas(self) -> int:
+        """CTAs of the launch (``directions * num_ctas``)."""
+        return self.directions * self.num_ctas
 
     @property
     def groups_per_cta(self) -> int:
@@ -237,9 +247,10 @@ class PersistentPlan:
         """One-line summary."""
         if self.kind != "persistent":
             return f"per_step: {self.reason}"
+        concurrent = f"{self.directions} directions x " if self.directions > 1 else ""
         return (
-            f"{self.num_ctas}x{self.threads} KS={self.lanes_per_row} RPT={self.rows_per_group} "
-            f"G={self.gates} {self.dtype} "
+            f"{concurrent}{self.num_ctas}x{self.threads} KS={self.lanes_per_row} "
+            f"RPT={self.rows_per_group} G={self.gates} {self.dtype} "
             f"NZ={self.nz_per_row} ({self.pairs_per_thread} pairs/thread"
             f"{f' + {self.smem_pairs * self.rows_per_group} in smem' if self.smem_pairs else ''}, "
             f"{self.index_mode}, "
@@ -312,7 +323,9 @@ def _round_up(x: int, m: int) -> int:
 def _batch_split(
     hidden_padded: int, batch: int, dtype: str, device: DeviceLimits
 ) -> tuple[int, int]:
-    """Largest kernel batch whose ``h`` fits in shared memory, and the number of launches."""
+    """Kernel batch and number of launches: the fewest launches whose ``h`` fits in shared
+    memory, the batch split evenly among them (``B = 64`` at 56 samples per launch: 2 x 32,
+    not 56 + 8 padded to 56)."""
     bk = kernel_batch(batch, dtype)
     sample = hidden_padded * itemsize(dtype)
     fit = device.smem_per_block // sample
@@ -324,7 +337,8 @@ def _batch_split(
             f"memory, more than the {device.smem_per_block} B per CTA of {device.name}"
         )
     chunk = min(fit, 2) if fit < 4 else fit // 4 * 4
-    return chunk, -(-batch // chunk)
+    chunks = -(-batch // chunk)
+    return min(chunk, kernel_batch(-(-batch // chunks), dtype)), chunks
 
 
 def candidate_plans(
@@ -336,6 +350,7 @@ def candidate_plans(
     device: DeviceLimits,
     double_buffer: bool = False,
     gates: int = 1,
+    directions: int = 1,
 ) -> list[PersistentPlan]:
     """Every persistent geometry that fits ``device``, best (lowest :meth:`cost`) first.
 
@@ -356,6 +371,9 @@ def candidate_plans(
         slower, see ``docs/persistent_rnn.md``).
     gates : int
         Gates per unit: 1 (RNN), 3 (GRU) or 4 (LSTM).
+    directions : int
+        Recurrences run by one launch (:attr:`PersistentPlan.directions`): each gets at most
+        ``device.num_sms // directions`` CTAs.
     """
     if dtype not in SUPPORTED_DTYPES:
         raise UnsupportedError(
@@ -363,6 +381,8 @@ def candidate_plans(
         )
     if gates not in GATE_COUNTS:
         raise ValueError(f"gates must be one of {GATE_COUNTS}, got {gates}")
+    if not 1 <= directions <= device.num_sms:
+        raise ValueError(f"directions must be in [1, {device.num_sms}], got {directions}")
     hp = _round_up(hidden, 4)
     bk, chunks = _batch_split(hp, batch, dtype, device)
     h_bytes = hp * bk * itemsize(dtype)
@@ -379,7 +399,7 @@ def candidate_plans(
                 continue
             for rpt in rpts:
                 ctas = -(-hp // (groups * rpt // gates))
-                if ctas > device.num_sms:
+                if ctas * directions > device.num_sms:
                     continue
                 for mode in index_modes:
                     paired = mode == "i16x2" or dtype == "float16"  # two slots per register
@@ -400,6 +420,7 @@ def candidate_plans(
                         dtype,
                         gates,
                         double,
+                        directions=directions,
                     )
                     plan = _fit_registers(base, footprint, reg_cap, device, paired)
                     if plan is not None:
@@ -447,6 +468,7 @@ def plan_persistent(
     hidden: int | None = None,
     max_row_nnz: int | None = None,
     require_persistent: bool = False,
+    directions: int = 1,
 ) -> PersistentPlan:
     """Choose the persistent geometry for ``R`` (or fall back to the per-step kernel).
 
@@ -466,6 +488,9 @@ def plan_persistent(
         Used when ``R`` is not given.
     require_persistent : bool
         Raise :class:`CapacityError` instead of returning a ``per_step`` plan.
+    directions : int
+        Recurrences of this geometry run by one launch (see :func:`candidate_plans`); the
+        ``per_step`` plan runs one.
 
     Returns
     -------
@@ -482,7 +507,9 @@ def plan_persistent(
         raise ValueError("give R, or hidden and max_row_nnz")
     if hidden < 1 or batch < 1:
         raise ValueError(f"hidden ({hidden}) and batch ({batch}) must be >= 1")
-    cands = candidate_plans(hidden, max_row_nnz, batch, dtype, device=device, gates=gates)
+    cands = candidate_plans(
+        hidden, max_row_nnz, batch, dtype, device=device, gates=gates, directions=directions
+    )
     if cands:
         plan = replace(cands[0], reason=f"lowest cost of {len(cands)} fitting geometries")
         logger.info("persistent plan H=%d B=%d: %s", hidden, batch, plan.describe())
