@@ -195,6 +195,36 @@ def test_accumulate_in_float32_rewrites_half_matmuls_and_is_more_accurate():
     assert wide_err < narrow_err / 4
 
 
+def test_accumulate_in_float32_rewrites_half_convolutions():
+    """A float16 Conv1d of 64 x 48 products per output: float32 sums, one rounding (llvm)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 64, 100), "float16"))
+    w = relax.Var("w", relax.TensorType((8, 64, 48), "float16"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            y = relax.op.nn.conv1d(x, w, strides=2, padding=1, out_dtype="float16")
+            y = bb.emit_output(y)
+        bb.emit_func_output(y)
+    mod = bb.get()
+    wide = AccumulateInFloat32()(mod)
+    text = wide.script()
+    assert 'out_dtype="float32"' in text and "strides=[2]" in text and "R.astype(" in text
+    rng = np.random.default_rng(1)
+    xs, ws = rng.random((1, 64, 100)).astype("float16"), rng.random((8, 64, 48)).astype("float16")
+    padded = np.pad(xs.astype(np.float64), ((0, 0), (0, 0), (1, 1)))
+    frames = (100 + 2 - 48) // 2 + 1
+    cols = np.stack([padded[0, :, 2 * t : 2 * t + 48] for t in range(frames)])
+    exact = np.einsum("tck,ock->ot", cols, ws.astype(np.float64))[None]
+
+    def run(m):
+        vm = relax.VirtualMachine(tvm.compile(m, "llvm"), tvm.cpu())
+        return vm["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(ws)).numpy()
+
+    narrow_err = np.abs(run(mod) - exact).max() / exact.max()
+    wide_err = np.abs(run(wide) - exact).max() / exact.max()
+    assert wide_err < 1e-3 and wide_err < narrow_err / 4
+
+
 def test_to_float16_keeps_the_signature_and_stores_half_weights():
     mod = ToFloat16()(from_onnx(build_demo_model(**MLP)))
     main_fn = mod["main"]

@@ -6,11 +6,12 @@ One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
     Conv1dToLinear (llvm)         constant-weight 1-D convolutions -> im2col + linear placeholders
     DenseToSparse                 constant-weight dense layers -> linear placeholders
     DispatchKernels(target)       every placeholder -> the kernel variant for the target
-    AccumulateInFloat32 (float16) the matmuls left dense accumulate in float32
+    AccumulateInFloat32 (float16) the matmuls and convolutions left dense accumulate in float32
     TVM's default passes          after ConstantTakeToSlice (a take of one constant index ->
                                   slice + squeeze, which fusion absorbs): library dispatch,
-                                  legalize (+ fusion after CanonicalizeBindings, dlight on
-                                  cuda),
+                                  legalize (+ fusion after CanonicalizeBindings; on cuda
+                                  ScheduleMatmulCUDA, dense float16 matmuls on tensor cores,
+                                  then dlight),
                                   dataflow lowering, finalization; on llvm FastMath before
                                   legalize, ScheduleDenseCPU and ScheduleRemainderCPU after
 
@@ -52,6 +53,7 @@ from .transform import (
     FastMath,
     Precision,
     ScheduleDenseCPU,
+    ScheduleMatmulCUDA,
     ScheduleRemainderCPU,
     ToFloat16,
 )
@@ -81,12 +83,22 @@ def _canonicalize_before_fusion(passes: list[tvm.transform.Pass]) -> list[tvm.tr
     return [*passes[:at], relax.transform.CanonicalizeBindings(), *passes[at:]]
 
 
+def _tensor_cores_first(passes: list[tvm.transform.Pass]) -> list[tvm.transform.Pass]:
+    """``passes`` with :data:`ScheduleMatmulCUDA` just before dlight's ``ApplyDefaultSchedule``
+    (whose ``Matmul`` rule never tensorizes for ``sm_90a``)."""
+    names = [pass_.info.name for pass_ in passes]
+    at = names.index("ApplyDefaultSchedule")
+    return [*passes[:at], ScheduleMatmulCUDA, *passes[at:]]
+
+
 def _default_passes(target: Target) -> list[tvm.transform.Pass]:
     """TVM's default Relax passes of ``target``'s backend, after :class:`ConstantTakeToSlice`
-    (+ the CPU schedules)."""
+    (+ the CPU schedules; on cuda dense matmuls on tensor cores)."""
     p = cuda_backend if is_cuda(target) else cpu_backend
     legalize = _canonicalize_before_fusion(p.legalize_passes(target))
-    if not is_cuda(target):
+    if is_cuda(target):
+        legalize = _tensor_cores_first(legalize)
+    else:
         lanes = vector_lanes(target, 32)
         legalize = [
             CancelTransposes,

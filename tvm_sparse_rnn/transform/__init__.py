@@ -1,5 +1,5 @@
-"""Relax passes: float16, mark dense layers, dispatch every placeholder to a kernel, CPU dense
-schedule."""
+"""Relax passes: float16, mark dense layers, dispatch every placeholder to a kernel, dense
+schedules (CPU; tensor cores on cuda)."""
 
 from .accumulate_float32 import AccumulateInFloat32
 from .cancel_transposes import CancelTransposes
@@ -9,6 +9,7 @@ from .dense_to_sparse import DenseToSparse
 from .dispatch import DispatchKernels, DispatchOptions, KernelDecision, KernelVariant
 from .fast_math import FastMath
 from .schedule_dense_cpu import ScheduleDenseCPU
+from .schedule_matmul_cuda import ScheduleMatmulCUDA
 from .schedule_remainder_cpu import ScheduleRemainderCPU
 from .to_float16 import Precision, ToFloat16
 
@@ -25,6 +26,7 @@ __all__ = [
     "KernelVariant",
     "Precision",
     "ScheduleDenseCPU",
+    "ScheduleMatmulCUDA",
     "ScheduleRemainderCPU",
     "ToFloat16",
 ]
