@@ -196,8 +196,14 @@ def test_other_kernels_build_as_with_the_default_pipeline(tmp_path):
     assert COOPERATIVE_TAG not in library.read_bytes()
 
 
-def _launches(direction: str, concurrent: bool) -> int:
-    return 2 if direction == "bidirectional" and not concurrent else 1
+def _launches(direction: str, concurrent: bool, decisions: list) -> int:
+    """Persistent ``call_tir``s of a layer: one per launch of directions and batch chunk."""
+    (chunks,) = {
+        int(re.search(r" B=\d+x(\d+) ", d.detail).group(1))
+        for d in decisions
+        if d.variant is KernelVariant.PERSISTENT
+    }
+    return (2 if direction == "bidirectional" and not concurrent else 1) * chunks
 
 
 def _with_sequential(cases: list[tuple]) -> list[tuple]:
@@ -234,8 +240,8 @@ def test_persistent_rnn_model_matches_onnxruntime(
     inputs = ("initial_h",) if initial_h else ()
     attributes = {"activations": [activation] * d}
     model, w = _model("RNN", direction, inputs, attributes, 0.1, shape, layout, seed=hidden)
-    mod, _ = _dispatched(model, concurrent_directions=concurrent)
-    assert _persistent_calls(mod) == _launches(direction, concurrent)
+    mod, decisions = _dispatched(model, concurrent_directions=concurrent)
+    assert _persistent_calls(mod) == _launches(direction, concurrent, decisions)
     rng = np.random.default_rng(batch)
     x_shape = (seq_len, batch, input_size) if layout == 0 else (batch, seq_len, input_size)
     feeds = {"X": rng.standard_normal(x_shape).astype("float32")}
@@ -275,8 +281,8 @@ def test_persistent_gated_model_matches_onnxruntime(
     inputs = (("initial_h", "initial_c") if kind == "LSTM" else ("initial_h",)) if states else ()
     attributes = {"linear_before_reset": 1} if kind == "GRU" else {}
     model, w = _model(kind, direction, inputs, attributes, 0.1, shape, layout, seed=hidden)
-    mod, _ = _dispatched(model, concurrent_directions=concurrent)
-    assert _persistent_calls(mod) == _launches(direction, concurrent)
+    mod, decisions = _dispatched(model, concurrent_directions=concurrent)
+    assert _persistent_calls(mod) == _launches(direction, concurrent, decisions)
     rng = np.random.default_rng(batch)
     x_shape = (seq_len, batch, input_size) if layout == 0 else (batch, seq_len, input_size)
     feeds = {"X": rng.standard_normal(x_shape).astype("float32")}
