@@ -28,7 +28,13 @@ each layer's pruning pattern. Here each layer is judged on its own:
    the tensor-core kernel instead of the block-sparse one (N = K = 4096 at 90 % on the H100:
    11.5 us at M = 16 and 58.5 us at M = 128, against 133 us and 174 us for the dense float16
    layer TVM builds and 30.1 / 23.3 us for the block-sparse kernel with 1x16 / 4x4 blocks at
-   M = 16; ``docs/results/README.md``).
+   M = 16; ``docs/results/README.md``). From ``tensor_core_max_rows`` rows on, the float16
+   layer stays dense instead: the tensor-core kernel expands ``W`` again for every 64-row tile
+   of ``X``, while the dense matmul runs on tensor cores too (dlight's ``wmma`` schedule,
+   :mod:`tvm_sparse_rnn.transform.schedule_matmul_cuda`). Per-layer probe on the H100 (float16,
+   90 % unstructured, CUDA graphs): ``512 x 4096 x 4096`` 242 us sparse vs 222 us dense,
+   ``1520 x 3072 x 512`` 206 vs 96, ``1520 x 3072 x 2048`` 349 vs 350; at ``M = 128`` sparse
+   wins 2x (BERT qkv 20 vs 43 us).
 7. Keep the layer **dense** unless its element-wise sparsity reaches ``sparsity_threshold`` *and*
    ``cost <= break_even``: the sparse kernels reach only part of a dense GEMM's arithmetic rate,
    so sparse must do sufficiently less work to be faster.
@@ -107,6 +113,8 @@ class CostParams:
     tensor_core_min_rows : int or None
         From this many rows ``M`` on, a float16 layer that goes sparse runs on the tensor-core
         kernel (CUDA) instead of the block-sparse one; ``None`` where the target has none.
+    tensor_core_max_rows : int or None
+        From this many rows ``M`` on, a float16 layer stays dense (step 6); ``None``: no limit.
     dense_tile : tuple of int or None
         Output rows x columns per CTA of the dense matmul the target's default schedule builds
         (step 8 of the rule); ``None`` where the dense schedule fills the machine (llvm).
@@ -129,6 +137,7 @@ class CostParams:
     csr_factor: float | None = None
     csr_min_rows: int = 16
     tensor_core_min_rows: int | None = None
+    tensor_core_max_rows: int | None = None
     dense_tile: tuple[int, int] | None = None
     starved_tiles: float = 12.0
     starved_min_k: int = 256
@@ -144,7 +153,11 @@ COST_PARAMS: dict[str, CostParams] = {
         csr_factor=2.0,
     ),
     "cuda": CostParams(
-        block_overhead=2.0, break_even=0.6, tensor_core_min_rows=16, dense_tile=(32, 64)
+        block_overhead=2.0,
+        break_even=0.6,
+        tensor_core_min_rows=16,
+        tensor_core_max_rows=512,
+        dense_tile=(32, 64),
     ),
 }
 
@@ -286,6 +299,7 @@ def plan_layer(
     candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES,
     params: CostParams | None = None,
     rows: int | None = None,
+    dtype: str = "float32",
 ) -> LayerPlan:
     """Decide whether a dense layer becomes sparse, and with which block size.
 
@@ -306,6 +320,8 @@ def plan_layer(
         Overrides the target's cost constants.
     rows : int, optional
         Rows ``M`` of the layer's input; ``None`` (dynamic) assumes ``memory_bound_rows``.
+    dtype : str
+        The layer's compute dtype (``"float16"`` layers may run on tensor cores, step 6).
 
     Raises
     ------
@@ -339,6 +355,10 @@ def plan_layer(
     )
     if csr:
         cost = (1.0 - sparsity) * params.csr_factor + params.kernel_overhead / dense_work
+    most = params.tensor_core_max_rows
+    if dtype == "float16" and most is not None and rows is not None and rows >= most:
+        reason = f"float16 at {rows} >= {most} rows: dense on tensor cores is as fast"
+        return LayerPlan(shape, sparsity, choice, cost, False, reason, csr)
     if sparsity >= sparsity_threshold and cost <= params.break_even:
         reason = f"est. cost {cost:.2f} x dense <= break-even {params.break_even:.2f}"
         return LayerPlan(shape, sparsity, choice, cost, True, reason, csr)

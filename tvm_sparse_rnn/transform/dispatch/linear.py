@@ -201,6 +201,7 @@ def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> L
         options.candidates,
         options.cost_params,
         rows=rows,
+        dtype=str(ty.dtype),
     )
     stats = plan.choice
     detail = f"W {'x'.join(map(str, plan.shape))}, sparsity {plan.sparsity:.1%}"
