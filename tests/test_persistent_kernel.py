@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from tvm_sparse_rnn.kernels.cuda.persistent import planner
 from tvm_sparse_rnn.kernels.cuda.persistent.kernel import SENTINEL_BITS, make_persistent_kernel
 from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, unit_major
-from tvm_sparse_rnn.runtime.persistent import build_kernel, cuda_source
+from tvm_sparse_rnn.runtime.persistent import build_kernel, build_persistent_rnn, cuda_source
 from tvm_sparse_rnn.target import device_limits
 
 LIMITS = device_limits("cuda")  # the lent GPU's limits (the H200 tag when no GPU is present)
@@ -79,6 +79,24 @@ def test_relu_fallback_and_prim_func() -> None:
         make_persistent_kernel(p, "sigmoid", "grid")
     with pytest.raises(ValueError, match="gates"):
         make_persistent_kernel(p, "lstm", "grid")  # a 1-gate plan
+
+
+def test_two_direction_kernel_stacks_its_buffers_and_builds() -> None:
+    """A plan of 2 directions: twice the grid, buffers stacked per direction, sm_90a source;
+    the one-direction runtime refuses it with a clear error."""
+    R = sp.random(3 * 256, 256, density=0.1, random_state=1, format="csr", dtype=np.float32)
+    two = plan_persistent(unit_major(R, 3), 4, gates=3, directions=2)
+    func = make_persistent_kernel(two, "gru", "flag")
+    shapes = {str(p.name): [str(d) for d in p.shape] for p in func.params}
+    hk, bk = two.hidden_padded, two.batch_kernel
+    assert shapes["vals"][0] == str(2 * two.rows_padded)
+    assert shapes["spairs"][0] == str(two.grid_ctas) and two.grid_ctas <= LIMITS.num_sms
+    assert shapes["h0"] == shapes["c_out"] == [str(2 * hk), str(bk)]
+    assert shapes["U"][1:] == [str(2 * 3 * hk), str(bk)] and shapes["rbias"] == [str(2 * hk)]
+    src = cuda_source(build_kernel(two, "gru", "flag", True, CUDA))
+    assert "sprnn_ready16(" in src
+    with pytest.raises(ValueError, match="2 directions per launch"):
+        build_persistent_rnn(R, 4, "gru", plan=two, target="cuda")
 
 
 @pytest.mark.parametrize(("cell", "dtype"), [("gru", "float32"), ("lstm", "float16")])

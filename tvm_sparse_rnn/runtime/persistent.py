@@ -82,6 +82,11 @@ def _plan_and_pack(
             plan, barrier, vector, order = tuned[0]
     R = unit_major(R, cell.gates)
     plan = plan or plan_persistent(R, batch, dtype, device=device, gates=cell.gates)
+    if plan.directions != 1:
+        raise ValueError(
+            f"plan runs {plan.directions} directions per launch; PersistentRNN runs one "
+            "(bidirectional layers run both at once through the ONNX / Relax path)"
+        )
     auto_barrier, auto_vector = default_knobs(plan)
     barrier = auto_barrier if barrier is None else Barrier(barrier)
     vector = auto_vector if vector is None else vector
