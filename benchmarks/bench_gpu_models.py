@@ -59,6 +59,8 @@ logger = logging.getLogger("bench_gpu_models")
 TVM32, TVM16, TORCH32, TORCH16 = "tvm-fp32", "tvm-fp16", "torch-fp32", "torch-fp16"
 TVM16_SEQ = "tvm-fp16-seq"
 ENGINES = (TVM32, TVM16, TORCH32, TORCH16)
+#: Every engine: the default ones and those run on request.
+ALL_ENGINES = (*ENGINES, TVM16_SEQ)
 #: Keywords of :func:`tvm_sparse_rnn.compile.build_onnx` per package engine.
 PACKAGE_BUILDS = {
     TVM32: {"dtype": "float32"},
@@ -241,8 +243,7 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
 
 def table(rows: list[dict]) -> str:
     """The timing table and, where profiled, the top kernels of each model."""
-    engines = (*ENGINES, TVM16_SEQ)
-    columns = ["model", *(f"{e}_ms" for e in engines), *(f"{e}_error" for e in engines)]
+    columns = ["model", *(f"{e}_ms" for e in ALL_ENGINES), *(f"{e}_error" for e in ALL_ENGINES)]
     columns += [f"{o}_x_{b}" for o in PACKAGE_BUILDS for b in (TORCH32, TORCH16)]
     present = [c for c in columns if any(c in r for r in rows)]
     text = format_table(rows, present)
@@ -273,9 +274,7 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", choices=[c.label for c in CASES])
-    parser.add_argument(
-        "--engines", nargs="*", choices=(*ENGINES, TVM16_SEQ), default=list(ENGINES)
-    )
+    parser.add_argument("--engines", nargs="*", choices=ALL_ENGINES, default=list(ENGINES))
     parser.add_argument("--repeat", type=int, default=15, help="interleaved rounds")
     parser.add_argument("--calls", type=int, default=50, help="calls per round and engine")
     parser.add_argument("--profile", action="store_true", help="top kernels of tvm-fp16")

@@ -59,7 +59,7 @@ from tvm.target import Target
 from ..kernels.cuda.persistent import cooperative as cuda_pipeline
 from ..kernels.cuda.persistent.kernel import make_persistent_kernel
 from ..kernels.cuda.persistent.layout import PairOrder
-from ..kernels.cuda.persistent.packing import pack, stack_directions, unit_major
+from ..kernels.cuda.persistent.packing import KERNEL_ARRAYS, pack, stack_directions, unit_major
 from ..kernels.cuda.persistent.planner import (
     Barrier,
     PersistentPlan,
@@ -91,8 +91,6 @@ BARRIERS = tuple(Barrier)
 ORDERS = tuple(PairOrder)
 #: Layouts per geometry: (order, vector); the naive order ignores the vector layout.
 _LAYOUTS = ((PairOrder.GUIDED, True), (PairOrder.GUIDED, False), (PairOrder.NAIVE, False))
-#: The packed parameters of the kernel, first in its parameter list.
-_PACKED = ("vals", "idx", "spairs")
 
 
 @dataclass(frozen=True)
@@ -201,7 +199,7 @@ def generate_persistent(params: dict, knobs: dict) -> tirx.PrimFunc:
         else:
             args += [
                 tirx.decl_buffer(tuple(shape), dtype, f"{name}_{s}")
-                for name, (shape, dtype) in zip(_PACKED, triple, strict=True)
+                for name, (shape, dtype) in zip(KERNEL_ARRAYS, triple, strict=True)
             ]
     return tirx.PrimFunc([*args, *func.params[3:]], func.body, func.ret_type, func.attrs)
 
@@ -240,7 +238,7 @@ class PackedSlots(Mapping):
         for g, plan in enumerate(self._plans):
             for order, vector in _LAYOUTS:
                 packed = pack(self._R, plan, order, vector)
-                base = len(_PACKED) * slot_of(g, vector, order)
+                base = len(KERNEL_ARRAYS) * slot_of(g, vector, order)
                 for k, array in enumerate(stack_directions([packed] * plan.directions)):
                     arrays[base + k] = array
         return arrays
@@ -252,7 +250,7 @@ class PackedSlots(Mapping):
         return iter(range(len(self)))
 
     def __len__(self) -> int:
-        return len(_PACKED) * len(_LAYOUTS) * len(self._plans)
+        return len(KERNEL_ARRAYS) * len(_LAYOUTS) * len(self._plans)
 
 
 def _signature(
@@ -263,7 +261,7 @@ def _signature(
     params = [
         tirx.decl_buffer(tuple(shape), dtype, f"{name}_{s}")
         for s, triple in enumerate(slots)
-        for name, (shape, dtype) in zip(_PACKED, triple, strict=True)
+        for name, (shape, dtype) in zip(KERNEL_ARRAYS, triple, strict=True)
     ]
     for p in real.params[3:]:  # U, h0, c0, rbias, out, c_out, status; T -> MEASURE_STEPS
         shape = [d if isinstance(d, tirx.IntImm) else MEASURE_STEPS for d in p.shape]

@@ -7,9 +7,10 @@ and on the ``sm_90a`` targets this package compiles for every dense float16 matm
 dense, attention, large-``M`` layers, convolutions) ran on its CUDA-core schedule.
 :class:`TensorCoreMatmul` shows the rule the arch without its feature suffix.
 
-Measured on the H100 (session-7 A/B, float16, one layer per build, CUDA graphs): the
-DeepSpeech2-like Conv1d 117.9 -> 70.6 us at batch 16 (1.67x), 1.34x at batch 1; GEMMs
-``128 x 4096 x 4096`` 1.14x, ``1520 x 3072 x 512`` 1.85x, ``128 x 2304 x 768`` 0.90x.
+Measured on the H100 (float16, CUDA graphs): the DeepSpeech2-like Conv1d 85 -> 58 us per call
+at batch 1 (model profile, ``docs/results/README.md``); dense GEMMs barely move (per-layer probe:
+``1520 x 3072 x 512`` 106 -> 96 us, ``512 x 4096 x 4096`` 228 -> 222 us) and stay 9-14x behind
+cuBLAS.
 """
 
 from __future__ import annotations

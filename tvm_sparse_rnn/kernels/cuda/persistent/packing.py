@@ -35,6 +35,9 @@ from .planner import PersistentPlan
 
 logger = logging.getLogger(__name__)
 
+#: The packed arrays the kernel takes, in its parameter order (its first three parameters).
+KERNEL_ARRAYS = ("vals", "idx", "spairs")
+
 
 @dataclass(frozen=True)
 class PackedWeights:
@@ -223,8 +226,4 @@ def stack_directions(packs: Sequence[PackedWeights]) -> tuple[np.ndarray, np.nda
     plan = packs[0].plan
     if len(packs) != plan.directions or any(p.plan != plan for p in packs):
         raise ValueError(f"need {plan.directions} packings of one plan, got {len(packs)}")
-    return tuple(np.concatenate([getattr(p, name) for p in packs]) for name in _KERNEL_ARRAYS)
-
-
-#: The packed arrays the kernel takes, in its parameter order.
-_KERNEL_ARRAYS = ("vals", "idx", "spairs")
+    return tuple(np.concatenate([getattr(p, name) for p in packs]) for name in KERNEL_ARRAYS)
