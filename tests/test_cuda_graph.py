@@ -37,7 +37,7 @@ def test_cuda_graph_keeps_the_callers_pass_context(model):
     with tvm.transform.PassContext(
         opt_level=3, disabled_pass=["FoldConstant"], config={"tirx.disable_vectorize": True}
     ):
-        derived = _with_config(CUDA_GRAPH_CONFIG, True)
+        derived = _with_config({CUDA_GRAPH_CONFIG: True})
         executable, _, _ = build_onnx(model, target="cuda")
     assert derived.opt_level == 3 and list(derived.disabled_pass) == ["FoldConstant"]
     assert derived.config["tirx.disable_vectorize"] and derived.config[CUDA_GRAPH_CONFIG]

@@ -1,8 +1,10 @@
 """Dense float16 matmuls and convolutions on tensor cores for ``sm_90a`` (ScheduleMatmulCUDA).
 
-CPU: the dense float16 build of a GEMM and of a Conv1d for ``sm_90a`` multiplies with ``wmma``
-(TVM's dlight alone gives both CUDA-core loops), float32 and small layers keep dlight's other
-schedules. GPU: their outputs match numpy in float64.
+CPU: the dense float16 build of a GEMM for ``sm_90a`` runs the pipelined ``mma.sync`` kernel
+(``ldmatrix``, ``cp.async``), one whose rows are not 16-byte aligned and a Conv1d dlight's
+``wmma`` rule (TVM's dlight alone gives CUDA-core loops), float32 and GEMV-like layers keep
+dlight's other schedules; the tiling choice and its checks. GPU: their outputs match numpy in
+float64.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from tvm.target import Target
 
 from tvm_sparse_rnn.compile import build_onnx_with_decisions, load_executable
 from tvm_sparse_rnn.kernels.cuda.matmul import numeric_arch
+from tvm_sparse_rnn.kernels.cuda.matmul_mma import MMA_CONFIGS, MmaConfig, choose_mma_config
 from tvm_sparse_rnn.runtime.persistent import cuda_source
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.transform import KernelVariant
 
 WMMA = "wmma::mma_sync"
+#: The pipelined kernel's instructions (:mod:`tvm_sparse_rnn.kernels.cuda.matmul_mma`).
+MMA = ("mma.sync.aligned.m16n8k16", "ldmatrix.sync.aligned", "cp.async.cg.shared.global")
 #: float16 result vs float64 reference, relative to the largest |reference|.
 FLOAT16_RTOL = 5e-3
 
@@ -73,26 +78,50 @@ def test_numeric_arch_drops_the_feature_suffix():
     assert str(numeric_arch(plain).attrs["arch"]) == "sm_80"
 
 
-@pytest.mark.parametrize("model", ["gemm", "conv1d"])
-def test_dense_float16_layers_multiply_on_tensor_cores(model):
-    built = _gemm(128, 256, 192)[0] if model == "gemm" else _conv1d(2)[0]
-    assert WMMA in cuda_source(_build(built)[0].mod)
+def _kernel_kind(source: str) -> str:
+    if all(instruction in source for instruction in MMA):
+        return "mma"
+    return "wmma" if WMMA in source else "cuda cores"
 
 
-def test_float32_and_small_layers_keep_cuda_cores():
-    assert WMMA not in cuda_source(_build(_gemm(128, 256, 192)[0], "float32")[0].mod)
-    assert WMMA not in cuda_source(_build(_gemm(16, 256, 192)[0])[0].mod)  # M <= 64
+#: (model, its float16 kernel): rows of 196 halves are not 16-byte aligned (no ``cp.async``), a
+#: convolution's operand is not a plain row of ``X``; both go to dlight's ``wmma`` rule.
+CASES = [("gemm", (128, 192), "mma"), ("gemm", (200, 200), "mma"), ("gemm", (96, 196), "wmma")]
+
+
+def _case_model(case: str, x_shape: tuple[int, ...]):
+    return _gemm(x_shape[0], 320, x_shape[1]) if case == "gemm" else _conv1d(x_shape[0])
+
+
+@pytest.mark.parametrize(("case", "x_shape", "kind"), [*CASES, ("conv1d", (2, 161, 120), "wmma")])
+def test_dense_float16_layers_multiply_on_tensor_cores(case, x_shape, kind):
+    assert _kernel_kind(cuda_source(_build(_case_model(case, x_shape)[0])[0].mod)) == kind
+
+
+def test_float32_and_gemv_like_layers_keep_cuda_cores():
+    assert _kernel_kind(cuda_source(_build(_gemm(128, 256, 192)[0], "float32")[0].mod)) == (
+        "cuda cores"
+    )
+    assert _kernel_kind(cuda_source(_build(_gemm(8, 256, 192)[0])[0].mod)) == "cuda cores"
+
+
+def test_tiling_fills_the_gpu_before_growing_tiles():
+    assert choose_mma_config(1520, 3072, 132) == MmaConfig(128, 128, 32, 2, 2, 3)
+    skinny = choose_mma_config(128, 768, 132)
+    assert skinny.block_m * skinny.block_n < 128 * 128
+    assert choose_mma_config(None, 768, 132) == MMA_CONFIGS[0]  # symbolic M: the largest tile
+    with pytest.raises(ValueError, match="fragments per warp"):
+        MmaConfig(block_m=48, warps_m=2)
+    with pytest.raises(ValueError, match="stages"):
+        MmaConfig(stages=1)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(
-    ("case", "x_shape"),
-    [("gemm", (128, 192)), ("gemm", (200, 200)), ("conv1d", (2, 161, 120))],
-)
-def test_gpu_dense_float16_on_tensor_cores_matches_float64(case, x_shape):
-    model, reference = _gemm(x_shape[0], 320, x_shape[1]) if case == "gemm" else _conv1d(2)
+@pytest.mark.parametrize(("case", "x_shape", "kind"), [*CASES, ("conv1d", (2, 161, 120), "wmma")])
+def test_gpu_dense_float16_on_tensor_cores_matches_float64(case, x_shape, kind):
+    model, reference = _case_model(case, x_shape)
     executable, inputs, outputs = _build(model)
-    assert WMMA in cuda_source(executable.mod)
+    assert _kernel_kind(cuda_source(executable.mod)) == kind
     x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
     got = load_executable(executable, inputs, outputs, "cuda").run({"X": x})["Y"]
     ref = reference(x)

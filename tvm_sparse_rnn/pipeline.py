@@ -66,6 +66,9 @@ PIPELINE_NAME = "tvm_sparse_rnn"
 
 #: TVM's pass-context switch of ``RewriteCUDAGraph`` (in the cuda backend's finalize passes).
 CUDA_GRAPH_CONFIG = "relax.backend.use_cuda_graph"
+#: TVM's pass-context switch of ``InjectPTXAsyncCopy``: the asynchronous stages of software
+#: pipelines (:mod:`~tvm_sparse_rnn.kernels.cuda.matmul_mma`) copy with ``cp.async``.
+ASYNC_COPY_CONFIG = "tirx.use_async_copy"
 
 
 def tir_pipeline(target: Target) -> str:
@@ -211,15 +214,15 @@ def _registered(
     return _pass
 
 
-def _with_config(key: str, value: object) -> tvm.transform.PassContext:
-    """The caller's pass context with ``key`` set to ``value``."""
+def _with_config(settings: dict[str, object]) -> tvm.transform.PassContext:
+    """The caller's pass context with ``settings`` added."""
     current = tvm.transform.PassContext.current()
     return tvm.transform.PassContext(
         opt_level=current.opt_level,
         required_pass=list(current.required_pass),
         disabled_pass=list(current.disabled_pass),
         instruments=list(current.instruments),
-        config={**current.config, key: value},
+        config={**current.config, **settings},
     )
 
 
@@ -258,7 +261,11 @@ def build(
     """
     pipeline = sparse_pipeline(target, options, tuning_logs, dtype)
     target = pipeline.target
-    with target, _with_config(CUDA_GRAPH_CONFIG, cuda_graph and is_cuda(target)):
+    settings = {
+        CUDA_GRAPH_CONFIG: cuda_graph and is_cuda(target),
+        ASYNC_COPY_CONFIG: is_cuda(target),
+    }
+    with target, _with_config(settings):
         executable = tvm.compile(
             mod, target=target, relax_pipeline=pipeline, tir_pipeline=tir_pipeline(target)
         )

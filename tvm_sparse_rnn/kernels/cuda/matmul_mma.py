@@ -1,0 +1,349 @@
+"""Dense float16 GEMMs on tensor cores: ``mma.sync`` m16n8k16 fed by ``ldmatrix`` from shared
+tiles that ``cp.async`` fills in a multi-stage software pipeline (the Ampere-class GEMM design of
+CUTLASS's ``sm80`` kernels, built from TVM's ``mma`` tensor intrinsics).
+
+The function's one reduction block is normalized (dlight's index maps) to
+``C[S, I, J] += A[S, I, K] * B[S, J, K]`` and padded to whole tiles, then::
+
+    blockIdx.x   : (S, I / block_m, J / block_n) tiles of C
+    threadIdx.y  : warp (warps_m x warps_n), each a (block_m / warps_m) x (block_n / warps_n)
+                   tile of 16 x 16 float32 accumulator fragments in registers
+    threadIdx.x  : lane
+      for k0 in K / block_k:                          (software pipeline, `stages` deep)
+          A[block_m, block_k], B[block_n, block_k] -> shared   (16-byte cp.async; rows padded
+                                                               by 8 halves: conflict-free ldmatrix)
+          for k1 in block_k / 16:  ldmatrix A, B fragments; mma.sync
+      fragments -> shared (float32) -> the fused epilogue (bias, cast, ...) -> global, 16 bytes
+      per thread
+
+:func:`schedule_mma_matmul` is pure (a function and an :class:`MmaConfig` in, a schedule out);
+:class:`MmaMatmul` is the dlight rule that picks the config from the problem and the target's SM
+count (:func:`choose_mma_config`) and declines what the kernel cannot take (see
+:meth:`MmaMatmul.apply`). Profile with ``ncu --set full python
+benchmarks/bench_gpu_models.py --models deepspeech2_b16 --engines tvm-fp16``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, sym, tirx
+from tvm.s_tir.dlight.analysis import get_root_block
+from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
+from tvm.s_tir.dlight.gpu.matmul import (
+    auto_inline_consumer_chain,
+    auto_inline_producers,
+    get_index_map,
+    get_reduction_blocks,
+)
+from tvm.target import Target
+
+from ...target import device_limits
+
+logger = logging.getLogger(__name__)
+
+#: Side of an ``mma`` fragment (m16n8k16 pairs, loaded as 16 x 16 by ``ldmatrix.x4``).
+FRAGMENT = 16
+WARP_SIZE = 32
+#: Halves per 16-byte ``cp.async`` (and the alignment every operand row must keep).
+VECTOR_HALVES = 8
+#: Float32 accumulators per 16-byte store of the epilogue.
+VECTOR_FLOATS = 4
+#: Shared-memory row padding (halves): eight 16-byte rows of an ``ldmatrix`` phase in distinct
+#: banks.
+ROW_PAD = 8
+#: Smallest static ``I`` / ``J`` / ``K`` extent the tensor-core kernel takes; below it (GEMV-like
+#: layers) dlight's other rules are faster.
+MIN_EXTENT = 16
+INPUT_DTYPE = "float16"
+ACCUMULATOR_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class MmaConfig:
+    """Tiling of :func:`schedule_mma_matmul`.
+
+    Attributes
+    ----------
+    block_m, block_n : int
+        The CTA's tile of ``C`` (multiples of ``16 * warps_m`` / ``16 * warps_n``).
+    block_k : int
+        Columns of ``K`` per pipeline stage (a multiple of 16).
+    warps_m, warps_n : int
+        Warps of the CTA along ``I`` and ``J``.
+    stages : int
+        Shared-memory stages of the ``cp.async`` pipeline (>= 2).
+    """
+
+    block_m: int = 128
+    block_n: int = 128
+    block_k: int = 32
+    warps_m: int = 2
+    warps_n: int = 2
+    stages: int = 3
+
+    def __post_init__(self) -> None:
+        if self.block_m % (FRAGMENT * self.warps_m) or self.block_n % (FRAGMENT * self.warps_n):
+            raise ValueError(f"{self}: block_m / block_n must be whole 16-row fragments per warp")
+        if self.block_k % FRAGMENT or self.stages < 2:
+            raise ValueError(f"{self}: block_k must be a multiple of 16 and stages >= 2")
+
+    @property
+    def warps(self) -> int:
+        """Warps per CTA."""
+        return self.warps_m * self.warps_n
+
+
+#: Configs :func:`choose_mma_config` picks from, largest tile first: the tilings measured
+#: correct on the H100 (session-9 probe, ``docs/results/README.md``).
+MMA_CONFIGS = (
+    MmaConfig(128, 128, 32, 2, 2, 3),
+    MmaConfig(64, 64, 32, 2, 2, 3),
+    MmaConfig(32, 64, 32, 1, 2, 3),
+)
+
+
+def choose_mma_config(rows: int | None, cols: int, num_sms: int) -> MmaConfig:
+    """The config of least estimated time for ``C (rows, cols)`` on ``num_sms`` SMs.
+
+    A tile's time is taken as the larger of its multiply-adds (``block_m * block_n``) and its
+    operand loads (``(block_m + block_n) * 64``, shared-memory fill against tensor-core rate), a
+    launch as whole waves of such tiles. ``rows=None`` (a symbolic ``M``) takes the largest tile.
+    """
+    if rows is None:
+        return MMA_CONFIGS[0]
+
+    def estimate(cfg: MmaConfig) -> float:
+        tiles = math.ceil(rows / cfg.block_m) * math.ceil(cols / cfg.block_n)
+        tile = max(cfg.block_m * cfg.block_n, (cfg.block_m + cfg.block_n) * 64)
+        return math.ceil(tiles / num_sms) * tile
+
+    return min(MMA_CONFIGS, key=estimate)
+
+
+def _linear_in(index: tirx.PrimExpr, var: tirx.Var) -> tuple[int, tirx.PrimExpr] | None:
+    """``(coefficient, base)`` of ``index = coefficient * var + base``, if linear with a constant
+    coefficient."""
+    coeffs = sym.detect_linear_equation(index, [var])
+    if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm):
+        return None
+    return coeffs[0].value, coeffs[1]
+
+
+def _reads_rows_along(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, axis: int) -> bool:
+    """Whether every global read of the fetch ``block`` runs along its iterator ``axis`` with
+    unit stride in the buffer's last dimension, from 16-byte aligned rows (what ``cp.async``
+    takes)."""
+    stmt = sch.get(block)
+    var = stmt.iter_vars[axis].var
+    analyzer = sym.Analyzer()
+    for region in stmt.reads:
+        if region.source.scope() != "global":
+            continue
+        *outer, last = (_linear_in(r.min, var) for r in region.region)
+        if last is None or last[0] != 1 or any(o is None or o[0] != 0 for o in outer):
+            return False
+        aligned = (region.source.shape[-1], last[1])
+        if not all(analyzer.can_prove(tirx.floormod(e, VECTOR_HALVES) == 0) for e in aligned):
+            return False
+    return True
+
+
+def _stage_operand(
+    sch: s_tir.Schedule, tile: s_tir.schedule.SBlockRV, operand: int, k0: s_tir.schedule.LoopRV
+) -> tuple[s_tir.schedule.SBlockRV, bool] | None:
+    """Cache ``operand`` (0: ``A[S, I, K]``, 1: ``B[S, J, K]``) of ``tile`` in shared memory per
+    ``k0`` step, its producers inlined; ``(block, k_major)``, ``k_major`` where the tile is kept
+    ``(S, K, J)`` because ``B`` is stored ``K``-major, or None where neither layout reads whole
+    16-byte rows."""
+    shared = sch.cache_read(tile, operand, "shared.dyn")
+    sch.compute_at(shared, k0)
+    auto_inline_producers(sch, shared)
+    if _reads_rows_along(sch, shared, axis=-1):
+        return shared, False
+    if operand == 1 and _reads_rows_along(sch, shared, axis=-2):
+        rows, cols = sch.get_loops(shared)[-2:]
+        sch.reorder(cols, rows)
+        sch.transform_layout(shared, ("write", 0), lambda b, j, k: (b, k, j))
+        return shared, True
+    return None
+
+
+def _normalize(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV) -> bool:
+    """Reindex ``main`` into ``C[S, I, J] += A[S, I, K] * B[S, J, K]``; False if not a GEMM."""
+    index_maps = get_index_map(sch.get(main))
+    if index_maps is None:
+        return False
+    matmul_map, a_map, b_map, c_map = index_maps
+    for operand, index_map in (("read", 0), a_map), (("read", 1), b_map):
+        sch.transform_layout(sch.reindex(main, operand), ("write", 0), index_map)
+    sch.transform_layout(sch.reindex(main, ("write", 0)), ("read", 0), c_map)
+    sch.transform_block_layout(main, matmul_map)
+    return True
+
+
+def _tensor_intrinsics():
+    """TVM's ``cuda`` tensor-intrinsic module, imported on first use: importing
+    ``tvm.s_tir.tensor_intrin`` parses every target's intrinsics (over a minute on a 2-core
+    machine), which CPU builds never need."""
+    from tvm.s_tir.tensor_intrin import cuda
+
+    return cuda
+
+
+def _fragment_layout(batch, row, col):
+    """Row-major ``(S, rows, cols)`` -> ``(S, row tile, col tile, lane, register)`` of the
+    16 x 16 ``ldmatrix`` / ``mma`` fragments."""
+    shared_16x16_to_ldmatrix_32x8_layout = _tensor_intrinsics().shared_16x16_to_ldmatrix_32x8_layout
+    lane, register = shared_16x16_to_ldmatrix_32x8_layout(row % FRAGMENT, col % FRAGMENT)
+    return batch, row // FRAGMENT, col // FRAGMENT, lane, register
+
+
+def _split_fragments(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV):
+    """Split ``block``'s two innermost loops into 16 x 16 fragments; the fragment's row loop."""
+    row, col = sch.get_loops(block)[-2:]
+    row_tile, row_in = sch.split(row, [None, FRAGMENT])
+    col_tile, col_in = sch.split(col, [None, FRAGMENT])
+    sch.reorder(row_tile, col_tile, row_in, col_in)
+    return row_in
+
+
+def schedule_mma_matmul(
+    func: tirx.PrimFunc, config: MmaConfig, accumulator: str = "float32"
+) -> s_tir.Schedule | None:
+    """Schedule the one float16 GEMM of ``func`` (and its fused prologue / epilogue) as the
+    module docstring's pipelined ``mma.sync`` kernel.
+
+    Parameters
+    ----------
+    func : tirx.PrimFunc
+        A function whose one reduction block is a matmul of float16 operands (any batch axes,
+        either operand transposed or not as long as ``K`` is its innermost, unit-stride axis),
+        accumulating in ``accumulator``.
+    config : MmaConfig
+        Tiling.
+    accumulator : str
+        ``"float32"`` or ``"float16"``, the reduction block's output dtype.
+
+    Returns
+    -------
+    s_tir.Schedule or None
+        The schedule, or None where the function is not such a GEMM.
+    """
+    sch = s_tir.Schedule(func)
+    main = (get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch))) or [None])[0]
+    if main is None or not _normalize(sch, main):
+        return None
+    cfg = config
+    sch.pad_einsum(main, [1, cfg.block_m, cfg.block_n, cfg.block_k])
+    batch, i, j, k = sch.get_loops(main)
+    i, i_frag = sch.split(i, [None, FRAGMENT])
+    j, j_frag = sch.split(j, [None, FRAGMENT])
+    k, k_frag = sch.split(k, [None, FRAGMENT])
+    sch.reorder(i, j, k, i_frag, j_frag, k_frag)
+    fragment = main
+    tile = sch.blockize(i_frag)
+    i0, i1, i2 = sch.split(i, [None, cfg.warps_m, cfg.block_m // cfg.warps_m // FRAGMENT])
+    j0, j1, j2 = sch.split(j, [None, cfg.warps_n, cfg.block_n // cfg.warps_n // FRAGMENT])
+    k0, k1 = sch.split(k, [None, cfg.block_k // FRAGMENT])
+    sch.reorder(i0, j0, i1, j1, k0, k1, i2, j2)
+    cta = sch.fuse(batch, i0, j0)
+    warp = sch.fuse(i1, j1)
+    sch.bind(cta, "blockIdx.x")
+    sch.bind(warp, "threadIdx.y")
+
+    def bind_copy(block: s_tir.schedule.SBlockRV, vector: int) -> None:
+        fused = sch.fuse(*sch.get_loops(block)[-2:])
+        _, ty, tx, vec = sch.split(fused, [None, cfg.warps, WARP_SIZE, vector])
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(tx, "threadIdx.x")
+        sch.vectorize(vec)
+
+    k_major = False
+    for operand in (0, 1):
+        staged = _stage_operand(sch, tile, operand, k0)
+        if staged is None:
+            return None
+        shared, k_major = staged
+        bind_copy(shared, VECTOR_HALVES)
+        sch.storage_align(shared, 0, axis=-2, factor=32, offset=ROW_PAD)
+
+    loads = []
+    for operand in (0, 1):
+        fragments = sch.cache_read(tile, operand, "warp")
+        sch.compute_at(fragments, k1)
+        loads.append(_split_fragments(sch, fragments))
+        sch.transform_layout(fragments, ("write", 0), _fragment_layout)
+
+    result = sch.cache_write(tile, 0, "shared.dyn")
+    auto_inline_consumer_chain(sch, result)
+    accumulators = sch.cache_write(tile, 0, "warp")
+    sch.reverse_compute_at(accumulators, warp)
+    sch.reverse_compute_at(result, cta)
+    store = _split_fragments(sch, accumulators)
+    sch.transform_layout(accumulators, ("read", 0), _fragment_layout)
+    bind_copy(result, VECTOR_FLOATS)
+
+    init = sch.get_child_blocks(sch.decompose_reduction(tile, k0))[0]
+    intrinsics = _tensor_intrinsics().get_mma_intrin_group(
+        "shared.dyn", "shared.dyn", INPUT_DTYPE, accumulator, trans_a=False, trans_b=not k_major
+    )
+    sch.tensorize(loads[0], intrinsics["load_a"])
+    sch.tensorize(loads[1], intrinsics["load_b"])
+    sch.tensorize(sch.get_loops(fragment)[-3], intrinsics["compute"])
+    sch.tensorize(sch.get_loops(init)[-2], intrinsics["init"])
+    sch.tensorize(store, intrinsics["store"])
+    sch.annotate(k0, "software_pipeline_stage", [0, 0, cfg.stages - 1])
+    sch.annotate(k0, "software_pipeline_order", [0, 1, 2])
+    sch.annotate(k0, "software_pipeline_async_stages", [0])
+    return sch
+
+
+def _gemm_extents(sch: s_tir.Schedule) -> tuple[int | None, int | None, int | None, str] | None:
+    """Static ``(M, N, K)`` (None where symbolic) and the accumulator dtype of ``func``'s float16
+    GEMM, or None where it is not one."""
+    main = (get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch))) or [None])[0]
+    if main is None or get_index_map(sch.get(main)) is None:
+        return None
+    stmt = sch.get(main)
+    if {str(r.source.dtype) for r in stmt.reads} != {INPUT_DTYPE}:
+        return None
+    accumulator = str(stmt.writes[0].source.dtype)
+    if accumulator not in ACCUMULATOR_DTYPES:
+        return None
+    _normalize(sch, main)
+    _, m, n, k = (
+        v.dom.extent.value if isinstance(v.dom.extent, tirx.IntImm) else None
+        for v in sch.get(main).iter_vars
+    )
+    return m, n, k, accumulator
+
+
+class MmaMatmul(GPUScheduleRule):
+    """dlight rule: a float16 GEMM on the pipelined ``mma.sync`` kernel of
+    :func:`schedule_mma_matmul`, tiled by :func:`choose_mma_config`.
+
+    Declines (returns None, leaving the function to the next rule) a function without exactly
+    one float16 GEMM, a static ``M``, ``N`` or ``K`` below :data:`MIN_EXTENT`, and operands
+    whose rows cannot be copied in aligned 16-byte pieces.
+    """
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        """The schedule of ``func`` for ``target``, or None."""
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        gemm = _gemm_extents(s_tir.Schedule(func))
+        if gemm is None:
+            return None
+        m, n, k, accumulator = gemm
+        if any(e is not None and e < MIN_EXTENT for e in (m, n, k)) or n is None:
+            return None
+        config = choose_mma_config(m, n, device_limits(target).num_sms)
+        try:
+            return schedule_mma_matmul(func, config, accumulator)
+        except (s_tir.ScheduleError, tvm.error.InternalError) as err:
+            logger.debug("mma schedule declined %s: %s", func.attrs.get("global_symbol"), err)
+            return None
