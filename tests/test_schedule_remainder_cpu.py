@@ -1,6 +1,6 @@
 """The llvm pipeline's remainder: ScheduleRemainderCPU gives softmax, layer norm, GELU and layout
-functions parallel, vectorized schedules, FastMath their approximations; the numbers stay
-(numpy float64 / scipy references)."""
+functions parallel, vectorized schedules, FastMath their approximations, VectorLayerNorm a
+vector layer norm kernel; the numbers stay (numpy float64 / scipy references)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tvm_sparse_rnn.transform import (
     FastMath,
     ScheduleDenseCPU,
     ScheduleRemainderCPU,
+    VectorLayerNorm,
 )
 from tvm_sparse_rnn.zoo import build_bert_encoder
 
@@ -165,6 +166,48 @@ def test_softmax_runs_the_vector_kernel_on_the_last_axis(shape, axis, vector):
     got = vm["main"](tvm.runtime.tensor(data)).numpy()
     ref = scipy.special.softmax(data.astype(np.float64), axis=axis)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def _layer_norm_module(shape: tuple[int, ...], axis: int) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    g = relax.Var("g", relax.TensorType((shape[axis],), "float32"))
+    b = relax.Var("b", relax.TensorType((shape[axis],), "float32"))
+    with bb.function("main", [x, g, b]):
+        with bb.dataflow():
+            out = bb.emit_output(op.nn.layer_norm(x, g, b, axes=[axis], epsilon=1e-5))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis", "vector"),
+    [
+        ((128, 768), -1, True),  # BERT's hidden states
+        ((2, 4, 16), 2, True),  # one vector per row on AVX-512
+        ((4, 40), -1, False),  # 40 does not divide by the lanes: TVM's layer norm
+        ((3, 32, 5), 1, False),  # not the last axis
+    ],
+)
+def test_layer_norm_runs_the_vector_kernel_on_the_last_axis(shape, axis, vector):
+    """The pipeline's VectorLayerNorm gives a last-axis layer norm whose length divides by the
+    lanes the vector kernel (lane-wise mean and variance); numbers vs float64 numpy either
+    way."""
+    lanes = vector_lanes(resolve_target("llvm"), 32)
+    mod = VectorLayerNorm(lanes)(_layer_norm_module(shape, axis))
+    assert ("layer_norm_vector" in mod.script()) is (vector and shape[-1] % lanes == 0)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype("float32") * 3 + 1
+    g, b = (rng.standard_normal(shape[axis]).astype("float32") for _ in range(2))
+    vm = relax.VirtualMachine(build(_layer_norm_module(shape, axis), "llvm")[0], tvm.cpu())
+    got = vm["main"](*(tvm.runtime.tensor(a) for a in (x, g, b))).numpy()
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis, keepdims=True), x64.var(axis, keepdims=True)
+    gb = [
+        v.reshape([-1 if d == axis % len(shape) else 1 for d in range(len(shape))]) for v in (g, b)
+    ]
+    ref = (x64 - mean) / np.sqrt(var + 1e-5) * gb[0] + gb[1]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
 def _ffn_gap_module(second_operand_is_constant: bool) -> tvm.IRModule:

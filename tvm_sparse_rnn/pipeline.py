@@ -12,8 +12,9 @@ One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
                                   legalize (+ fusion after CanonicalizeBindings; on cuda
                                   ScheduleMatmulCUDA, dense float16 matmuls on tensor cores,
                                   then dlight),
-                                  dataflow lowering, finalization; on llvm FastMath before
-                                  legalize, ScheduleDenseCPU and ScheduleRemainderCPU after
+                                  dataflow lowering, finalization; on llvm FastMath and
+                                  VectorLayerNorm before legalize, ScheduleDenseCPU and
+                                  ScheduleRemainderCPU after
 
 Users who assemble their own pipeline run the passes above TVM's (:meth:`SparsePipeline.front`)
 ahead of their own and build with the TIR pipeline
@@ -56,6 +57,7 @@ from .transform import (
     ScheduleMatmulCUDA,
     ScheduleRemainderCPU,
     ToFloat16,
+    VectorLayerNorm,
 )
 from .transform.dispatch import KernelDecision
 from .transform.to_float16 import parse_precision
@@ -106,6 +108,7 @@ def _default_passes(target: Target) -> list[tvm.transform.Pass]:
         legalize = [
             CancelTransposes,
             FastMath(lanes),
+            VectorLayerNorm(lanes),
             *legalize,
             ScheduleDenseCPU,
             ScheduleRemainderCPU,

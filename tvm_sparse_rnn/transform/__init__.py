@@ -12,6 +12,7 @@ from .schedule_dense_cpu import ScheduleDenseCPU
 from .schedule_matmul_cuda import ScheduleMatmulCUDA
 from .schedule_remainder_cpu import ScheduleRemainderCPU
 from .to_float16 import Precision, ToFloat16
+from .vector_layer_norm import VectorLayerNorm
 
 __all__ = [
     "AccumulateInFloat32",
@@ -29,4 +30,5 @@ __all__ = [
     "ScheduleMatmulCUDA",
     "ScheduleRemainderCPU",
     "ToFloat16",
+    "VectorLayerNorm",
 ]

@@ -26,29 +26,55 @@ from tvm import s_tir, te, tirx, topi
 logger = logging.getLogger(__name__)
 
 
+def lane_partials(t: te.Tensor, op, name: str, lanes: int) -> te.Tensor:
+    """``(*lead, lanes)`` partial reductions of ``t (*lead, C)`` over its last axis, one per
+    vector lane (lane ``l`` over columns ``g * lanes + l``); ``t`` itself when ``C == lanes``."""
+    *lead, c = (int(d) for d in t.shape)
+    if c == lanes:
+        return t
+    g = te.reduce_axis((0, c // lanes), "g")
+    return te.compute(
+        (*lead, lanes), lambda *i: op(t[(*i[:-1], g * lanes + i[-1])], axis=g), name=name
+    )
+
+
+def fold_lanes(t: te.Tensor, op, name: str) -> te.Tensor:
+    """``t (*lead, lanes)`` reduced over its lanes -> ``(*lead)``."""
+    *lead, lanes = (int(d) for d in t.shape)
+    lane = te.reduce_axis((0, lanes), "lane")
+    return te.compute(tuple(lead), lambda *i: op(t[(*i, lane)], axis=lane), name=name)
+
+
+def schedule_row_stages(
+    sch: s_tir.Schedule, out: str, stages: tuple[str, ...], partials: tuple[str, ...], lanes: int
+) -> s_tir.schedule.LoopRV:
+    """Rows of ``out`` in parallel, its columns as vectors; ``stages`` (consumers first) computed
+    per row; the ``partials`` (lane-wise reductions) in registers, their lane loop vectorized
+    inside the column-group loop. Returns the row loop."""
+    *lead, col = sch.get_loops(sch.get_sblock(out))
+    row = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+    sch.parallel(row)
+    sch.vectorize(sch.split(col, [None, lanes])[1])
+    for name in stages:
+        sch.compute_at(sch.get_sblock(name), row)
+    for name in partials:
+        block = sch.get_sblock(name)
+        sch.set_scope(block, 0, "local")
+        lane, group = sch.get_loops(block)[-2:]
+        sch.reorder(group, lane)
+        sch.vectorize(lane)
+        sch.decompose_reduction(block, group)
+    return row
+
+
 def softmax_compute(x: te.Tensor, lanes: int) -> te.Tensor:
     """``softmax(x, axis=-1)`` with lane-wise partial reductions; ``C`` must divide by
     ``lanes``."""
-    *lead, c = (int(d) for d in x.shape)
-    groups = c // lanes
-
-    def lane_reduce(t: te.Tensor, op, name: str) -> te.Tensor:
-        if groups == 1:  # one vector per row: the lanes are the row
-            return t
-        g = te.reduce_axis((0, groups), "g")
-        return te.compute(
-            (*lead, lanes), lambda *i: op(t[(*i[:-1], g * lanes + i[-1])], axis=g), name=name
-        )
-
-    def fold(t: te.Tensor, op, name: str) -> te.Tensor:
-        lane = te.reduce_axis((0, lanes), "lane")
-        return te.compute(tuple(lead), lambda *i: op(t[(*i, lane)], axis=lane), name=name)
-
-    row_max = fold(lane_reduce(x, te.max, "partial_max"), te.max, "row_max")
+    row_max = fold_lanes(lane_partials(x, te.max, "partial_max", lanes), te.max, "row_max")
     shifted = te.compute(x.shape, lambda *i: x[i] - row_max[i[:-1]], name="shifted")
     e = topi.fast_exp(shifted)
-    row_sum = fold(lane_reduce(e, te.sum, "partial_sum"), te.sum, "row_sum")
-    inverse = te.compute(tuple(lead), lambda *i: 1.0 / row_sum[i], name="row_inverse")
+    row_sum = fold_lanes(lane_partials(e, te.sum, "partial_sum", lanes), te.sum, "row_sum")
+    inverse = te.compute(row_sum.shape, lambda *i: 1.0 / row_sum[i], name="row_inverse")
     return te.compute(x.shape, lambda *i: e[i] * inverse[i[:-1]], name="softmax")
 
 
@@ -72,25 +98,12 @@ def make_softmax(shape: tuple[int, ...], dtype: str, lanes: int) -> tirx.PrimFun
     """
     x = te.placeholder(shape, dtype, "x")
     sch = s_tir.Schedule(te.create_prim_func([x, softmax_compute(x, lanes)]))
-    out = sch.get_sblock("softmax")
-    *lead, col = sch.get_loops(out)
-    row = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-    sch.parallel(row)
-    sch.vectorize(sch.split(col, [None, lanes])[1])
     sch.compute_inline(sch.get_sblock("shifted"))
     partials = ("partial_max", "partial_sum") if shape[-1] > lanes else ()  # none: one vector
-    stages = ("row_inverse", "row_sum", "partial_sum", "T_fast_exp", "row_max", "partial_max")
-    for name in stages:  # consumers first
-        if name in partials or not name.startswith("partial"):
-            sch.compute_at(sch.get_sblock(name), row)
-    for name in ("T_fast_exp", *partials):
-        sch.set_scope(sch.get_sblock(name), 0, "local")
-    for name in partials:
-        block = sch.get_sblock(name)
-        lane, group = sch.get_loops(block)[-2:]
-        sch.reorder(group, lane)
-        sch.vectorize(lane)
-        sch.decompose_reduction(block, group)
+    stages = (*partials, "row_inverse", "row_sum", "T_fast_exp", "row_max")
+    order = ("row_inverse", "row_sum", "partial_sum", "T_fast_exp", "row_max", "partial_max")
+    schedule_row_stages(sch, "softmax", tuple(n for n in order if n in stages), partials, lanes)
     exp = sch.get_sblock("T_fast_exp")
+    sch.set_scope(exp, 0, "local")
     sch.vectorize(sch.split(sch.get_loops(exp)[-1], [None, lanes])[1])
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
