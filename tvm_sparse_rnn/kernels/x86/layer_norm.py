@@ -80,7 +80,7 @@ def make_layer_norm(
     sch = s_tir.Schedule(te.create_prim_func([x, gamma, beta, y]))
     for name in ("squares", "centered"):
         sch.compute_inline(sch.get_sblock(name))
-    partials = ("partial_row_var", "partial_row_sum") if shape[-1] > lanes else ()
-    stages = ("row_inverse", "row_var_mean", "row_var", *partials[:1], "row_sum_mean", "row_sum")
-    schedule_row_stages(sch, "layer_norm", (*stages, *partials[1:]), partials, lanes)
+    variance = ("row_inverse", "row_var_mean", "row_var", "partial_row_var")
+    stages = (*variance, "row_sum_mean", "row_sum", "partial_row_sum")  # consumers first
+    schedule_row_stages(sch, "layer_norm", stages, lanes, with_partials=shape[-1] > lanes)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -46,17 +46,20 @@ def fold_lanes(t: te.Tensor, op, name: str) -> te.Tensor:
 
 
 def schedule_row_stages(
-    sch: s_tir.Schedule, out: str, stages: tuple[str, ...], partials: tuple[str, ...], lanes: int
-) -> s_tir.schedule.LoopRV:
-    """Rows of ``out`` in parallel, its columns as vectors; ``stages`` (consumers first) computed
-    per row; the ``partials`` (lane-wise reductions) in registers, their lane loop vectorized
-    inside the column-group loop. Returns the row loop."""
+    sch: s_tir.Schedule, out: str, stages: tuple[str, ...], lanes: int, with_partials: bool
+) -> None:
+    """Rows of ``out`` in parallel, its columns as vectors; ``stages`` (consumers first)
+    computed per row. Stages named ``partial_*`` (the lane-wise reductions of
+    :func:`lane_partials`, absent unless ``with_partials``) live in registers, their lane loop
+    vectorized inside the column-group loop."""
     *lead, col = sch.get_loops(sch.get_sblock(out))
     row = sch.fuse(*lead) if len(lead) > 1 else lead[0]
     sch.parallel(row)
     sch.vectorize(sch.split(col, [None, lanes])[1])
+    partials = [name for name in stages if name.startswith("partial_")] if with_partials else []
     for name in stages:
-        sch.compute_at(sch.get_sblock(name), row)
+        if name in partials or not name.startswith("partial_"):
+            sch.compute_at(sch.get_sblock(name), row)
     for name in partials:
         block = sch.get_sblock(name)
         sch.set_scope(block, 0, "local")
@@ -64,7 +67,6 @@ def schedule_row_stages(
         sch.reorder(group, lane)
         sch.vectorize(lane)
         sch.decompose_reduction(block, group)
-    return row
 
 
 def softmax_compute(x: te.Tensor, lanes: int) -> te.Tensor:
@@ -99,10 +101,8 @@ def make_softmax(shape: tuple[int, ...], dtype: str, lanes: int) -> tirx.PrimFun
     x = te.placeholder(shape, dtype, "x")
     sch = s_tir.Schedule(te.create_prim_func([x, softmax_compute(x, lanes)]))
     sch.compute_inline(sch.get_sblock("shifted"))
-    partials = ("partial_max", "partial_sum") if shape[-1] > lanes else ()  # none: one vector
-    stages = (*partials, "row_inverse", "row_sum", "T_fast_exp", "row_max")
-    order = ("row_inverse", "row_sum", "partial_sum", "T_fast_exp", "row_max", "partial_max")
-    schedule_row_stages(sch, "softmax", tuple(n for n in order if n in stages), partials, lanes)
+    stages = ("row_inverse", "row_sum", "partial_sum", "T_fast_exp", "row_max", "partial_max")
+    schedule_row_stages(sch, "softmax", stages, lanes, with_partials=shape[-1] > lanes)
     exp = sch.get_sblock("T_fast_exp")
     sch.set_scope(exp, 0, "local")
     sch.vectorize(sch.split(sch.get_loops(exp)[-1], [None, lanes])[1])
