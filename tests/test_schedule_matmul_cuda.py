@@ -12,12 +12,20 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import tvm
 from onnx import TensorProto, helper, numpy_helper
+from tvm import te, tirx
 from tvm.target import Target
 
 from tvm_sparse_rnn.compile import build_onnx_with_decisions, load_executable
 from tvm_sparse_rnn.kernels.cuda.matmul import numeric_arch
-from tvm_sparse_rnn.kernels.cuda.matmul_mma import MMA_CONFIGS, MmaConfig, choose_mma_config
+from tvm_sparse_rnn.kernels.cuda.matmul_mma import (
+    MMA_CONFIGS,
+    MmaConfig,
+    MmaMatmul,
+    choose_mma_config,
+)
+from tvm_sparse_rnn.pipeline import ASYNC_COPY_CONFIG
 from tvm_sparse_rnn.runtime.persistent import cuda_source
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.transform import KernelVariant
@@ -114,6 +122,28 @@ def test_tiling_fills_the_gpu_before_growing_tiles():
         MmaConfig(block_m=48, warps_m=2)
     with pytest.raises(ValueError, match="stages"):
         MmaConfig(stages=1)
+
+
+def test_symbolic_rows_take_the_largest_tiling():
+    """A GEMM of symbolic ``M`` (int64 shapes, as Relax legalizes them) is padded to whole
+    128-row tiles and still built on ``mma.sync`` with ``cp.async``."""
+    rows, k, n = tirx.Var("m", "int64"), tirx.IntImm("int64", 256), tirx.IntImm("int64", 320)
+    a = te.placeholder((rows, k), "float16", name="A")
+    w = te.placeholder((k, n), "float16", name="W")
+    r = te.reduce_axis((tirx.IntImm("int64", 0), k), name="k")
+    acc = te.compute(
+        (rows, n),
+        lambda i, j: te.sum(a[i, r].astype("float32") * w[r, j].astype("float32"), axis=r),
+        name="acc",
+    )
+    c = te.compute((rows, n), lambda i, j: acc[i, j].astype("float16"), name="c")
+    target = resolve_target("cuda")
+    sch = MmaMatmul().apply(te.create_prim_func([a, w, c]), target, False)
+    assert sch is not None
+    mod = tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")})
+    with tvm.transform.PassContext(config={ASYNC_COPY_CONFIG: True}):
+        source = cuda_source(tvm.compile(mod, target=target).mod)
+    assert _kernel_kind(source) == "mma"
 
 
 @pytest.mark.gpu

@@ -335,15 +335,16 @@ class MmaMatmul(GPUScheduleRule):
         """The schedule of ``func`` for ``target``, or None."""
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
-        gemm = _gemm_extents(s_tir.Schedule(func))
-        if gemm is None:
-            return None
-        m, n, k, accumulator = gemm
-        if any(e is not None and e < MIN_EXTENT for e in (m, n, k)) or n is None:
-            return None
-        config = choose_mma_config(m, n, device_limits(target).num_sms)
         try:
+            gemm = _gemm_extents(s_tir.Schedule(func))
+            if gemm is None:
+                return None
+            m, n, k, accumulator = gemm
+            if any(e is not None and e < MIN_EXTENT for e in (m, n, k)) or n is None:
+                return None
+            config = choose_mma_config(m, n, device_limits(target).num_sms)
             return schedule_mma_matmul(func, config, accumulator)
         except (s_tir.ScheduleError, tvm.error.InternalError) as err:
-            logger.debug("mma schedule declined %s: %s", func.attrs.get("global_symbol"), err)
+            symbol = func.attrs.get("global_symbol") if func.attrs else None
+            logger.debug("mma schedule declined %s: %s", symbol, err)
             return None
