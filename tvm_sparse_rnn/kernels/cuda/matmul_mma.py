@@ -220,9 +220,9 @@ def schedule_mma_matmul(
     Parameters
     ----------
     func : tirx.PrimFunc
-        A function whose one reduction block is a matmul of float16 operands (any batch axes,
-        either operand transposed or not as long as ``K`` is its innermost, unit-stride axis),
-        accumulating in ``accumulator``.
+        A function whose one reduction block is a matmul of float16 operands (any batch axes;
+        ``A`` read along ``K``, ``B`` along ``K`` or along ``N``, unit stride, 16-byte aligned
+        rows), accumulating in ``accumulator``.
     config : MmaConfig
         Tiling.
     accumulator : str
@@ -233,11 +233,11 @@ def schedule_mma_matmul(
     s_tir.Schedule or None
         The schedule, or None where the function is not such a GEMM.
     """
+    cfg = config
     sch = s_tir.Schedule(func)
     main = (get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch))) or [None])[0]
     if main is None or not _normalize(sch, main):
         return None
-    cfg = config
     sch.pad_einsum(main, [1, cfg.block_m, cfg.block_n, cfg.block_k])
     batch, i, j, k = sch.get_loops(main)
     i, i_frag = sch.split(i, [None, FRAGMENT])
