@@ -18,6 +18,7 @@ Profile with ``python benchmarks/profile_cpu_models.py bert_4x4 --runs 20``.
 from __future__ import annotations
 
 import logging
+import operator
 
 from tvm import s_tir, te, tirx
 
@@ -34,7 +35,7 @@ def layer_norm_compute(
     c = int(x.shape[-1])
 
     def row_mean(t: te.Tensor, name: str) -> te.Tensor:
-        total = fold_lanes(lane_partials(t, te.sum, f"partial_{name}", lanes), te.sum, name)
+        total = fold_lanes(lane_partials(t, te.sum, f"partial_{name}", lanes), operator.add, name)
         return te.compute(total.shape, lambda *i: total[i] / c, name=f"{name}_mean")
 
     mean = row_mean(x, "row_sum")

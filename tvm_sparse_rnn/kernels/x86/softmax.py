@@ -20,6 +20,7 @@ Profile with ``python benchmarks/profile_cpu_models.py bert_unstructured --top 8
 from __future__ import annotations
 
 import logging
+import operator
 
 from tvm import s_tir, te, tirx, topi
 
@@ -38,11 +39,20 @@ def lane_partials(t: te.Tensor, op, name: str, lanes: int) -> te.Tensor:
     )
 
 
-def fold_lanes(t: te.Tensor, op, name: str) -> te.Tensor:
-    """``t (*lead, lanes)`` reduced over its lanes -> ``(*lead)``."""
+def fold_lanes(t: te.Tensor, combine, name: str) -> te.Tensor:
+    """``t (*lead, lanes)`` combined over its lanes -> ``(*lead)``, as a balanced tree of
+    ``combine`` (independent operations instead of one dependent chain of ``lanes``)."""
     *lead, lanes = (int(d) for d in t.shape)
-    lane = te.reduce_axis((0, lanes), "lane")
-    return te.compute(tuple(lead), lambda *i: op(t[(*i, lane)], axis=lane), name=name)
+
+    def tree(terms: list) -> tirx.PrimExpr:
+        while len(terms) > 1:
+            pairs = zip(terms[0::2], terms[1::2], strict=False)
+            terms = [combine(a, b) for a, b in pairs] + terms[len(terms) - len(terms) % 2 :]
+        return terms[0]
+
+    return te.compute(
+        tuple(lead), lambda *i: tree([t[(*i, lane)] for lane in range(lanes)]), name=name
+    )
 
 
 def schedule_row_stages(
@@ -72,10 +82,10 @@ def schedule_row_stages(
 def softmax_compute(x: te.Tensor, lanes: int) -> te.Tensor:
     """``softmax(x, axis=-1)`` with lane-wise partial reductions; ``C`` must divide by
     ``lanes``."""
-    row_max = fold_lanes(lane_partials(x, te.max, "partial_max", lanes), te.max, "row_max")
+    row_max = fold_lanes(lane_partials(x, te.max, "partial_max", lanes), tirx.Max, "row_max")
     shifted = te.compute(x.shape, lambda *i: x[i] - row_max[i[:-1]], name="shifted")
     e = topi.fast_exp(shifted)
-    row_sum = fold_lanes(lane_partials(e, te.sum, "partial_sum", lanes), te.sum, "row_sum")
+    row_sum = fold_lanes(lane_partials(e, te.sum, "partial_sum", lanes), operator.add, "row_sum")
     inverse = te.compute(row_sum.shape, lambda *i: 1.0 / row_sum[i], name="row_inverse")
     return te.compute(x.shape, lambda *i: e[i] * inverse[i[:-1]], name="softmax")
 
