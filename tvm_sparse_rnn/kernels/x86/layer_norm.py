@@ -2,7 +2,7 @@
 
 dlight's CPU reduction rule keeps the row mean and variance scalar loops (a float sum over the
 reduction axis does not vectorize without an ``rfactor``): 768 dependent adds twice per row.
-Here, as in :mod:`~tvm_sparse_rnn.kernels.x86.softmax`, each reduction runs as ``lanes``
+Here (:mod:`~tvm_sparse_rnn.kernels.x86.row_reduction`) each reduction runs as ``lanes``
 partial sums (one per vector lane, over the ``C / lanes`` column groups), then folded::
 
     for r in parallel(rows):
@@ -22,7 +22,7 @@ import operator
 
 from tvm import s_tir, te, tirx
 
-from .softmax import fold_lanes, lane_partials, schedule_row_stages
+from .row_reduction import fold_lanes, lane_partials, schedule_row_stages
 
 logger = logging.getLogger(__name__)
 
