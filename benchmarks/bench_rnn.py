@@ -4,7 +4,10 @@ Vanilla RNN ``h_t = tanh(R h_{t-1} + u_t)``, fp32, T = 256, on one GPU, all in o
 
 * the seed's sweeps: batch 1-64 at H=1792/10%; density at H=1792/B=4 and H=2304/B=4;
   H=5760/B=2/10%; fixed parameter count 2304@25%, 3456@11%, 4608@6.25%, 5760@4% (B=4);
-* per case the best of the planner's top geometries for both barriers (flag and grid);
+* per case the best of the planner's top geometries (one replica) and its best geometry for
+  every replica count (batch slices run at once on their own CTAs), for every barrier (flag,
+  grid, and the cluster barrier where a replica fits a cluster), and ``auto``: what
+  ``build_persistent_rnn`` picks without a tuning record;
 * baselines: cuBLAS ``addmm`` loop eager and as a CUDA graph, cuSPARSE CSR ``mm`` loop as a CUDA
   graph, cuDNN ``nn.RNN`` fp32 and fp16 (``input_size = H``, so it also does ``W x_t``);
 * the ablation naive (scalar loads, naive order, grid barrier) -> +LDS.128 -> +guided layout
@@ -58,7 +61,13 @@ ABLATION = [
     ("+Lamport", True, "guided", "flag", False),
     ("+pipelined", True, "guided", "flag", True),
 ]
-TARGETS_MS = {(1792, 4, 0.10): 0.35, (1152, 8, 0.23): 0.5, (5760, 2, 0.10): 0.8}
+TARGETS_MS = {
+    (1792, 4, 0.10): 0.30,
+    (1792, 16, 0.10): 0.40,
+    (1792, 64, 0.10): 0.8,
+    (1152, 8, 0.23): 0.5,
+    (5760, 2, 0.10): 0.8,
+}
 
 
 def random_recurrent(hidden: int, density: float, seed: int = 0) -> sp.csr_array:
@@ -70,23 +79,44 @@ def random_recurrent(hidden: int, density: float, seed: int = 0) -> sp.csr_array
 
 
 def _candidates(R: sp.csr_array, batch: int, count: int) -> list:
-    """The planner's best geometry per lanes-per-row, ``count`` of them, best first."""
-    from tvm_sparse_rnn.kernels.cuda.persistent.planner import candidate_plans, row_lengths
+    """The planner's best geometry per lanes-per-row, ``count`` of them, best first (one
+    replica), then its best geometry per replica count and the best that fits a cluster."""
+    from tvm_sparse_rnn.kernels.cuda.persistent import planner
     from tvm_sparse_rnn.target import device_limits
 
-    lengths = row_lengths(R)
+    longest = int(planner.row_lengths(R).max())
     seen, out = set(), []
     limits = device_limits("cuda")
-    for plan in candidate_plans(R.shape[0], int(lengths.max()), batch, device=limits):
+    for plan in planner.candidate_plans(R.shape[0], longest, batch, device=limits):
         if plan.lanes_per_row not in seen:
             seen.add(plan.lanes_per_row)
             out.append(plan)
-    return out[:count]
+    out = out[:count]
+    for replicas in planner.replica_options(batch, 1, limits)[1:]:
+        plans = planner.candidate_plans(
+            R.shape[0], longest, batch, device=limits, replicas=replicas
+        )
+        clustered = [p for p in plans if p.num_ctas <= planner.PORTABLE_CLUSTER_SIZE]
+        out += list(dict.fromkeys(plans[:1] + clustered[:1]))
+    return out
+
+
+def _barriers(plan) -> tuple[str, ...]:
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import PORTABLE_CLUSTER_SIZE
+
+    fits = plan.num_ctas <= PORTABLE_CLUSTER_SIZE
+    return ("flag", "grid", "cluster") if fits else ("flag", "grid")
+
+
+def _label(plan, barrier: str, vector: bool) -> str:
+    replicas = f"/x{plan.replicas}" if plan.replicas > 1 else ""
+    return f"{barrier}/KS{plan.lanes_per_row}{'' if vector else '/scalar'}{replicas}"
 
 
 def _tvm_time(rnn, U: np.ndarray, h0: np.ndarray) -> dict:
     """Median and min ms of the kernel over all ``T`` steps and every batch chunk (a batch
-    larger than ``h`` fits in shared memory runs as identical launches: one is timed)."""
+    larger than ``h`` fits in shared memory runs as identical launches: one is timed). Every
+    replica of the launch runs the first ``batch_kernel`` samples."""
     import tvm
 
     dev = rnn.device
@@ -96,6 +126,7 @@ def _tvm_time(rnn, U: np.ndarray, h0: np.ndarray) -> dict:
     uk[:, : p.hidden, :n] = U[:, :n].transpose(0, 2, 1)
     hk = np.zeros((p.hidden_padded, p.batch_kernel), np.float32)
     hk[: p.hidden, :n] = h0[:n].T
+    uk, hk = np.tile(uk, (1, p.streams, 1)), np.tile(hk, (p.streams, 1))
     out = np.zeros(uk.shape, np.float32)
     args = rnn.kernel_args(*(tvm.runtime.tensor(a, dev) for a in (uk, hk, out)))
     ev = rnn.module.time_evaluator("main", dev, number=20, repeat=7)
@@ -175,7 +206,9 @@ def run(args: argparse.Namespace) -> dict:
 
     from tvm_sparse_rnn.kernels.cuda.persistent.bank_conflicts import conflicts_per_step
     from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import default_knobs, plan_persistent
     from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel, prebuild
+    from tvm_sparse_rnn.target import device_limits
 
     sweeps = {k: v[:2] for k, v in SWEEPS.items()} if args.quick else SWEEPS
     cases = sorted({c for v in sweeps.values() for c in v} | set(ABLATION_CASES))
@@ -185,9 +218,12 @@ def run(args: argparse.Namespace) -> dict:
         # B >= 8: vector (LDS.128) and scalar loads are both tried (scalar won at 116x160).
         vectors = (True, False) if b >= 8 else (True,)
         for plan in _candidates(weights[(h, d)], b, args.candidates):
-            for barrier, vector in itertools.product(("flag", "grid"), vectors):
-                label = f"{barrier}/KS{plan.lanes_per_row}{'' if vector else '/scalar'}"
+            for barrier, vector in itertools.product(_barriers(plan), vectors):
+                label = _label(plan, barrier, vector)
                 jobs.append(((h, b, d), label, plan, "guided", vector, barrier))
+        auto = plan_persistent(weights[(h, d)], b, device=device_limits("cuda"))
+        barrier, vector = default_knobs(auto)
+        jobs.append(((h, b, d), "auto", auto, "guided", vector, barrier))
         if (h, b, d) in ABLATION_CASES:
             best = _candidates(weights[(h, d)], b, 1)[0]
             for label, vector, order, barrier, double in ABLATION:
@@ -232,7 +268,9 @@ def run(args: argparse.Namespace) -> dict:
                 plan.describe(),
             )
         timed = [
-            (v["ms_median"], k) for k, v in entry["ours"].items() if not k.startswith("ablation")
+            (v["ms_median"], k)
+            for k, v in entry["ours"].items()
+            if not k.startswith("ablation") and k != "auto"
         ]
         if not timed:
             logger.warning("%s does not fit on chip; skipped", (h, b, d))
@@ -269,9 +307,9 @@ def ncu_case(order: str) -> None:
 def table(results: dict) -> str:
     """Markdown table of the cases."""
     rows = [
-        "| H | B | density | ours best (ms) | config | cuBLAS graph | cuSPARSE graph | "
-        "cuDNN fp32 | cuDNN fp16 | x cuDNN fp32 | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| H | B | density | ours best (ms) | config | auto (ms) | cuBLAS graph | "
+        "cuSPARSE graph | cuDNN fp32 | cuDNN fp16 | x cuDNN fp32 | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in results["cases"]:
         bl = c.get("baselines", {})
@@ -285,9 +323,11 @@ def table(results: dict) -> str:
             if isinstance(bl.get("cudnn_fp32"), float)
             else "-"
         )
+        auto = c["ours"].get("auto", {}).get("ms_median")
         rows.append(
             f"| {c['hidden']} | {c['batch']} | {c['density']:.4g} | {c['best']['ms']:.3f} | "
-            f"{c['best']['label']} | {f('cublas_graph')} | {f('cusparse_graph')} | "
+            f"{c['best']['label']} | {f'{auto:.3f}' if auto else '-'} | "
+            f"{f('cublas_graph')} | {f('cusparse_graph')} | "
             f"{f('cudnn_fp32')} | {f('cudnn_fp16')} | {speed} | {c.get('target_ms') or '-'} |"
         )
     return "\n".join(rows)

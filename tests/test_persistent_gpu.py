@@ -198,6 +198,50 @@ def test_shared_memory_pairs_match_reference(
     _check_against_reference(rnn, cell, w, 7)
 
 
+#: (cell, dtype, H, B, replicas, barrier): batch slices run at once, each on its own CTAs
+#: (B = 64 included), with every barrier; "cluster" needs <= 8 CTAs per slice.
+REPLICA_CASES = [
+    ("tanh", "float32", 1792, 16, 8, "flag"),
+    ("tanh", "float32", 1792, 16, 4, "grid"),
+    ("tanh", "float32", 1792, 16, 16, "cluster"),
+    ("tanh", "float32", 1792, 64, 8, "flag"),
+    ("tanh", "float32", 1792, 64, 16, "cluster"),
+    ("gru", "float16", 1024, 16, 4, "flag"),
+    ("gru", "float16", 1024, 16, 16, "cluster"),
+    ("lstm", "float32", 1024, 6, 2, "grid"),  # 6 samples: the last slice is padded
+    ("lstm", "float16", 1024, 64, 16, "cluster"),
+]
+
+
+@pytest.mark.parametrize(("cell", "dtype", "hidden", "batch", "replicas", "barrier"), REPLICA_CASES)
+def test_replicas_match_reference(
+    build_cache: str, cell: str, dtype: str, hidden: int, batch: int, replicas: int, barrier: str
+) -> None:
+    import tvm
+
+    from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel
+
+    w, _ = _gated(cell, dtype, hidden, batch)
+    R = unit_major(w["R"][0], PersistentCell(cell).gates)
+    plans = planner.candidate_plans(
+        hidden,
+        int(planner.row_lengths(R).max()),
+        batch,
+        dtype,
+        device=LIMITS,
+        gates=PersistentCell(cell).gates,
+        replicas=replicas,
+    )
+    if barrier == "cluster":
+        plans = [p for p in plans if p.num_ctas <= planner.PORTABLE_CLUSTER_SIZE]
+    plan = plans[0]
+    packed = pack(R, plan, "guided", plan.batch_kernel <= plan.vector_width)
+    module = build_kernel(plan, cell, barrier, packed.vector, "cuda", build_cache)
+    rnn = PersistentRNN(plan, packed, cell, barrier, module, tvm.cuda(0))
+    for steps in (1, 64):
+        _check_against_reference(rnn, cell, w, steps)
+
+
 def _check_against_reference(rnn, cell: str, w: dict, steps: int) -> None:
     """``rnn.run`` on random inputs and states vs the float64 ONNX reference."""
     from tvm_sparse_rnn.transform.dispatch.recurrent_persistent import split_onnx_bias

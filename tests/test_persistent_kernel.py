@@ -19,7 +19,7 @@ from tvm_sparse_rnn.runtime.persistent import build_kernel, build_persistent_rnn
 from tvm_sparse_rnn.target import device_limits
 
 LIMITS = device_limits("cuda")  # the lent GPU's limits (the H200 tag when no GPU is present)
-plan_persistent = functools.partial(planner.plan_persistent, device=LIMITS)
+plan_persistent = functools.partial(planner.plan_persistent, device=LIMITS, replicas=1)
 candidate_plans = functools.partial(planner.candidate_plans, device=LIMITS)
 
 CUDA = {"kind": "cuda", "arch": "sm_90a"}
@@ -97,6 +97,51 @@ def test_two_direction_kernel_stacks_its_buffers_and_builds() -> None:
     assert "sprnn_ready16(" in src
     with pytest.raises(ValueError, match="2 directions per launch"):
         build_persistent_rnn(R, 4, "gru", plan=two, target="cuda")
+
+
+def test_replicas_share_their_direction_weights_and_stack_their_states() -> None:
+    """2 directions x 4 replicas: weights packed per direction, states and U per stream."""
+    R = sp.random(3 * 256, 256, density=0.1, random_state=1, format="csr", dtype=np.float32)
+    plan = plan_persistent(unit_major(R, 3), 16, gates=3, directions=2, replicas=4)
+    func = make_persistent_kernel(plan, "gru", "flag")
+    shapes = {str(p.name): [str(d) for d in p.shape] for p in func.params}
+    hk, bk, streams = plan.hidden_padded, plan.batch_kernel, plan.streams
+    assert streams == 8 and plan.grid_ctas == 8 * plan.num_ctas <= LIMITS.num_sms
+    assert plan.launch_batch * plan.num_batch_chunks >= 16 and plan.launch_batch == 4 * bk
+    assert shapes["vals"][0] == str(2 * plan.rows_padded)
+    assert shapes["spairs"][0] == str(2 * plan.num_ctas)
+    assert shapes["h0"] == shapes["c_out"] == [str(streams * hk), str(bk)]
+    assert shapes["U"][1:] == [str(streams * 3 * hk), str(bk)] and shapes["rbias"] == [str(2 * hk)]
+    assert "sprnn_ready16(" in cuda_source(build_kernel(plan, "gru", "flag", True, CUDA))
+
+
+def _cluster_plan(batch: int = 16):
+    plans = candidate_plans(1792, 215, batch, replicas=16)
+    return next(p for p in plans if p.num_ctas <= planner.PORTABLE_CLUSTER_SIZE)
+
+
+def test_cluster_barrier_source_and_launch(tmp_path) -> None:
+    """One cluster per recurrence: release/acquire cluster barrier, cluster launch, no
+    cooperative launch, and every arrive matched by a wait."""
+    plan = _cluster_plan()
+    mod = build_kernel(plan, "tanh", "cluster", True, CUDA)
+    src = cuda_source(mod)
+    assert "barrier.cluster.arrive.release.aligned" in src
+    assert "barrier.cluster.wait.acquire.aligned" in src
+    assert "this_grid" not in src and "sprnn_ready16" not in src
+    # the wait before copying h_{t-1} and one after the last step; one arrive per step
+    assert src.count("sprnn_cluster_wait();") == 2 and src.count("sprnn_cluster_arrive();") == 1
+    path = tmp_path / "k.so"
+    mod.export_library(str(path))
+    data = path.read_bytes()
+    assert b"clusterCtaIdx.x" in data and b"tirx.use_cooperative_launch" not in data
+
+
+def test_cluster_barrier_rejects_recurrences_larger_than_a_cluster() -> None:
+    plan = plan_for(1792, 4, 0.10)
+    assert plan.num_ctas > planner.PORTABLE_CLUSTER_SIZE
+    with pytest.raises(ValueError, match=r"\d+ CTAs per recurrence, at most 8"):
+        make_persistent_kernel(plan, "tanh", "cluster")
 
 
 @pytest.mark.parametrize(("cell", "dtype"), [("gru", "float32"), ("lstm", "float16")])

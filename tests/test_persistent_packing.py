@@ -22,7 +22,7 @@ from tvm_sparse_rnn.kernels.cuda.persistent.planner import candidate_plans
 from tvm_sparse_rnn.target import device_limits
 
 LIMITS = device_limits("cuda")  # the lent GPU's limits (the H200 tag when no GPU is present)
-plan_persistent = functools.partial(planner.plan_persistent, device=LIMITS)
+plan_persistent = functools.partial(planner.plan_persistent, device=LIMITS, replicas=1)
 max_hidden = functools.partial(planner.max_hidden, device=LIMITS)
 
 

@@ -108,7 +108,7 @@ def test_rnn_uses_one_persistent_launch_per_layer(concurrent, tmp_path):
     assert re.search(r"float wv_ptr\[\d+\];", body) and re.search(r"int wi_ptr\[\d+\];", body)
     assert not re.search(r"wv_ptr\[[a-z_(]", body)  # constant indices only: registers
     assert "sprnn_cp16(" in body and "cp.async.cg.shared.global" in source and "tanhf" in body
-    assert len(kernels) <= 12  # a fixed number of kernels, independent of T
+    assert len(kernels) <= 16  # a fixed number of kernels, independent of T
     library = tmp_path / "rnn.so"
     executable.export_library(str(library))
     assert COOPERATIVE_TAG in library.read_bytes()
@@ -150,7 +150,7 @@ def test_plan_conditions():
         return persistent_choice(cfg, (d,), [R], 5, lengths_full, CUDA, options)
 
     found, source, _ = choice(cfg, 0, r[0])
-    assert found.plan.kind == "persistent" and found.plan.batch_kernel == 8
+    assert found.plan.kind == "persistent" and found.plan.launch_batch >= 5
     assert found.plan.directions == 1 and source == "default config"
     assert choice(cfg, 1, r[1])[0] is None  # Sigmoid
     both = persistent_choice(cfg, (0, 1), list(r), 5, True, CUDA, options)

@@ -28,6 +28,7 @@ from tvm_sparse_rnn.tuning.persistent_space import (
     BARRIERS,
     MEASURE_STEPS,
     PersistentConfig,
+    knob_choices,
     persistent_tune_task,
     slot_of,
     task_plans,
@@ -122,6 +123,18 @@ def test_every_candidate_builds_for_sm90a_with_its_own_packing() -> None:
             built = build_kernel(mod, CUDA, None)
             source = built.imports[0].inspect_source()
             assert ("grid_sync" in source or "this_grid" in source) == (config.barrier == 0)
+
+
+def test_cluster_barrier_is_a_choice_only_for_plans_that_fit_a_cluster() -> None:
+    cluster = BARRIERS.index(Barrier.CLUSTER)
+    plans = planner.candidate_plans(1792, 215, 16, device=LIMITS, replicas=8)
+    small = next(i for i, p in enumerate(plans) if p.num_ctas <= planner.PORTABLE_CLUSTER_SIZE)
+    large = next(i for i, p in enumerate(plans) if p.num_ctas > planner.PORTABLE_CLUSTER_SIZE)
+    assert cluster in knob_choices(plans)["barrier"]
+    assert cluster not in knob_choices([plans[large]])["barrier"]
+    assert PersistentConfig(small, cluster).resolve(plans)[1] is Barrier.CLUSTER
+    with pytest.raises(ValueError, match="at most 8 form a cluster"):
+        PersistentConfig(large, cluster).resolve(plans)
 
 
 def test_measured_arrays_are_the_real_packings() -> None:

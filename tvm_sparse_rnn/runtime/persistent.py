@@ -267,7 +267,7 @@ class PersistentRNN:
         self._spairs = tvm.runtime.tensor(self.packed.spairs, self.device)
         self._status = tvm.runtime.tensor(np.zeros(1, np.int32), self.device)
         self._c_out = tvm.runtime.tensor(
-            np.zeros((p.hidden_padded, p.batch_kernel), p.dtype), self.device
+            np.zeros((p.streams * p.hidden_padded, p.batch_kernel), p.dtype), self.device
         )
 
     def kernel_args(
@@ -294,9 +294,10 @@ class PersistentRNN:
     def run_chunk(
         self, U: np.ndarray, h0: np.ndarray, c0: np.ndarray, rbias: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One launch on kernel-layout arrays -> ``(out (T, Hk, Bk), c_out (Hk, Bk))``.
+        """One launch on kernel-layout arrays -> ``(out (T, S*Hk, Bk), c_out (S*Hk, Bk))``.
 
-        ``U (T, G*Hk, Bk)`` (unit-major rows), ``h0``, ``c0`` ``(Hk, Bk)``, ``rbias (Hk,)``.
+        ``U (T, S*G*Hk, Bk)`` (unit-major rows), ``h0``, ``c0`` ``(S*Hk, Bk)``, ``rbias (Hk,)``;
+        ``S = plan.replicas`` batch slices stacked along the rows.
         """
         p = self.plan
         steps = U.shape[0]
@@ -305,7 +306,7 @@ class PersistentRNN:
         h = tvm.runtime.tensor(np.ascontiguousarray(h0, p.dtype), dev)
         c = tvm.runtime.tensor(np.ascontiguousarray(c0, p.dtype), dev)
         rb = tvm.runtime.tensor(np.ascontiguousarray(rbias, np.float32), dev)
-        out = tvm.runtime.tensor(np.zeros((steps, p.hidden_padded, p.batch_kernel), p.dtype), dev)
+        out = tvm.runtime.tensor(np.zeros((steps, *h0.shape), p.dtype), dev)
         args = self.kernel_args(u, h, out, c, rb)
         if p.kind == "persistent":
             self.module["main"](*args)
@@ -373,25 +374,37 @@ class PersistentRNN:
             if np.shape(rbias) != (H,):
                 raise ValueError(f"rbias must be ({H},), got {np.shape(rbias)}")
             rb[:H] = rbias
-        steps, bk, hp = U.shape[0], p.batch_kernel, p.hidden_padded
-        # (T, B, G*H) gate-major -> (T, Hk*G, B) unit-major
-        Uk = np.zeros((steps, hp, G, p.batch), p.dtype)
-        Uk[:, :H] = U.reshape(steps, p.batch, G, H).transpose(0, 3, 2, 1)
-        Uk = Uk.reshape(steps, hp * G, p.batch)
-        out = np.empty((steps, p.batch, H), p.dtype)
-        c_last = np.empty((p.batch, H), p.dtype)
+        steps, bk, hp, reps, lb = (
+            U.shape[0],
+            p.batch_kernel,
+            p.hidden_padded,
+            p.replicas,
+            p.launch_batch,
+        )
+        padded = lb * p.num_batch_chunks
+        # (T, B, G*H) gate-major -> (T, B_pad, Hk, G) unit-major, zero padded
+        Uk = np.zeros((steps, padded, hp, G), p.dtype)
+        Uk[:, : p.batch, :H] = U.reshape(steps, p.batch, G, H).transpose(0, 1, 3, 2)
+        for name, value in states.items():
+            states[name] = np.zeros((padded, hp), p.dtype)
+            states[name][: p.batch, :H] = value
+        out = np.empty((steps, padded, hp), p.dtype)
+        c_last = np.empty((padded, hp), p.dtype)
         for ch in range(p.num_batch_chunks):
-            lo, hi = ch * bk, min(p.batch, (ch + 1) * bk)
-            uk = np.zeros((steps, hp * G, bk), p.dtype)
-            uk[:, :, : hi - lo] = Uk[:, :, lo:hi]
-            kern = {}
-            for name, value in states.items():
-                kern[name] = np.zeros((hp, bk), p.dtype)
-                kern[name][:H, : hi - lo] = value[lo:hi].T
-            res, c_res = self.run_chunk(uk, kern["h0"], kern["c0"], rb)
-            out[:, lo:hi] = res[:, :H, : hi - lo].transpose(0, 2, 1)
-            c_last[lo:hi] = c_res[:H, : hi - lo].T
-        return PersistentResult(out, c_last if G == 4 else None)
+            launch = slice(ch * lb, (ch + 1) * lb)
+            # the launch's samples as replicas x Bk, the replicas stacked along the rows
+            uk = Uk[:, launch].reshape(steps, reps, bk, hp * G).transpose(0, 1, 3, 2)
+            kern = {
+                name: value[launch].reshape(reps, bk, hp).transpose(0, 2, 1).reshape(-1, bk)
+                for name, value in states.items()
+            }
+            res, c_res = self.run_chunk(uk.reshape(steps, -1, bk), kern["h0"], kern["c0"], rb)
+            out[:, launch] = (
+                res.reshape(steps, reps, hp, bk).transpose(0, 1, 3, 2).reshape(steps, lb, hp)
+            )
+            c_last[launch] = c_res.reshape(reps, hp, bk).transpose(0, 2, 1).reshape(lb, hp)
+        c = c_last[: p.batch, :H] if G == 4 else None
+        return PersistentResult(out[:, : p.batch, :H], c)
 
     def __call__(self, *args: object, **kwargs: object) -> np.ndarray:
         """:meth:`run`'s ``h`` (``(T, B, H)``)."""

@@ -7,10 +7,11 @@ knobs, so it is tuned through the stub of
 ``sample_categorical`` decision):
 
 * ``geometry``: rank among the planner's candidate plans
-  (:func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.candidate_plans`) for this ``R`` (0 = the
-  lowest modelled cost, what ``build_persistent_rnn`` picks), the first
-  :data:`NUM_GEOMETRIES`;
-* ``barrier``: index into :data:`BARRIERS` (grid sync or flags);
+  (:func:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.best_candidates`: those of the
+  replica count the planner picks) for this ``R`` (0 = the lowest modelled cost, what
+  ``build_persistent_rnn`` picks), the first :data:`NUM_GEOMETRIES`;
+* ``barrier``: index into :data:`BARRIERS` (grid sync, flags, or the cluster barrier, which
+  only plans of at most ``PORTABLE_CLUSTER_SIZE`` CTAs per recurrence can use);
 * ``vector``: vector (up to LDS.128) loads of ``h`` off/on;
 * ``order``: index into :data:`ORDERS`, the nonzero order of the packing (bank-aware or not).
 
@@ -61,9 +62,10 @@ from ..kernels.cuda.persistent.kernel import make_persistent_kernel
 from ..kernels.cuda.persistent.layout import PairOrder
 from ..kernels.cuda.persistent.packing import KERNEL_ARRAYS, pack, stack_directions, unit_major
 from ..kernels.cuda.persistent.planner import (
+    PORTABLE_CLUSTER_SIZE,
     Barrier,
     PersistentPlan,
-    candidate_plans,
+    best_candidates,
     default_knobs,
     row_lengths,
 )
@@ -128,19 +130,31 @@ class PersistentConfig:
             raise ValueError(f"geometry {self.geometry}: only {len(plans)} candidate plans")
         if not (0 <= self.barrier < len(BARRIERS) and 0 <= self.order < len(ORDERS)):
             raise ValueError(f"knob out of range: {self}")
+        plan = plans[self.geometry]
+        if BARRIERS[self.barrier] is Barrier.CLUSTER and plan.num_ctas > PORTABLE_CLUSTER_SIZE:
+            raise ValueError(
+                f"cluster barrier for geometry {self.geometry}: {plan.num_ctas} CTAs per "
+                f"recurrence, at most {PORTABLE_CLUSTER_SIZE} form a cluster"
+            )
         return (
-            plans[self.geometry],
+            plan,
             BARRIERS[self.barrier],
             bool(self.vector),
             ORDERS[self.order],
         )
 
 
-def knob_choices(num_geometries: int) -> dict[str, tuple[int, ...]]:
-    """Candidate values per knob for ``num_geometries`` candidate plans."""
+def knob_choices(plans: list[PersistentPlan]) -> dict[str, tuple[int, ...]]:
+    """Candidate values per knob for the candidate ``plans`` (the cluster barrier only when
+    one of them fits a cluster; :meth:`PersistentConfig.resolve` rejects it for the others)."""
+    barriers = [
+        i
+        for i, b in enumerate(BARRIERS)
+        if b is not Barrier.CLUSTER or min(p.num_ctas for p in plans) <= PORTABLE_CLUSTER_SIZE
+    ]
     return {
-        "geometry": tuple(range(num_geometries)),
-        "barrier": tuple(range(len(BARRIERS))),
+        "geometry": tuple(range(len(plans))),
+        "barrier": tuple(barriers),
         "vector": (0, 1),
         "order": tuple(range(len(ORDERS))),
     }
@@ -316,7 +330,7 @@ def persistent_tune_task(
     lengths = row_lengths(Ru)
     hidden = Ru.shape[1]
     longest = int(lengths.max()) if lengths.size else 0
-    plans = candidate_plans(
+    plans = best_candidates(
         hidden, longest, batch, dtype, device=device, gates=gates, directions=directions
     )
     plans = plans[:num_geometries]
@@ -344,13 +358,17 @@ def persistent_tune_task(
     )
     density = Ru.nnz / (Ru.shape[0] * Ru.shape[1])
     concurrent = {"directions": directions} if directions > 1 else {}
+    if p0.replicas > 1:  # records and shipped configs of one replica never match these plans
+        concurrent["replicas"] = p0.replicas
     name = f"{OP} {cell.value} H={hidden} B={batch} {dtype} {density:.0%}"
+    shares = f" x{directions}" if directions > 1 else ""
+    shares += f" replicas={p0.replicas}" if p0.replicas > 1 else ""
     return TuneTask(
-        name=f"{name}{f' x{directions}' if concurrent else ''} [{key[:8]}]",
+        name=f"{name}{shares} [{key[:8]}]",
         op=OP,
         func=stub,
         config_cls=PersistentConfig,
-        choices=knob_choices(len(plans)),
+        choices=knob_choices(plans),
         schedule=_schedule_stub,
         fixed_args=PackedSlots(Ru, plans),
         default_config=default,

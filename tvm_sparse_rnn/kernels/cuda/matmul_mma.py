@@ -278,7 +278,14 @@ def schedule_mma_matmul(
         loads.append(_split_fragments(sch, fragments))
         sch.transform_layout(fragments, ("write", 0), _fragment_layout)
 
-    result = sch.cache_write(tile, 0, "shared.dyn")
+    staged = sch.cache_write(tile, 0, "shared.dyn")
+    consumers = sch.get_consumers(staged)
+    if len(consumers) != 1:
+        return None
+    # The copy back to the unpadded output reads the shared tile: its own (unpadded) domain
+    # bounds the stores of a partial tile (inlined into the copy, the padded one did not).
+    result = consumers[0]
+    sch.compute_inline(staged)
     auto_inline_consumer_chain(sch, result)
     accumulators = sch.cache_write(tile, 0, "warp")
     sch.reverse_compute_at(accumulators, warp)

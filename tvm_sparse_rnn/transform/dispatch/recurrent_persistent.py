@@ -90,6 +90,32 @@ def split_onnx_bias(
     return bias, rbias
 
 
+def to_streams(x: relax.Expr, plan: PersistentPlan) -> relax.Expr:
+    """``[.., D * rows, R * Bk]`` (directions stacked, one launch's samples) -> the kernel's
+    ``[.., D * R * rows, Bk]`` (each direction's ``R = plan.replicas`` batch slices stacked)."""
+    reps, bk, dirs = plan.replicas, plan.batch_kernel, plan.directions
+    if reps == 1:
+        return x
+    *lead, rows, _ = (int(d) for d in x.ty.shape)
+    n = len(lead)
+    split = op.reshape(x, [*lead, dirs, rows // dirs, reps, bk])
+    moved = op.permute_dims(split, [*range(n), n, n + 2, n + 1, n + 3])
+    return op.reshape(moved, [*lead, dirs * reps * rows // dirs, bk])
+
+
+def from_streams(x: relax.Expr, plan: PersistentPlan) -> relax.Expr:
+    """Inverse of :func:`to_streams`: ``[.., D * R * rows, Bk]`` -> ``[.., D * rows, R * Bk]``."""
+    reps, bk, dirs = plan.replicas, plan.batch_kernel, plan.directions
+    if reps == 1:
+        return x
+    *lead, rows, _ = (int(d) for d in x.ty.shape)
+    n = len(lead)
+    per_stream = rows // (dirs * reps)
+    split = op.reshape(x, [*lead, dirs, reps, per_stream, bk])
+    moved = op.permute_dims(split, [*range(n), n, n + 2, n + 1, n + 3])
+    return op.reshape(moved, [*lead, dirs * per_stream, reps * bk])
+
+
 def emit_persistent(
     bb: relax.BlockBuilder,
     cfg: CellConfig,
@@ -133,7 +159,7 @@ def emit_persistent(
     H, Hk, Bk, G = cfg.hidden_size, plan.hidden_padded, plan.batch_kernel, plan.gates
     if len(dirns) != plan.directions:
         raise ValueError(f"{len(dirns)} directions for a plan of {plan.directions}")
-    b_pad = Bk * plan.num_batch_chunks
+    b_pad = plan.launch_batch * plan.num_batch_chunks
     packed = stack_directions(
         [pack(unit_major(d.r, G), plan, choice.order, choice.vector) for d in dirns]
     )
@@ -165,24 +191,27 @@ def emit_persistent(
     u, h, c = stacked(us, 1), stacked(hs, 0), stacked(cs, 0)
     weights = [relax.const(a) for a in packed]
     rb_k = relax.const(np.concatenate(rbiases).astype(F32))
-    rows = plan.directions * Hk
+    rows = plan.streams * Hk
     out_ty = [
         relax.TensorType((seq_len, rows, Bk), dtype),
         relax.TensorType((rows, Bk), dtype),
         relax.TensorType((1,), "int32"),
     ]
+    lb = plan.launch_batch
     chunks, c_chunks = [], []
     for ch in range(plan.num_batch_chunks):
         args = [u, h, c]
         if plan.num_batch_chunks > 1:
-            lo, hi = ch * Bk, (ch + 1) * Bk
+            lo, hi = ch * lb, (ch + 1) * lb
             args = [
                 bb.emit(op.strided_slice(a, axes=[a.ty.ndim - 1], begin=[lo], end=[hi]))
                 for a in args
             ]
+        args = [bb.emit(to_streams(a, plan)) for a in args]
         res = bb.emit(relax.call_tir(gv, [*weights, *args, rb_k], out_ty))
-        chunks.append(bb.emit(relax.TupleGetItem(res, 0)))  # status (output 2) is ignored
-        c_chunks.append(bb.emit(relax.TupleGetItem(res, 1)))
+        # status (output 2) is ignored
+        for k, parts in enumerate((chunks, c_chunks)):
+            parts.append(bb.emit(from_streams(bb.emit(relax.TupleGetItem(res, k)), plan)))
     y_all, c_all = stacked(chunks, 2), stacked(c_chunks, 1)
 
     def unpad(whole: relax.Expr, k: int) -> relax.Expr:

@@ -15,9 +15,14 @@ After Zhu et al., "Sparse Persistent RNNs: Squeezing Large Recurrent Networks On
   registers per pair instead of one (and spills);
 * ``KS`` lanes share a row and combine their partial sums with a shuffle-xor butterfly; ``u_t``
   (prefetched before the barrier) and the activation are fused into the store of ``h_t``;
-* steps are separated by either
+* steps are separated by one of
 
-  - ``barrier="grid"``: ``cooperative_groups::this_grid().sync()``, or
+  - ``barrier="grid"``: ``cooperative_groups::this_grid().sync()``;
+  - ``barrier="cluster"``: the CTAs of one recurrence are one thread-block cluster (at most
+    :data:`~.planner.PORTABLE_CLUSTER_SIZE`), separated by ``barrier.cluster`` (arrive with
+    release semantics after storing ``h_t``, wait with acquire semantics before copying it, so
+    the prefetch of ``u_t`` overlaps the barrier); measured on the H200 at 0.2 us against the
+    grid sync's 1.0 us (``../shared/docs/h200_cluster_probe.md``); or
   - ``barrier="flag"``: a data-embedded (Lamport-style) barrier: a first small kernel fills
     ``out[0 : T-1]`` with a NaN sentinel, and a CTA copying ``h_{t-1}`` re-fetches only the
     16-byte chunks that still hold the sentinel. The copy *is* the barrier: no arrival counter,
@@ -25,8 +30,14 @@ After Zhu et al., "Sparse Persistent RNNs: Squeezing Large Recurrent Networks On
     words it needs have landed. The spin is bounded (:data:`MAX_SPINS`); on time-out the kernel
     sets ``status[0] = 1`` instead of hanging.
 
-Both kinds are launched cooperatively (``cuda_pipeline``), which guarantees that all CTAs are
-co-resident (the launch fails instead of deadlocking when they do not fit).
+The grid and flag kinds are launched cooperatively (``cuda_pipeline``), which guarantees that all
+CTAs are co-resident (the launch fails instead of deadlocking when they do not fit); a cluster's
+CTAs are co-scheduled by the hardware, and clusters never wait on each other.
+
+A launch may run several independent recurrences (*streams*), each on its own ``num_ctas``
+CTAs: both directions of a bidirectional layer, and ``replicas`` slices of the batch per
+direction (each with its own copy of ``R`` in registers, read from one packed array), so that
+a slice exchanges only its own ``h`` and its barrier spans only its CTAs.
 
 Profile with::
 
@@ -44,7 +55,7 @@ from tvm import tirx
 from tvm.script import tirx as T  # noqa: N812
 
 from ....ops.cells import PersistentCell
-from .planner import Barrier, PersistentPlan
+from .planner import PORTABLE_CLUSTER_SIZE, Barrier, PersistentPlan
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +80,16 @@ __forceinline__ __device__ void sprnn_cp16(void* dst, const void* src) {
     "sprnn_cp_wait": """
 __forceinline__ __device__ void sprnn_cp_wait() {
   asm volatile("cp.async.wait_all;\\n" ::: "memory");
+}
+""",
+    "sprnn_cluster_arrive": """
+__forceinline__ __device__ void sprnn_cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\\n" ::: "memory");
+}
+""",
+    "sprnn_cluster_wait": """
+__forceinline__ __device__ void sprnn_cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;\\n" ::: "memory");
 }
 """,
     "sprnn_nan": """
@@ -116,9 +137,14 @@ def _call(name: str, *args: object, ret: str = "void") -> tirx.PrimExpr:
     return T.cuda.func_call(name, *args, source_code=_HELPERS[name], return_type=ret)
 
 
-def _check(plan: PersistentPlan, cell: PersistentCell) -> None:
+def _check(plan: PersistentPlan, cell: PersistentCell, barrier: Barrier | None = None) -> None:
     if cell.gates != plan.gates:
         raise ValueError(f"cell {cell.value!r} has {cell.gates} gates, the plan {plan.gates}")
+    if barrier is Barrier.CLUSTER and plan.num_ctas > PORTABLE_CLUSTER_SIZE:
+        raise ValueError(
+            f"the cluster barrier needs a recurrence's CTAs in one cluster: the plan has "
+            f"{plan.num_ctas} CTAs per recurrence, at most {PORTABLE_CLUSTER_SIZE} allowed"
+        )
 
 
 def _converters(dtype: str) -> tuple:
@@ -310,8 +336,13 @@ class KernelGeometry:
 
     @property
     def flag(self) -> bool:
-        """The data-embedded flag barrier (else the cooperative grid sync)."""
+        """The data-embedded flag barrier."""
         return self.barrier is Barrier.FLAG
+
+    @property
+    def cluster(self) -> bool:
+        """The thread-block cluster barrier (one cluster per recurrence)."""
+        return self.barrier is Barrier.CLUSTER
 
 
 #: Sentinel fill kernel: threads per CTA, and CTAs per persistent CTA (grid-stride loop).
@@ -330,7 +361,8 @@ def make_persistent_kernel(
     macro below: ``load_pairs`` (once), then per step ``load_u``, ``exchange_h`` (copy
     ``h_{t-1}`` into shared memory; with the flag barrier this *is* the wait), ``matvec_pass``
     and ``cell_update_store`` per pass, and ``end_step`` (the barrier). The PrimFunc carries
-    :data:`COOPERATIVE_ATTR`: :mod:`.cooperative` launches it cooperatively.
+    :data:`COOPERATIVE_ATTR` (except with the cluster barrier): :mod:`.cooperative` launches it
+    cooperatively.
 
     Parameters
     ----------
@@ -340,7 +372,8 @@ def make_persistent_kernel(
         Vanilla RNN (tanh/relu), GRU (ONNX ``linear_before_reset=1``) or LSTM (no peepholes),
         ONNX default activations.
     barrier : Barrier
-        Cooperative grid sync or the data-embedded sentinel (flag) barrier.
+        Cooperative grid sync, the data-embedded sentinel (flag) barrier, or the thread-block
+        cluster barrier (``plan.num_ctas <= PORTABLE_CLUSTER_SIZE``).
     vector : bool
         Vector shared loads of ``h`` (up to 16 bytes: LDS.128); ``False`` gives scalar loads.
 
@@ -348,34 +381,40 @@ def make_persistent_kernel(
     -------
     tvm.tirx.PrimFunc
         Buffers (``Hk = plan.hidden_padded``, ``Bk = plan.batch_kernel``, ``G = plan.gates``,
-        ``RP = rows_padded``, ``DT = plan.dtype``), ``T`` (the number of steps) symbolic:
+        ``RP = rows_padded``, ``DT = plan.dtype``, ``S = plan.streams``: directions, each with
+        its ``plan.replicas`` batch slices, stacked along the hidden axis), ``T`` (the number
+        of steps) symbolic:
 
         * ``vals``, ``idx`` (register slots) and ``spairs`` (each CTA's shared-memory slots)
-          from :func:`~tvm_sparse_rnn.kernels.cuda.persistent.packing.pack`;
-        * ``U``      ``(T, G * Hk, Bk)`` DT, row ``j*G + g``: ``W_g x_t + b_g`` of unit ``j``
-          (for the GRU ``h`` gate without the recurrent bias);
-        * ``h0``, ``c0`` ``(Hk, Bk)`` DT, initial states (``c0`` is read by LSTM only);
-        * ``rbias``  ``(Hk,)`` float32, GRU: recurrent bias of the ``h`` gate (else unused);
-        * ``out``    ``(T, Hk, Bk)`` DT, ``h_1 .. h_T``;
-        * ``c_out``  ``(Hk, Bk)`` DT, LSTM: ``c_T`` (else untouched);
+          from :func:`~tvm_sparse_rnn.kernels.cuda.persistent.packing.pack`, one packing per
+          direction (:func:`~.packing.stack_directions`), shared by its replicas;
+        * ``U``      ``(T, S * G * Hk, Bk)`` DT, row ``j*G + g`` of a stream: ``W_g x_t + b_g``
+          of unit ``j`` (for the GRU ``h`` gate without the recurrent bias);
+        * ``h0``, ``c0`` ``(S * Hk, Bk)`` DT, initial states (``c0`` is read by LSTM only);
+        * ``rbias``  ``(D * Hk,)`` float32 per direction, GRU: recurrent bias of the ``h`` gate
+          (else unused);
+        * ``out``    ``(T, S * Hk, Bk)`` DT, ``h_1 .. h_T``;
+        * ``c_out``  ``(S * Hk, Bk)`` DT, LSTM: ``c_T`` (else untouched);
         * ``status`` ``(1,)`` int32, 0 on success, 1 if a flag-barrier wait timed out.
     """
     if plan.kind != "persistent":
         raise ValueError(f"plan kind {plan.kind!r}: use make_step_kernel for the fallback")
     cell, barrier = PersistentCell(cell), Barrier(barrier)
-    _check(plan, cell)
+    _check(plan, cell, barrier)
     geo = KernelGeometry(plan, barrier, vector)
     hidden, batch, rows, gates = plan.hidden_padded, plan.batch_kernel, plan.rows_padded, plan.gates
     ctas, threads, lanes, rpt = plan.num_ctas, plan.threads, plan.lanes_per_row, plan.rows_per_group
-    dirs, grid = plan.directions, plan.grid_ctas
+    dirs, streams, grid = plan.directions, plan.streams, plan.grid_ctas
+    direction_ctas = plan.replicas * ctas
     groups, units = plan.groups_per_cta, plan.units_per_group
     dtype, f32_name = plan.dtype, "float32"
     width, passes = geo.pass_width, geo.passes
     nvr, nir, per_iter = geo.value_registers, geo.index_registers, geo.slots_per_iteration
     smem_slots, epc, h_size = geo.smem_slots, geo.chunk_elements, geo.h_elements
-    fill_ctas, step_words = FILL_CTAS_PER_CTA * grid, dirs * geo.h_words
+    fill_ctas, step_words = FILL_CTAS_PER_CTA * grid, streams * geo.h_words
     cell_update = _cell_macro(cell, width)
     f32, to_dt = _converters(dtype)
+    func_attrs = {"tirx.noalias": True} | ({} if geo.cluster else {COOPERATIVE_ATTR: True})
 
     def dst_elem(e):
         """Shared element of 16-byte chunk ``e`` of ``h`` (flat ``[Hk, Bk]``)."""
@@ -392,9 +431,13 @@ def make_persistent_kernel(
             + b % width
         )
 
+    def weight_cta(bx):
+        """CTA of the packing whose pairs CTA ``bx`` holds (replicas share their direction's)."""
+        return (bx // direction_ctas) * ctas + bx % ctas
+
     def row(bx, tx, rr):
         """Packed row ``rr`` of the lane group of thread ``tx`` (rows of all directions)."""
-        return (bx * groups + tx // lanes) * rpt + rr
+        return (weight_cta(bx) * groups + tx // lanes) * rpt + rr
 
     def direction_row(bx, tx, rr):
         """``row`` within its direction (unit-major row of ``R``, padding beyond ``G * Hk``)."""
@@ -405,9 +448,13 @@ def make_persistent_kernel(
         return ((bx % ctas) * groups + tx // lanes) * units + ui
 
     def state_row(bx, unit_index):
-        """Row of ``h0``, ``c0``, ``rbias``, ``out`` and ``c_out`` holding ``unit_index`` of the
-        direction of CTA ``bx`` (directions are stacked along the hidden axis)."""
+        """Row of ``h0``, ``c0``, ``out`` and ``c_out`` holding ``unit_index`` of the stream of
+        CTA ``bx`` (streams are stacked along the hidden axis)."""
         return (bx // ctas) * hidden + unit_index
+
+    def bias_row(bx, unit_index):
+        """Row of ``rbias`` holding ``unit_index`` of the direction of CTA ``bx``."""
+        return (bx // direction_ctas) * hidden + unit_index
 
     def value(wv, rr, m, k):
         """Value of slot ``per_iter*m + k`` of row ``rr`` (float32)."""
@@ -468,12 +515,12 @@ def make_persistent_kernel(
         if smem_slots > 0:
             for i in range(T.ceildiv(geo.smem_pair_words, threads)):
                 if i * threads + tx < geo.smem_pair_words:
-                    w_sh[i * threads + tx] = spairs[bx, i * threads + tx]
+                    w_sh[i * threads + tx] = spairs[weight_cta(bx), i * threads + tx]
 
     @T.macro
     def load_cell_state(rbv, cst, rbias, c0, bx, tx):
         for ui in T.unroll(units):
-            rbv[ui] = rbias[state_row(bx, T.min(unit(bx, tx, ui), hidden - 1))]
+            rbv[ui] = rbias[bias_row(bx, T.min(unit(bx, tx, ui), hidden - 1))]
             for b in T.unroll(batch):
                 cst[ui * batch + b] = f32(c0[state_row(bx, T.min(unit(bx, tx, ui), hidden - 1)), b])
 
@@ -521,8 +568,9 @@ def make_persistent_kernel(
     @T.macro
     def exchange_h(h_sh, h0, out, status, pend, spins, t, bx, tx):
         # h_{t-1} -> shared memory. Step 0 copies h0; the flag barrier re-copies every chunk
-        # that still holds the sentinel until all have landed (bounded spin); the grid barrier
-        # already waited, so one copy suffices.
+        # that still holds the sentinel until all have landed (bounded spin); the cluster
+        # barrier waits here for the arrivals of end_step, the grid barrier already waited, so
+        # one copy suffices.
         if t == 0:
             for i in T.unroll(plan.copy_chunks):
                 if geo.all_threads_copy or i * threads + tx < geo.h_chunks:
@@ -558,6 +606,8 @@ def make_persistent_kernel(
                     pend[0] = 0
                     spins[1] = 1
         else:
+            if geo.cluster:
+                _call("sprnn_cluster_wait")
             for i in T.unroll(plan.copy_chunks):
                 if geo.all_threads_copy or i * threads + tx < geo.h_chunks:
                     copy_chunk(h_sh, h0, out, t, bx, tx, i, False)
@@ -669,6 +719,8 @@ def make_persistent_kernel(
         if geo.flag:
             if geo.buffers == 1:  # the next copy overwrites the buffer read now
                 T.cuda.cta_sync()
+        elif geo.cluster:
+            _call("sprnn_cluster_arrive")  # exchange_h of the next step waits
         else:
             T.cuda.grid_sync()
 
@@ -683,62 +735,74 @@ def make_persistent_kernel(
                                 guard(spins, cst[ui * batch + b])
                             )
 
+    @T.macro
+    def recurrence(vals, idx, spairs, U, h0, c0, rbias, out, c_out, status, steps, bx, tx):
+        # One thread's whole launch: its pairs once, then every step.
+        h_sh = T.alloc_buffer((geo.buffers * h_size,), dtype, scope=geo.h_scope)
+        w_sh = T.alloc_buffer((geo.smem_pair_words,), "int32", scope=geo.pair_scope)
+        wv = T.alloc_buffer((rpt * geo.value_words // lanes,), geo.value_dtype, scope="local")
+        wi = T.alloc_buffer((rpt * geo.index_words // lanes,), "int32", scope="local")
+        acc = T.alloc_buffer((gates * width,), f32_name, scope="local")
+        uu = T.alloc_buffer((rpt * width,), f32_name, scope="local")
+        hv = T.alloc_buffer((width,), f32_name, scope="local")
+        hb = T.alloc_buffer((geo.load_width,), dtype, scope="local")
+        cst = T.alloc_buffer((units * batch,), f32_name, scope="local")
+        rbv = T.alloc_buffer((units,), f32_name, scope="local")
+        pend = T.alloc_buffer((1,), "int32", scope="local")
+        spins = T.alloc_buffer((2 if geo.flag else 1,), "int32", scope="local")
+        if geo.flag:
+            spins[1] = 0  # set once a wait times out
+        else:
+            if bx == 0 and tx == 0:
+                status[0] = 0
+        load_pairs(wv, wi, w_sh, vals, idx, spairs, bx, tx)
+        load_cell_state(rbv, cst, rbias, c0, bx, tx)
+        for t in range(steps):
+            if passes == 1:  # u_t before waiting for h_{t-1}
+                load_u(uu, U, t, bx, tx, 0)
+            exchange_h(h_sh, h0, out, status, pend, spins, t, bx, tx)
+            for bc in T.unroll(passes):
+                if passes > 1:
+                    load_u(uu, U, t, bx, tx, bc)
+                for ui in T.unroll(units):
+                    matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui)
+                    cell_update_store(hv, acc, uu, cst, rbv, h_sh, out, spins, t, bx, tx, bc, ui)
+            end_step()
+        if geo.cluster:
+            _call("sprnn_cluster_wait")  # the last step's arrivals
+        store_cell_state(c_out, cst, spins, bx, tx)
+
     @T.prim_func
     def main(
         vals: T.Buffer((dirs * rows, geo.value_words), geo.value_dtype),
         idx: T.Buffer((dirs * rows, geo.index_words), "int32"),
-        spairs: T.Buffer((grid, geo.smem_pair_words), "int32"),
+        spairs: T.Buffer((dirs * ctas, geo.smem_pair_words), "int32"),
         u_handle: T.handle,
-        h0: T.Buffer((dirs * hidden, batch), dtype),
-        c0: T.Buffer((dirs * hidden, batch), dtype),
+        h0: T.Buffer((streams * hidden, batch), dtype),
+        c0: T.Buffer((streams * hidden, batch), dtype),
         rbias: T.Buffer((dirs * hidden,), f32_name),
         out_handle: T.handle,
-        c_out: T.Buffer((dirs * hidden, batch), dtype),
+        c_out: T.Buffer((streams * hidden, batch), dtype),
         status: T.Buffer((1,), "int32"),
     ):
-        T.func_attr({"tirx.noalias": True, COOPERATIVE_ATTR: True})
+        T.func_attr(func_attrs)
         steps = T.int32()
-        U = T.match_buffer(u_handle, (steps, dirs * gates * hidden, batch), dtype)
-        out = T.match_buffer(out_handle, (steps, dirs * hidden, batch), dtype)
+        U = T.match_buffer(u_handle, (steps, streams * gates * hidden, batch), dtype)
+        out = T.match_buffer(out_handle, (steps, streams * hidden, batch), dtype)
         if geo.flag:
             fill_sentinel(out, status, steps)
         for bx in T.thread_binding(grid, thread="blockIdx.x"):
-            for tx in T.thread_binding(threads, thread="threadIdx.x"):
-                h_sh = T.alloc_buffer((geo.buffers * h_size,), dtype, scope=geo.h_scope)
-                w_sh = T.alloc_buffer((geo.smem_pair_words,), "int32", scope=geo.pair_scope)
-                wv = T.alloc_buffer(
-                    (rpt * geo.value_words // lanes,), geo.value_dtype, scope="local"
-                )
-                wi = T.alloc_buffer((rpt * geo.index_words // lanes,), "int32", scope="local")
-                acc = T.alloc_buffer((gates * width,), f32_name, scope="local")
-                uu = T.alloc_buffer((rpt * width,), f32_name, scope="local")
-                hv = T.alloc_buffer((width,), f32_name, scope="local")
-                hb = T.alloc_buffer((geo.load_width,), dtype, scope="local")
-                cst = T.alloc_buffer((units * batch,), f32_name, scope="local")
-                rbv = T.alloc_buffer((units,), f32_name, scope="local")
-                pend = T.alloc_buffer((1,), "int32", scope="local")
-                spins = T.alloc_buffer((2 if geo.flag else 1,), "int32", scope="local")
-                if geo.flag:
-                    spins[1] = 0  # set once a wait times out
-                else:
-                    if bx == 0 and tx == 0:
-                        status[0] = 0
-                load_pairs(wv, wi, w_sh, vals, idx, spairs, bx, tx)
-                load_cell_state(rbv, cst, rbias, c0, bx, tx)
-                for t in range(steps):
-                    if passes == 1:  # u_t before waiting for h_{t-1}
-                        load_u(uu, U, t, bx, tx, 0)
-                    exchange_h(h_sh, h0, out, status, pend, spins, t, bx, tx)
-                    for bc in T.unroll(passes):
-                        if passes > 1:
-                            load_u(uu, U, t, bx, tx, bc)
-                        for ui in T.unroll(units):
-                            matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui)
-                            cell_update_store(
-                                hv, acc, uu, cst, rbv, h_sh, out, spins, t, bx, tx, bc, ui
-                            )
-                    end_step()
-                store_cell_state(c_out, cst, spins, bx, tx)
+            if geo.cluster:
+                for _cx in T.thread_binding(ctas, thread="clusterCtaIdx.x"):
+                    for tx in T.thread_binding(threads, thread="threadIdx.x"):
+                        recurrence(
+                            vals, idx, spairs, U, h0, c0, rbias, out, c_out, status, steps, bx, tx
+                        )
+            else:
+                for tx in T.thread_binding(threads, thread="threadIdx.x"):
+                    recurrence(
+                        vals, idx, spairs, U, h0, c0, rbias, out, c_out, status, steps, bx, tx
+                    )
 
     return main
 

@@ -64,6 +64,12 @@ class Barrier(enum.StrEnum):
 
     GRID = "grid"  # cooperative-groups grid sync
     FLAG = "flag"  # data-embedded sentinel barrier with a bounded spin
+    CLUSTER = "cluster"  # thread-block cluster barrier: each recurrence's CTAs are one cluster
+
+
+#: Largest thread-block cluster every sm_90 GPU launches (the CUDA "portable" size); the cluster
+#: barrier needs a recurrence's CTAs to be one cluster.
+PORTABLE_CLUSTER_SIZE = 8
 
 
 #: Largest rows per lane group (unrolled per thread).
@@ -113,8 +119,12 @@ class PersistentPlan:
         shared memory instead of registers.
     directions : int
         Independent recurrences of this geometry run by one launch, each on its own
-        ``num_ctas`` CTAs (2: both directions of a bidirectional layer at once, so the grid has
-        ``directions * num_ctas`` CTAs).
+        ``num_ctas`` CTAs (2: both directions of a bidirectional layer at once).
+    replicas : int
+        Batch slices of ``batch_kernel`` samples each direction runs at once, each on its own
+        ``num_ctas`` CTAs holding their own copy of ``R`` in registers: a launch covers
+        ``replicas * batch_kernel`` samples, each slice exchanges only its own ``h``, and
+        barriers stay within a slice. The grid has ``directions * replicas * num_ctas`` CTAs.
     reason : str
         Why this plan (the capacity numbers for ``per_step``).
     """
@@ -136,12 +146,23 @@ class PersistentPlan:
     double_buffer: bool = False
     smem_pairs: int = 0
     directions: int = 1
+    replicas: int = 1
     reason: str = field(default="", compare=False)
 
     @property
+    def streams(self) -> int:
+        """Independent recurrences of one launch (``directions * replicas``)."""
+        return self.directions * self.replicas
+
+    @property
+    def launch_batch(self) -> int:
+        """Samples of one direction per launch (``replicas * batch_kernel``)."""
+        return self.replicas * self.batch_kernel
+
+    @property
     def grid_ctas(self) -> int:
-        """CTAs of the launch (``directions * num_ctas``)."""
-        return self.directions * self.num_ctas
+        """CTAs of the launch (``streams * num_ctas``)."""
+        return self.streams * self.num_ctas
 
     @property
     def groups_per_cta(self) -> int:
@@ -248,13 +269,17 @@ class PersistentPlan:
         if self.kind != "persistent":
             return f"per_step: {self.reason}"
         concurrent = f"{self.directions} directions x " if self.directions > 1 else ""
+        if self.replicas > 1:
+            concurrent += f"{self.replicas} replicas x "
         return (
             f"{concurrent}{self.num_ctas}x{self.threads} KS={self.lanes_per_row} "
             f"RPT={self.rows_per_group} G={self.gates} {self.dtype} "
             f"NZ={self.nz_per_row} ({self.pairs_per_thread} pairs/thread"
             f"{f' + {self.smem_pairs * self.rows_per_group} in smem' if self.smem_pairs else ''}, "
             f"{self.index_mode}, "
-            f"~{self.regs_estimate} regs) B={self.batch_kernel}x{self.num_batch_chunks} "
+            f"~{self.regs_estimate} regs) "
+            f"B={self.batch_kernel}{f'x{self.replicas}' if self.replicas > 1 else ''}"
+            f"x{self.num_batch_chunks} "
             f"smem={self.smem_bytes} B{' x2' if self.double_buffer else ''}"
         )
 
@@ -351,6 +376,7 @@ def candidate_plans(
     double_buffer: bool = False,
     gates: int = 1,
     directions: int = 1,
+    replicas: int = 1,
 ) -> list[PersistentPlan]:
     """Every persistent geometry that fits ``device``, best (lowest :meth:`cost`) first.
 
@@ -374,6 +400,9 @@ def candidate_plans(
     directions : int
         Recurrences run by one launch (:attr:`PersistentPlan.directions`): each gets at most
         ``device.num_sms // directions`` CTAs.
+    replicas : int
+        Batch slices per direction run at once (:attr:`PersistentPlan.replicas`), at most
+        ``batch``; each gets at most ``device.num_sms // (directions * replicas)`` CTAs.
     """
     if dtype not in SUPPORTED_DTYPES:
         raise UnsupportedError(
@@ -383,8 +412,11 @@ def candidate_plans(
         raise ValueError(f"gates must be one of {GATE_COUNTS}, got {gates}")
     if not 1 <= directions <= device.num_sms:
         raise ValueError(f"directions must be in [1, {device.num_sms}], got {directions}")
+    if not 1 <= replicas <= batch:
+        raise ValueError(f"replicas must be in [1, batch={batch}], got {replicas}")
+    streams = directions * replicas
     hp = _round_up(hidden, 4)
-    bk, chunks = _batch_split(hp, batch, dtype, device)
+    bk, chunks = _batch_split(hp, -(-batch // replicas), dtype, device)
     h_bytes = hp * bk * itemsize(dtype)
     double = double_buffer and 2 * h_bytes <= device.smem_per_block
     index_modes = ("i32", "i16x2") if hp <= 65536 else ("i32",)
@@ -399,7 +431,7 @@ def candidate_plans(
                 continue
             for rpt in rpts:
                 ctas = -(-hp // (groups * rpt // gates))
-                if ctas * directions > device.num_sms:
+                if ctas * streams > device.num_sms:
                     continue
                 for mode in index_modes:
                     paired = mode == "i16x2" or dtype == "float16"  # two slots per register
@@ -421,6 +453,7 @@ def candidate_plans(
                         gates,
                         double,
                         directions=directions,
+                        replicas=replicas,
                     )
                     plan = _fit_registers(base, footprint, reg_cap, device, paired)
                     if plan is not None:
@@ -428,6 +461,82 @@ def candidate_plans(
     # Among equal costs prefer fewer registers (i32 first: no unpacking), then fewer threads.
     out.sort(key=lambda p: (p.cost(), p.index_mode == "i16x2", p.regs_estimate, p.threads))
     return out
+
+
+#: Bytes per cycle one SM draws from L2 when every SM copies ``h`` at once (H100 class), for
+#: :func:`step_cycles`.
+L2_BYTES_PER_CYCLE = 32
+
+
+def step_cycles(plan: PersistentPlan) -> float:
+    """Modelled cycles of one step: :meth:`PersistentPlan.cost` plus the copy of ``h`` through L2.
+
+    The copy is what replicas save (each slice copies its own ``h`` only), so this ranks plans
+    of different replica counts; within one count the ranking is :meth:`~PersistentPlan.cost`'s.
+    """
+    return plan.cost() + plan.h_bytes / L2_BYTES_PER_CYCLE
+
+
+#: Smallest batch planned with replicas (below it one slice's ``h`` is already small).
+MIN_REPLICATED_BATCH = 4
+#: Fewest SMs a replica keeps (a recurrence on fewer has little register file for ``R``).
+MIN_REPLICA_SMS = 4
+
+
+def replica_options(batch: int, directions: int, device: DeviceLimits) -> tuple[int, ...]:
+    """Replica counts worth planning: 1, and from :data:`MIN_REPLICATED_BATCH` samples on the
+    powers of two up to ``batch`` that leave each recurrence :data:`MIN_REPLICA_SMS` SMs."""
+    options = [1]
+    if batch < MIN_REPLICATED_BATCH:
+        return tuple(options)
+    while (
+        options[-1] * 2 <= batch
+        and directions * options[-1] * 2 * MIN_REPLICA_SMS <= device.num_sms
+    ):
+        options.append(options[-1] * 2)
+    return tuple(options)
+
+
+def best_candidates(
+    hidden: int,
+    max_row_nnz: int,
+    batch: int,
+    dtype: str = "float32",
+    *,
+    device: DeviceLimits,
+    gates: int = 1,
+    directions: int = 1,
+    replicas: int | None = None,
+) -> list[PersistentPlan]:
+    """:func:`candidate_plans` for ``replicas``, or when ``None`` for the replica count of
+    :func:`replica_options` whose best plan has the fewest :func:`step_cycles` (fewest replicas
+    on ties)."""
+    if replicas is not None:
+        return candidate_plans(
+            hidden,
+            max_row_nnz,
+            batch,
+            dtype,
+            device=device,
+            gates=gates,
+            directions=directions,
+            replicas=replicas,
+        )
+    best: list[PersistentPlan] = []
+    for r in replica_options(batch, directions, device):
+        cands = candidate_plans(
+            hidden,
+            max_row_nnz,
+            batch,
+            dtype,
+            device=device,
+            gates=gates,
+            directions=directions,
+            replicas=r,
+        )
+        if cands and (not best or step_cycles(cands[0]) < step_cycles(best[0])):
+            best = cands
+    return best
 
 
 def _fit_registers(
@@ -469,6 +578,7 @@ def plan_persistent(
     max_row_nnz: int | None = None,
     require_persistent: bool = False,
     directions: int = 1,
+    replicas: int | None = None,
 ) -> PersistentPlan:
     """Choose the persistent geometry for ``R`` (or fall back to the per-step kernel).
 
@@ -491,6 +601,9 @@ def plan_persistent(
     directions : int
         Recurrences of this geometry run by one launch (see :func:`candidate_plans`); the
         ``per_step`` plan runs one.
+    replicas : int, optional
+        Batch slices run at once (:attr:`PersistentPlan.replicas`); default: chosen by
+        :func:`best_candidates`.
 
     Returns
     -------
@@ -507,8 +620,15 @@ def plan_persistent(
         raise ValueError("give R, or hidden and max_row_nnz")
     if hidden < 1 or batch < 1:
         raise ValueError(f"hidden ({hidden}) and batch ({batch}) must be >= 1")
-    cands = candidate_plans(
-        hidden, max_row_nnz, batch, dtype, device=device, gates=gates, directions=directions
+    cands = best_candidates(
+        hidden,
+        max_row_nnz,
+        batch,
+        dtype,
+        device=device,
+        gates=gates,
+        directions=directions,
+        replicas=replicas,
     )
     if cands:
         plan = replace(cands[0], reason=f"lowest cost of {len(cands)} fitting geometries")
