@@ -211,7 +211,10 @@ def run(args: argparse.Namespace) -> dict:
     from tvm_sparse_rnn.target import device_limits
 
     sweeps = {k: v[:2] for k, v in SWEEPS.items()} if args.quick else SWEEPS
-    cases = sorted({c for v in sweeps.values() for c in v} | set(ABLATION_CASES))
+    ablation = set(ABLATION_CASES)
+    if args.sweep:
+        sweeps, ablation = {args.sweep: SWEEPS[args.sweep]}, set()
+    cases = sorted({c for v in sweeps.values() for c in v} | ablation)
     weights = {(h, d): random_recurrent(h, d) for h, _, d in cases}
     specs, jobs = [], []  # jobs: (case, label, plan, order, vector, barrier)
     for h, b, d in cases:
@@ -224,7 +227,7 @@ def run(args: argparse.Namespace) -> dict:
         auto = plan_persistent(weights[(h, d)], b, device=device_limits("cuda"))
         barrier, vector = default_knobs(auto)
         jobs.append(((h, b, d), "auto", auto, "guided", vector, barrier))
-        if (h, b, d) in ABLATION_CASES:
+        if (h, b, d) in ablation:
             best = _candidates(weights[(h, d)], b, 1)[0]
             for label, vector, order, barrier, double in ABLATION:
                 plan = dataclasses.replace(best, double_buffer=double)
@@ -388,6 +391,7 @@ def main() -> None:
     bench_rnn_cells.add_arguments(ap)
     ap.add_argument("--ncu-case", choices=("naive", "guided"))
     ap.add_argument("--cells", action="store_true", help="the GRU/LSTM/fp16 sweep instead")
+    ap.add_argument("--sweep", choices=SWEEPS, help="only this sweep, without the ablation")
     args = ap.parse_args()
     if args.cells:
         bench_rnn_cells.main(args)

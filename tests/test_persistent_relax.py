@@ -199,7 +199,7 @@ def test_other_kernels_build_as_with_the_default_pipeline(tmp_path):
 def _launches(direction: str, concurrent: bool, decisions: list) -> int:
     """Persistent ``call_tir``s of a layer: one per launch of directions and batch chunk."""
     (chunks,) = {
-        int(re.search(r" B=\d+x(\d+) ", d.detail).group(1))
+        int(re.search(r" B=[\dx]*x(\d+) ", d.detail).group(1))
         for d in decisions
         if d.variant is KernelVariant.PERSISTENT
     }

@@ -466,15 +466,23 @@ def candidate_plans(
 #: Bytes per cycle one SM draws from L2 when every SM copies ``h`` at once (H100 class), for
 #: :func:`step_cycles`.
 L2_BYTES_PER_CYCLE = 32
+#: Slow-down of a kernel that walks its pairs in several passes per step (more samples than one
+#: 16-byte load): H100, H = 1792, 10 %, B = 64, flag barrier, T = 256: 8 replicas of 8 samples
+#: (2 passes) 7.10 ms, 16 replicas of 4 samples (1 pass) 1.53 ms (``benchmarks/bench_rnn.py
+#: --sweep batch`` times the same plans).
+MULTI_PASS_PENALTY = 4.0
 
 
 def step_cycles(plan: PersistentPlan) -> float:
-    """Modelled cycles of one step: :meth:`PersistentPlan.cost` plus the copy of ``h`` through L2.
+    """Modelled cycles of one step of the whole batch: :meth:`PersistentPlan.cost` plus the copy
+    of ``h`` through L2, once per launch of the batch, times :data:`MULTI_PASS_PENALTY` for a
+    kernel of several passes.
 
     The copy is what replicas save (each slice copies its own ``h`` only), so this ranks plans
     of different replica counts; within one count the ranking is :meth:`~PersistentPlan.cost`'s.
     """
-    return plan.cost() + plan.h_bytes / L2_BYTES_PER_CYCLE
+    cycles = (plan.cost() + plan.h_bytes / L2_BYTES_PER_CYCLE) * plan.num_batch_chunks
+    return cycles * (MULTI_PASS_PENALTY if plan.batch_kernel > plan.sub_batch else 1.0)
 
 
 #: Smallest batch planned with replicas (below it one slice's ``h`` is already small).
