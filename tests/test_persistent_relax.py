@@ -10,6 +10,7 @@ GPU: models compiled for cuda match onnxruntime.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 
@@ -21,9 +22,10 @@ from tvm import relax
 from tvm.support import nvcc
 
 from tvm_sparse_rnn.frontend.onnx import from_onnx
+from tvm_sparse_rnn.kernels.cuda.persistent import planner
 from tvm_sparse_rnn.ops.cells import CellConfig
 from tvm_sparse_rnn.pipeline import build, sparse_pipeline
-from tvm_sparse_rnn.target import resolve_target
+from tvm_sparse_rnn.target import device_limits, resolve_target
 from tvm_sparse_rnn.testing import (
     random_recurrent_weights,
     recurrent_onnx_model,
@@ -31,6 +33,7 @@ from tvm_sparse_rnn.testing import (
 )
 from tvm_sparse_rnn.transform import DispatchOptions, KernelVariant
 from tvm_sparse_rnn.transform.dispatch.recurrent import full_lengths, persistent_choice
+from tvm_sparse_rnn.transform.dispatch.recurrent_persistent import from_streams, to_streams
 
 T, N, IN, H = 12, 3, 16, 128
 CUDA = resolve_target("cuda")
@@ -117,6 +120,38 @@ def test_rnn_uses_one_persistent_launch_per_layer(concurrent, tmp_path):
     with CUDA:
         cubin = nvcc.compile_cuda(source, target_format="cubin", arch="sm_90a", compiler="nvcc")
     assert len(cubin) > 0
+
+
+def test_streams_stack_each_direction_batch_slices_along_the_rows():
+    """2 directions x 3 replicas of 2 samples: ``to_streams`` puts direction ``d``'s samples
+    ``2r .. 2r+1`` at stream ``3d + r``; ``from_streams`` undoes it (run on llvm)."""
+    plan = dataclasses.replace(
+        planner.plan_persistent(
+            hidden=8, max_row_nnz=2, batch=6, device=device_limits("cuda"), replicas=1
+        ),
+        directions=2,
+        replicas=3,
+        batch_kernel=2,
+    )
+    x = np.arange(5 * 2 * 8 * 6, dtype=np.float32).reshape(5, 16, 6)  # (T, D * rows, samples)
+    bb = relax.BlockBuilder()
+    arg = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [arg]):
+        with bb.dataflow():
+            streams = bb.emit(to_streams(arg, plan))
+            back = bb.emit(from_streams(streams, plan))
+            out = bb.emit_output(relax.Tuple([streams, back]))
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), "llvm"), tvm.cpu())
+    streams, back = (a.numpy() for a in vm["main"](tvm.runtime.tensor(x)))
+    assert streams.shape == (5, 2 * 3 * 8, 2)
+    for d in range(2):
+        for r in range(3):
+            s0 = (3 * d + r) * 8
+            np.testing.assert_array_equal(
+                streams[:, s0 : s0 + 8], x[:, 8 * d : 8 * d + 8, 2 * r : 2 * r + 2]
+            )
+    np.testing.assert_array_equal(back, x)
 
 
 @pytest.mark.parametrize(

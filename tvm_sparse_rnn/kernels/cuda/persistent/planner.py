@@ -30,6 +30,7 @@ accumulators.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -519,32 +520,20 @@ def best_candidates(
     """:func:`candidate_plans` for ``replicas``, or when ``None`` for the replica count of
     :func:`replica_options` whose best plan has the fewest :func:`step_cycles` (fewest replicas
     on ties)."""
+    plans_for = functools.partial(
+        candidate_plans,
+        hidden,
+        max_row_nnz,
+        batch,
+        dtype,
+        device=device,
+        gates=gates,
+        directions=directions,
+    )
     if replicas is not None:
-        return candidate_plans(
-            hidden,
-            max_row_nnz,
-            batch,
-            dtype,
-            device=device,
-            gates=gates,
-            directions=directions,
-            replicas=replicas,
-        )
-    best: list[PersistentPlan] = []
-    for r in replica_options(batch, directions, device):
-        cands = candidate_plans(
-            hidden,
-            max_row_nnz,
-            batch,
-            dtype,
-            device=device,
-            gates=gates,
-            directions=directions,
-            replicas=r,
-        )
-        if cands and (not best or step_cycles(cands[0]) < step_cycles(best[0])):
-            best = cands
-    return best
+        return plans_for(replicas=replicas)
+    options = [plans_for(replicas=r) for r in replica_options(batch, directions, device)]
+    return min((p for p in options if p), key=lambda plans: step_cycles(plans[0]), default=[])
 
 
 def _fit_registers(
