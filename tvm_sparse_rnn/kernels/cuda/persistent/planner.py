@@ -313,12 +313,16 @@ def estimate_registers(
     """Registers per thread for ``pairs`` register-resident pairs.
 
     Value plus column (see the module docstring), the fixed overhead, an accumulator and a
-    prefetched ``u_t`` per row and sample of a pass, and for gated cells the gate math of a pass
-    and the LSTM cell state per unit and sample.
+    prefetched ``u_t`` per row and sample of a pass, for gated cells the gate math of a pass
+    and the LSTM cell state per unit and sample, and with several passes one more register per
+    pair: nvcc keeps each pair's ``h`` address across the passes (``ptxas -v``, sm_90a,
+    H = 1792, 10 %: 8 samples in 2 passes at 54 pairs per thread needed about 170 registers
+    against 123 estimated without it, and spilled 180 bytes at its 128-register cap).
     """
     per_pair = (0.5 if dtype == "float16" else 1.0) + (0.5 if index_mode == "i16x2" else 1.0)
     fixed = REG_OVERHEAD + (REG_OVERHEAD_F16 if dtype == "float16" else 0)
     sub = min(batch, 16 // itemsize(dtype))  # samples per pass (PersistentPlan.sub_batch)
+    per_pair += 1.0 if batch > sub else 0.0
     cell = 0 if gates == 1 else 6 * sub + (batch * rows_per_group // gates if gates == 4 else 0)
     return math.ceil(per_pair * pairs) + fixed + 2 * sub * rows_per_group + cell
 
@@ -470,7 +474,8 @@ L2_BYTES_PER_CYCLE = 32
 #: Slow-down of a kernel that walks its pairs in several passes per step (more samples than one
 #: 16-byte load): H100, H = 1792, 10 %, B = 64, flag barrier, T = 256: 8 replicas of 8 samples
 #: (2 passes) 7.10 ms, 16 replicas of 4 samples (1 pass) 1.53 ms (``benchmarks/bench_rnn.py
-#: --sweep batch`` times the same plans).
+#: --sweep batch`` times the same plans). The 2-pass plan spilled registers (see
+#: :func:`estimate_registers`); multi-pass plans without spills are not measured yet.
 MULTI_PASS_PENALTY = 4.0
 
 
