@@ -78,7 +78,7 @@ def test_inspect_puts_every_deepspeech2_gru_direction_on_the_persistent_kernel(
 ):
     """The DeepSpeech2-like model (2-layer bidirectional GRU 1024, 90 %) for the H200: every
     recurrent layer and direction on the persistent kernel at batch 1 and 64, both directions of
-    a layer in one launch (CPU-visible)."""
+    a layer (and at batch 64 its batch slices) in one launch (CPU-visible)."""
     from tvm_sparse_rnn.cli.main import main
 
     path = tmp_path / f"ds2_b{batch}.onnx"
@@ -89,3 +89,5 @@ def test_inspect_puts_every_deepspeech2_gru_direction_on_the_persistent_kernel(
     assert len(recurrent) == 4
     assert all(row[1] == "persistent" and f"N={batch}:" in row for row in recurrent)
     assert all(" ".join(row).count("2 directions x ") == 1 for row in recurrent)  # one launch
+    # batch 64 as slices of the batch on their own CTAs (replicas), still one launch
+    assert all(("replicas x" in " ".join(row)) == (batch == 64) for row in recurrent)
