@@ -4,8 +4,8 @@ Issue 4's GPU sweep, all in one run on one GPU: cell in {GRU (linear_before_rese
 dtype in {fp32, fp16} x H in {1024, 1792, 2304} x B in {1, 4, 16}, ``R`` 10 % dense, T = 256;
 plus the on-chip capacity case: a vanilla tanh RNN at H = 8192, 10 %, fp16, B = 4.
 
-* ours: the persistent kernel alone (``u_t`` given; the best of the planner's top geometries for
-  both barriers), and ``+GEMM``: plus one cuBLAS GEMM of the input projection ``X W^T`` for all
+* ours: the persistent kernel alone (``u_t`` given; the best of the planner's top geometries of
+  one batch slice and its best geometry per replica count, for both barriers), and ``+GEMM``: plus one cuBLAS GEMM of the input projection ``X W^T`` for all
   ``T * B`` rows (dense ``W`` of ``I = H`` inputs, what cuDNN computes too) in the same run;
 * cuDNN: ``torch.nn.GRU`` / ``torch.nn.LSTM`` (``input_size = H``, one layer) in fp32 and fp16;
 * every kernel's result is checked against the float64 ONNX-semantics reference on a short
@@ -55,11 +55,13 @@ def _weights(cell: str, hidden: int, dtype: str) -> dict[str, np.ndarray]:
 
 
 def _plans(R, cell: str, batch: int, dtype: str, count: int) -> list:
-    """The planner's best geometry per lanes-per-row, ``count`` of them (or the fallback)."""
+    """The planner's best geometry per lanes-per-row, ``count`` of them (one slice of the
+    batch), then its best geometry per replica count (or the fallback)."""
     from tvm_sparse_rnn.kernels.cuda.persistent.packing import unit_major
     from tvm_sparse_rnn.kernels.cuda.persistent.planner import (
         candidate_plans,
         plan_persistent,
+        replica_options,
         row_lengths,
     )
     from tvm_sparse_rnn.ops.cells import PersistentCell
@@ -74,9 +76,12 @@ def _plans(R, cell: str, batch: int, dtype: str, count: int) -> list:
         if plan.lanes_per_row not in seen:
             seen.add(plan.lanes_per_row)
             out.append(plan)
-    return out[:count] or [
-        plan_persistent(unit_major(R, gates), batch, dtype, device=limits, gates=gates)
-    ]
+    out = out[:count]
+    for replicas in replica_options(batch, 1, limits)[1:]:
+        out += candidate_plans(
+            R.shape[1], longest, batch, dtype, device=limits, gates=gates, replicas=replicas
+        )[:1]
+    return out or [plan_persistent(unit_major(R, gates), batch, dtype, device=limits, gates=gates)]
 
 
 def _check(rnn, cell: str, w: dict, batch: int, hidden: int) -> float:
@@ -103,10 +108,11 @@ def _kernel_ms(rnn, steps: int) -> float:
 
     p, dev = rnn.plan, rnn.device
     rng = np.random.default_rng(1)
-    shape = (steps, p.gates * p.hidden_padded, p.batch_kernel)
+    rows = p.streams * p.hidden_padded
+    shape = (steps, p.gates * rows, p.batch_kernel)
     u = tvm.runtime.tensor((rng.standard_normal(shape) * 0.5).astype(p.dtype), dev)
-    h = tvm.runtime.tensor(np.zeros((p.hidden_padded, p.batch_kernel), p.dtype), dev)
-    out = tvm.runtime.tensor(np.zeros((steps, p.hidden_padded, p.batch_kernel), p.dtype), dev)
+    h = tvm.runtime.tensor(np.zeros((rows, p.batch_kernel), p.dtype), dev)
+    out = tvm.runtime.tensor(np.zeros((steps, rows, p.batch_kernel), p.dtype), dev)
     args = rnn.kernel_args(u, h, out)
     if p.kind == "persistent":
         ev = rnn.module.time_evaluator("main", dev, number=5, repeat=5)
@@ -190,7 +196,8 @@ def run(args: argparse.Namespace) -> dict:
                 continue
             module = build_kernel(plan, cell, barrier, vector, "cuda", cache)
             rnn = PersistentRNN(plan, packs[(case, plan, vector)], cell, barrier, module, dev)
-            label = f"{plan.kind}/{barrier}/KS{plan.lanes_per_row}"
+            replicas = f"/x{plan.replicas}" if plan.replicas > 1 else ""
+            label = f"{plan.kind}/{barrier}/KS{plan.lanes_per_row}{replicas}"
             entry["ours"][label] = {
                 "ms": _kernel_ms(rnn, STEPS),
                 "max_abs_err": _check(rnn, cell, w, batch, hidden),
