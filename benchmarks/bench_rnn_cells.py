@@ -5,8 +5,9 @@ dtype in {fp32, fp16} x H in {1024, 1792, 2304} x B in {1, 4, 16}, ``R`` 10 % de
 plus the on-chip capacity case: a vanilla tanh RNN at H = 8192, 10 %, fp16, B = 4.
 
 * ours: the persistent kernel alone (``u_t`` given; the best of the planner's top geometries of
-  one batch slice and its best geometry per replica count, for both barriers), and ``+GEMM``: plus one cuBLAS GEMM of the input projection ``X W^T`` for all
-  ``T * B`` rows (dense ``W`` of ``I = H`` inputs, what cuDNN computes too) in the same run;
+  one batch slice and its best geometry per replica count, for both barriers), and
+  ``+GEMM``: plus one cuBLAS GEMM of the input projection ``X W^T`` for all ``T * B`` rows
+  (dense ``W`` of ``I = H`` inputs, what cuDNN computes too) in the same run;
 * cuDNN: ``torch.nn.GRU`` / ``torch.nn.LSTM`` (``input_size = H``, one layer) in fp32 and fp16;
 * every kernel's result is checked against the float64 ONNX-semantics reference on a short
   sequence (fp16: the reference runs on the fp16-rounded weights).

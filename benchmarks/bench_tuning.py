@@ -118,10 +118,12 @@ def _persistent_case(kind, hidden, batch, args, target):
     p = plans[0]
     rng = np.random.default_rng(1)
     dev = tvm.cuda(0)
-    rows, bk = p.gates * p.hidden_padded, p.batch_kernel
-    U = tvm.runtime.tensor(rng.uniform(-1, 1, (MEASURE_STEPS, rows, bk)).astype(p.dtype), dev)
-    h0 = tvm.runtime.tensor(np.zeros((p.hidden_padded, bk), p.dtype), dev)
-    out = tvm.runtime.tensor(np.zeros((MEASURE_STEPS, p.hidden_padded, bk), p.dtype), dev)
+    states, bk = p.streams * p.hidden_padded, p.batch_kernel  # the plans share one replica count
+    U = tvm.runtime.tensor(
+        rng.uniform(-1, 1, (MEASURE_STEPS, p.gates * states, bk)).astype(p.dtype), dev
+    )
+    h0 = tvm.runtime.tensor(np.zeros((states, bk), p.dtype), dev)
+    out = tvm.runtime.tensor(np.zeros((MEASURE_STEPS, states, bk), p.dtype), dev)
 
     def timer(config):
         plan, barrier, vector, order = config.resolve(plans)
