@@ -33,7 +33,7 @@ different workloads.
 
 The knobs pick among whole kernels and map onto no loop transformation of the stub, so the
 stub is left unscheduled (its knob annotations tell candidates apart); the space has at most
-``NUM_GEOMETRIES * 8`` points, which ``--trials 32`` covers.
+``NUM_GEOMETRIES * 12`` points, which ``--trials 48`` covers.
 
 :func:`tuned_persistent_config` is what the kernel factory calls: tuned record -> shipped
 ``schedules/<device>/persistent_rnn.json`` -> default (one log line), and it registers the task
