@@ -374,13 +374,8 @@ class PersistentRNN:
             if np.shape(rbias) != (H,):
                 raise ValueError(f"rbias must be ({H},), got {np.shape(rbias)}")
             rb[:H] = rbias
-        steps, bk, hp, reps, lb = (
-            U.shape[0],
-            p.batch_kernel,
-            p.hidden_padded,
-            p.replicas,
-            p.launch_batch,
-        )
+        steps, bk, hp = U.shape[0], p.batch_kernel, p.hidden_padded
+        reps, lb = p.replicas, p.launch_batch
         padded = lb * p.num_batch_chunks
         # (T, B, G*H) gate-major -> (T, B_pad, Hk, G) unit-major, zero padded
         Uk = np.zeros((steps, padded, hp, G), p.dtype)

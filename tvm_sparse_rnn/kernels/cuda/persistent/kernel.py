@@ -21,8 +21,10 @@ After Zhu et al., "Sparse Persistent RNNs: Squeezing Large Recurrent Networks On
   - ``barrier="cluster"``: the CTAs of one recurrence are one thread-block cluster (at most
     :data:`~.planner.PORTABLE_CLUSTER_SIZE`), separated by ``barrier.cluster`` (arrive with
     release semantics after storing ``h_t``, wait with acquire semantics before copying it, so
-    the prefetch of ``u_t`` overlaps the barrier); measured on the H200 at 0.2 us against the
-    grid sync's 1.0 us (``../shared/docs/h200_cluster_probe.md``); or
+    the prefetch of ``u_t`` overlaps the barrier); alone it measured 0.2 us on the H200
+    against the grid sync's 1.0 us (``../shared/docs/h200_cluster_probe.md``), but in this
+    kernel it was slower than both other barriers on the H100 (``docs/persistent_rnn.md``), so
+    it is never the default; or
   - ``barrier="flag"``: a data-embedded (Lamport-style) barrier: a first small kernel fills
     ``out[0 : T-1]`` with a NaN sentinel, and a CTA copying ``h_{t-1}`` re-fetches only the
     16-byte chunks that still hold the sentinel. The copy *is* the barrier: no arrival counter,
