@@ -315,9 +315,9 @@ def estimate_registers(
     Value plus column (see the module docstring), the fixed overhead, an accumulator and a
     prefetched ``u_t`` per row and sample of a pass, for gated cells the gate math of a pass
     and the LSTM cell state per unit and sample, and with several passes one more register per
-    pair: nvcc keeps each pair's ``h`` address across the passes (``ptxas -v``, sm_90a,
-    H = 1792, 10 %: 8 samples in 2 passes at 54 pairs per thread needed about 170 registers
-    against 123 estimated without it, and spilled 180 bytes at its 128-register cap).
+    pair (``ptxas -v``, sm_90a, H = 1792, 10 %: 8 samples in 2 passes at 54 pairs per thread,
+    123 registers estimated without it, spilled 180 bytes at its 128-register cap; presumably
+    nvcc keeps each pair's ``h`` address across the passes, not verified in the SASS).
     """
     per_pair = (0.5 if dtype == "float16" else 1.0) + (0.5 if index_mode == "i16x2" else 1.0)
     fixed = REG_OVERHEAD + (REG_OVERHEAD_F16 if dtype == "float16" else 0)
@@ -491,7 +491,7 @@ def step_cycles(plan: PersistentPlan) -> float:
     return cycles * (MULTI_PASS_PENALTY if plan.batch_kernel > plan.sub_batch else 1.0)
 
 
-#: Smallest batch planned with replicas (below it one slice's ``h`` is already small).
+#: Smallest batch planned with replicas (smaller batches were not measured with them).
 MIN_REPLICATED_BATCH = 4
 #: Fewest SMs a replica keeps (a recurrence on fewer has little register file for ``R``).
 MIN_REPLICA_SMS = 4
