@@ -1,8 +1,10 @@
 """Benchmark: sparse persistent GRU / LSTM (TVM, fp32 and fp16) vs cuDNN ``nn.GRU`` / ``nn.LSTM``.
 
-Issue 4's GPU sweep, all in one run on one GPU: cell in {GRU (linear_before_reset=1), LSTM} x
-dtype in {fp32, fp16} x H in {1024, 1792, 2304} x B in {1, 4, 16}, ``R`` 10 % dense, T = 256;
-plus the on-chip capacity case: a vanilla tanh RNN at H = 8192, 10 %, fp16, B = 4.
+Issue 4's GPU sweep, all in one run on one GPU: cell in {GRU (``linear_before_reset`` 1 and 0),
+LSTM} x dtype in {fp32, fp16} x H in {1024, 1792, 2304} x B in {1, 4, 16}, ``R`` 10 % dense,
+T = 256; plus the on-chip capacity case: a vanilla tanh RNN at H = 8192, 10 %, fp16, B = 4.
+cuDNN has no ``linear_before_reset=0`` GRU: ``gru_lbr0`` (two state exchanges per step) is
+compared with cuDNN's GRU, the layer a user would otherwise run.
 
 * ours: the persistent kernel alone (``u_t`` given; the best of the planner's top geometries of
   one batch slice and its best geometry per replica count, for both barriers), and
@@ -16,11 +18,13 @@ Target (issue 4): ours >= 8x cuDNN fp32 at B = 4. Run on the GPU machine::
 
     python benchmarks/bench_rnn.py --cells --out docs/results     # or this script directly
     python benchmarks/bench_rnn_cells.py --plot docs/results/bench_rnn_cells.json
+    python benchmarks/bench_rnn_cells.py --cell gru gru_lbr0 lstm --hidden 1792 --batch 4
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import logging
@@ -36,13 +40,13 @@ logger = logging.getLogger("bench_rnn_cells")
 
 STEPS = 256
 CHECK_STEPS = 16
-CELLS = ("gru", "lstm")
+CELLS = ("gru", "gru_lbr0", "lstm")
 DTYPES = ("float32", "float16")
 HIDDEN = (1024, 1792, 2304)
 BATCH = (1, 4, 16)
 DENSITY = 0.10
 CAPACITY_CASE = ("tanh", "float16", 8192, 4)
-ONNX_KIND = {"gru": "GRU", "lstm": "LSTM", "tanh": "RNN"}
+ONNX_KIND = {"gru": "GRU", "gru_lbr0": "GRU", "lstm": "LSTM", "tanh": "RNN"}
 TARGET_X_CUDNN = 8.0
 
 
@@ -70,19 +74,30 @@ def _plans(R, cell: str, batch: int, dtype: str, count: int) -> list:
 
     limits = device_limits("cuda")
 
-    gates = PersistentCell(cell).gates
+    gates, two_phase = PersistentCell(cell).gates, PersistentCell(cell).two_phase
     longest = int(row_lengths(R).max())
+    plans_for = functools.partial(
+        candidate_plans,
+        R.shape[1],
+        longest,
+        batch,
+        dtype,
+        device=limits,
+        gates=gates,
+        two_phase=two_phase,
+    )
     seen, out = set(), []
-    for plan in candidate_plans(R.shape[1], longest, batch, dtype, device=limits, gates=gates):
+    for plan in plans_for():
         if plan.lanes_per_row not in seen:
             seen.add(plan.lanes_per_row)
             out.append(plan)
     out = out[:count]
     for replicas in replica_options(batch, 1, limits)[1:]:
-        out += candidate_plans(
-            R.shape[1], longest, batch, dtype, device=limits, gates=gates, replicas=replicas
-        )[:1]
-    return out or [plan_persistent(unit_major(R, gates), batch, dtype, device=limits, gates=gates)]
+        out += plans_for(replicas=replicas)[:1]
+    fallback = plan_persistent(
+        unit_major(R, gates), batch, dtype, device=limits, gates=gates, two_phase=two_phase
+    )
+    return out or [fallback]
 
 
 def _check(rnn, cell: str, w: dict, batch: int, hidden: int) -> float:
@@ -113,7 +128,7 @@ def _kernel_ms(rnn, steps: int) -> float:
     shape = (steps, p.gates * rows, p.batch_kernel)
     u = tvm.runtime.tensor((rng.standard_normal(shape) * 0.5).astype(p.dtype), dev)
     h = tvm.runtime.tensor(np.zeros((rows, p.batch_kernel), p.dtype), dev)
-    out = tvm.runtime.tensor(np.zeros((steps, rows, p.batch_kernel), p.dtype), dev)
+    out = tvm.runtime.tensor(np.zeros((p.phases * steps, rows, p.batch_kernel), p.dtype), dev)
     args = rnn.kernel_args(u, h, out)
     if p.kind == "persistent":
         ev = rnn.module.time_evaluator("main", dev, number=5, repeat=5)
@@ -132,9 +147,10 @@ def _torch_baselines(cell: str, hidden: int, batch: int) -> dict[str, float]:
 
     dev = torch.device("cuda")
     out = {}
-    gates = 3 if cell == "gru" else 4
+    gru = ONNX_KIND[cell] == "GRU"
+    gates = 3 if gru else 4
     for dtype, name in ((torch.float32, "cudnn_fp32"), (torch.float16, "cudnn_fp16")):
-        cls = torch.nn.GRU if cell == "gru" else torch.nn.LSTM
+        cls = torch.nn.GRU if gru else torch.nn.LSTM
         layer = cls(hidden, hidden).to(dev, dtype)
         x = torch.randn(STEPS, batch, hidden, device=dev, dtype=dtype)
         with torch.no_grad():
@@ -155,10 +171,10 @@ def run(args: argparse.Namespace) -> dict:
     from tvm_sparse_rnn.ops.cells import PersistentCell
     from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel, prebuild
 
-    hiddens = HIDDEN[:1] if args.quick else HIDDEN
-    cases = [*itertools.product(CELLS, DTYPES, hiddens, BATCH), CAPACITY_CASE]
+    hiddens = args.hidden or (HIDDEN[:1] if args.quick else HIDDEN)
+    cases = [*itertools.product(CELLS, DTYPES, hiddens, args.batch or BATCH), CAPACITY_CASE]
     if args.cell:
-        cases = [c for c in cases if ("capacity" if c == CAPACITY_CASE else c[0]) == args.cell]
+        cases = [c for c in cases if ("capacity" if c == CAPACITY_CASE else c[0]) in args.cell]
     weights = {(c, h, dt): _weights(c, h, dt) for c, dt, h, _ in cases}
     jobs = []
     for cell, dtype, hidden, batch in cases:
@@ -270,7 +286,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     """Options of this benchmark (shared with ``bench_rnn.py --cells``)."""
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--quick", action="store_true", help="smoke run (fewer cases)")
-    ap.add_argument("--cell", choices=(*CELLS, "capacity"), help="only this part of the sweep")
+    ap.add_argument(
+        "--cell", nargs="+", choices=(*CELLS, "capacity"), help="only these parts of the sweep"
+    )
+    ap.add_argument("--hidden", type=int, nargs="+", help=f"hidden sizes (default {HIDDEN})")
+    ap.add_argument("--batch", type=int, nargs="+", help=f"batch sizes (default {BATCH})")
     ap.add_argument("--candidates", type=int, default=3, help="geometries tried per case")
     ap.add_argument("--cache", help="build cache directory")
     ap.add_argument("--no-baselines", action="store_true")
@@ -289,7 +309,7 @@ def main(args: argparse.Namespace | None = None) -> None:
         print(table(results))
         return
     results = run(args)
-    name = f"bench_rnn_cells{'_' + args.cell if args.cell else ''}"
+    name = f"bench_rnn_cells{'_' + '_'.join(args.cell) if args.cell else ''}"
     save_results(args.out, name, results, table(results) + "\n", plot)
 
 

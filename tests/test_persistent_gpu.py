@@ -2,7 +2,7 @@
 
 The vanilla-RNN acceptance sweep: H in {256, 1152, 1792, 2304} x B in {1, 2, 4, 8, 16} x density
 in {1, 10, 30} % x T in {1, 7, 256} x barrier in {grid, flag} x activation in {tanh, relu}; the
-gated cells and fp16: {GRU (linear_before_reset=1), LSTM, tanh RNN} x {fp32, fp16} x a few
+gated cells and fp16: {GRU (linear_before_reset 1 and 0), LSTM, tanh RNN} x {fp32, fp16} x a few
 (H, B) x barrier, T in {1, 7, 64}, against the ONNX-semantics reference
 (:func:`~tvm_sparse_rnn.ops.reference.recurrent_sequence_reference`). fp16 tolerance: 1e-2
 absolute and relative against the float64 reference run on the fp16-rounded weights and inputs
@@ -37,11 +37,11 @@ DENSITY = (0.01, 0.10, 0.30)
 STEPS = (1, 7, 256)
 BARRIERS = ("grid", "flag")
 ACTIVATIONS = ("tanh", "relu")
-GATED_CELLS = ("gru", "lstm", "tanh")
+GATED_CELLS = ("gru", "gru_lbr0", "lstm", "tanh")
 DTYPES = ("float32", "float16")
 GATED_SHAPES = ((256, 1), (1152, 4), (1024, 16), (1792, 8))
 GATED_STEPS = (1, 7, 64)
-ONNX_KIND = {"gru": "GRU", "lstm": "LSTM", "tanh": "RNN"}
+ONNX_KIND = {"gru": "GRU", "gru_lbr0": "GRU", "lstm": "LSTM", "tanh": "RNN"}
 HALF_TOLERANCE = 1e-2
 
 
@@ -89,7 +89,7 @@ def _gated(cell: str, dtype: str, hidden: int, batch: int):
         w = {k: v.astype(np.float16).astype(np.float32) for k, v in w.items()}
     gates = PersistentCell(cell).gates
     R = unit_major(w["R"][0], gates)
-    plan = plan_persistent(R, batch, dtype, gates=gates)
+    plan = plan_persistent(R, batch, dtype, gates=gates, two_phase=PersistentCell(cell).two_phase)
     return w, pack(R, plan, "guided", plan.batch_kernel <= plan.vector_width)
 
 
@@ -176,6 +176,7 @@ SMEM_CASES = [
     ("lstm", "float32", 2304, 4, 0),
     ("gru", "float32", 1152, 4, 4),
     ("lstm", "float16", 1024, 16, 2),
+    ("gru_lbr0", "float32", 1152, 4, 4),
 ]
 
 
@@ -210,6 +211,9 @@ REPLICA_CASES = [
     ("gru", "float16", 1024, 16, 16, "cluster"),
     ("lstm", "float32", 1024, 6, 2, "grid"),  # 6 samples: the last slice is padded
     ("lstm", "float16", 1024, 64, 16, "cluster"),
+    ("gru_lbr0", "float32", 1792, 4, 4, "grid"),
+    ("gru_lbr0", "float16", 1024, 16, 8, "cluster"),
+    ("gru_lbr0", "float32", 1024, 64, 16, "flag"),
 ]
 
 
@@ -231,6 +235,7 @@ def test_replicas_match_reference(
         device=LIMITS,
         gates=PersistentCell(cell).gates,
         replicas=replicas,
+        two_phase=PersistentCell(cell).two_phase,
     )
     if barrier == "cluster":
         plans = [p for p in plans if p.num_ctas <= planner.PORTABLE_CLUSTER_SIZE]
@@ -291,7 +296,7 @@ def test_gated_per_step_fallback() -> None:
             np.testing.assert_allclose(res.c.astype(np.float32), y_c[0], rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("cell", ["tanh", "gru", "lstm"])
+@pytest.mark.parametrize("cell", ["tanh", "gru", "gru_lbr0", "lstm"])
 def test_half_matches_onnxruntime(cell: str) -> None:
     """fp16 kernel vs onnxruntime (fp32, on the fp16-rounded weights and inputs), 1e-2."""
     from tvm_sparse_rnn.runtime.persistent import build_persistent_rnn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -12,9 +13,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from tvm_sparse_rnn.errors import UnsupportedError
 from tvm_sparse_rnn.kernels.cuda.persistent import planner
-from tvm_sparse_rnn.kernels.cuda.persistent.kernel import SENTINEL_BITS, make_persistent_kernel
+from tvm_sparse_rnn.kernels.cuda.persistent.kernel import (
+    SENTINEL_BITS,
+    make_persistent_kernel,
+    make_step_kernel,
+)
 from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, unit_major
+from tvm_sparse_rnn.ops.cells import PersistentCell
 from tvm_sparse_rnn.runtime.persistent import build_kernel, build_persistent_rnn, cuda_source
 from tvm_sparse_rnn.target import device_limits
 
@@ -165,6 +172,52 @@ def test_gated_and_half_sources(cell: str, dtype: str) -> None:
         assert "half h_sh_ptr" in src or "half* h_sh" in src
 
 
+@pytest.mark.parametrize(
+    ("barrier", "batch", "dtype"), [("flag", 4, "float32"), ("grid", 16, "float16")]
+)
+def test_two_phase_gru_exchanges_reset_state_then_h(barrier: str, batch: int, dtype: str) -> None:
+    """GRU with linear_before_reset=0: per step r * h_{t-1} goes to out[2t] and is exchanged
+    (a second wait / grid sync), then h_t to out[2t + 1]; z and h_{t-1} stay in registers."""
+    R = sp.random(3 * 512, 512, density=0.1, random_state=2, format="csr", dtype=np.float32)
+    plan = plan_persistent(unit_major(R, 3), batch, dtype, gates=3, two_phase=True, replicas=None)
+    assert plan.two_phase and plan.phases == 2 and " two-phase " in plan.describe()
+    func = make_persistent_kernel(plan, "gru_lbr0", barrier)
+    out = next(p for p in func.params if p.name == "out")
+    assert str(out.shape[0]) == "2 * steps"
+    src = cuda_source(build_kernel(plan, "gru_lbr0", barrier, True, CUDA))
+    body = src.split("main_kernel_1(")[-1]  # the definition
+    step = body.split("for (int t = 0;")[1]
+    if barrier == "flag":
+        assert step.count("sprnn_ready16(") == 2  # the wait for h_{t-1} and for r * h_{t-1}
+    else:
+        assert step.count("tvm_builtin_cuda_grid_sync()") == 2
+    assert re.search(r"float zs_ptr\[\d+\];", body) and re.search(r"float hps_ptr\[\d+\];", body)
+    assert "rbias" not in step  # Rb_h is folded into U
+    rows = plan.streams * plan.hidden_padded * plan.batch_kernel
+    assert f"(t * {2 * rows})" in step  # out[2t] (r * h) and out[2t + 1] (h_t)
+    stores = [line for line in step.splitlines() if re.search(r"out_ptr[^=]* = ", line)]
+    assert len(stores) == 2 and f"+ {rows})" in stores[1].split(" = ")[0]
+
+
+def test_two_phase_gru_needs_a_two_phase_plan_and_the_persistent_kernel() -> None:
+    R = sp.random(3 * 256, 256, density=0.1, random_state=2, format="csr", dtype=np.float32)
+    one = plan_persistent(unit_major(R, 3), 4, gates=3)
+    with pytest.raises(ValueError, match="two_phase=True"):
+        make_persistent_kernel(one, "gru_lbr0")
+    two = plan_persistent(unit_major(R, 3), 4, gates=3, two_phase=True)
+    with pytest.raises(ValueError, match="two_phase=False"):
+        make_persistent_kernel(two, "gru")
+    with pytest.raises(ValueError, match="two_phase is the GRU's"):
+        plan_persistent(hidden=256, max_row_nnz=20, batch=4, gates=4, two_phase=True)
+    tiny = dataclasses.replace(LIMITS, num_sms=1)
+    fallback = planner.plan_persistent(
+        hidden=4096, max_row_nnz=900, batch=4, device=tiny, gates=3, two_phase=True
+    )
+    assert fallback.kind == "per_step"
+    with pytest.raises(UnsupportedError, match="no two-phase step"):
+        make_step_kernel(fallback, "gru_lbr0")
+
+
 def test_cooperative_launch_tag(tmp_path) -> None:
     plan = plan_for(1792, 8, 0.10)  # 57 KB of h: dynamic shared memory
     mod = build_kernel(plan, "tanh", "flag", True, CUDA)
@@ -194,13 +247,15 @@ NVCC = shutil.which("nvcc")
         (2304, 4, 0.10, "lstm", "float32", 1),  # idem
         (1792, 16, 0.10, "tanh", "float32", 8),  # the planner's pick at B = 16
         (1792, 64, 0.10, "tanh", "float32", 8),  # 8 samples in 2 passes: h addresses kept
+        (1792, 4, 0.10, "gru_lbr0", "float32", 4),  # z and h_{t-1} kept between the phases
+        (1024, 16, 0.10, "gru_lbr0", "float16", 8),
     ],
 )
 def test_no_register_spills(
     tmp_path, hidden: int, batch: int, density: float, cell: str, dtype: str, replicas: int
 ) -> None:
     """ptxas -v for sm_90a: the register-resident weights do not spill."""
-    gates = {"tanh": 1, "gru": 3, "lstm": 4}[cell]
+    gates = PersistentCell(cell).gates
     rng = np.random.default_rng(0)
     longest = int(rng.binomial(hidden, density, size=gates * hidden).max())
     plan = plan_persistent(
@@ -210,6 +265,7 @@ def test_no_register_spills(
         dtype=dtype,
         gates=gates,
         replicas=replicas,
+        two_phase=PersistentCell(cell).two_phase,
     )
     assert plan.kind == "persistent"
     cu = tmp_path / "k.cu"

@@ -157,7 +157,6 @@ def test_streams_stack_each_direction_batch_slices_along_the_rows():
 @pytest.mark.parametrize(
     ("kind", "inputs", "attributes", "density"),
     [
-        ("GRU", (), None, 0.1),  # linear_before_reset=0
         ("GRU", (), {"linear_before_reset": 1, "activations": ["Sigmoid", "Relu"]}, 0.1),
         ("LSTM", (), {"activations": ["Sigmoid", "Tanh", "Relu"]}, 0.1),
         ("RNN", ("sequence_lens",), None, 0.1),
@@ -208,18 +207,22 @@ def test_plan_conditions():
 
 
 @pytest.mark.parametrize(
-    ("kind", "attributes"), [("GRU", {"linear_before_reset": 1}), ("LSTM", {})]
+    ("kind", "attributes", "cell"),
+    [("GRU", {"linear_before_reset": 1}, "gru"), ("GRU", {}, "gru_lbr0"), ("LSTM", {}, "lstm")],
 )
-def test_gated_layers_use_the_persistent_kernel(kind, attributes):
+def test_gated_layers_use_the_persistent_kernel(kind, attributes, cell):
     model, _ = _model(kind, "bidirectional", ("initial_h",), attributes, shape=(3, N, IN, 64))
-    mod, _ = _dispatched(model)
+    mod, decisions = _dispatched(model)
     assert _persistent_calls(mod) == 1  # both directions in one launch
-    assert f"rnn_persistent_{kind.lower()}" in mod.script()
+    assert re.search(rf"R\.call_tir\(cls\.rnn_persistent_{cell}\b", mod.script())
+    persistent = [d for d in decisions if d.variant is KernelVariant.PERSISTENT]
+    assert len(persistent) == 2
+    assert all(("two-phase" in d.detail) == (cell == "gru_lbr0") for d in persistent)
 
 
 def test_other_kernels_build_as_with_the_default_pipeline(tmp_path):
     """``pipeline.build`` keeps dlight and TVM's default TIR pipeline for the other kernels."""
-    model, _ = _model("GRU", shape=(2, N, IN, 32))  # linear_before_reset=0: per-step path
+    model, _ = _model("RNN", attributes={"clip": 0.5}, shape=(2, N, IN, 32))  # per-step path
     ours = _build(model)
     mod, _ = _dispatched(model)
     with CUDA:
@@ -291,30 +294,34 @@ def test_persistent_rnn_model_matches_onnxruntime(
         np.testing.assert_allclose(g.numpy(), e, rtol=2e-4, atol=2e-4)
 
 
+LBR1 = {"linear_before_reset": 1}
 GATED_GPU_CASES = [
-    # (kind, direction, initial states, layout, (T, N, I, H))
-    ("GRU", "forward", False, 0, (20, 4, 32, 256)),
-    ("GRU", "reverse", True, 0, (9, 3, 24, 250)),
-    ("GRU", "bidirectional", True, 1, (16, 16, 32, 1024)),
-    ("GRU", "bidirectional", False, 0, (8, 64, 32, 1024)),  # two batch chunks of 32
-    ("LSTM", "forward", True, 0, (20, 4, 32, 256)),
-    ("LSTM", "reverse", False, 0, (9, 1, 24, 250)),
-    ("LSTM", "bidirectional", True, 1, (16, 4, 32, 1792)),
+    # (kind, attributes, direction, initial states, layout, (T, N, I, H))
+    ("GRU", LBR1, "forward", False, 0, (20, 4, 32, 256)),
+    ("GRU", LBR1, "reverse", True, 0, (9, 3, 24, 250)),
+    ("GRU", LBR1, "bidirectional", True, 1, (16, 16, 32, 1024)),
+    ("GRU", LBR1, "bidirectional", False, 0, (8, 64, 32, 1024)),  # B = 64
+    ("GRU", {}, "forward", True, 0, (20, 4, 32, 256)),  # linear_before_reset=0: two phases
+    ("GRU", {}, "reverse", False, 0, (9, 3, 24, 250)),
+    ("GRU", {}, "bidirectional", True, 1, (16, 16, 32, 1024)),
+    ("GRU", {}, "bidirectional", False, 0, (8, 64, 32, 1024)),
+    ("LSTM", {}, "forward", True, 0, (20, 4, 32, 256)),
+    ("LSTM", {}, "reverse", False, 0, (9, 1, 24, 250)),
+    ("LSTM", {}, "bidirectional", True, 1, (16, 4, 32, 1792)),
 ]
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    ("kind", "direction", "states", "layout", "shape", "concurrent"),
+    ("kind", "attributes", "direction", "states", "layout", "shape", "concurrent"),
     _with_sequential(GATED_GPU_CASES),
 )
 def test_persistent_gated_model_matches_onnxruntime(
-    kind, direction, states, layout, shape, concurrent
+    kind, attributes, direction, states, layout, shape, concurrent
 ):
     seq_len, batch, input_size, hidden = shape
     d = 2 if direction == "bidirectional" else 1
     inputs = (("initial_h", "initial_c") if kind == "LSTM" else ("initial_h",)) if states else ()
-    attributes = {"linear_before_reset": 1} if kind == "GRU" else {}
     model, w = _model(kind, direction, inputs, attributes, 0.1, shape, layout, seed=hidden)
     mod, decisions = _dispatched(model, concurrent_directions=concurrent)
     assert _persistent_calls(mod) == _launches(direction, concurrent, decisions)

@@ -81,25 +81,38 @@ class CellType(enum.StrEnum):
 
 class PersistentCell(enum.StrEnum):
     """The cells the persistent GPU kernel specializes on: a :class:`CellType` plus, for the
-    vanilla RNN, its activation (gated cells use the ONNX default activations, GRU with
-    ``linear_before_reset=1``)."""
+    vanilla RNN, its activation, for the GRU its ``linear_before_reset`` (gated cells use the
+    ONNX default activations)."""
 
     TANH = "tanh"
     RELU = "relu"
+    #: GRU, ``linear_before_reset=1`` (PyTorch, cuDNN): ``r * (R_h h + Rb_h)``.
     GRU = "gru"
+    #: GRU, ``linear_before_reset=0`` (the ONNX default, TensorFlow / Keras exports):
+    #: ``R_h (r * h)``, so a step needs every unit's reset gate before the candidate's mat-vec.
+    GRU_LBR0 = "gru_lbr0"
     LSTM = "lstm"
 
     @property
     def cell_type(self) -> CellType:
         """The ONNX operator."""
-        return {"tanh": CellType.RNN, "relu": CellType.RNN}.get(self.value) or CellType(
-            self.value.upper()
-        )
+        return {
+            "tanh": CellType.RNN,
+            "relu": CellType.RNN,
+            "gru": CellType.GRU,
+            "gru_lbr0": CellType.GRU,
+            "lstm": CellType.LSTM,
+        }[self.value]
 
     @property
     def gates(self) -> int:
         """Rows of ``R`` per hidden unit (``G``)."""
         return self.cell_type.num_gates
+
+    @property
+    def two_phase(self) -> bool:
+        """Whether a step exchanges a state twice: ``r * h_{t-1}``, then ``h_t`` (GRU, lbr=0)."""
+        return self is PersistentCell.GRU_LBR0
 
 
 #: Activations supported in every implementation (ONNX names, no alpha/beta parameters).
@@ -210,8 +223,8 @@ class CellConfig:
     def persistent_cell(self, d: int) -> tuple[PersistentCell | None, str]:
         """The persistent kernel's cell for direction ``d``, or ``None`` and why not.
 
-        The kernel implements the vanilla RNN with ``Tanh`` or ``Relu``, GRU with
-        ``linear_before_reset=1`` and LSTM without peepholes, gated cells with their default
+        The kernel implements the vanilla RNN with ``Tanh`` or ``Relu``, GRU (either
+        ``linear_before_reset``) and LSTM without peepholes, gated cells with their default
         activations, all without ``clip``.
         """
         acts = self.direction_activations(d)
@@ -222,8 +235,8 @@ class CellConfig:
             return cell.get(acts[0]), f"activation {acts[0].value}"
         if acts != self.kind.default_activations:
             return None, f"activations {[a.value for a in acts]}"
-        if self.kind is CellType.GRU and not self.linear_before_reset:
-            return None, "GRU linear_before_reset=0"
+        if self.two_phase:
+            return PersistentCell.GRU_LBR0, "persistent cell"
         if self.peepholes:
             return None, "LSTM peepholes"
         return PersistentCell(self.kind.value.lower()), "persistent cell"

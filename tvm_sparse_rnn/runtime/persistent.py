@@ -81,7 +81,9 @@ def _plan_and_pack(
         if tuned is not None:
             plan, barrier, vector, order = tuned[0]
     R = unit_major(R, cell.gates)
-    plan = plan or plan_persistent(R, batch, dtype, device=device, gates=cell.gates)
+    plan = plan or plan_persistent(
+        R, batch, dtype, device=device, gates=cell.gates, two_phase=cell.two_phase
+    )
     if plan.directions != 1:
         raise ValueError(
             f"plan runs {plan.directions} directions per launch; PersistentRNN runs one "
@@ -306,7 +308,7 @@ class PersistentRNN:
         h = tvm.runtime.tensor(np.ascontiguousarray(h0, p.dtype), dev)
         c = tvm.runtime.tensor(np.ascontiguousarray(c0, p.dtype), dev)
         rb = tvm.runtime.tensor(np.ascontiguousarray(rbias, np.float32), dev)
-        out = tvm.runtime.tensor(np.zeros((steps, *h0.shape), p.dtype), dev)
+        out = tvm.runtime.tensor(np.zeros((p.phases * steps, *h0.shape), p.dtype), dev)
         args = self.kernel_args(u, h, out, c, rb)
         if p.kind == "persistent":
             self.module["main"](*args)
@@ -317,7 +319,7 @@ class PersistentRNN:
             raise SparseRNNError(
                 "persistent RNN: a flag-barrier wait timed out (CTAs not co-resident?)"
             )
-        return out.numpy(), self._c_out.numpy()
+        return out.numpy()[p.phases - 1 :: p.phases], self._c_out.numpy()
 
     def run(
         self,
@@ -341,9 +343,11 @@ class PersistentRNN:
         X, W, b : numpy.ndarray, optional
             ``X (T, B, I)``, ``W (G*H, I)``, ``b (G*H,)``: ``u_t = X[t] @ W.T + b`` as one GEMM
             over all ``T * B`` rows before the loop (instead of ``U``). For ONNX weights ``b``
-            is ``Wb + Rb``, except ``Wb`` alone for the GRU's ``h`` gate.
+            is ``Wb + Rb``, except ``Wb`` alone for the ``h`` gate of the ``"gru"`` cell.
         rbias : numpy.ndarray, optional
-            ``(H,)``, GRU: the ``h`` gate's recurrent bias ``Rb_h`` (zeros by default).
+            ``(H,)``, ``"gru"`` cell (``linear_before_reset=1``): the ``h`` gate's recurrent
+            bias ``Rb_h`` (zeros by default). ``"gru_lbr0"`` adds ``Rb_h`` outside the reset
+            gate: it belongs in ``b``.
 
         Returns
         -------
@@ -370,6 +374,11 @@ class PersistentRNN:
         if c0 is not None and G != 4:
             raise ValueError(f"c0 is an LSTM state; this is a {self.cell!r} cell")
         rb = np.zeros(p.hidden_padded, np.float32)
+        if rbias is not None and self.cell is not PersistentCell.GRU and np.any(rbias):
+            raise ValueError(
+                f"rbias is the 'gru' cell's (linear_before_reset=1); the {self.cell.value!r} "
+                "cell takes every recurrent bias in b"
+            )
         if rbias is not None:
             if np.shape(rbias) != (H,):
                 raise ValueError(f"rbias must be ({H},), got {np.shape(rbias)}")
@@ -430,8 +439,8 @@ def build_persistent_rnn(
     batch : int
         ``B``.
     cell : PersistentCell or str
-        ``"tanh"``, ``"relu"`` (vanilla RNN), ``"gru"`` (``linear_before_reset=1``) or
-        ``"lstm"``.
+        ``"tanh"``, ``"relu"`` (vanilla RNN), ``"gru"`` (``linear_before_reset=1``),
+        ``"gru_lbr0"`` (``linear_before_reset=0``) or ``"lstm"``.
     barrier : Barrier or str
         ``"flag"`` (data-embedded), ``"grid"`` (cooperative grid sync) or ``"auto"`` (the one
         that measured faster for this size: the tuning lookup, else

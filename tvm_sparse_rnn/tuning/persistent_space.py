@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from tvm import s_tir, tirx
+from tvm.sym.analyzer import Analyzer
 from tvm.target import Target
 
 from ..kernels.cuda.persistent import cooperative as cuda_pipeline
@@ -277,9 +278,12 @@ def _signature(
         for s, triple in enumerate(slots)
         for name, (shape, dtype) in zip(KERNEL_ARRAYS, triple, strict=True)
     ]
-    for p in real.params[3:]:  # U, h0, c0, rbias, out, c_out, status; T -> MEASURE_STEPS
-        shape = [d if isinstance(d, tirx.IntImm) else MEASURE_STEPS for d in p.shape]
-        params.append(tirx.decl_buffer(tuple(int(d) for d in shape), p.dtype, p.name))
+    analyzer = Analyzer()
+    steps = next(d for d in real.params[3].shape if not isinstance(d, tirx.IntImm))  # U's T
+    analyzer.bind(steps, MEASURE_STEPS)
+    for p in real.params[3:]:  # U, h0, c0, rbias, out (P * T rows), c_out, status
+        shape = tuple(int(analyzer.simplify(d)) for d in p.shape)
+        params.append(tirx.decl_buffer(shape, p.dtype, p.name))
     return tirx.PrimFunc(params, tirx.Evaluate(0))
 
 
@@ -331,7 +335,14 @@ def persistent_tune_task(
     hidden = Ru.shape[1]
     longest = int(lengths.max()) if lengths.size else 0
     plans = best_candidates(
-        hidden, longest, batch, dtype, device=device, gates=gates, directions=directions
+        hidden,
+        longest,
+        batch,
+        dtype,
+        device=device,
+        gates=gates,
+        directions=directions,
+        two_phase=cell.two_phase,
     )
     plans = plans[:num_geometries]
     if not plans:

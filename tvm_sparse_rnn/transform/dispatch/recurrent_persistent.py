@@ -77,8 +77,9 @@ def split_onnx_bias(
     """ONNX biases ``Wb``, ``Rb`` (``(G*H,)`` each) -> the kernel's ``(b (G*H,), rbias (H,))``.
 
     ``b`` is added to the input projection of every gate: ``Wb + Rb``, except ``Wb`` alone for
-    the GRU ``h`` gate, whose ``Rb_h`` stays inside the reset gate (``linear_before_reset=1``)
-    and is returned as ``rbias`` (zeros for the other cells).
+    the GRU ``h`` gate with ``linear_before_reset=1``, whose ``Rb_h`` stays inside the reset gate
+    and is returned as ``rbias`` (zeros for the other cells, including the GRU with
+    ``linear_before_reset=0``, which adds ``Rb_h`` outside the reset gate).
     """
     wb, rb = np.asarray(wb, np.float32), np.asarray(rb, np.float32)
     hidden = wb.size // cell.gates
@@ -114,6 +115,17 @@ def from_streams(x: relax.Expr, plan: PersistentPlan) -> relax.Expr:
     split = op.reshape(x, [*lead, dirs, reps, per_stream, bk])
     moved = op.permute_dims(split, [*range(n), n, n + 2, n + 1, n + 3])
     return op.reshape(moved, [*lead, dirs * per_stream, reps * bk])
+
+
+def hidden_states(out: relax.Expr, plan: PersistentPlan) -> relax.Expr:
+    """``h_1 .. h_T`` of the kernel's ``out (P * T, rows, Bk)``: every ``P = plan.phases``-th
+    step from ``P - 1`` (the two-phase GRU interleaves ``r_t * h_{t-1}``)."""
+    if plan.phases == 1:
+        return out
+    steps = int(out.ty.shape[0])
+    return op.strided_slice(
+        out, axes=[0], begin=[plan.phases - 1], end=[steps], strides=[plan.phases]
+    )
 
 
 def emit_persistent(
@@ -193,7 +205,7 @@ def emit_persistent(
     rb_k = relax.const(np.concatenate(rbiases).astype(F32))
     rows = plan.streams * Hk
     out_ty = [
-        relax.TensorType((seq_len, rows, Bk), dtype),
+        relax.TensorType((plan.phases * seq_len, rows, Bk), dtype),
         relax.TensorType((rows, Bk), dtype),
         relax.TensorType((1,), "int32"),
     ]
@@ -210,8 +222,9 @@ def emit_persistent(
         args = [bb.emit(to_streams(a, plan)) for a in args]
         res = bb.emit(relax.call_tir(gv, [*weights, *args, rb_k], out_ty))
         # status (output 2) is ignored
-        for k, parts in enumerate((chunks, c_chunks)):
-            parts.append(bb.emit(from_streams(bb.emit(relax.TupleGetItem(res, k)), plan)))
+        states = bb.emit(hidden_states(bb.emit(relax.TupleGetItem(res, 0)), plan))
+        chunks.append(bb.emit(from_streams(states, plan)))
+        c_chunks.append(bb.emit(from_streams(bb.emit(relax.TupleGetItem(res, 1)), plan)))
     y_all, c_all = stacked(chunks, 2), stacked(c_chunks, 1)
 
     def unpad(whole: relax.Expr, k: int) -> relax.Expr:

@@ -56,6 +56,7 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T  # noqa: N812
 
+from ....errors import UnsupportedError
 from ....ops.cells import PersistentCell
 from .planner import PORTABLE_CLUSTER_SIZE, Barrier, PersistentPlan
 
@@ -142,6 +143,11 @@ def _call(name: str, *args: object, ret: str = "void") -> tirx.PrimExpr:
 def _check(plan: PersistentPlan, cell: PersistentCell, barrier: Barrier | None = None) -> None:
     if cell.gates != plan.gates:
         raise ValueError(f"cell {cell.value!r} has {cell.gates} gates, the plan {plan.gates}")
+    if cell.two_phase != plan.two_phase:
+        raise ValueError(
+            f"cell {cell.value!r} needs a plan with two_phase={cell.two_phase}, got "
+            f"{plan.two_phase}"
+        )
     if barrier is Barrier.CLUSTER and plan.num_ctas > PORTABLE_CLUSTER_SIZE:
         raise ValueError(
             f"the cluster barrier needs a recurrence's CTAs in one cluster: the plan has "
@@ -181,13 +187,42 @@ def _cell_macro(cell: PersistentCell, batch: int):
             r = T.sigmoid(pre(acc, a0, uu, u0, 1, b))
             n = T.tanh(uu[u0 + 2 * Bk + b] + r * (acc[a0 + 2 * Bk + b] + rb))
             hv[b] = (T.float32(1) - z) * n + z * h_prev
-        else:
+        elif cell is PersistentCell.LSTM:  # (the two-phase GRU: _two_phase_macros)
             cst[c0 + b] = T.sigmoid(pre(acc, a0, uu, u0, 2, b)) * cst[c0 + b] + T.sigmoid(
                 pre(acc, a0, uu, u0, 0, b)
             ) * T.tanh(pre(acc, a0, uu, u0, 3, b))
             hv[b] = T.sigmoid(pre(acc, a0, uu, u0, 1, b)) * T.tanh(cst[c0 + b])
 
     return cell_update
+
+
+def _two_phase_macros(width: int):
+    """``(reset_gate, candidate)``: the two halves of a GRU step with ``linear_before_reset=0``.
+
+    ``reset_gate(hv, zs, hps, acc, uu, u0, k0, h_prev, b)`` keeps ``z`` and ``h_{t-1}`` of
+    sample ``b`` of the pass in ``zs[k0 + b]``, ``hps[k0 + b]`` and puts ``r * h_{t-1}`` into
+    ``hv[b]``; ``candidate(hv, zs, hps, acc, uu, u0, k0, b)`` puts
+    ``h_t = (1 - z) * tanh(u_h + R_h (r * h_{t-1})) + z * h_{t-1}`` into ``hv[b]``. ``acc`` and
+    ``uu`` are laid out as in :func:`_cell_macro` (``width`` samples per gate); the recurrent
+    bias of every gate is folded into ``uu`` (ONNX adds ``Rb_h`` outside the reset gate).
+    """
+
+    def pre(acc, uu, u0, g, b):
+        return acc[g * width + b] + uu[u0 + g * width + b]
+
+    @T.macro
+    def reset_gate(hv, zs, hps, acc, uu, u0, k0, h_prev, b):
+        zs[k0 + b] = T.sigmoid(pre(acc, uu, u0, 0, b))
+        hps[k0 + b] = h_prev
+        hv[b] = T.sigmoid(pre(acc, uu, u0, 1, b)) * h_prev
+
+    @T.macro
+    def candidate(hv, zs, hps, acc, uu, u0, k0, b):
+        hv[b] = (T.float32(1) - zs[k0 + b]) * T.tanh(pre(acc, uu, u0, 2, b)) + zs[k0 + b] * hps[
+            k0 + b
+        ]
+
+    return reset_gate, candidate
 
 
 @dataclass(frozen=True)
@@ -362,7 +397,11 @@ def make_persistent_kernel(
     A pure function of its arguments. It is written as the phases of one timestep, each a
     macro below: ``load_pairs`` (once), then per step ``load_u``, ``exchange_h`` (copy
     ``h_{t-1}`` into shared memory; with the flag barrier this *is* the wait), ``matvec_pass``
-    and ``cell_update_store`` per pass, and ``end_step`` (the barrier). The PrimFunc carries
+    and ``cell_update_store`` per pass, and ``end_phase`` (the barrier). The two-phase GRU
+    (``linear_before_reset=0``) splits a step: ``matvec_pass`` of the ``z`` and ``r`` gates and
+    ``reset_gate_store`` (``r * h_{t-1}`` to ``out``), ``end_phase``, ``exchange_reset`` (that
+    state into the buffer of ``h_{t-1}``), ``matvec_pass`` of the ``h`` gate and
+    ``candidate_store``, ``end_phase``: two barriers per step. The PrimFunc carries
     :data:`COOPERATIVE_ATTR` (except with the cluster barrier): :mod:`.cooperative` launches it
     cooperatively.
 
@@ -371,7 +410,8 @@ def make_persistent_kernel(
     plan : PersistentPlan
         Geometry (``kind == "persistent"``); ``plan.gates`` must match ``cell``.
     cell : PersistentCell
-        Vanilla RNN (tanh/relu), GRU (ONNX ``linear_before_reset=1``) or LSTM (no peepholes),
+        Vanilla RNN (tanh/relu), GRU (ONNX ``linear_before_reset=1``; ``GRU_LBR0``:
+        ``linear_before_reset=0``, a step of two phases, see below) or LSTM (no peepholes),
         ONNX default activations.
     barrier : Barrier
         Cooperative grid sync, the data-embedded sentinel (flag) barrier, or the thread-block
@@ -395,7 +435,9 @@ def make_persistent_kernel(
         * ``h0``, ``c0`` ``(S * Hk, Bk)`` DT, initial states (``c0`` is read by LSTM only);
         * ``rbias``  ``(D * Hk,)`` float32 per direction, GRU: recurrent bias of the ``h`` gate
           (else unused);
-        * ``out``    ``(T, S * Hk, Bk)`` DT, ``h_1 .. h_T``;
+        * ``out``    ``(P * T, S * Hk, Bk)`` DT, ``h_1 .. h_T`` in rows ``P - 1 :: P``, where
+          ``P = plan.phases``; for the two-phase GRU rows ``0 :: 2`` hold ``r_t * h_{t-1}``
+          (exchanged like ``h``: the candidate's mat-vec needs every unit's reset gate);
         * ``c_out``  ``(S * Hk, Bk)`` DT, LSTM: ``c_T`` (else untouched);
         * ``status`` ``(1,)`` int32, 0 on success, 1 if a flag-barrier wait timed out.
     """
@@ -414,7 +456,9 @@ def make_persistent_kernel(
     nvr, nir, per_iter = geo.value_registers, geo.index_registers, geo.slots_per_iteration
     smem_slots, epc, h_size = geo.smem_slots, geo.chunk_elements, geo.h_elements
     fill_ctas, step_words = FILL_CTAS_PER_CTA * grid, streams * geo.h_words
+    phases = plan.phases
     cell_update = _cell_macro(cell, width)
+    reset_gate, candidate = _two_phase_macros(width)
     f32, to_dt = _converters(dtype)
     func_attrs = {"tirx.noalias": True} | ({} if geo.cluster else {COOPERATIVE_ATTR: True})
 
@@ -432,6 +476,10 @@ def make_persistent_kernel(
             + col * geo.column_stride
             + b % width
         )
+
+    def filled_words(steps):
+        """int32 words of ``out[0 : P*T - 1]``: every state but the last waits on its sentinel."""
+        return (phases * steps - 1) * step_words
 
     def weight_cta(bx):
         """CTA of the packing whose pairs CTA ``bx`` holds (replicas share their direction's)."""
@@ -492,12 +540,12 @@ def make_persistent_kernel(
 
     @T.macro
     def fill_sentinel(out, status, steps):
-        # Fill out[0:T-1] with the sentinel: what the flag barrier waits on.
-        words = T.decl_buffer((steps * step_words,), "int32", data=out.data)
+        # Fill out[0 : P*T - 1] with the sentinel: what the flag barrier waits on.
+        words = T.decl_buffer((phases * steps * step_words,), "int32", data=out.data)
         for fb in T.thread_binding(fill_ctas, thread="blockIdx.x"):
             for ft in T.thread_binding(FILL_THREADS, thread="threadIdx.x"):
-                for it in range(T.ceildiv((steps - 1) * step_words, 4 * FILL_THREADS * fill_ctas)):
-                    if ((it * fill_ctas + fb) * FILL_THREADS + ft) * 4 < (steps - 1) * step_words:
+                for it in range(T.ceildiv(filled_words(steps), 4 * FILL_THREADS * fill_ctas)):
+                    if ((it * fill_ctas + fb) * FILL_THREADS + ft) * 4 < filled_words(steps):
                         for v in T.vectorized(4):
                             words[((it * fill_ctas + fb) * FILL_THREADS + ft) * 4 + v] = T.int32(
                                 SENTINEL_BITS
@@ -541,8 +589,9 @@ def make_persistent_kernel(
                 )
 
     @T.macro
-    def copy_chunk(h_sh, h0, out, t, bx, tx, i, first):
-        # chunk e = i*threads + tx of h_{t-1} (flat [Hk, Bk]) -> buffer t % buffers, cp.async.cg
+    def copy_chunk(h_sh, h0, out, t, src, bx, tx, i, first):
+        # chunk e = i*threads + tx of h0 (first) or out[src] (flat [Hk, Bk]) -> buffer
+        # t % buffers, cp.async.cg
         if first:
             _call(
                 COPY_HELPER,
@@ -560,7 +609,7 @@ def make_persistent_kernel(
                 T.address_of(h_sh[(t % geo.buffers) * h_size + dst_elem(i * threads + tx)]),
                 T.address_of(
                     out[
-                        t - 1,
+                        src,
                         state_row(bx, ((i * threads + tx) * epc) // batch),
                         ((i * threads + tx) * epc) % batch,
                     ]
@@ -568,17 +617,11 @@ def make_persistent_kernel(
             )
 
     @T.macro
-    def exchange_h(h_sh, h0, out, status, pend, spins, t, bx, tx):
-        # h_{t-1} -> shared memory. Step 0 copies h0; the flag barrier re-copies every chunk
-        # that still holds the sentinel until all have landed (bounded spin); the cluster
-        # barrier waits here for the arrivals of end_step, the grid barrier already waited, so
-        # one copy suffices.
-        if t == 0:
-            for i in T.unroll(plan.copy_chunks):
-                if geo.all_threads_copy or i * threads + tx < geo.h_chunks:
-                    copy_chunk(h_sh, h0, out, t, bx, tx, i, True)
-            _call("sprnn_cp_wait")
-        elif geo.flag:
+    def exchange(h_sh, h0, out, status, pend, spins, t, src, bx, tx):
+        # out[src] -> shared memory. The flag barrier re-copies every chunk that still holds
+        # the sentinel until all have landed (bounded spin); the cluster barrier waits here
+        # for the arrivals of end_phase, the grid barrier already waited, so one copy suffices.
+        if geo.flag:
             pend[0] = 0
             for i in T.unroll(plan.copy_chunks):
                 if geo.all_threads_copy or i * threads + tx < geo.h_chunks:
@@ -587,7 +630,7 @@ def make_persistent_kernel(
             while pend[0] != 0:
                 for i in T.unroll(plan.copy_chunks):
                     if T.bitwise_and(T.shift_right(pend[0], i), 1) == 1:
-                        copy_chunk(h_sh, h0, out, t, bx, tx, i, False)
+                        copy_chunk(h_sh, h0, out, t, src, bx, tx, i, False)
                 _call("sprnn_cp_wait")
                 for i in T.unroll(plan.copy_chunks):
                     if T.bitwise_and(T.shift_right(pend[0], i), 1) == 1:
@@ -612,8 +655,25 @@ def make_persistent_kernel(
                 _call("sprnn_cluster_wait")
             for i in T.unroll(plan.copy_chunks):
                 if geo.all_threads_copy or i * threads + tx < geo.h_chunks:
-                    copy_chunk(h_sh, h0, out, t, bx, tx, i, False)
+                    copy_chunk(h_sh, h0, out, t, src, bx, tx, i, False)
             _call("sprnn_cp_wait")
+
+    @T.macro
+    def exchange_h(h_sh, h0, out, status, pend, spins, t, bx, tx):
+        # h_{t-1} -> shared memory: h0 at step 0, else out[P*t - 1] (waiting for it)
+        if t == 0:
+            for i in T.unroll(plan.copy_chunks):
+                if geo.all_threads_copy or i * threads + tx < geo.h_chunks:
+                    copy_chunk(h_sh, h0, out, t, 0, bx, tx, i, True)
+            _call("sprnn_cp_wait")
+        else:
+            exchange(h_sh, h0, out, status, pend, spins, t, phases * t - 1, bx, tx)
+        T.cuda.cta_sync()
+
+    @T.macro
+    def exchange_reset(h_sh, h0, out, status, pend, spins, t, bx, tx):
+        # two-phase GRU: r_t * h_{t-1} (out[2t]) -> the shared buffer of h_{t-1}
+        exchange(h_sh, h0, out, status, pend, spins, t, phases * t, bx, tx)
         T.cuda.cta_sync()
 
     @T.macro
@@ -667,35 +727,48 @@ def make_persistent_kernel(
         )
 
     @T.macro
-    def matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui):
-        # acc[g*width + b] = (R_g h_{t-1})[b] of unit ui, this lane's share of the row
-        for g in T.unroll(gates):
+    def matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui, g0, ng):
+        # acc[g*width + b] = (R_g h)[b] of unit ui for gates g0 .. g0 + ng - 1 (h: the shared
+        # buffer of step t), this lane's share of the rows
+        for gi in T.unroll(ng):
             for b in T.unroll(width):
-                acc[g * width + b] = T.float32(0)
+                acc[(g0 + gi) * width + b] = T.float32(0)
             for m in T.unroll(geo.register_slots // per_iter):
-                register_pair(acc, g, hb, h_sh, wv, wi, t, bc, ui, m, 0)
+                register_pair(acc, g0 + gi, hb, h_sh, wv, wi, t, bc, ui, m, 0)
                 if per_iter == 2:
-                    register_pair(acc, g, hb, h_sh, wv, wi, t, bc, ui, m, 1)
+                    register_pair(acc, g0 + gi, hb, h_sh, wv, wi, t, bc, ui, m, 1)
             for j in T.unroll(smem_slots):
                 pair(
                     acc,
-                    g * width,
+                    (g0 + gi) * width,
                     hb,
                     h_sh,
                     t,
                     bc,
-                    smem_value(w_sh, ui * gates + g, j, tx),
-                    smem_column(w_sh, ui * gates + g, j, tx),
+                    smem_value(w_sh, ui * gates + g0 + gi, j, tx),
+                    smem_column(w_sh, ui * gates + g0 + gi, j, tx),
                     True,
                 )
         if lanes > 1:
-            for k in T.unroll(gates * width):
-                acc[k] = T.cuda.warp_sum(acc[k], lanes)
+            for k in T.unroll(ng * width):
+                acc[g0 * width + k] = T.cuda.warp_sum(acc[g0 * width + k], lanes)
+
+    @T.macro
+    def poison_on_timeout(hv, spins, b):
+        # right after computing hv[b] (all of a pass's results live at once spilled at B = 64)
+        if geo.flag:
+            hv[b] = guard(spins, hv[b])
+
+    @T.macro
+    def store_pass(hv, out, row_t, bx, tx, bc, ui):
+        # hv (the pass's samples of unit ui) -> out[row_t] in one vector store (the flag
+        # barrier checks 32-bit words: two fp16 samples must land together)
+        for bi in T.vectorized(width):
+            out[row_t, state_row(bx, unit(bx, tx, ui)), bc * width + bi] = to_dt(hv[bi])
 
     @T.macro
     def cell_update_store(hv, acc, uu, cst, rbv, h_sh, out, spins, t, bx, tx, bc, ui):
-        # lane 0 of the group: the cell math of unit ui, then h_t of the pass in one vector
-        # store (the flag barrier checks 32-bit words: two fp16 samples must land together)
+        # lane 0 of the group: the cell math of unit ui, then h_t of the pass
         if tx % lanes == 0:
             if unit(bx, tx, ui) < hidden:
                 for b in T.unroll(width):
@@ -711,18 +784,48 @@ def make_persistent_kernel(
                         f32(h_sh[h_elem(t, unit(bx, tx, ui), bc * width + b)]),
                         b,
                     )
-                    if geo.flag:
-                        hv[b] = guard(spins, hv[b])
-                for bi in T.vectorized(width):
-                    out[t, state_row(bx, unit(bx, tx, ui)), bc * width + bi] = to_dt(hv[bi])
+                    poison_on_timeout(hv, spins, b)
+                store_pass(hv, out, t, bx, tx, bc, ui)
 
     @T.macro
-    def end_step():
+    def reset_gate_store(hv, zs, hps, acc, uu, h_sh, out, spins, t, bx, tx, bc, ui):
+        # two-phase GRU, lane 0 of the group: z and h_{t-1} of unit ui kept, r * h_{t-1} stored
+        if tx % lanes == 0:
+            if unit(bx, tx, ui) < hidden:
+                for b in T.unroll(width):
+                    reset_gate(
+                        hv,
+                        zs,
+                        hps,
+                        acc,
+                        uu,
+                        ui * gates * width,
+                        ui * batch + bc * width,
+                        f32(h_sh[h_elem(t, unit(bx, tx, ui), bc * width + b)]),
+                        b,
+                    )
+                    poison_on_timeout(hv, spins, b)
+                store_pass(hv, out, phases * t, bx, tx, bc, ui)
+
+    @T.macro
+    def candidate_store(hv, zs, hps, acc, uu, out, spins, t, bx, tx, bc, ui):
+        # two-phase GRU, lane 0 of the group: h_t of unit ui
+        if tx % lanes == 0:
+            if unit(bx, tx, ui) < hidden:
+                for b in T.unroll(width):
+                    candidate(hv, zs, hps, acc, uu, ui * gates * width, ui * batch + bc * width, b)
+                    poison_on_timeout(hv, spins, b)
+                store_pass(hv, out, phases * t + 1, bx, tx, bc, ui)
+
+    @T.macro
+    def end_phase(rewrites_buffer):
+        # the barrier after storing a state; the flag barrier only syncs the CTA when the next
+        # exchange overwrites the shared buffer read now (its copy is the wait)
         if geo.flag:
-            if geo.buffers == 1:  # the next copy overwrites the buffer read now
+            if rewrites_buffer:
                 T.cuda.cta_sync()
         elif geo.cluster:
-            _call("sprnn_cluster_arrive")  # exchange_h of the next step waits
+            _call("sprnn_cluster_arrive")  # the next exchange waits
         else:
             T.cuda.grid_sync()
 
@@ -749,6 +852,8 @@ def make_persistent_kernel(
         hv = T.alloc_buffer((width,), f32_name, scope="local")
         hb = T.alloc_buffer((geo.load_width,), dtype, scope="local")
         cst = T.alloc_buffer((units * batch,), f32_name, scope="local")
+        zs = T.alloc_buffer((units * batch if plan.two_phase else 1,), f32_name, scope="local")
+        hps = T.alloc_buffer((units * batch if plan.two_phase else 1,), f32_name, scope="local")
         rbv = T.alloc_buffer((units,), f32_name, scope="local")
         pend = T.alloc_buffer((1,), "int32", scope="local")
         spins = T.alloc_buffer((2 if geo.flag else 1,), "int32", scope="local")
@@ -763,13 +868,31 @@ def make_persistent_kernel(
             if passes == 1:  # u_t before waiting for h_{t-1}
                 load_u(uu, U, t, bx, tx, 0)
             exchange_h(h_sh, h0, out, status, pend, spins, t, bx, tx)
-            for bc in T.unroll(passes):
-                if passes > 1:
-                    load_u(uu, U, t, bx, tx, bc)
-                for ui in T.unroll(units):
-                    matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui)
-                    cell_update_store(hv, acc, uu, cst, rbv, h_sh, out, spins, t, bx, tx, bc, ui)
-            end_step()
+            if plan.two_phase:
+                for bc in T.unroll(passes):
+                    if passes > 1:
+                        load_u(uu, U, t, bx, tx, bc)
+                    for ui in T.unroll(units):
+                        matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui, 0, 2)
+                        reset_gate_store(hv, zs, hps, acc, uu, h_sh, out, spins, t, bx, tx, bc, ui)
+                end_phase(True)
+                exchange_reset(h_sh, h0, out, status, pend, spins, t, bx, tx)
+                for bc in T.unroll(passes):
+                    if passes > 1:
+                        load_u(uu, U, t, bx, tx, bc)
+                    for ui in T.unroll(units):
+                        matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui, 2, 1)
+                        candidate_store(hv, zs, hps, acc, uu, out, spins, t, bx, tx, bc, ui)
+            else:
+                for bc in T.unroll(passes):
+                    if passes > 1:
+                        load_u(uu, U, t, bx, tx, bc)
+                    for ui in T.unroll(units):
+                        matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui, 0, gates)
+                        cell_update_store(
+                            hv, acc, uu, cst, rbv, h_sh, out, spins, t, bx, tx, bc, ui
+                        )
+            end_phase(geo.buffers == 1)
         if geo.cluster:
             _call("sprnn_cluster_wait")  # the last step's arrivals
         store_cell_state(c_out, cst, spins, bx, tx)
@@ -790,7 +913,7 @@ def make_persistent_kernel(
         T.func_attr(func_attrs)
         steps = T.int32()
         U = T.match_buffer(u_handle, (steps, streams * gates * hidden, batch), dtype)
-        out = T.match_buffer(out_handle, (steps, streams * hidden, batch), dtype)
+        out = T.match_buffer(out_handle, (phases * steps, streams * hidden, batch), dtype)
         if geo.flag:
             fill_sentinel(out, status, steps)
         for bx in T.thread_binding(grid, thread="blockIdx.x"):
@@ -822,6 +945,11 @@ def make_step_kernel(
     """
     cell = PersistentCell(cell)
     _check(plan, cell)
+    if cell.two_phase:
+        raise UnsupportedError(
+            f"cell {cell.value!r}: the per-step kernel has no two-phase step; R does not fit "
+            f"on chip ({plan.reason})"
+        )
     Hk, Bk, NZ, G, DT, F32 = (
         plan.hidden_padded,
         plan.batch_kernel,

@@ -126,6 +126,10 @@ class PersistentPlan:
         ``num_ctas`` CTAs holding their own copy of ``R`` in registers: a launch covers
         ``replicas * batch_kernel`` samples, each slice exchanges only its own ``h``, and
         barriers stay within a slice. The grid has ``directions * replicas * num_ctas`` CTAs.
+    two_phase : bool
+        A step exchanges a state twice (GRU with ``linear_before_reset=0``): ``r * h_{t-1}``
+        after the ``z`` and ``r`` gates, then ``h_t`` after the candidate; every thread keeps
+        ``z`` and ``h_{t-1}`` of its units between the phases.
     reason : str
         Why this plan (the capacity numbers for ``per_step``).
     """
@@ -148,7 +152,13 @@ class PersistentPlan:
     smem_pairs: int = 0
     directions: int = 1
     replicas: int = 1
+    two_phase: bool = False
     reason: str = field(default="", compare=False)
+
+    @property
+    def phases(self) -> int:
+        """State exchanges (and barriers) per step: 2 when :attr:`two_phase`, else 1."""
+        return 2 if self.two_phase else 1
 
     @property
     def streams(self) -> int:
@@ -247,6 +257,7 @@ class PersistentPlan:
             self.rows_per_group,
             self.dtype,
             self.gates,
+            self.two_phase,
         )
 
     def cost(self) -> float:
@@ -263,7 +274,7 @@ class PersistentPlan:
         warps = self.threads // 32
         shuffles = warps * self.rows_per_group * self.batch_kernel * math.log2(self.lanes_per_row)
         chain = self.pairs_per_thread * math.ceil(self.batch_kernel / self.vector_width)
-        return lds + shuffles + 2.0 * chain + 4.0 * self.copy_chunks
+        return lds + shuffles + 2.0 * chain + 4.0 * self.copy_chunks * self.phases
 
     def describe(self) -> str:
         """One-line summary."""
@@ -274,7 +285,8 @@ class PersistentPlan:
             concurrent += f"{self.replicas} replicas x "
         return (
             f"{concurrent}{self.num_ctas}x{self.threads} KS={self.lanes_per_row} "
-            f"RPT={self.rows_per_group} G={self.gates} {self.dtype} "
+            f"RPT={self.rows_per_group} G={self.gates}{' two-phase' if self.two_phase else ''} "
+            f"{self.dtype} "
             f"NZ={self.nz_per_row} ({self.pairs_per_thread} pairs/thread"
             f"{f' + {self.smem_pairs * self.rows_per_group} in smem' if self.smem_pairs else ''}, "
             f"{self.index_mode}, "
@@ -309,12 +321,14 @@ def estimate_registers(
     rows_per_group: int,
     dtype: str = "float32",
     gates: int = 1,
+    two_phase: bool = False,
 ) -> int:
     """Registers per thread for ``pairs`` register-resident pairs.
 
     Value plus column (see the module docstring), the fixed overhead, an accumulator and a
-    prefetched ``u_t`` per row and sample of a pass, for gated cells the gate math of a pass
-    and the LSTM cell state per unit and sample, and with several passes one more register per
+    prefetched ``u_t`` per row and sample of a pass, for gated cells the gate math of a pass,
+    the LSTM cell state per unit and sample (two-phase GRU: ``z`` and ``h_{t-1}`` per unit and
+    sample, kept between the phases), and with several passes one more register per
     pair (``ptxas -v``, sm_90a, H = 1792, 10 %: 8 samples in 2 passes at 54 pairs per thread,
     123 registers estimated without it, spilled 180 bytes at its 128-register cap; presumably
     nvcc keeps each pair's ``h`` address across the passes, not verified in the SASS).
@@ -323,7 +337,9 @@ def estimate_registers(
     fixed = REG_OVERHEAD + (REG_OVERHEAD_F16 if dtype == "float16" else 0)
     sub = min(batch, 16 // itemsize(dtype))  # samples per pass (PersistentPlan.sub_batch)
     per_pair += 1.0 if batch > sub else 0.0
-    cell = 0 if gates == 1 else 6 * sub + (batch * rows_per_group // gates if gates == 4 else 0)
+    units = rows_per_group // gates
+    kept = {4: units * batch, 3: 2 * units * batch if two_phase else 0}.get(gates, 0)
+    cell = 0 if gates == 1 else 6 * sub + kept
     return math.ceil(per_pair * pairs) + fixed + 2 * sub * rows_per_group + cell
 
 
@@ -382,6 +398,7 @@ def candidate_plans(
     gates: int = 1,
     directions: int = 1,
     replicas: int = 1,
+    two_phase: bool = False,
 ) -> list[PersistentPlan]:
     """Every persistent geometry that fits ``device``, best (lowest :meth:`cost`) first.
 
@@ -408,6 +425,8 @@ def candidate_plans(
     replicas : int
         Batch slices per direction run at once (:attr:`PersistentPlan.replicas`), at most
         ``batch``; each gets at most ``device.num_sms // (directions * replicas)`` CTAs.
+    two_phase : bool
+        Two state exchanges per step (:attr:`PersistentPlan.two_phase`; ``gates`` must be 3).
     """
     if dtype not in SUPPORTED_DTYPES:
         raise UnsupportedError(
@@ -419,6 +438,8 @@ def candidate_plans(
         raise ValueError(f"directions must be in [1, {device.num_sms}], got {directions}")
     if not 1 <= replicas <= batch:
         raise ValueError(f"replicas must be in [1, batch={batch}], got {replicas}")
+    if two_phase and gates != 3:
+        raise ValueError(f"two_phase is the GRU's (3 gates), got gates={gates}")
     streams = directions * replicas
     hp = _round_up(hidden, 4)
     bk, chunks = _batch_split(hp, -(-batch // replicas), dtype, device)
@@ -459,6 +480,7 @@ def candidate_plans(
                         double,
                         directions=directions,
                         replicas=replicas,
+                        two_phase=two_phase,
                     )
                     plan = _fit_registers(base, footprint, reg_cap, device, paired)
                     if plan is not None:
@@ -487,7 +509,8 @@ def step_cycles(plan: PersistentPlan) -> float:
     The copy is what replicas save (each slice copies its own ``h`` only), so this ranks plans
     of different replica counts; within one count the ranking is :meth:`~PersistentPlan.cost`'s.
     """
-    cycles = (plan.cost() + plan.h_bytes / L2_BYTES_PER_CYCLE) * plan.num_batch_chunks
+    copies = plan.h_bytes * plan.phases / L2_BYTES_PER_CYCLE
+    cycles = (plan.cost() + copies) * plan.num_batch_chunks
     return cycles * (MULTI_PASS_PENALTY if plan.batch_kernel > plan.sub_batch else 1.0)
 
 
@@ -521,6 +544,7 @@ def best_candidates(
     gates: int = 1,
     directions: int = 1,
     replicas: int | None = None,
+    two_phase: bool = False,
 ) -> list[PersistentPlan]:
     """:func:`candidate_plans` for ``replicas``, or when ``None`` for the replica count of
     :func:`replica_options` whose best plan has the fewest :func:`step_cycles` (fewest replicas
@@ -534,6 +558,7 @@ def best_candidates(
         device=device,
         gates=gates,
         directions=directions,
+        two_phase=two_phase,
     )
     if replicas is not None:
         return plans_for(replicas=replicas)
@@ -552,13 +577,13 @@ def _fit_registers(
 
     if fits(plan):
         return plan
-    per_pair = estimate_registers(
-        2, plan.index_mode, plan.batch_kernel, 1, plan.dtype, plan.gates
-    ) - estimate_registers(0, plan.index_mode, plan.batch_kernel, 1, plan.dtype, plan.gates)
-    regs = min(reg_cap, device.regs_per_sm // footprint // 8 * 8)
-    fixed = estimate_registers(
-        0, plan.index_mode, plan.batch_kernel, plan.rows_per_group, plan.dtype, plan.gates
+    fixed_args = (plan.index_mode, plan.batch_kernel)
+    cell_args = (plan.dtype, plan.gates, plan.two_phase)
+    per_pair = estimate_registers(2, *fixed_args, 1, *cell_args) - estimate_registers(
+        0, *fixed_args, 1, *cell_args
     )
+    regs = min(reg_cap, device.regs_per_sm // footprint // 8 * 8)
+    fixed = estimate_registers(0, *fixed_args, plan.rows_per_group, *cell_args)
     in_regs = int((regs - fixed) * 2 / per_pair) // plan.rows_per_group  # per lane and row
     in_regs -= in_regs % (2 if paired else 1)
     if in_regs < 0:
@@ -581,6 +606,7 @@ def plan_persistent(
     require_persistent: bool = False,
     directions: int = 1,
     replicas: int | None = None,
+    two_phase: bool = False,
 ) -> PersistentPlan:
     """Choose the persistent geometry for ``R`` (or fall back to the per-step kernel).
 
@@ -606,6 +632,8 @@ def plan_persistent(
     replicas : int, optional
         Batch slices run at once (:attr:`PersistentPlan.replicas`); default: chosen by
         :func:`best_candidates`.
+    two_phase : bool
+        Two state exchanges per step (GRU with ``linear_before_reset=0``).
 
     Returns
     -------
@@ -631,6 +659,7 @@ def plan_persistent(
         gates=gates,
         directions=directions,
         replicas=replicas,
+        two_phase=two_phase,
     )
     if cands:
         plan = replace(cands[0], reason=f"lowest cost of {len(cands)} fitting geometries")
@@ -666,6 +695,7 @@ def plan_persistent(
         "i32",
         dtype,
         gates,
+        two_phase=two_phase,
         reason=reason,
     )
 
