@@ -72,7 +72,7 @@ class PersistentChoice:
 
 
 def split_onnx_bias(
-    cell: PersistentCell, wb: np.ndarray, rb: np.ndarray
+    cell: PersistentCell | str, wb: np.ndarray, rb: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """ONNX biases ``Wb``, ``Rb`` (``(G*H,)`` each) -> the kernel's ``(b (G*H,), rbias (H,))``.
 
@@ -81,6 +81,7 @@ def split_onnx_bias(
     and is returned as ``rbias`` (zeros for the other cells, including the GRU with
     ``linear_before_reset=0``, which adds ``Rb_h`` outside the reset gate).
     """
+    cell = PersistentCell(cell)
     wb, rb = np.asarray(wb, np.float32), np.asarray(rb, np.float32)
     hidden = wb.size // cell.gates
     bias = wb + rb
