@@ -19,6 +19,7 @@ Target (issue 4): ours >= 8x cuDNN fp32 at B = 4. Run on the GPU machine::
     python benchmarks/bench_rnn.py --cells --out docs/results     # or this script directly
     python benchmarks/bench_rnn_cells.py --plot docs/results/bench_rnn_cells.json
     python benchmarks/bench_rnn_cells.py --cell gru gru_lbr0 lstm --hidden 1792 --batch 4
+    python benchmarks/bench_rnn_cells.py --cell tanh --hidden 1792 --batch 4 16 64  # vs nn.RNN
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ logger = logging.getLogger("bench_rnn_cells")
 STEPS = 256
 CHECK_STEPS = 16
 CELLS = ("gru", "gru_lbr0", "lstm")
+#: Also offered by ``--cell``: the vanilla RNN (``bench_rnn.py`` sweeps it in fp32) in both dtypes.
+EXTRA_CELLS = ("tanh",)
 DTYPES = ("float32", "float16")
 HIDDEN = (1024, 1792, 2304)
 BATCH = (1, 4, 16)
@@ -147,10 +150,10 @@ def _torch_baselines(cell: str, hidden: int, batch: int) -> dict[str, float]:
 
     dev = torch.device("cuda")
     out = {}
-    gru = ONNX_KIND[cell] == "GRU"
-    gates = 3 if gru else 4
+    kind = ONNX_KIND[cell]
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[kind]
     for dtype, name in ((torch.float32, "cudnn_fp32"), (torch.float16, "cudnn_fp16")):
-        cls = torch.nn.GRU if gru else torch.nn.LSTM
+        cls = {"RNN": torch.nn.RNN, "GRU": torch.nn.GRU, "LSTM": torch.nn.LSTM}[kind]
         layer = cls(hidden, hidden).to(dev, dtype)
         x = torch.randn(STEPS, batch, hidden, device=dev, dtype=dtype)
         with torch.no_grad():
@@ -172,9 +175,10 @@ def run(args: argparse.Namespace) -> dict:
     from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel, prebuild
 
     hiddens = args.hidden or (HIDDEN[:1] if args.quick else HIDDEN)
-    cases = [*itertools.product(CELLS, DTYPES, hiddens, args.batch or BATCH), CAPACITY_CASE]
-    if args.cell:
-        cases = [c for c in cases if ("capacity" if c == CAPACITY_CASE else c[0]) in args.cell]
+    cells = [c for c in args.cell if c != "capacity"] if args.cell else CELLS
+    cases = list(itertools.product(cells, DTYPES, hiddens, args.batch or BATCH))
+    if not args.cell or "capacity" in args.cell:
+        cases.append(CAPACITY_CASE)
     weights = {(c, h, dt): _weights(c, h, dt) for c, dt, h, _ in cases}
     jobs = []
     for cell, dtype, hidden, batch in cases:
@@ -224,7 +228,7 @@ def run(args: argparse.Namespace) -> dict:
             logger.info("%s %s: %s", case, label, entry["ours"][label])
         best = min(entry["ours"].items(), key=lambda kv: kv[1]["ms"])
         entry["best"] = {"label": best[0], **best[1]}
-        if not args.no_baselines and cell != "tanh":
+        if not args.no_baselines and case != CAPACITY_CASE:
             bl = _torch_baselines(cell, hidden, batch)
             entry["baselines"] = bl
             gemm = bl["gemm_fp16" if dtype == "float16" else "gemm_fp32"]
@@ -287,7 +291,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--quick", action="store_true", help="smoke run (fewer cases)")
     ap.add_argument(
-        "--cell", nargs="+", choices=(*CELLS, "capacity"), help="only these parts of the sweep"
+        "--cell",
+        nargs="+",
+        choices=(*CELLS, *EXTRA_CELLS, "capacity"),
+        help="only these parts of the sweep",
     )
     ap.add_argument("--hidden", type=int, nargs="+", help=f"hidden sizes (default {HIDDEN})")
     ap.add_argument("--batch", type=int, nargs="+", help=f"batch sizes (default {BATCH})")
