@@ -236,6 +236,11 @@ def test_tune_cli_op_persistent() -> None:
     args = ["tune", "--op", "persistent", "--target", "cuda", "--cell", "LSTM", "--hidden", "64"]
     (task,) = _tasks(parser.parse_args([*args, "--m", "4", "--density", "0.2"]))
     assert task.op == "persistent_rnn" and task.name.startswith("persistent_rnn lstm H=64 B=4")
+    gru = ["tune", "--op", "persistent", "--target", "cuda", "--cell", "GRU", "--hidden", "64"]
+    (task,) = _tasks(parser.parse_args(gru))  # ONNX's default: linear_before_reset=0
+    assert task.name.startswith("persistent_rnn gru_lbr0 H=64") and task.meta["cell"] == "gru_lbr0"
+    (task,) = _tasks(parser.parse_args([*gru, "--linear-before-reset", "1"]))
+    assert task.name.startswith("persistent_rnn gru H=64")
 
 
 @pytest.mark.gpu

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..kernels.x86.recurrent import UNROLL, pack_weight
-from ..ops.cells import CellConfig, PersistentCell
+from ..ops.cells import CellConfig
 from ..target import device_limits, resolve_target
 from ..testing import random_bsr, random_recurrent_weights
 from ..transform.dispatch.cost_model import parse_block_size
@@ -69,6 +69,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--cell", choices=("RNN", "GRU", "LSTM"), default="LSTM", help="--op rnn (default LSTM)"
     )
     parser.add_argument(
+        "--linear-before-reset",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="--op rnn/persistent, GRU: ONNX linear_before_reset (default 0 as in ONNX; torch "
+        "exports 1)",
+    )
+    parser.add_argument(
         "--hidden", type=positive_int, default=1792, help="--op rnn: hidden size (default 1792)"
     )
     parser.add_argument(
@@ -118,9 +126,15 @@ def _tasks(args: argparse.Namespace) -> list[TuneTask]:
     return list(found.values())
 
 
+def _cell(args: argparse.Namespace) -> CellConfig:
+    """The forward layer of ``--cell`` (``--linear-before-reset`` for GRU)."""
+    gru = {"linear_before_reset": bool(args.linear_before_reset)} if args.cell == "GRU" else {}
+    return CellConfig(args.cell, args.hidden, **gru)
+
+
 def _rnn_task(args: argparse.Namespace) -> TuneTask:
     """The x86 recurrent kernel of a random ``--density`` pruned ``--cell`` layer."""
-    cfg = CellConfig(args.cell, args.hidden)
+    cfg = _cell(args)
     r = random_recurrent_weights(args.cell, args.hidden, 1, 1, args.density, seed=args.seed)["R"]
     dense = args.density > 1.0 - args.sparsity_threshold
     packed = pack_weight(r[0], cfg.num_gates, dense=dense, row_multiple=UNROLL)
@@ -131,7 +145,7 @@ def _persistent_tasks(args: argparse.Namespace) -> list[TuneTask]:
     """The persistent GPU kernel of a random ``--density`` pruned ``--cell`` recurrent weight
     (none when it does not fit on chip: the per-step fallback has no knobs)."""
     r = random_recurrent_weights(args.cell, args.hidden, 1, 1, args.density, seed=args.seed)["R"]
-    cell = PersistentCell({"RNN": "tanh"}.get(args.cell, args.cell.lower()))
+    cell, _ = _cell(args).persistent_cell(0)
     target = resolve_target(args.target)
     task = persistent_tune_task(r[0], args.m, cell, args.dtype, device_limits(target))
     return [] if task is None else [task]
