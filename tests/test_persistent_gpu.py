@@ -213,7 +213,7 @@ REPLICA_CASES = [
     ("lstm", "float16", 1024, 64, 16, "cluster"),
     ("gru_lbr0", "float32", 1792, 4, 4, "grid"),
     ("gru_lbr0", "float16", 1024, 16, 8, "cluster"),
-    ("gru_lbr0", "float32", 1024, 64, 16, "flag"),
+    ("gru_lbr0", "float32", 1024, 64, 8, "flag"),  # 8 samples in 2 passes per phase
 ]
 
 

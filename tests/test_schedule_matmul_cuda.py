@@ -9,6 +9,8 @@ float64.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -102,10 +104,15 @@ def _case_model(case: str, x_shape: tuple[int, ...]):
         return _gemm(x_shape[0], 320, x_shape[1])
     if case == "partial":  # 24 x 144: neither M nor N a multiple of the tile
         return _gemm(x_shape[0], 144, x_shape[1])
+    if case == "narrow":  # DeepSpeech2's output layer: 29 classes, W^T padded to 32 columns
+        return _gemm(x_shape[0], 29, x_shape[1])
     return _conv1d(x_shape[0])
 
 
-@pytest.mark.parametrize(("case", "x_shape", "kind"), [*CASES, ("conv1d", (2, 161, 120), "wmma")])
+@pytest.mark.parametrize(
+    ("case", "x_shape", "kind"),
+    [*CASES, ("conv1d", (2, 161, 120), "wmma"), ("narrow", (1520, 2048), "mma")],
+)
 def test_dense_float16_layers_multiply_on_tensor_cores(case, x_shape, kind):
     assert _kernel_kind(cuda_source(_build(_case_model(case, x_shape)[0])[0].mod)) == kind
 
@@ -177,10 +184,37 @@ def test_partial_tiles_store_only_inside_the_output():
     assert "T.where(" in store and "< 144" in store
 
 
+def test_padded_output_features_are_sliced_off_in_the_epilogue():
+    """A float16 layer of 29 outputs multiplies ``W^T`` padded to 32 columns (the dispatch's
+    :data:`DENSE_FEATURE_ALIGN`); the slice back to 29 is the epilogue, which stores 29."""
+    model, _ = _gemm(95, 29, 2048)
+    source = cuda_source(_build(model)[0].mod)
+    (name,) = set(re.findall(r"void (?:__launch_bounds__\(\d+\) )?(fused_matmul\w*)\(", source))
+    assert "strided_slice" in name  # one kernel: the GEMM and the slice
+    a = te.placeholder((95, 64), "float16", name="A")
+    w = te.placeholder((64, 32), "float16", name="W")
+    r = te.reduce_axis((0, 64), name="k")
+    acc = te.compute(
+        (95, 32),
+        lambda i, j: te.sum(a[i, r].astype("float32") * w[r, j].astype("float32"), axis=r),
+        name="acc",
+    )
+    c = te.compute((95, 29), lambda i, j: acc[i, j].astype("float16"), name="c")
+    sch = MmaMatmul().apply(te.create_prim_func([a, w, c]), resolve_target("cuda"), False)
+    (store,) = _output_blocks(sch.mod["main"], "c")
+    assert "T.axis.spatial(29," in store and "T.axis.spatial(32," not in store
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     ("case", "x_shape", "kind"),
-    [*CASES, ("conv1d", (2, 161, 120), "wmma"), ("partial", (24, 24), "mma")],
+    [
+        *CASES,
+        ("conv1d", (2, 161, 120), "wmma"),
+        ("partial", (24, 24), "mma"),
+        ("narrow", (95, 2048), "mma"),
+        ("narrow", (1520, 2048), "mma"),
+    ],
 )
 def test_gpu_dense_float16_on_tensor_cores_matches_float64(case, x_shape, kind):
     model, reference = _case_model(case, x_shape)

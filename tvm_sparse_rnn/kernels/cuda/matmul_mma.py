@@ -39,6 +39,7 @@ from tvm.s_tir.dlight.gpu.matmul import (
     get_index_map,
     get_reduction_blocks,
 )
+from tvm.sym.analyzer import Analyzer
 from tvm.target import Target
 
 from ...target import device_limits
@@ -284,15 +285,14 @@ def schedule_mma_matmul(
         return None
     # The copy back to the unpadded output reads the shared tile: its own (unpadded) domain
     # bounds the stores of a partial tile (inlined into the copy, the padded one did not).
-    result = consumers[0]
     sch.compute_inline(staged)
-    auto_inline_consumer_chain(sch, result)
+    result, sliced = _fold_epilogue(sch, consumers[0])
     accumulators = sch.cache_write(tile, 0, "warp")
     sch.reverse_compute_at(accumulators, warp)
     sch.reverse_compute_at(result, cta)
     store = _split_fragments(sch, accumulators)
     sch.transform_layout(accumulators, ("read", 0), _fragment_layout)
-    bind_copy(result, VECTOR_FLOATS)
+    bind_copy(result, 1 if sliced else VECTOR_FLOATS)  # a slice's rows are not vector-aligned
 
     init = sch.get_child_blocks(sch.decompose_reduction(tile, k0))[0]
     intrinsics = _tensor_intrinsics().get_mma_intrin_group(
@@ -307,6 +307,38 @@ def schedule_mma_matmul(
     sch.annotate(k0, "software_pipeline_order", [0, 1, 2])
     sch.annotate(k0, "software_pipeline_async_stages", [0])
     return sch
+
+
+def _same_elements(
+    sch: s_tir.Schedule, a: s_tir.schedule.SBlockRV, b: s_tir.schedule.SBlockRV
+) -> bool:
+    """Whether the buffers blocks ``a`` and ``b`` write have as many elements (symbolic too)."""
+    a_size, b_size = (math.prod(sch.get(x).writes[0].source.shape) for x in (a, b))
+    return Analyzer().can_prove_equal(a_size, b_size)
+
+
+def _fold_epilogue(
+    sch: s_tir.Schedule, copy: s_tir.schedule.SBlockRV
+) -> tuple[s_tir.schedule.SBlockRV, bool]:
+    """The block storing the function's output, with the element-wise epilogue folded in, and
+    whether the output is a slice of the GEMM's.
+
+    Usually the epilogue (casts, bias) is reverse-inlined into ``copy`` (the copy of the shared
+    tile to the GEMM's output). When the chain ends in fewer elements than the GEMM computes (a
+    slice off zero-padded output features, see
+    :data:`~tvm_sparse_rnn.transform.dispatch.linear.DENSE_FEATURE_ALIGN`), reverse-inlining
+    would iterate the GEMM's domain and store past the output; ``copy`` and the chain are then
+    inlined forward into the chain's last block, whose own domain bounds the stores.
+    """
+    chain = []
+    while len(consumers := sch.get_consumers(chain[-1] if chain else copy)) == 1:
+        chain.append(consumers[0])
+    if not chain or _same_elements(sch, chain[-1], copy):
+        auto_inline_consumer_chain(sch, copy)
+        return copy, False
+    for block in [copy, *chain[:-1]]:
+        sch.compute_inline(block)
+    return chain[-1], True
 
 
 def _gemm_extents(sch: s_tir.Schedule) -> tuple[int | None, int | None, int | None, str] | None:

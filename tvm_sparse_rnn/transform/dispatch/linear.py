@@ -32,7 +32,7 @@ from ...kernels.x86.recurrent import (
     projection_tile,
 )
 from ...ops.placeholders import LinearCall
-from ...target import resolve_target
+from ...target import is_cuda, resolve_target
 from ...tuning.lookup import lookup_config
 from ...tuning.sparse_dense_space import sparse_dense_tune_task
 from .cost_model import cost_params, csr_row_group, plan_layer, uses_tensor_cores
@@ -41,6 +41,11 @@ from .linear_tensor_core import TensorCoreLinear
 from .projection_x86 import pad_columns
 
 logger = logging.getLogger(__name__)
+
+#: Output features of a dense float16 layer on CUDA are padded to a multiple of this (16-byte
+#: rows of ``W^T``), so the pipelined ``mma.sync`` GEMM takes it: DeepSpeech2's 29-class output
+#: layer (1520 x 2048 -> 29) otherwise fell to a CUDA-core schedule of 48 CTAs.
+DENSE_FEATURE_ALIGN = 8
 
 
 def emit_sparse_dense(
@@ -143,9 +148,7 @@ class LinearLowering:
         if self.csr is not None:
             return self._emit_csr(bb, x)
         if self.bsr is None:
-            if not self._consts:
-                self._consts.append(relax.const(np.ascontiguousarray(self.weight.T)))
-            return bb.emit(relax.op.matmul(x, self._consts[0]))
+            return self._emit_dense(bb, x)
         ty = x.ty
         n, k = self.bsr.shape
         lead = ty.shape.values[:-1]
@@ -160,6 +163,21 @@ class LinearLowering:
         out = relax.TensorType((m, n), self.bsr.dtype)
         y = bb.emit(relax.call_tir(gv, [x2d, *self._consts], out))
         return y if ty.ndim == 2 else bb.emit(relax.op.reshape(y, [*lead, n]))
+
+    def _emit_dense(self, bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
+        """``x @ W^T`` as a Relax matmul with the constant ``W^T``; float16 on CUDA: ``W^T``'s
+        columns zero-padded to :data:`DENSE_FEATURE_ALIGN` and the padding sliced off."""
+        n = self.weight.shape[0]
+        if not self._consts:
+            wt = np.ascontiguousarray(self.weight.T)
+            if is_cuda(self.target) and str(x.ty.dtype) == "float16":
+                pad = -n % DENSE_FEATURE_ALIGN
+                wt = np.pad(wt, [(0, 0), (0, pad)])
+            self._consts.append(relax.const(wt))
+        y = bb.emit(relax.op.matmul(x, self._consts[0]))
+        if int(self._consts[0].ty.shape[-1]) == n:
+            return y
+        return bb.emit(relax.op.strided_slice(y, axes=[y.ty.ndim - 1], begin=[0], end=[n]))
 
     def _emit_csr(self, bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
         """``Y^T = W X^T`` with the CSR kernel: every nonzero ``W[n, k]`` times the contiguous
