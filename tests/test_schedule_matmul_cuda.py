@@ -163,23 +163,30 @@ def _output_blocks(func: tirx.PrimFunc, name: str) -> list[str]:
     return [b for b in blocks if f"T.writes({name}[" in b]
 
 
+def _mma_store_block(m: int, n: int, k: int, out_n: int) -> str:
+    """The store block of the ``mma.sync`` schedule of ``c = float16(A @ W)[:, :out_n]``
+    (``A (m, k)``, ``W (k, n)``)."""
+    a = te.placeholder((m, k), "float16", name="A")
+    w = te.placeholder((k, n), "float16", name="W")
+    r = te.reduce_axis((0, k), name="k")
+    acc = te.compute(
+        (m, n),
+        lambda i, j: te.sum(a[i, r].astype("float32") * w[r, j].astype("float32"), axis=r),
+        name="acc",
+    )
+    c = te.compute((m, out_n), lambda i, j: acc[i, j].astype("float16"), name="c")
+    sch = MmaMatmul().apply(te.create_prim_func([a, w, c]), resolve_target("cuda"), False)
+    assert sch is not None
+    (store,) = _output_blocks(sch.mod["main"], "c")
+    return store
+
+
 def test_partial_tiles_store_only_inside_the_output():
     """``M`` and ``N`` not multiples of the tile (24 x 144, as a float16 GRU's input projection
     of 3 samples x 8 steps): the epilogue iterates the output's own extents and predicates the
     partial tile (inlined into the copy of the padded tile, it once stored 8 rows and 48
     columns past the output: the neighbouring rows' numbers were overwritten)."""
-    a = te.placeholder((24, 24), "float16", name="A")
-    w = te.placeholder((24, 144), "float16", name="W")
-    r = te.reduce_axis((0, 24), name="k")
-    acc = te.compute(
-        (24, 144),
-        lambda i, j: te.sum(a[i, r].astype("float32") * w[r, j].astype("float32"), axis=r),
-        name="acc",
-    )
-    c = te.compute((24, 144), lambda i, j: acc[i, j].astype("float16"), name="c")
-    sch = MmaMatmul().apply(te.create_prim_func([a, w, c]), resolve_target("cuda"), False)
-    assert sch is not None
-    (store,) = _output_blocks(sch.mod["main"], "c")
+    store = _mma_store_block(24, 144, 24, 144)
     assert "T.axis.spatial(24," in store and "T.axis.spatial(144," in store
     assert "T.where(" in store and "< 144" in store
 
@@ -191,17 +198,7 @@ def test_padded_output_features_are_sliced_off_in_the_epilogue():
     source = cuda_source(_build(model)[0].mod)
     (name,) = set(re.findall(r"void (?:__launch_bounds__\(\d+\) )?(fused_matmul\w*)\(", source))
     assert "strided_slice" in name  # one kernel: the GEMM and the slice
-    a = te.placeholder((95, 64), "float16", name="A")
-    w = te.placeholder((64, 32), "float16", name="W")
-    r = te.reduce_axis((0, 64), name="k")
-    acc = te.compute(
-        (95, 32),
-        lambda i, j: te.sum(a[i, r].astype("float32") * w[r, j].astype("float32"), axis=r),
-        name="acc",
-    )
-    c = te.compute((95, 29), lambda i, j: acc[i, j].astype("float16"), name="c")
-    sch = MmaMatmul().apply(te.create_prim_func([a, w, c]), resolve_target("cuda"), False)
-    (store,) = _output_blocks(sch.mod["main"], "c")
+    store = _mma_store_block(95, 32, 64, 29)
     assert "T.axis.spatial(29," in store and "T.axis.spatial(32," not in store
 
 
