@@ -52,20 +52,23 @@ def _relative_error(model, target: str, dtype: str, feeds: dict | None = None) -
     return float(max(errors))
 
 
-#: Recurrent layers (kind, direction, optional inputs): T = 8, N = 3, I = 24, H = 48, R 20 %.
+#: Recurrent layers (kind, attributes, direction, optional inputs): T = 8, N = 3, I = 24,
+#: H = 48, R 20 %; GRU with linear_before_reset 1 (torch exports) and 0 (ONNX's default).
 RECURRENT = [
-    ("GRU", "forward", ()),
-    ("LSTM", "bidirectional", ("initial_h", "initial_c")),
-    ("RNN", "reverse", ("sequence_lens",)),
+    ("GRU", {"linear_before_reset": 1}, "forward", ()),
+    ("GRU", None, "bidirectional", ("initial_h",)),
+    ("LSTM", None, "bidirectional", ("initial_h", "initial_c")),
+    ("RNN", None, "reverse", ("sequence_lens",)),
 ]
 
 
-def _recurrent(kind: str, direction: str, inputs: tuple[str, ...]) -> tuple:
-    """A one-layer model (``linear_before_reset=1`` for GRU, as torch exports) and its feeds."""
+def _recurrent(
+    kind: str, attributes: dict | None, direction: str, inputs: tuple[str, ...]
+) -> tuple:
+    """A one-layer model and its feeds."""
     seq_len, batch, size, hidden = 8, 3, 24, 48
     d = 2 if direction == "bidirectional" else 1
     w = random_recurrent_weights(kind, hidden, size, d, density=0.2, seed=3)
-    attributes = {"linear_before_reset": 1} if kind == "GRU" else None
     model = recurrent_onnx_model(
         kind, w, seq_len, batch, size, hidden, direction, 0, inputs, attributes
     )
@@ -88,19 +91,23 @@ def test_float16_build_matches_onnxruntime_on_llvm(config):
     assert 1e-5 < err16 < FLOAT16_RTOL  # really computed in half precision, and close
 
 
-@pytest.mark.parametrize(("kind", "direction", "inputs"), RECURRENT)
-def test_float16_recurrent_layers_match_onnxruntime_on_llvm(kind, direction, inputs):
+@pytest.mark.parametrize(("kind", "attributes", "direction", "inputs"), RECURRENT)
+def test_float16_recurrent_layers_match_onnxruntime_on_llvm(kind, attributes, direction, inputs):
     """On llvm the float16 layer runs the float32 x86 kernel between casts."""
-    model, feeds = _recurrent(kind, direction, inputs)
+    model, feeds = _recurrent(kind, attributes, direction, inputs)
     assert _relative_error(model, "llvm", "float16", feeds) < FLOAT16_RTOL
 
 
-def test_float16_cuda_build_runs_the_persistent_kernel_in_half():
-    """sm_90a source, no GPU: GRU on the float16 persistent kernel, h and U in half."""
-    model, _ = _recurrent("GRU", "forward", ())
+@pytest.mark.parametrize("case", RECURRENT[:2], ids=["gru", "gru-lbr0"])
+def test_float16_cuda_build_runs_the_persistent_kernel_in_half(case):
+    """sm_90a source, no GPU: GRU (both linear_before_reset) on the float16 persistent kernel,
+    h and U in half."""
+    model, _ = _recurrent(*case)
     executable, _, _, decisions = build_onnx_with_decisions(model, target="cuda", dtype="float16")
-    (persistent,) = [d for d in decisions if d.variant is KernelVariant.PERSISTENT]
-    assert " float16 " in persistent.detail
+    persistent = [d for d in decisions if d.variant is KernelVariant.PERSISTENT]
+    assert persistent and all(" float16 " in d.detail for d in persistent)
+    two_phase = case[1] is None  # ONNX's default linear_before_reset=0
+    assert all((" two-phase " in d.detail) == two_phase for d in persistent)
     kernels = dict(re.findall(KERNEL_PARAMS, cuda_source(executable.mod)))
     (params,) = [
         p for name, p in kernels.items() if name.startswith("rnn_persistent") and "U_" in p
@@ -112,7 +119,7 @@ def test_float16_cuda_build_runs_the_persistent_kernel_in_half():
 
 def test_float16_per_step_fallback_builds_for_cuda():
     """sequence_lens keeps the layer off the persistent kernel: per step, in float32, casts."""
-    model, _ = _recurrent("RNN", "reverse", ("sequence_lens",))
+    model, _ = _recurrent(*RECURRENT[-1])
     _, _, _, decisions = build_onnx_with_decisions(model, target="cuda", dtype="float16")
     assert [d.variant for d in decisions if "RNN" in d.detail] == [KernelVariant.PER_STEP]
 
@@ -263,10 +270,11 @@ def test_float16_build_matches_onnxruntime_on_the_gpu(config):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("kind", "direction", "inputs"), RECURRENT)
-def test_float16_recurrent_layers_match_onnxruntime_on_the_gpu(kind, direction, inputs):
-    """The float16 persistent kernel (GRU, LSTM) and the per-step fallback (sequence_lens)."""
-    model, feeds = _recurrent(kind, direction, inputs)
+@pytest.mark.parametrize(("kind", "attributes", "direction", "inputs"), RECURRENT)
+def test_float16_recurrent_layers_match_onnxruntime_on_the_gpu(kind, attributes, direction, inputs):
+    """The float16 persistent kernel (GRU of both linear_before_reset, LSTM) and the per-step
+    fallback (sequence_lens)."""
+    model, feeds = _recurrent(kind, attributes, direction, inputs)
     assert _relative_error(model, "cuda", "float16", feeds) < FLOAT16_RTOL
 
 
