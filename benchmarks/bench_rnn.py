@@ -127,7 +127,7 @@ def _tvm_time(rnn, U: np.ndarray, h0: np.ndarray) -> dict:
     hk = np.zeros((p.hidden_padded, p.batch_kernel), np.float32)
     hk[: p.hidden, :n] = h0[:n].T
     uk, hk = np.tile(uk, (1, p.streams, 1)), np.tile(hk, (p.streams, 1))
-    out = np.zeros(uk.shape, np.float32)
+    out = np.zeros(p.out_shape(U.shape[0]), np.float32)
     args = rnn.kernel_args(*(tvm.runtime.tensor(a, dev) for a in (uk, hk, out)))
     ev = rnn.module.time_evaluator("main", dev, number=20, repeat=7)
     res = [r * 1e3 * p.num_batch_chunks for r in ev(*args).results]

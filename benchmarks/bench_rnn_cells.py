@@ -131,7 +131,7 @@ def _kernel_ms(rnn, steps: int) -> float:
     shape = (steps, p.gates * rows, p.batch_kernel)
     u = tvm.runtime.tensor((rng.standard_normal(shape) * 0.5).astype(p.dtype), dev)
     h = tvm.runtime.tensor(np.zeros((rows, p.batch_kernel), p.dtype), dev)
-    out = tvm.runtime.tensor(np.zeros((p.phases * steps, rows, p.batch_kernel), p.dtype), dev)
+    out = tvm.runtime.tensor(np.zeros(p.out_shape(steps), p.dtype), dev)
     args = rnn.kernel_args(u, h, out)
     if p.kind == "persistent":
         ev = rnn.module.time_evaluator("main", dev, number=5, repeat=5)

@@ -123,7 +123,7 @@ def _persistent_case(kind, hidden, batch, args, target):
         rng.uniform(-1, 1, (MEASURE_STEPS, p.gates * states, bk)).astype(p.dtype), dev
     )
     h0 = tvm.runtime.tensor(np.zeros((states, bk), p.dtype), dev)
-    out = tvm.runtime.tensor(np.zeros((MEASURE_STEPS, states, bk), p.dtype), dev)
+    out = tvm.runtime.tensor(np.zeros(p.out_shape(MEASURE_STEPS), p.dtype), dev)
 
     def timer(config):
         plan, barrier, vector, order = config.resolve(plans)

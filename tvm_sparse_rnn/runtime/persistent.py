@@ -308,7 +308,7 @@ class PersistentRNN:
         h = tvm.runtime.tensor(np.ascontiguousarray(h0, p.dtype), dev)
         c = tvm.runtime.tensor(np.ascontiguousarray(c0, p.dtype), dev)
         rb = tvm.runtime.tensor(np.ascontiguousarray(rbias, np.float32), dev)
-        out = tvm.runtime.tensor(np.zeros((p.phases * steps, *h0.shape), p.dtype), dev)
+        out = tvm.runtime.tensor(np.zeros(p.out_shape(steps), p.dtype), dev)
         args = self.kernel_args(u, h, out, c, rb)
         if p.kind == "persistent":
             self.module["main"](*args)

@@ -913,7 +913,7 @@ def make_persistent_kernel(
         T.func_attr(func_attrs)
         steps = T.int32()
         U = T.match_buffer(u_handle, (steps, streams * gates * hidden, batch), dtype)
-        out = T.match_buffer(out_handle, (phases * steps, streams * hidden, batch), dtype)
+        out = T.match_buffer(out_handle, plan.out_shape(steps), dtype)
         if geo.flag:
             fill_sentinel(out, status, steps)
         for bx in T.thread_binding(grid, thread="blockIdx.x"):

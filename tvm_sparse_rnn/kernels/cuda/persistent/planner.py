@@ -160,6 +160,11 @@ class PersistentPlan:
         """State exchanges (and barriers) per step: 2 when :attr:`two_phase`, else 1."""
         return 2 if self.two_phase else 1
 
+    def out_shape(self, steps: object) -> tuple:
+        """Shape of the kernel's ``out`` for ``steps`` steps (an int, or the kernel's symbolic
+        ``T``): ``(phases * steps, streams * hidden_padded, batch_kernel)``."""
+        return (self.phases * steps, self.streams * self.hidden_padded, self.batch_kernel)
+
     @property
     def streams(self) -> int:
         """Independent recurrences of one launch (``directions * replicas``)."""
