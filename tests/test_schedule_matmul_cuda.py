@@ -1,10 +1,10 @@
 """Dense float16 matmuls and convolutions on tensor cores for ``sm_90a`` (ScheduleMatmulCUDA).
 
 CPU: the dense float16 build of a GEMM for ``sm_90a`` runs the pipelined ``mma.sync`` kernel
-(``ldmatrix``, ``cp.async``), one whose rows are not 16-byte aligned and a Conv1d dlight's
-``wmma`` rule (TVM's dlight alone gives CUDA-core loops), float32 and GEMV-like layers keep
-dlight's other schedules; the tiling choice and its checks. GPU: their outputs match numpy in
-float64.
+(``ldmatrix``, ``cp.async``), and so does a Conv1d (unfolded by ``Conv1dToLinear``, its columns
+padded to 16-byte rows); a GEMM whose rows are not 16-byte aligned takes dlight's ``wmma`` rule
+(TVM's dlight alone gives CUDA-core loops), float32 and GEMV-like layers keep dlight's other
+schedules; the tiling choice and its checks. GPU: their outputs match numpy in float64.
 """
 
 from __future__ import annotations
@@ -59,13 +59,14 @@ def _gemm(m: int, n: int, k: int, seed: int = 0):
     return model, lambda x: x.astype(np.float64) @ w.T.astype(np.float64)
 
 
-def _conv1d(batch: int, seed: int = 0):
-    """The DeepSpeech2-like Conv1d (161 -> 256 channels, kernel 11, stride 2, 120 frames)."""
+def _conv1d(batch: int, width: int = 120, seed: int = 0):
+    """The DeepSpeech2-like Conv1d (161 -> 256 channels, kernel 11, stride 2) over ``width``
+    frames."""
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((256, 161, 11)) * 0.05).astype(np.float32)
-    frames = (120 - 11) // 2 + 1
+    frames = (width - 11) // 2 + 1
     node = helper.make_node("Conv", ["X", "W"], ["Y"], strides=[2])
-    model = _model(node, [batch, 161, 120], [batch, 256, frames], {"W": w})
+    model = _model(node, [batch, 161, width], [batch, 256, frames], {"W": w})
 
     def reference(x: np.ndarray) -> np.ndarray:
         cols = np.stack([x[:, :, 2 * t : 2 * t + 11] for t in range(frames)], axis=1)
@@ -94,8 +95,8 @@ def _kernel_kind(source: str) -> str:
     return "wmma" if WMMA in source else "cuda cores"
 
 
-#: (model, its float16 kernel): rows of 196 halves are not 16-byte aligned (no ``cp.async``), a
-#: convolution's operand is not a plain row of ``X``; both go to dlight's ``wmma`` rule.
+#: (model, its float16 kernel): rows of 196 halves are not 16-byte aligned (no ``cp.async``), so
+#: that GEMM goes to dlight's ``wmma`` rule.
 CASES = [("gemm", (128, 192), "mma"), ("gemm", (200, 200), "mma"), ("gemm", (96, 196), "wmma")]
 
 
@@ -106,15 +107,26 @@ def _case_model(case: str, x_shape: tuple[int, ...]):
         return _gemm(x_shape[0], 144, x_shape[1])
     if case == "narrow":  # DeepSpeech2's output layer: 29 classes, W^T padded to 32 columns
         return _gemm(x_shape[0], 29, x_shape[1])
-    return _conv1d(x_shape[0])
+    return _conv1d(*x_shape[::2])
 
 
 @pytest.mark.parametrize(
     ("case", "x_shape", "kind"),
-    [*CASES, ("conv1d", (2, 161, 120), "wmma"), ("narrow", (1520, 2048), "mma")],
+    [*CASES, ("conv1d", (2, 161, 120), "mma"), ("narrow", (1520, 2048), "mma")],
 )
 def test_dense_float16_layers_multiply_on_tensor_cores(case, x_shape, kind):
     assert _kernel_kind(cuda_source(_build(_case_model(case, x_shape)[0])[0].mod)) == kind
+
+
+def test_float16_conv1d_is_an_aligned_linear_layer_and_float32_keeps_the_convolution():
+    """The Conv1d's ``161 * 11 = 1771`` unfolded columns are padded to 1776 (16-byte rows for
+    ``cp.async``): one dense layer ``conv0``; in float32 (no tensor cores) it stays a
+    convolution."""
+    model, _ = _conv1d(2)
+    *_, decisions = build_onnx_with_decisions(model, target="cuda", dtype="float16", sparse=False)
+    assert [(d.layer, d.detail.split(",")[0]) for d in decisions] == [("conv0", "W 256x1776")]
+    *_, decisions = build_onnx_with_decisions(model, target="cuda", dtype="float32", sparse=False)
+    assert decisions == []
 
 
 def test_float32_and_gemv_like_layers_keep_cuda_cores():
@@ -207,7 +219,8 @@ def test_padded_output_features_are_sliced_off_in_the_epilogue():
     ("case", "x_shape", "kind"),
     [
         *CASES,
-        ("conv1d", (2, 161, 120), "wmma"),
+        ("conv1d", (2, 161, 120), "mma"),
+        ("conv1d", (16, 161, 200), "mma"),
         ("partial", (24, 24), "mma"),
         ("narrow", (95, 2048), "mma"),
         ("narrow", (1520, 2048), "mma"),

@@ -3,7 +3,8 @@
 One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
 
     ToFloat16 (--dtype float16)   matmuls, convolutions and what follows them in float16
-    Conv1dToLinear (llvm)         constant-weight 1-D convolutions -> im2col + linear placeholders
+    Conv1dToLinear                constant-weight 1-D convolutions -> im2col + linear placeholders
+                                  (cuda: float16 ones, for the tensor-core GEMM)
     DenseToSparse                 constant-weight dense layers -> linear placeholders
     DispatchKernels(target)       every placeholder -> the kernel variant for the target
     AccumulateInFloat32 (float16) the matmuls and convolutions left dense accumulate in float32
@@ -40,6 +41,7 @@ from tvm.relax.backend.cuda import pipeline as cuda_backend
 from tvm.target import Target
 
 from .errors import TuningError
+from .kernels.cuda.matmul_mma import VECTOR_HALVES
 from .kernels.cuda.persistent import cooperative
 from .kernels.x86.vector import vector_lanes
 from .target import is_cuda, resolve_target
@@ -78,14 +80,30 @@ def tir_pipeline(target: Target) -> str:
     return cooperative.register() if is_cuda(target) else "default"
 
 
+def _conv1d_to_linear(target: Target) -> tvm.transform.Pass:
+    """:class:`Conv1dToLinear` for ``target``: on cuda float16 convolutions only, unfolded into
+    16-byte rows (the ``mma.sync`` GEMM's operand alignment)."""
+    if is_cuda(target):
+        return Conv1dToLinear(dtypes=("float16",), column_multiple=VECTOR_HALVES)
+    return Conv1dToLinear()
+
+
 def _canonicalize_before_fusion(passes: list[tvm.transform.Pass]) -> list[tvm.transform.Pass]:
-    """``passes`` with ``CanonicalizeBindings`` ahead of ``FuseOps``: the lowerings and
-    legalization leave var-to-var bindings (``lv_1 = lv1``) between a kernel's output transpose
-    and the element-wise op that follows, and ``FuseOps`` does not fuse across them (the
-    BERT-like encoder: 3 kernels and full copies fewer per layer)."""
+    """``passes`` with ``CanonicalizeBindings`` and ``DeadCodeElimination`` ahead of
+    ``FuseOps``: the lowerings and legalization leave var-to-var bindings (``lv_1 = lv1``)
+    between a kernel's output transpose and the element-wise op that follows, and ``FuseOps``
+    does not fuse across them (the BERT-like encoder: 3 kernels and full copies fewer per
+    layer); outputs nobody reads (a recurrent layer's ``Y_h``) give the ops they read a second
+    consumer, which stops the fusion of a diamond (a bidirectional layer's output, from the
+    kernel layout to the next layer's input: 5 kernels -> 1 per DeepSpeech2-like GRU layer)."""
     names = [pass_.info.name for pass_ in passes]
     at = names.index("FuseOps")
-    return [*passes[:at], relax.transform.CanonicalizeBindings(), *passes[at:]]
+    return [
+        *passes[:at],
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.DeadCodeElimination(),
+        *passes[at:],
+    ]
 
 
 def _tensor_cores_first(passes: list[tvm.transform.Pass]) -> list[tvm.transform.Pass]:
@@ -146,13 +164,13 @@ class SparsePipeline:
         return self.dispatch.decisions
 
     def front(self) -> tvm.transform.Pass:
-        """Mark and dispatch only (what ``inspect`` runs); on llvm 1-D convolutions become
-        linear layers first (:class:`~tvm_sparse_rnn.transform.Conv1dToLinear`); in float16 the
-        model is cast before and its dense matmuls accumulate in float32 after."""
+        """Mark and dispatch only (what ``inspect`` runs); 1-D convolutions become linear layers
+        first (:class:`~tvm_sparse_rnn.transform.Conv1dToLinear`; on cuda the float16 ones); in
+        float16 the model is cast before and its dense matmuls accumulate in float32 after."""
         float16 = self.precision is Precision.FLOAT16
         passes = [
             *([ToFloat16()] if float16 else []),
-            *([] if is_cuda(self.target) else [Conv1dToLinear()]),
+            _conv1d_to_linear(self.target),
             DenseToSparse(),
             self.dispatch,
             *([AccumulateInFloat32()] if float16 else []),

@@ -5,24 +5,28 @@ DeepSpeech2-like model's ``Conv1d(161 -> 512, k 11, s 2)`` took ~90 ms against o
 ~1 ms). This pass rewrites ``conv1d(x, W)`` (NCW / OIW, ``groups = 1``, ``W`` constant,
 float32 or float16) as
 
-    pad -> K strided slices of x stacked to (N, C, K, W_out) -> (N * W_out, C * K)   (im2col)
+    cols[n * W_out + t, c * K + k] = x[n, c, t * s + k * d - pad]  (N * W_out, C * K)  (im2col)
     -> LinearCall with W reshaped to (F, C * K)                                       (x @ W.T)
     -> (N, W_out, F) -> (N, F, W_out)
 
-so the product is one linear placeholder: the dispatch pass gives it the dense CPU schedule, or a
-sparse kernel when the filters are pruned. It runs before ``DenseToSparse`` in the llvm pipeline
-(:mod:`tvm_sparse_rnn.pipeline`). Not on cuda: there dlight's own ``conv1d`` schedule was the
-faster one for the DeepSpeech2-like convolution (batch 1, float16, H100: 70 us, 85 us fused with
-bias and ReLU, against 100 us for the im2col matmul alone).
+so the product is one linear placeholder: the dispatch pass gives it the dense CPU schedule, the
+tensor-core GEMM on cuda, or a sparse kernel when the filters are pruned. It runs before
+``DenseToSparse`` (:mod:`tvm_sparse_rnn.pipeline`). On cuda only float16 convolutions are
+rewritten, their ``C * K`` columns zero-padded to a multiple of 8 (16-byte rows, which the
+pipelined ``mma.sync`` GEMM of :mod:`~tvm_sparse_rnn.kernels.cuda.matmul_mma` needs): dlight's
+``wmma`` schedule of the DeepSpeech2-like convolution took 58 us at batch 1 and 76 us at batch 16
+on the H200 (``benchmarks/bench_gpu_models.py --profile``); float32 keeps dlight's ``conv1d``
+(its im2col GEMM would run on CUDA cores).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, te, tirx
 from tvm.ir import Op
 
 from ..bsr import SUPPORTED_DTYPES
@@ -36,10 +40,40 @@ _CONV1D = Op.get("relax.nn.conv1d")
 op = relax.op
 
 
+@dataclass(frozen=True)
+class _Taps:
+    """The unfolding of one convolution: ``kernel`` taps ``dilation`` apart, ``stride`` between
+    outputs, ``left`` zeros before ``x``, ``out_width`` outputs, rows of ``columns`` (``C *
+    kernel`` padded with zeros)."""
+
+    kernel: int
+    stride: int
+    dilation: int
+    left: int
+    out_width: int
+    columns: int
+
+    def im2col(self, x: te.Tensor) -> te.Tensor:
+        """``cols[n * W_out + t, c * K + k] = x[n, c, t * stride + k * dilation - left]``
+        (zero in the padding and the padded columns) as one compute: ``(N * W_out, columns)``."""
+        batch, channels, width = (int(d) for d in x.shape)
+
+        def value(row: tirx.PrimExpr, col: tirx.PrimExpr) -> tirx.PrimExpr:
+            n, t = row // self.out_width, row % self.out_width
+            c, k = col // self.kernel, col % self.kernel
+            pos = t * self.stride + k * self.dilation - self.left
+            inside = tirx.all(col < channels * self.kernel, pos >= 0, pos < width)
+            return tirx.if_then_else(inside, x[n, c, pos], tirx.const(0, x.dtype))
+
+        return te.compute((batch * self.out_width, self.columns), value, name="im2col")
+
+
 @relax.expr_functor.mutator
 class _Conv1dMutator(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule) -> None:
+    def __init__(self, mod: tvm.IRModule, dtypes: tuple[str, ...], column_multiple: int) -> None:
         super().__init__(mod)
+        self.dtypes = dtypes
+        self.column_multiple = column_multiple
         self.count = 0
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -56,7 +90,7 @@ class _Conv1dMutator(relax.PyExprMutator):
             or str(attrs.data_layout) != "NCW"
             or str(attrs.kernel_layout) != "OIW"
             or str(attrs.out_layout) != "NCW"
-            or str(x.ty.dtype) not in SUPPORTED_DTYPES
+            or str(x.ty.dtype) not in self.dtypes
             or str(weight.ty.dtype) != str(x.ty.dtype)
         ):
             return call
@@ -68,24 +102,13 @@ class _Conv1dMutator(relax.PyExprMutator):
         padded = width + left + right
         out_width = (padded - dilation * (kernel - 1) - 1) // stride + 1
         bb = self.builder_
-        if left or right:
-            x = bb.emit(op.nn.pad(x, [0, 0, 0, 0, left, right]))
-        taps = [
-            op.strided_slice(
-                x,
-                axes=[2],
-                begin=[j * dilation],
-                end=[j * dilation + stride * (out_width - 1) + 1],
-                strides=[stride],
-            )
-            for j in range(kernel)
-        ]
-        cols = bb.emit(op.stack(taps, axis=2))  # (N, C, K, W_out)
-        cols = bb.emit(op.permute_dims(cols, [0, 3, 1, 2]))  # (N, W_out, C, K)
-        cols = bb.emit(op.reshape(cols, [batch * out_width, channels * kernel]))
+        columns = channels * kernel + -(channels * kernel) % self.column_multiple
+        taps = _Taps(kernel, stride, dilation, left, out_width, columns)
+        cols = bb.emit_te(taps.im2col, x, primfunc_name_hint="im2col")
+        w = np.pad(w.reshape(filters, -1), [(0, 0), (0, columns - channels * kernel)])
         name = f"conv{self.count}"
         self.count += 1
-        y = LinearCall(name, cols, np.ascontiguousarray(w.reshape(filters, -1))).emit(bb)
+        y = LinearCall(name, cols, np.ascontiguousarray(w)).emit(bb)
         y = bb.emit(op.reshape(y, [batch, out_width, filters]))
         return op.permute_dims(y, [0, 2, 1])
 
@@ -93,12 +116,26 @@ class _Conv1dMutator(relax.PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="Conv1dToLinear")
 class Conv1dToLinear:
     """Rewrite constant-weight ``R.nn.conv1d`` (NCW, ``groups = 1``) as im2col + a linear
-    placeholder named ``conv<i>`` (see the module docstring)."""
+    placeholder named ``conv<i>`` (see the module docstring).
+
+    Parameters
+    ----------
+    dtypes : tuple of str
+        The input dtypes whose convolutions are rewritten.
+    column_multiple : int
+        The unfolded ``C * K`` columns (and the weight's) are zero-padded to a multiple of it.
+    """
+
+    def __init__(
+        self, dtypes: tuple[str, ...] = SUPPORTED_DTYPES, column_multiple: int = 1
+    ) -> None:
+        self.dtypes = tuple(dtypes)
+        self.column_multiple = column_multiple
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Fold constants, rewrite the convolutions, drop dead code."""
         mod = relax.transform.FoldConstant()(mod)
-        mutator = _Conv1dMutator(mod)
+        mutator = _Conv1dMutator(mod, self.dtypes, self.column_multiple)
         mod = mutate_relax_functions(mutator, mod)
         logger.info("Conv1dToLinear: %d convolution(s) as linear layers", mutator.count)
         return relax.transform.DeadCodeElimination()(mod)
