@@ -122,11 +122,11 @@ def _tvm_time(rnn, U: np.ndarray, h0: np.ndarray) -> dict:
     dev = rnn.device
     p = rnn.plan
     n = min(p.batch, p.batch_kernel)
-    uk = np.zeros((U.shape[0], p.hidden_padded, p.batch_kernel), np.float32)
-    uk[:, : p.hidden, :n] = U[:, :n].transpose(0, 2, 1)
+    uk = np.zeros((U.shape[0], p.batch_kernel, p.hidden_padded), np.float32)
+    uk[:, :n, : p.hidden] = U[:, :n]
     hk = np.zeros((p.hidden_padded, p.batch_kernel), np.float32)
     hk[: p.hidden, :n] = h0[:n].T
-    uk, hk = np.tile(uk, (1, p.streams, 1)), np.tile(hk, (p.streams, 1))
+    uk, hk = np.tile(uk, (1, p.replicas, 1)), np.tile(hk, (p.streams, 1))
     out = np.zeros(p.out_shape(U.shape[0]), np.float32)
     args = rnn.kernel_args(*(tvm.runtime.tensor(a, dev) for a in (uk, hk, out)))
     ev = rnn.module.time_evaluator("main", dev, number=20, repeat=7)

@@ -128,7 +128,7 @@ def _kernel_ms(rnn, steps: int) -> float:
     p, dev = rnn.plan, rnn.device
     rng = np.random.default_rng(1)
     rows = p.streams * p.hidden_padded
-    shape = (steps, p.gates * rows, p.batch_kernel)
+    shape = p.u_shape(steps)
     u = tvm.runtime.tensor((rng.standard_normal(shape) * 0.5).astype(p.dtype), dev)
     h = tvm.runtime.tensor(np.zeros((rows, p.batch_kernel), p.dtype), dev)
     out = tvm.runtime.tensor(np.zeros(p.out_shape(steps), p.dtype), dev)

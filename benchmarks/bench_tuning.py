@@ -119,9 +119,7 @@ def _persistent_case(kind, hidden, batch, args, target):
     rng = np.random.default_rng(1)
     dev = tvm.cuda(0)
     states, bk = p.streams * p.hidden_padded, p.batch_kernel  # the plans share one replica count
-    U = tvm.runtime.tensor(
-        rng.uniform(-1, 1, (MEASURE_STEPS, p.gates * states, bk)).astype(p.dtype), dev
-    )
+    U = tvm.runtime.tensor(rng.uniform(-1, 1, p.u_shape(MEASURE_STEPS)).astype(p.dtype), dev)
     h0 = tvm.runtime.tensor(np.zeros((states, bk), p.dtype), dev)
     out = tvm.runtime.tensor(np.zeros(p.out_shape(MEASURE_STEPS), p.dtype), dev)
 

@@ -99,7 +99,7 @@ def test_two_direction_kernel_stacks_its_buffers_and_builds() -> None:
     assert shapes["vals"][0] == str(2 * two.rows_padded)
     assert shapes["spairs"][0] == str(two.grid_ctas) and two.grid_ctas <= LIMITS.num_sms
     assert shapes["h0"] == shapes["c_out"] == [str(2 * hk), str(bk)]
-    assert shapes["U"][1:] == [str(2 * 3 * hk), str(bk)] and shapes["rbias"] == [str(2 * hk)]
+    assert shapes["U"][2:] == [str(2 * 3 * hk)] and shapes["rbias"] == [str(2 * hk)]
     src = cuda_source(build_kernel(two, "gru", "flag", True, CUDA))
     assert "sprnn_ready16(" in src
     with pytest.raises(ValueError, match="2 directions per launch"):
@@ -118,8 +118,28 @@ def test_replicas_share_their_direction_weights_and_stack_their_states() -> None
     assert shapes["vals"][0] == str(2 * plan.rows_padded)
     assert shapes["spairs"][0] == str(2 * plan.num_ctas)
     assert shapes["h0"] == shapes["c_out"] == [str(streams * hk), str(bk)]
-    assert shapes["U"][1:] == [str(streams * 3 * hk), str(bk)] and shapes["rbias"] == [str(2 * hk)]
+    # U is the input GEMM's output: samples x both directions' unit-major rows, shared by the
+    # replicas (replica r reads samples r * bk ..)
+    assert shapes["U"][2:] == [str(2 * 3 * hk)] and shapes["rbias"] == [str(2 * hk)]
     assert "sprnn_ready16(" in cuda_source(build_kernel(plan, "gru", "flag", True, CUDA))
+
+
+def test_reverse_direction_reads_u_backwards() -> None:
+    """``reverse=(False, True)``: CTAs of the second direction read ``U`` at ``T - 1 - t``,
+    the first at ``t``; an all-forward kernel indexes ``U`` by ``t`` alone."""
+    R = sp.random(3 * 256, 256, density=0.1, random_state=1, format="csr", dtype=np.float32)
+    two = plan_persistent(unit_major(R, 3), 4, gates=3, directions=2)
+
+    def u_reads(reverse: tuple[bool, ...]) -> str:
+        script = make_persistent_kernel(two, "gru", "flag", reverse=reverse).script()
+        return " ".join(re.findall(r"U\[[^\n]*", script))
+
+    both = u_reads((False, True))
+    assert "steps - 1 - t" in both and f"bx // {two.num_ctas} == 1" in both
+    assert "steps - 1 - t" not in u_reads(())
+    assert "if_then_else" not in u_reads((True, True)) and "steps - 1 - t" in u_reads((True, True))
+    with pytest.raises(ValueError, match="reverse has 1 entries for 2 directions"):
+        make_persistent_kernel(two, "gru", "flag", reverse=(True,))
 
 
 def _cluster_plan(batch: int = 16):

@@ -17,7 +17,12 @@ from tvm_sparse_rnn.kernels.cuda.persistent.bank_conflicts import (
     count_wavefronts,
 )
 from tvm_sparse_rnn.kernels.cuda.persistent.layout import smem_access
-from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, stack_directions, unit_major
+from tvm_sparse_rnn.kernels.cuda.persistent.packing import (
+    pack,
+    stack_directions,
+    unit_major,
+    unit_major_rows,
+)
 from tvm_sparse_rnn.kernels.cuda.persistent.planner import candidate_plans
 from tvm_sparse_rnn.target import device_limits
 
@@ -220,6 +225,20 @@ def test_stacked_directions_are_direction_major() -> None:
     np.testing.assert_array_equal(idx[plan.rows_padded :], packs[1].idx)
     with pytest.raises(ValueError, match="2 packings"):
         stack_directions(packs[:1])
+
+
+def test_unit_major_rows_reorder_gates_and_pad_units() -> None:
+    """ONNX's gate-major ``W`` rows ``g*H + j`` -> the kernel's ``j*G + g``, padded units zero:
+    ``X @ W'^T`` is then the kernel's ``U`` (the same permutation as :func:`unit_major`)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3 * 5, 5))
+    got = unit_major_rows(w, 3, 8)
+    assert got.shape == (24, 5)
+    np.testing.assert_array_equal(got[:15], unit_major(w, 3).toarray())
+    assert not got[15:].any()
+    np.testing.assert_array_equal(unit_major_rows(np.arange(6), 3, 2), [0, 2, 4, 1, 3, 5])
+    with pytest.raises(ValueError, match="3 gates of at most 4"):
+        unit_major_rows(w, 3, 4)
 
 
 def test_default_knobs_follow_h100_measurements() -> None:

@@ -97,7 +97,8 @@ def test_rnn_uses_one_persistent_launch_per_layer(concurrent, tmp_path):
     mod, decisions = _dispatched(model, concurrent_directions=concurrent)
     assert _persistent_calls(mod) == (1 if concurrent else 2)
     script = mod["main"].script()
-    assert script.count("R.matmul(") == 2  # the input projections only: no per-step mat-vecs
+    # the input projections only (no per-step mat-vecs): one GEMM for both directions of a launch
+    assert script.count("R.matmul(") == (1 if concurrent else 2)
     persistent = [d for d in decisions if d.variant is KernelVariant.PERSISTENT]
     assert [d.layer for d in persistent] == ["rnn[fw]", "rnn[bw]"]
     assert all("flag barrier" in d.detail for d in persistent)  # small h: the faster barrier
@@ -106,8 +107,11 @@ def test_rnn_uses_one_persistent_launch_per_layer(concurrent, tmp_path):
     source = _cuda_source(executable)
     kernels = _kernels(source)
     waiting = [name for name, body in kernels.items() if "sprnn_ready16(" in body]
-    assert waiting == ["rnn_persistent_tanh_kernel_1"]  # _kernel: the sentinel fill
-    body = kernels["rnn_persistent_tanh_kernel_1"]
+    # one kernel per launch (a reverse direction alone reads U backwards: its own kernel);
+    # <name>_kernel is the sentinel fill, <name>_kernel_1 the recurrence
+    assert len(waiting) == (1 if concurrent else 2)
+    assert all(re.fullmatch(r"rnn_persistent_tanh\d*_kernel_1", name) for name in waiting)
+    body = kernels[waiting[0]]
     assert re.search(r"float wv_ptr\[\d+\];", body) and re.search(r"int wi_ptr\[\d+\];", body)
     assert not re.search(r"wv_ptr\[[a-z_(]", body)  # constant indices only: registers
     assert "sprnn_cp16(" in body and "cp.async.cg.shared.global" in source and "tanhf" in body
@@ -120,6 +124,21 @@ def test_rnn_uses_one_persistent_launch_per_layer(concurrent, tmp_path):
     with CUDA:
         cubin = nvcc.compile_cuda(source, target_format="cubin", arch="sm_90a", compiler="nvcc")
     assert len(cubin) > 0
+
+
+def test_the_input_gemm_output_is_the_kernel_u():
+    """A bidirectional GRU in one launch: one GEMM of both directions' unit-major ``W`` rows,
+    whose output reshaped is the kernel's ``U`` (no transpose, pad or flip before the launch;
+    the one flip is the reverse direction's output back into time order)."""
+    model, _ = _model("GRU", direction="bidirectional", attributes={"linear_before_reset": 1})
+    mod, decisions = _dispatched(model)
+    script = mod["main"].script()
+    assert script.count("R.matmul(") == 1 and script.count("R.flip(") == 1
+    (launch,) = re.findall(r"R\.call_tir\((?:cls\.)?rnn_persistent_gru, \((.*?)\)", script)
+    u = launch.split(", ")[3]  # vals, idx, spairs, U, ...
+    (binding,) = re.findall(rf"\b{u}: ([^\n]*)", script)
+    assert f"R.Tensor(({T}, {N}, {2 * 3 * H})" in binding and "= R.reshape(" in binding
+    assert "gru[fw].W+gru[bw].W" in {d.layer for d in decisions}
 
 
 def test_streams_stack_each_direction_batch_slices_along_the_rows():

@@ -115,8 +115,10 @@ def test_every_candidate_builds_for_sm90a_with_its_own_packing() -> None:
         names = [p.name for p in real.params]
         assert names[3 * slot : 3 * slot + 3] == ["vals", "idx", "spairs"]
         assert len(names) == len(stub_sig)
-        for p, (dtype, shape) in zip(real.params, stub_sig, strict=True):  # T is symbolic
-            dims = [int(d) if isinstance(d, tirx.IntImm) else MEASURE_STEPS for d in p.shape]
+        launch_batch = task_plans(task)[0].launch_batch
+        for p, (dtype, shape) in zip(real.params, stub_sig, strict=True):
+            symbolic = iter((MEASURE_STEPS, launch_batch))  # T, and U's samples
+            dims = [int(d) if isinstance(d, tirx.IntImm) else next(symbolic) for d in p.shape]
             assert (p.dtype, dims) == (dtype, shape)
         if config.order == 0:  # the order changes the packing only, not the code
             assert build_pipeline(mod, CUDA) == "tvm_sparse_rnn"

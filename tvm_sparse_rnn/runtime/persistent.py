@@ -34,7 +34,7 @@ from ..errors import SparseRNNError, UnsupportedError
 from ..kernels.cuda.persistent import cooperative
 from ..kernels.cuda.persistent.kernel import make_persistent_kernel, make_step_kernel
 from ..kernels.cuda.persistent.layout import PairOrder
-from ..kernels.cuda.persistent.packing import PackedWeights, pack, unit_major
+from ..kernels.cuda.persistent.packing import PackedWeights, pack, unit_major, unit_major_rows
 from ..kernels.cuda.persistent.planner import (
     Barrier,
     PersistentPlan,
@@ -298,8 +298,10 @@ class PersistentRNN:
     ) -> tuple[np.ndarray, np.ndarray]:
         """One launch on kernel-layout arrays -> ``(out (T, S*Hk, Bk), c_out (S*Hk, Bk))``.
 
-        ``U (T, S*G*Hk, Bk)`` (unit-major rows), ``h0``, ``c0`` ``(S*Hk, Bk)``, ``rbias (Hk,)``;
-        ``S = plan.replicas`` batch slices stacked along the rows.
+        ``U (T, N, G*Hk)`` (:meth:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.
+        PersistentPlan.u_shape`: the launch's samples, unit-major columns), ``h0``, ``c0``
+        ``(S*Hk, Bk)``, ``rbias (Hk,)``; ``S = plan.replicas`` batch slices stacked along the
+        rows.
         """
         p = self.plan
         steps = U.shape[0]
@@ -386,9 +388,9 @@ class PersistentRNN:
         steps, bk, hp = U.shape[0], p.batch_kernel, p.hidden_padded
         reps, lb = p.replicas, p.launch_batch
         padded = lb * p.num_batch_chunks
-        # (T, B, G*H) gate-major -> (T, B_pad, Hk, G) unit-major, zero padded
-        Uk = np.zeros((steps, padded, hp, G), p.dtype)
-        Uk[:, : p.batch, :H] = U.reshape(steps, p.batch, G, H).transpose(0, 1, 3, 2)
+        # (T, B, G*H) gate-major -> (T, B_pad, Hk*G) unit-major, zero padded
+        Uk = np.zeros((steps, padded, hp * G), p.dtype)
+        Uk[:, : p.batch] = unit_major_rows(U.transpose(2, 0, 1), G, hp).transpose(1, 2, 0)
         for name, value in states.items():
             states[name] = np.zeros((padded, hp), p.dtype)
             states[name][: p.batch, :H] = value
@@ -396,13 +398,13 @@ class PersistentRNN:
         c_last = np.empty((padded, hp), p.dtype)
         for ch in range(p.num_batch_chunks):
             launch = slice(ch * lb, (ch + 1) * lb)
-            # the launch's samples as replicas x Bk, the replicas stacked along the rows
-            uk = Uk[:, launch].reshape(steps, reps, bk, hp * G).transpose(0, 1, 3, 2)
+            # the states of the launch's samples as replicas x Bk, stacked along the rows
             kern = {
                 name: value[launch].reshape(reps, bk, hp).transpose(0, 2, 1).reshape(-1, bk)
                 for name, value in states.items()
             }
-            res, c_res = self.run_chunk(uk.reshape(steps, -1, bk), kern["h0"], kern["c0"], rb)
+            uk = Uk[:, launch].reshape(p.u_shape(steps))
+            res, c_res = self.run_chunk(uk, kern["h0"], kern["c0"], rb)
             out[:, launch] = (
                 res.reshape(steps, reps, hp, bk).transpose(0, 1, 3, 2).reshape(steps, lb, hp)
             )

@@ -279,8 +279,10 @@ def _signature(
         for name, (shape, dtype) in zip(KERNEL_ARRAYS, triple, strict=True)
     ]
     analyzer = Analyzer()
-    steps = next(d for d in real.params[3].shape if not isinstance(d, tirx.IntImm))  # U's T
+    # U's T and samples (one launch's)
+    steps, samples = (d for d in real.params[3].shape if not isinstance(d, tirx.IntImm))
     analyzer.bind(steps, MEASURE_STEPS)
+    analyzer.bind(samples, plans[0].launch_batch)
     for p in real.params[3:]:  # U, h0, c0, rbias, out (P * T rows), c_out, status
         shape = tuple(int(analyzer.simplify(d)) for d in p.shape)
         params.append(tirx.decl_buffer(shape, p.dtype, p.name))

@@ -3,12 +3,16 @@
 One launch runs one direction, or both directions of a bidirectional layer at once (a plan of
 ``directions == 2``: each direction on its own CTAs, inputs and outputs stacked). Emitted:
 
-1. ``U = X @ W^T + b``: one linear layer over all ``T * N`` rows and all gates before the
-   recurrence (``b = Wb + Rb``, except ``Wb`` alone for the GRU ``h`` gate, whose ``Rb`` goes
-   inside the reset gate: :func:`split_onnx_bias`), dispatched like any linear layer (sparse
-   when ``W`` is pruned, dlight's GEMM otherwise);
-2. Relax reshapes, transposes and zero pads into the kernel layout ``U (T, G*Hk, Bk)``
-   (unit-major rows) and ``h0``/``c0 (Hk, Bk)`` (reverse direction: ``U`` flipped in time first);
+1. ``U = X @ W^T + b``: one linear layer over all ``T * N`` rows and all gates of all the
+   launch's directions before the recurrence, dispatched like any linear layer (sparse when
+   ``W`` is pruned, the dense GEMM otherwise) and named ``<layer>[fw].W+<layer>[bw].W``
+   for two directions. ``W``'s rows are put in the kernel's order (unit-major, padded units
+   zero, :func:`~tvm_sparse_rnn.kernels.cuda.persistent.packing.unit_major_rows`; both
+   directions stacked: one GEMM of twice the features), so the GEMM's output *is* the kernel's
+   ``U (T, N, D * G * Hk)``: no re-layout, and a reverse direction reads it backwards. ``b = Wb
+   + Rb``, except ``Wb`` alone for the GRU ``h`` gate, whose ``Rb`` goes inside the reset gate
+   (:func:`split_onnx_bias`);
+2. ``h0``/``c0`` transposed and zero padded into the kernel layout ``(Hk, Bk)``;
 3. one ``R.call_tir`` (for all its directions) of
    :func:`~tvm_sparse_rnn.kernels.cuda.persistent.kernel.make_persistent_kernel` per batch chunk of
    the plan, with the packed ``R`` as Relax constants; the kernel carries the
@@ -31,7 +35,12 @@ from tvm import relax
 
 from ...kernels.cuda.persistent.kernel import make_persistent_kernel
 from ...kernels.cuda.persistent.layout import PairOrder
-from ...kernels.cuda.persistent.packing import pack, stack_directions, unit_major
+from ...kernels.cuda.persistent.packing import (
+    pack,
+    stack_directions,
+    unit_major,
+    unit_major_rows,
+)
 from ...kernels.cuda.persistent.planner import Barrier, PersistentPlan
 from ...kernels.opaque import opaque_kernel
 from ...ops.cells import CellConfig, PersistentCell
@@ -176,34 +185,32 @@ def emit_persistent(
     packed = stack_directions(
         [pack(unit_major(d.r, G), plan, choice.order, choice.vector) for d in dirns]
     )
-    func = opaque_kernel(make_persistent_kernel(plan, cell, choice.barrier, choice.vector))
+    reverse = tuple(cfg.is_reverse(d.index) for d in dirns)
+    kernel = make_persistent_kernel(plan, cell, choice.barrier, choice.vector, reverse)
+    func = opaque_kernel(kernel)
     func = func.with_attr("tirx.is_scheduled", True)
     gv = bb.add_func(func, f"rnn_persistent_{cell.value}")
 
     x_rows = bb.emit(op.reshape(x, [seq_len * batch, input_size]))
-    us, hs, cs, rbiases = [], [], [], []
-    for dirn, name in zip(dirns, names, strict=True):
-        bias, rbias = split_onnx_bias(cell, dirn.wb, dirn.rb)
-        rbiases.append(np.pad(rbias, (0, Hk - H)))
-        u = linear(x_rows, dirn.w.astype(dtype), f"{name}.W")
-        u = op.reshape(op.add(u, relax.const(bias.astype(dtype))), [seq_len, batch, G, H])
-        if cfg.is_reverse(dirn.index):
-            u = op.flip(u, axis=0)
-        u = op.permute_dims(u, [0, 3, 2, 1])  # (T, H, G, N): unit-major rows
+    biases, rbiases = zip(*(split_onnx_bias(cell, d.wb, d.rb) for d in dirns), strict=True)
+    weight = np.concatenate([unit_major_rows(d.w, G, Hk) for d in dirns]).astype(dtype)
+    bias = np.concatenate([unit_major_rows(b, G, Hk) for b in biases]).astype(dtype)
+    u = linear(x_rows, weight, "+".join(f"{name}.W" for name in names))
+    u = bb.emit(op.reshape(op.add(u, relax.const(bias)), [seq_len, batch, weight.shape[0]]))
+    hs, cs = [], []
+    for dirn in dirns:
         states = [op.permute_dims(s, [1, 0]) for s in (dirn.h0, dirn.c0 if G == 4 else dirn.h0)]
         if (Hk, b_pad) != (H, batch):
-            u = op.nn.pad(u, [0, 0, 0, Hk - H, 0, 0, 0, b_pad - batch])
             states = [op.nn.pad(s, [0, Hk - H, 0, b_pad - batch]) for s in states]
-        us.append(bb.emit(op.reshape(u, [seq_len, Hk * G, b_pad])))
         hs.append(bb.emit(states[0]))
         cs.append(bb.emit(states[1]))
 
     def stacked(parts: list[relax.Expr], axis: int) -> relax.Expr:
         return parts[0] if len(parts) == 1 else bb.emit(op.concat(parts, axis=axis))
 
-    u, h, c = stacked(us, 1), stacked(hs, 0), stacked(cs, 0)
+    h, c = stacked(hs, 0), stacked(cs, 0)
     weights = [relax.const(a) for a in packed]
-    rb_k = relax.const(np.concatenate(rbiases).astype(F32))
+    rb_k = relax.const(np.concatenate([np.pad(rb, (0, Hk - H)) for rb in rbiases]).astype(F32))
     rows = plan.streams * Hk
     out_ty = [
         relax.TensorType((plan.phases * seq_len, rows, Bk), dtype),
@@ -213,18 +220,19 @@ def emit_persistent(
     lb = plan.launch_batch
     chunks, c_chunks = [], []
     for ch in range(plan.num_batch_chunks):
-        args = [u, h, c]
+        u_ch, states = u, [h, c]
         if plan.num_batch_chunks > 1:
             lo, hi = ch * lb, (ch + 1) * lb
-            args = [
+            u_ch = bb.emit(op.strided_slice(u, axes=[1], begin=[lo], end=[min(hi, batch)]))
+            states = [
                 bb.emit(op.strided_slice(a, axes=[a.ty.ndim - 1], begin=[lo], end=[hi]))
-                for a in args
+                for a in states
             ]
-        args = [bb.emit(to_streams(a, plan)) for a in args]
-        res = bb.emit(relax.call_tir(gv, [*weights, *args, rb_k], out_ty))
+        states = [bb.emit(to_streams(a, plan)) for a in states]
+        res = bb.emit(relax.call_tir(gv, [*weights, u_ch, *states, rb_k], out_ty))
         # status (output 2) is ignored
-        states = bb.emit(hidden_states(bb.emit(relax.TupleGetItem(res, 0)), plan))
-        chunks.append(bb.emit(from_streams(states, plan)))
+        h_launch = bb.emit(hidden_states(bb.emit(relax.TupleGetItem(res, 0)), plan))
+        chunks.append(bb.emit(from_streams(h_launch, plan)))
         c_chunks.append(bb.emit(from_streams(bb.emit(relax.TupleGetItem(res, 1)), plan)))
     y_all, c_all = stacked(chunks, 2), stacked(c_chunks, 1)
 

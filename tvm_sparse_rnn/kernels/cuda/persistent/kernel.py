@@ -391,6 +391,7 @@ def make_persistent_kernel(
     cell: PersistentCell = PersistentCell.TANH,
     barrier: Barrier = Barrier.GRID,
     vector: bool = True,
+    reverse: tuple[bool, ...] = (),
 ) -> tirx.PrimFunc:
     """The persistent kernel ``main(vals, idx, spairs, U, h0, c0, rbias, out, c_out, status)``.
 
@@ -418,6 +419,9 @@ def make_persistent_kernel(
         cluster barrier (``plan.num_ctas <= PORTABLE_CLUSTER_SIZE``).
     vector : bool
         Vector shared loads of ``h`` (up to 16 bytes: LDS.128); ``False`` gives scalar loads.
+    reverse : tuple of bool
+        Per direction, whether step ``t`` reads ``U[T - 1 - t]`` (a reverse direction reads the
+        forward GEMM's output backwards; ``out`` stays in step order). Empty: all forward.
 
     Returns
     -------
@@ -430,8 +434,11 @@ def make_persistent_kernel(
         * ``vals``, ``idx`` (register slots) and ``spairs`` (each CTA's shared-memory slots)
           from :func:`~tvm_sparse_rnn.kernels.cuda.persistent.packing.pack`, one packing per
           direction (:func:`~.packing.stack_directions`), shared by its replicas;
-        * ``U``      ``(T, S * G * Hk, Bk)`` DT, row ``j*G + g`` of a stream: ``W_g x_t + b_g``
-          of unit ``j`` (for the GRU ``h`` gate without the recurrent bias);
+        * ``U``      ``(T, N, D * G * Hk)`` DT (:meth:`~.planner.PersistentPlan.u_shape`; ``N``
+          symbolic, the launch's samples: replica ``r`` runs samples ``r * Bk ..``, clamped to
+          ``N - 1``), column ``d * G * Hk + j * G + g``: ``W_g x_t + b_g`` of unit ``j`` of
+          direction ``d`` (for the GRU ``h`` gate without the recurrent bias), the layout of
+          the input GEMM with unit-major rows of ``W``;
         * ``h0``, ``c0`` ``(S * Hk, Bk)`` DT, initial states (``c0`` is read by LSTM only);
         * ``rbias``  ``(D * Hk,)`` float32 per direction, GRU: recurrent bias of the ``h`` gate
           (else unused);
@@ -445,6 +452,9 @@ def make_persistent_kernel(
         raise ValueError(f"plan kind {plan.kind!r}: use make_step_kernel for the fallback")
     cell, barrier = PersistentCell(cell), Barrier(barrier)
     _check(plan, cell, barrier)
+    reverse = tuple(reverse) or (False,) * plan.directions
+    if len(reverse) != plan.directions:
+        raise ValueError(f"reverse has {len(reverse)} entries for {plan.directions} directions")
     geo = KernelGeometry(plan, barrier, vector)
     hidden, batch, rows, gates = plan.hidden_padded, plan.batch_kernel, plan.rows_padded, plan.gates
     ctas, threads, lanes, rpt = plan.num_ctas, plan.threads, plan.lanes_per_row, plan.rows_per_group
@@ -501,6 +511,20 @@ def make_persistent_kernel(
         """Row of ``h0``, ``c0``, ``out`` and ``c_out`` holding ``unit_index`` of the stream of
         CTA ``bx`` (streams are stacked along the hidden axis)."""
         return (bx // ctas) * hidden + unit_index
+
+    def u_step(bx, t, steps):
+        """Row of ``U`` that step ``t`` of the direction of CTA ``bx`` reads."""
+        backwards = [d for d in range(dirs) if reverse[d]]
+        if not backwards:
+            return t
+        if len(backwards) == dirs:
+            return steps - 1 - t
+        return T.if_then_else(bx // direction_ctas == backwards[0], steps - 1 - t, t)
+
+    def u_sample(bx, b, samples):
+        """Sample of ``U`` of sample ``b`` of the batch slice of CTA ``bx`` (padding samples
+        read the last one)."""
+        return T.min((bx // ctas) % plan.replicas * batch + b, samples - 1)
 
     def bias_row(bx, unit_index):
         """Row of ``rbias`` holding ``unit_index`` of the direction of CTA ``bx``."""
@@ -575,16 +599,16 @@ def make_persistent_kernel(
                 cst[ui * batch + b] = f32(c0[state_row(bx, T.min(unit(bx, tx, ui), hidden - 1)), b])
 
     @T.macro
-    def load_u(uu, U, t, bx, tx, bc):
+    def load_u(uu, U, t, bx, tx, bc, steps, samples):
         # u_t of this lane's rows for samples bc*width .. bc*width + width - 1
         for rr in T.unroll(rpt):
             for b in T.unroll(width):
                 uu[rr * width + b] = f32(
                     U[
-                        t,
-                        (bx // ctas) * gates * hidden
+                        u_step(bx, t, steps),
+                        u_sample(bx, bc * width + b, samples),
+                        (bx // direction_ctas) * gates * hidden
                         + T.min(direction_row(bx, tx, rr), gates * hidden - 1),
-                        bc * width + b,
                     ]
                 )
 
@@ -841,7 +865,7 @@ def make_persistent_kernel(
                             )
 
     @T.macro
-    def recurrence(vals, idx, spairs, U, h0, c0, rbias, out, c_out, status, steps, bx, tx):
+    def recurrence(vals, idx, spairs, U, h0, c0, rbias, out, c_out, status, steps, samples, bx, tx):
         # One thread's whole launch: its pairs once, then every step.
         h_sh = T.alloc_buffer((geo.buffers * h_size,), dtype, scope=geo.h_scope)
         w_sh = T.alloc_buffer((geo.smem_pair_words,), "int32", scope=geo.pair_scope)
@@ -866,12 +890,12 @@ def make_persistent_kernel(
         load_cell_state(rbv, cst, rbias, c0, bx, tx)
         for t in range(steps):
             if passes == 1:  # u_t before waiting for h_{t-1}
-                load_u(uu, U, t, bx, tx, 0)
+                load_u(uu, U, t, bx, tx, 0, steps, samples)
             exchange_h(h_sh, h0, out, status, pend, spins, t, bx, tx)
             if plan.two_phase:
                 for bc in T.unroll(passes):
                     if passes > 1:
-                        load_u(uu, U, t, bx, tx, bc)
+                        load_u(uu, U, t, bx, tx, bc, steps, samples)
                     for ui in T.unroll(units):
                         matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui, 0, 2)
                         reset_gate_store(hv, zs, hps, acc, uu, h_sh, out, spins, t, bx, tx, bc, ui)
@@ -879,14 +903,14 @@ def make_persistent_kernel(
                 exchange_reset(h_sh, h0, out, status, pend, spins, t, bx, tx)
                 for bc in T.unroll(passes):
                     if passes > 1:
-                        load_u(uu, U, t, bx, tx, bc)
+                        load_u(uu, U, t, bx, tx, bc, steps, samples)
                     for ui in T.unroll(units):
                         matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui, 2, 1)
                         candidate_store(hv, zs, hps, acc, uu, out, spins, t, bx, tx, bc, ui)
             else:
                 for bc in T.unroll(passes):
                     if passes > 1:
-                        load_u(uu, U, t, bx, tx, bc)
+                        load_u(uu, U, t, bx, tx, bc, steps, samples)
                     for ui in T.unroll(units):
                         matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui, 0, gates)
                         cell_update_store(
@@ -911,8 +935,8 @@ def make_persistent_kernel(
         status: T.Buffer((1,), "int32"),
     ):
         T.func_attr(func_attrs)
-        steps = T.int32()
-        U = T.match_buffer(u_handle, (steps, streams * gates * hidden, batch), dtype)
+        steps, samples = T.int32(), T.int32()
+        U = T.match_buffer(u_handle, plan.u_shape(steps, samples), dtype)
         out = T.match_buffer(out_handle, plan.out_shape(steps), dtype)
         if geo.flag:
             fill_sentinel(out, status, steps)
@@ -921,13 +945,15 @@ def make_persistent_kernel(
                 for _cx in T.thread_binding(ctas, thread="clusterCtaIdx.x"):
                     for tx in T.thread_binding(threads, thread="threadIdx.x"):
                         recurrence(
-                            vals, idx, spairs, U, h0, c0, rbias, out, c_out, status, steps, bx, tx
-                        )
+                            vals, idx, spairs, U, h0, c0, rbias, out, c_out, status, steps,
+                            samples, bx, tx,
+                        )  # fmt: skip
             else:
                 for tx in T.thread_binding(threads, thread="threadIdx.x"):
                     recurrence(
-                        vals, idx, spairs, U, h0, c0, rbias, out, c_out, status, steps, bx, tx
-                    )
+                        vals, idx, spairs, U, h0, c0, rbias, out, c_out, status, steps, samples,
+                        bx, tx,
+                    )  # fmt: skip
 
     return main
 
@@ -981,8 +1007,8 @@ def make_step_kernel(
         t: T.int32,
     ):
         T.func_attr({"tirx.noalias": True})
-        steps = T.int32()
-        U = T.match_buffer(u_handle, (steps, G * Hk, Bk), DT)
+        steps, samples = T.int32(), T.int32()
+        U = T.match_buffer(u_handle, plan.u_shape(steps, samples), DT)
         out = T.match_buffer(out_handle, (steps, Hk, Bk), DT)
         for bx in T.thread_binding(T.ceildiv(Hk, NTH), thread="blockIdx.x"):
             for tx in T.thread_binding(NTH, thread="threadIdx.x"):
@@ -996,7 +1022,9 @@ def make_step_kernel(
                     for g in range(G):
                         for b in range(Bk):
                             acc[g * Bk + b] = T.float32(0)
-                            uu[g * Bk + b] = f32(U[t, (bx * NTH + tx) * G + g, b])
+                            uu[g * Bk + b] = f32(
+                                U[t, T.min(b, samples - 1), (bx * NTH + tx) * G + g]
+                            )
                         for k in range(NZ):
                             for b in range(Bk):
                                 acc[g * Bk + b] = acc[g * Bk + b] + f32(

@@ -141,6 +141,19 @@ def unit_major(R: np.ndarray | sp.spmatrix | sp.sparray, gates: int) -> sp.csr_a
     return csr[order]
 
 
+def unit_major_rows(a: np.ndarray, gates: int, hidden_padded: int) -> np.ndarray:
+    """Gate-major rows of ``a`` (``(G*H, ...)``, row ``g*H + j``: ONNX's ``W``, biases) as the
+    kernel's unit-major rows ``j*G + g`` of ``(G*Hk, ...)``, zero rows for the padded units
+    ``H <= j < Hk``. ``X @ unit_major_rows(W, G, Hk).T`` is the kernel's ``U``."""
+    a = np.asarray(a)
+    hidden = a.shape[0] // gates
+    if a.shape[0] != gates * hidden or hidden > hidden_padded:
+        raise ValueError(f"{a.shape[0]} rows are not {gates} gates of at most {hidden_padded}")
+    out = np.zeros((hidden_padded, gates, *a.shape[1:]), a.dtype)
+    out[:hidden] = np.swapaxes(a.reshape(gates, hidden, *a.shape[1:]), 0, 1)
+    return out.reshape(hidden_padded * gates, *a.shape[1:])
+
+
 def lane0_of_row(plan: PersistentPlan, row: int) -> int:
     """Lane (0..31) of part 0 of packed row ``row`` (0 for the per-step fallback)."""
     if plan.kind != "persistent":

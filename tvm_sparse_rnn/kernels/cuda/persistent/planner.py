@@ -165,6 +165,15 @@ class PersistentPlan:
         ``T``): ``(phases * steps, streams * hidden_padded, batch_kernel)``."""
         return (self.phases * steps, self.streams * self.hidden_padded, self.batch_kernel)
 
+    def u_shape(self, steps: object, samples: object = None) -> tuple:
+        """Shape of the kernel's ``U`` for ``steps`` steps: ``(steps, samples, directions *
+        gates * hidden_padded)``, the input projections of one launch's ``samples`` (default
+        :attr:`launch_batch`) as the GEMM ``X W^T`` gives them when ``W``'s rows are unit-major
+        (row ``j * gates + g`` of a direction: gate ``g`` of unit ``j``, zero rows for the
+        padded units) and the directions' ``W`` stacked."""
+        samples = self.launch_batch if samples is None else samples
+        return (steps, samples, self.directions * self.gates * self.hidden_padded)
+
     @property
     def streams(self) -> int:
         """Independent recurrences of one launch (``directions * replicas``)."""
