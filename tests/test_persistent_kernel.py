@@ -142,6 +142,52 @@ def test_reverse_direction_reads_u_backwards() -> None:
         make_persistent_kernel(two, "gru", "flag", reverse=(True,))
 
 
+class _ScriptOps:
+    """``T.min`` and ``T.if_then_else`` of TVMScript on Python ints."""
+
+    min = staticmethod(min)
+
+    @staticmethod
+    def if_then_else(cond: bool, then: int, other: int) -> int:
+        return then if cond else other
+
+
+def _u_index(func, **values: int) -> tuple[int, ...]:
+    """The kernel's ``U[...]`` read evaluated at ``values`` of its variables (``bx``, ``tx``,
+    ``rr``, ``b``, ``t``, ``steps``, ``samples``): the kernel's own TVMScript index expressions,
+    whose ``//``, ``%``, ``T.min`` and ``T.if_then_else`` on non-negative ints are Python's."""
+    (read,) = set(re.findall(r"\bU\[(.*)\]", func.script()))
+    return eval(f"({read},)", {"T": _ScriptOps}, values)
+
+
+def test_u_read_is_the_runtime_layout_of_each_stream() -> None:
+    """Every thread's ``u_t`` reads, evaluated from the kernel, pick the runtime's ``U`` (the
+    input GEMM's layout, :meth:`PersistentPlan.u_shape`) at its unit, gate, sample and step:
+    2 directions (the second reversed) x 2 replicas of a GRU, 3 real samples of 4."""
+    R = sp.random(3 * 64, 64, density=0.2, random_state=2, format="csr", dtype=np.float32)
+    plan = planner.plan_persistent(
+        unit_major(R, 3), 8, gates=3, directions=2, replicas=2, device=LIMITS
+    )
+    func = make_persistent_kernel(plan, "gru", "flag", reverse=(False, True))
+    steps, samples, hk, G = 5, 3, plan.hidden_padded, plan.gates
+    u = np.arange(np.prod(plan.u_shape(steps, samples))).reshape(plan.u_shape(steps, samples))
+    direction_ctas = plan.replicas * plan.num_ctas
+    for bx in range(plan.grid_ctas):
+        d, r = bx // direction_ctas, bx // plan.num_ctas % plan.replicas
+        for tx in range(0, plan.threads, plan.lanes_per_row):
+            group = bx % plan.num_ctas * plan.groups_per_cta + tx // plan.lanes_per_row
+            for rr in range(plan.rows_per_group):
+                row = group * plan.rows_per_group + rr  # unit-major: unit row // G, gate row % G
+                for b in range(plan.batch_kernel):
+                    got = _u_index(
+                        func, bx=bx, tx=tx, rr=rr, b=b, t=1, steps=steps, samples=samples
+                    )
+                    step = steps - 2 if d else 1
+                    sample = min(r * plan.batch_kernel + b, samples - 1)
+                    column = d * G * hk + min(row, G * hk - 1)
+                    assert u[got] == u[step, sample, column]
+
+
 def _cluster_plan(batch: int = 16):
     plans = candidate_plans(1792, 215, batch, replicas=16)
     return next(p for p in plans if p.num_ctas <= planner.PORTABLE_CLUSTER_SIZE)
