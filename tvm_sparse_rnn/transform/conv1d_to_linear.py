@@ -15,8 +15,9 @@ tensor-core GEMM on cuda, or a sparse kernel when the filters are pruned. It run
 rewritten, their ``C * K`` columns zero-padded to a multiple of 8 (16-byte rows, which the
 pipelined ``mma.sync`` GEMM of :mod:`~tvm_sparse_rnn.kernels.cuda.matmul_mma` needs): dlight's
 ``wmma`` schedule of the DeepSpeech2-like convolution took 58 us at batch 1 and 76 us at batch 16
-on the H200 (``benchmarks/bench_gpu_models.py --profile``); float32 keeps dlight's ``conv1d``
-(its im2col GEMM would run on CUDA cores).
+on the H200, the unfolding (then a stack of strided slices) and the ``mma.sync`` GEMM 3 + 15 us
+and 33 + 33 us on an H100 (``benchmarks/bench_gpu_models.py --profile``, session 12); float32
+keeps dlight's ``conv1d`` (its im2col GEMM would run on CUDA cores).
 """
 
 from __future__ import annotations
