@@ -121,6 +121,12 @@ SUPPORTED_ACTIVATIONS = tuple(a.value for a in Activation)
 DIRECTIONS = ("forward", "reverse", "bidirectional")
 
 
+def unit_major_order(num_gates: int, hidden_size: int) -> np.ndarray:
+    """Row permutation from ONNX gate-major (``g*H + j``) to unit-major (``j*G + g``) order:
+    row ``j*G + g`` of the kernels' weights is gate ``g`` of hidden unit ``j``."""
+    return np.arange(num_gates * hidden_size).reshape(num_gates, hidden_size).T.reshape(-1)
+
+
 def _activation(name: str) -> Activation:
     """The activation of an ONNX name; names are case-sensitive, as onnxruntime reads them."""
     try:

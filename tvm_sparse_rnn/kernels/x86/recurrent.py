@@ -59,7 +59,14 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T  # noqa: N812 - TVMScript convention
 
-from ...ops.cells import CellConfig, gru_gates, gru_output, lstm_cell, rnn_cell
+from ...ops.cells import (
+    CellConfig,
+    gru_gates,
+    gru_output,
+    lstm_cell,
+    rnn_cell,
+    unit_major_order,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +84,6 @@ _NARROW_TILE_COST = 1.6
 #: Multiply-adds (per step for the recurrence) below which a kernel runs on one core.
 MIN_PARALLEL_WORK = 1 << 14
 _F32 = "float32"
-
-
-def unit_major_order(num_gates: int, hidden_size: int) -> np.ndarray:
-    """Row permutation from ONNX gate-major (``g*H + j``) to unit-major (``j*G + g``) order."""
-    return np.arange(num_gates * hidden_size).reshape(num_gates, hidden_size).T.reshape(-1)
 
 
 @dataclass(frozen=True)

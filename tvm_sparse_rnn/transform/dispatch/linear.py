@@ -20,6 +20,7 @@ from tvm.target import Target
 
 from ...bsr import BSRWeight
 from ...errors import UnsupportedError
+from ...kernels.cuda.matmul_mma import VECTOR_HALVES
 from ...kernels.cuda.tensor_core.kernel import default_config
 from ...kernels.opaque import opaque_kernel
 from ...kernels.sparse_dense import SparseDenseLayout, sparse_dense_func
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 #: Output features of a dense float16 layer on CUDA are padded to a multiple of this (16-byte
 #: rows of ``W^T``), so the pipelined ``mma.sync`` GEMM takes it: DeepSpeech2's 29-class output
 #: layer (1520 x 2048 -> 29) otherwise fell to a CUDA-core schedule of 48 CTAs.
-DENSE_FEATURE_ALIGN = 8
+DENSE_FEATURE_ALIGN = VECTOR_HALVES
 
 
 def emit_sparse_dense(

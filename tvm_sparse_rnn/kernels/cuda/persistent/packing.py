@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from ....ops.cells import unit_major_order
 from .layout import PairOrder, SmemAccess, order_row, smem_access
 from .planner import PersistentPlan
 
@@ -137,8 +138,7 @@ def unit_major(R: np.ndarray | sp.spmatrix | sp.sparray, gates: int) -> sp.csr_a
     hidden = csr.shape[1]
     if csr.shape[0] != gates * hidden:
         raise ValueError(f"R has shape {csr.shape}, expected ({gates * hidden}, {hidden})")
-    order = np.arange(gates * hidden).reshape(gates, hidden).T.ravel()
-    return csr[order]
+    return csr[unit_major_order(gates, hidden)]
 
 
 def unit_major_rows(a: np.ndarray, gates: int, hidden_padded: int) -> np.ndarray:
@@ -149,9 +149,9 @@ def unit_major_rows(a: np.ndarray, gates: int, hidden_padded: int) -> np.ndarray
     hidden = a.shape[0] // gates
     if a.shape[0] != gates * hidden or hidden > hidden_padded:
         raise ValueError(f"{a.shape[0]} rows are not {gates} gates of at most {hidden_padded}")
-    out = np.zeros((hidden_padded, gates, *a.shape[1:]), a.dtype)
-    out[:hidden] = np.swapaxes(a.reshape(gates, hidden, *a.shape[1:]), 0, 1)
-    return out.reshape(hidden_padded * gates, *a.shape[1:])
+    out = np.zeros((gates * hidden_padded, *a.shape[1:]), a.dtype)
+    out[: gates * hidden] = a[unit_major_order(gates, hidden)]
+    return out
 
 
 def lane0_of_row(plan: PersistentPlan, row: int) -> int:
