@@ -138,6 +138,8 @@ def test_float32_and_gemv_like_layers_keep_cuda_cores():
 
 def test_tiling_fills_the_gpu_before_growing_tiles():
     assert choose_mma_config(1520, 3072, 132) == MmaConfig(128, 128, 32, 2, 2, 3)
+    # 48 tiles of 128 x 128 or 192 of 64 x 64, estimated the same: the one filling more SMs
+    assert choose_mma_config(1520, 512, 132) == MmaConfig(64, 64, 32, 2, 2, 3)
     skinny = choose_mma_config(128, 768, 132)
     assert skinny.block_m * skinny.block_n < 128 * 128
     assert choose_mma_config(None, 768, 132) == MMA_CONFIGS[0]  # symbolic M: the largest tile

@@ -34,7 +34,9 @@ each layer's pruning pattern. Here each layer is judged on its own:
    (:mod:`tvm_sparse_rnn.kernels.cuda.matmul_mma`). On the H100 (float16, 90 % unstructured)
    the sparse kernel took 20.2 us for BERT's qkv layer (``128 x 2304 x 768``) and 18.8 us for
    its second FFN layer (``128 x 768 x 3072``), CUDA graphs, session 8; the dense kernel
-   9.1 us and 19.3 us (``time_evaluator``, session 9).
+   9.1 us and 19.3 us (``time_evaluator``, session 9). At ``M = 95`` (DeepSpeech2's GRU input
+   projections, H200, session 13) the dense kernel took 40.5 + 12.7 us against 56.3 + 32.9 us
+   sparse, so the limit is 64 rows.
 7. Keep the layer **dense** unless its element-wise sparsity reaches ``sparsity_threshold`` *and*
    ``cost <= break_even``: the sparse kernels reach only part of a dense GEMM's arithmetic rate,
    so sparse must do sufficiently less work to be faster.
@@ -156,7 +158,7 @@ COST_PARAMS: dict[str, CostParams] = {
         block_overhead=2.0,
         break_even=0.6,
         tensor_core_min_rows=16,
-        tensor_core_max_rows=128,
+        tensor_core_max_rows=64,
         dense_tile=(32, 64),
     ),
 }
