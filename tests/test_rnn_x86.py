@@ -18,6 +18,7 @@ from tvm_sparse_rnn.kernels.x86.recurrent import (
     projection_row_group,
     projection_tile,
     recurrent_prim_func,
+    step_rows,
     unit_major_order,
 )
 from tvm_sparse_rnn.ops.cells import CellConfig
@@ -106,9 +107,11 @@ def test_recurrent_kernel_configs_match_reference(kind, options, density, config
     order = unit_major_order(G, hidden)
     wb, rb = w["B"][0, : G * hidden], w["B"][0, G * hidden :]
     u = (np.einsum("tni,gi->tgn", x, w["W"][0]) + wb[:, None]).astype("float32")
+    u_padded = np.zeros((seq_len, step_rows(G * hidden, seq_len, batch), batch), "float32")
+    u_padded[:, : G * hidden] = u[:, order]
     packed = pack_weight(w["R"][0], G, dense=density > 0.5)
     lstm = kind == "LSTM"
-    args = [u[:, order], *packed.arrays(), rb[order]]
+    args = [u_padded, *packed.arrays(), rb[order]]
     args += [w["P"][0].reshape(3, hidden)] if cfg.peepholes else []
     args += [h0[0]] + ([c0[0]] if lstm else []) + [lens]
     args += [np.zeros((seq_len, batch, hidden), "float32")]
@@ -144,6 +147,22 @@ def test_projection_tile_is_a_power_of_two_with_little_padding(m, tile, padded, 
 
 
 @pytest.mark.parametrize(
+    ("rows", "seq_len", "batch", "padded"),
+    [
+        (3072, 95, 1, 3088),  # DeepSpeech2's GRU: 12 KB steps -> 193 lines
+        (18, 7, 5, 48),  # 240 floats = 15 lines
+        (3072, 95, 4, 3076),  # 769 lines
+        (3072, 95, 16, 3072),  # a tile spans at most 8 steps: no padding
+        (3072, 1, 1, 3072),  # one step (the linear layers' Y^T): no padding
+    ],
+)
+def test_step_rows_make_the_step_stride_an_odd_number_of_lines(rows, seq_len, batch, padded):
+    """``U``'s steps are an odd number of 64-byte lines apart, so one row's stores over the
+    steps of a tile fall in different L1 sets."""
+    assert step_rows(rows, seq_len, batch) == padded
+
+
+@pytest.mark.parametrize(
     ("dense", "seq_len", "batch", "tile", "chains"),
     [
         (False, 4, 3, None, None),  # 12 columns: one tile of 12, no padding, 4 chains
@@ -172,11 +191,11 @@ def test_projection_matches_numpy(dense, seq_len, batch, tile, chains):
     order = unit_major_order(3, 6)
     xt_padded = np.zeros((9, padded_columns(m, tile or projection_tile(m))), "float32")
     xt_padded[:, :m] = xt
-    args = [xt_padded, *packed.arrays(), bias[order], np.zeros((seq_len, 18, batch), "float32")]
-    tensors = [tvm.runtime.tensor(a) for a in args]
+    u = np.zeros((seq_len, step_rows(18, seq_len, batch), batch), "float32")
+    tensors = [tvm.runtime.tensor(a) for a in [xt_padded, *packed.arrays(), bias[order], u]]
     ex(*tensors)
     want = (w @ xt + bias[:, None])[order].reshape(18, seq_len, batch).transpose(1, 0, 2)
-    np.testing.assert_allclose(tensors[-1].numpy(), want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(tensors[-1].numpy()[:, :18], want, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize(("tile", "group"), [(16, 8), (32, 8), (64, 4), (128, 2), (256, 1)])
