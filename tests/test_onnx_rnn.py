@@ -14,7 +14,7 @@ from tvm import relax
 
 from tvm_sparse_rnn.errors import ModelError, UnsupportedError
 from tvm_sparse_rnn.frontend.onnx import from_onnx
-from tvm_sparse_rnn.pipeline import build
+from tvm_sparse_rnn.pipeline import build, sparse_pipeline
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import (
     random_recurrent_weights,
@@ -96,6 +96,19 @@ def test_recurrent_options_match_onnxruntime(kind, density, attributes, peephole
     expected = recurrent_onnxruntime(kind, w, feeds, H, "forward", 0, attributes)
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("inputs", "gathers"), [((), 0), (("sequence_lens",), 2)])
+def test_x86_reverse_direction_needs_no_flip(inputs, gathers):
+    """Over full-length sequences the reverse direction's projection writes ``U`` backwards and
+    its recurrent kernel writes ``Y`` backwards: no flip of ``U`` or ``Y`` around them; with
+    ``sequence_lens`` each valid prefix is reversed by a gather instead."""
+    w = random_recurrent_weights("GRU", H, IN, 2, density=0.15, input_density=0.5, seed=7)
+    model = recurrent_onnx_model("GRU", w, T, N, IN, H, "bidirectional", 0, inputs)
+    mod = sparse_pipeline("llvm").front()(_import(model))
+    script = mod["main"].script()
+    assert "R.flip(" not in script
+    assert script.count("R.gather_elements(") == gathers  # U before, Y after the kernel
 
 
 def test_only_y_h_output():

@@ -17,12 +17,15 @@ from tvm_sparse_rnn.kernels.x86.recurrent import (
     projection_prim_func,
     projection_row_group,
     projection_tile,
+    recurrent_knob_choices,
     recurrent_prim_func,
+    step_rows,
     unit_major_order,
 )
 from tvm_sparse_rnn.ops.cells import CellConfig
 from tvm_sparse_rnn.ops.reference import recurrent_sequence_reference
 from tvm_sparse_rnn.runtime.sequence import RecurrentWeights, build_recurrent_sequence
+from tvm_sparse_rnn.target import NO_GATHER, resolve_target
 from tvm_sparse_rnn.testing import TOLERANCES, random_recurrent_weights
 
 RTOL, ATOL = TOLERANCES["float32"]
@@ -78,6 +81,35 @@ def test_prim_func_structure():
         recurrent_prim_func(cfg, 0, 5, 4, packed, RecurrentConfig(4, 2, 2))
     with pytest.raises(ValueError, match="accumulators=3 must divide"):
         recurrent_prim_func(cfg, 0, 5, 4, packed, RecurrentConfig(3, 1, 1))
+    with pytest.raises(ValueError, match="unit_block=3 must divide H=8"):
+        recurrent_prim_func(cfg, 0, 5, 4, packed, RecurrentConfig(4, 1, 1, 3))
+
+
+@pytest.mark.parametrize(
+    ("hidden", "batch", "block", "choices"),
+    [(1024, 1, 16, (1, 16)), (1024, 4, 1, (1, 4)), (70, 1, 1, (1,)), (1024, 16, 1, (1,))],
+)
+def test_one_sample_vectorizes_the_gate_math_over_16_units(hidden, batch, block, choices):
+    """By default only ``N = 1`` blocks units (16 lanes); the tuning space has the block that
+    fills a vector for any ``N < 16`` whose block divides ``H``."""
+    packed = pack_weight(np.eye(3 * hidden, hidden, dtype="float32"), 3, False)
+    assert default_recurrent_config(packed.layout, 8, batch, cores=2).unit_block == block
+    assert recurrent_knob_choices(8, hidden, batch, cores=2)["unit_block"] == choices
+
+
+def test_x86_targets_build_no_vector_gathers():
+    """LLVM would SLP-vectorize the mat-vec's scalar accumulators into slow ``vgatherdps``; the
+    package's x86 targets carry ``+prefer-no-gather``."""
+    import tvm
+
+    target = resolve_target("llvm")
+    assert NO_GATHER in target.attrs["mattr"]
+    cfg = CellConfig("GRU", 64, linear_before_reset=True)
+    w = sp.random(192, 64, density=0.2, random_state=0, dtype=np.float32)
+    packed = pack_weight(w, 3, False)
+    func = recurrent_prim_func(cfg, 0, 4, 1, packed, RecurrentConfig(4, 1, 1, 16))
+    asm = tvm.compile(func, target=target).mod.inspect_source("asm")
+    assert "vfmadd" in asm and "gather" not in asm
 
 
 @pytest.mark.parametrize(
@@ -85,16 +117,23 @@ def test_prim_func_structure():
     [("RNN", {}, 0.2), ("GRU", {}, 0.2), ("GRU", {}, 0.9), ("LSTM", {"peepholes": True}, 0.2)],
 )
 @pytest.mark.parametrize(
-    "config",
-    [RecurrentConfig(1, 1, 1), RecurrentConfig(2, 2, 1), RecurrentConfig(4, 2, 4)],
+    ("config", "batch"),
+    [
+        (RecurrentConfig(1, 1, 1), 3),
+        (RecurrentConfig(2, 2, 1), 3),
+        (RecurrentConfig(4, 2, 4), 3),
+        (RecurrentConfig(4, 2, 4, unit_block=7), 1),  # gate math of 7 units in one vector
+        (RecurrentConfig(4, 1, 1, unit_block=3), 3),  # 3 units x 3 samples
+    ],
     ids=str,
 )
-def test_recurrent_kernel_configs_match_reference(kind, options, density, config):
+def test_recurrent_kernel_configs_match_reference(kind, options, density, config, batch):
     """Every loop structure (accumulators, one launch per step or per 4 steps on 2 threads,
-    barriers between GRU phases) computes the same layer, sequence lengths included."""
+    barriers between GRU phases, gate math over blocks of units) computes the same layer,
+    sequence lengths included."""
     import tvm
 
-    seq_len, batch, hidden = 8, 3, 21
+    seq_len, hidden = 8, 21
     cfg = CellConfig(kind, hidden, **options)
     G = cfg.num_gates
     w = random_recurrent_weights(kind, hidden, hidden, 1, density, peepholes=cfg.peepholes, seed=7)
@@ -102,13 +141,15 @@ def test_recurrent_kernel_configs_match_reference(kind, options, density, config
     x = rng.standard_normal((seq_len, batch, hidden)).astype("float32")
     h0 = rng.standard_normal((1, batch, hidden)).astype("float32")
     c0 = rng.standard_normal((1, batch, hidden)).astype("float32")
-    lens = np.array([8, 3, 6], np.int32)
+    lens = np.array([8, 3, 6][:batch], np.int32)
     order = unit_major_order(G, hidden)
     wb, rb = w["B"][0, : G * hidden], w["B"][0, G * hidden :]
     u = (np.einsum("tni,gi->tgn", x, w["W"][0]) + wb[:, None]).astype("float32")
+    u_padded = np.zeros((seq_len, step_rows(G * hidden, seq_len, batch), batch), "float32")
+    u_padded[:, : G * hidden] = u[:, order]
     packed = pack_weight(w["R"][0], G, dense=density > 0.5)
     lstm = kind == "LSTM"
-    args = [u[:, order], *packed.arrays(), rb[order]]
+    args = [u_padded, *packed.arrays(), rb[order]]
     args += [w["P"][0].reshape(3, hidden)] if cfg.peepholes else []
     args += [h0[0]] + ([c0[0]] if lstm else []) + [lens]
     args += [np.zeros((seq_len, batch, hidden), "float32")]
@@ -144,6 +185,22 @@ def test_projection_tile_is_a_power_of_two_with_little_padding(m, tile, padded, 
 
 
 @pytest.mark.parametrize(
+    ("rows", "seq_len", "batch", "padded"),
+    [
+        (3072, 95, 1, 3088),  # DeepSpeech2's GRU: 12 KB steps -> 193 lines
+        (18, 7, 5, 48),  # 240 floats = 15 lines
+        (3072, 95, 4, 3076),  # 769 lines
+        (3072, 95, 16, 3072),  # a tile spans at most 8 steps: no padding
+        (3072, 1, 1, 3072),  # one step (the linear layers' Y^T): no padding
+    ],
+)
+def test_step_rows_make_the_step_stride_an_odd_number_of_lines(rows, seq_len, batch, padded):
+    """``U``'s steps are an odd number of 64-byte lines apart, so one row's stores over the
+    steps of a tile fall in different L1 sets."""
+    assert step_rows(rows, seq_len, batch) == padded
+
+
+@pytest.mark.parametrize(
     ("dense", "seq_len", "batch", "tile", "chains"),
     [
         (False, 4, 3, None, None),  # 12 columns: one tile of 12, no padding, 4 chains
@@ -172,11 +229,11 @@ def test_projection_matches_numpy(dense, seq_len, batch, tile, chains):
     order = unit_major_order(3, 6)
     xt_padded = np.zeros((9, padded_columns(m, tile or projection_tile(m))), "float32")
     xt_padded[:, :m] = xt
-    args = [xt_padded, *packed.arrays(), bias[order], np.zeros((seq_len, 18, batch), "float32")]
-    tensors = [tvm.runtime.tensor(a) for a in args]
+    u = np.zeros((seq_len, step_rows(18, seq_len, batch), batch), "float32")
+    tensors = [tvm.runtime.tensor(a) for a in [xt_padded, *packed.arrays(), bias[order], u]]
     ex(*tensors)
     want = (w @ xt + bias[:, None])[order].reshape(18, seq_len, batch).transpose(1, 0, 2)
-    np.testing.assert_allclose(tensors[-1].numpy(), want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(tensors[-1].numpy()[:, :18], want, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize(("tile", "group"), [(16, 8), (32, 8), (64, 4), (128, 2), (256, 1)])

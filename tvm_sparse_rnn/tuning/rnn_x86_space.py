@@ -115,8 +115,9 @@ def schedule_stub(sch: s_tir.Schedule, config: RecurrentConfig) -> None:
     step, unit, entry, lane = sch.get_loops(block)
     launch, step_in = sch.split(step, [None, config.steps_per_launch])
     task, unit_in = sch.split(unit, [config.threads, None])
+    unit_in, unit_of_block = sch.split(unit_in, [None, config.unit_block])
     entry_out, entry_in = sch.split(entry, [None, config.accumulators])
-    sch.reorder(launch, task, step_in, unit_in, entry_out, entry_in, lane)
+    sch.reorder(launch, task, step_in, unit_in, unit_of_block, entry_out, entry_in, lane)
     sch.parallel(task)
     sch.unroll(entry_in)
     sch.vectorize(lane)
@@ -163,7 +164,7 @@ def recurrent_tune_task(
         op=OP,
         func=stub,
         config_cls=RecurrentConfig,
-        choices=recurrent_knob_choices(seq_len, cores),
+        choices=recurrent_knob_choices(seq_len, H, batch, cores),
         schedule=schedule_stub,
         fixed_args=fixed,
         default_config=default,

@@ -20,6 +20,7 @@ from ...kernels.x86.recurrent import (
     RecurrentConfig,
     projection_prim_func,
     recurrent_prim_func,
+    step_rows,
     unit_major_order,
 )
 from ...ops.cells import CellConfig
@@ -56,12 +57,17 @@ def emit_x86_direction(
         return bb.add_func(opaque_kernel(func), name)
 
     kind = cfg.kind.value.lower()
-    proj = add(projection_prim_func(packed_w, seq_len, batch), f"{kind}_projection_x86")
+    # full-length sequences: the kernels reverse time themselves, no flip of U or Y around them
+    in_kernel = cfg.is_reverse(dirn.index) and rev_index is None
+    gathered = cfg.is_reverse(dirn.index) and rev_index is not None
+    proj_func = projection_prim_func(packed_w, seq_len, batch, reverse=in_kernel)
+    proj = add(proj_func, f"{kind}_projection_x86")
     args = [x, *(const(a) for a in packed_w.arrays()), const(dirn.wb[order], F32)]
-    u = bb.emit(relax.call_tir(proj, args, relax.TensorType((seq_len, G * H, batch), F32)))
-    if cfg.is_reverse(dirn.index):
+    u_type = relax.TensorType((seq_len, step_rows(G * H, seq_len, batch), batch), F32)
+    u = bb.emit(relax.call_tir(proj, args, u_type))
+    if gathered:
         u = reverse_sequences(bb, u, rev_index, axis=0, batch_axis=2)
-    func = recurrent_prim_func(cfg, dirn.index, seq_len, batch, packed_r, config)
+    func = recurrent_prim_func(cfg, dirn.index, seq_len, batch, packed_r, config, in_kernel)
     gv = add(func, f"{kind}_recurrent_x86")
     args = [u, *(const(a) for a in packed_r.arrays()), const(dirn.rb[order], F32)]
     if dirn.peep is not None:
@@ -72,6 +78,6 @@ def emit_x86_direction(
     out_ty += [relax.TensorType((batch, H), F32)] * n_state
     res = bb.emit(relax.call_tir(gv, args, out_ty))
     outs = [bb.emit(relax.TupleGetItem(res, k)) for k in range(1 + n_state)]
-    if cfg.is_reverse(dirn.index):
+    if gathered:
         outs[0] = reverse_sequences(bb, outs[0], rev_index, axis=0)
     return outs
