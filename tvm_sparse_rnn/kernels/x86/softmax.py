@@ -63,6 +63,6 @@ def make_softmax(shape: tuple[int, ...], dtype: str, lanes: int) -> tirx.PrimFun
     stages = ("row_inverse", "row_sum", "partial_sum", "T_fast_exp", "row_max", "partial_max")
     schedule_row_stages(sch, "softmax", stages, lanes, with_partials=shape[-1] > lanes)
     exp = sch.get_sblock("T_fast_exp")
-    sch.set_scope(exp, 0, "local")
+    sch.set_scope(exp, 0, "global")
     sch.vectorize(sch.split(sch.get_loops(exp)[-1], [None, lanes])[1])
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
