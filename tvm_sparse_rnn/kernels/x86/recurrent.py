@@ -24,7 +24,13 @@ Design (the CPU counterpart of the sparse persistent RNN, Zhu et al., ICLR 2018)
   zero output. The kernel always runs forward; the reverse direction is handled by the caller
   (:mod:`tvm_sparse_rnn.transform.dispatch.recurrent_x86`), which reverses each sequence's
   valid prefix around it.
-* Activations are inline polynomial ``exp`` (:func:`_exp`) so the gate math vectorizes too.
+* Activations are inline polynomial ``exp`` (:func:`_exp`) so the gate math vectorizes too:
+  over the batch, and over blocks of units (:attr:`RecurrentConfig.unit_block`, 16 at
+  ``N = 1``, where it would otherwise be scalar): a block's mat-vecs first, their
+  pre-activations in stack buffers, then one vector pass over ``block * N`` lanes.
+* ``U``'s step stride is padded to an odd number of cache lines (:func:`step_rows`): the
+  projection stores a row's tile across steps, which at a 4 KB-multiple stride all hit one L1
+  set.
 * Scratch buffers are stack allocations (:func:`_stack_buffer`), never per-iteration workspace
   calls.
 
