@@ -21,9 +21,10 @@ Design (the CPU counterpart of the sparse persistent RNN, Zhu et al., ICLR 2018)
   :class:`RecurrentConfig` (tuned through :mod:`tvm_sparse_rnn.tuning.rnn_x86_space`; the
   dispatch pass resolves it).
 * ``sequence_lens``: at step ``s`` a batch entry with ``s >= len[b]`` keeps its state and gets a
-  zero output. The kernel always runs forward; the reverse direction is handled by the caller
-  (:mod:`tvm_sparse_rnn.transform.dispatch.recurrent_x86`), which reverses each sequence's
-  valid prefix around it.
+  zero output. The kernel runs forward; a reverse direction over full-length sequences has
+  its ``U`` written backwards by the projection and writes ``Y`` backwards (``reverse``), and
+  with ``sequence_lens`` the caller (:mod:`tvm_sparse_rnn.transform.dispatch.recurrent_x86`)
+  reverses each sequence's valid prefix around it.
 * Activations are inline polynomial ``exp`` (:func:`_exp`) so the gate math vectorizes too:
   over the batch, and over blocks of units (:attr:`RecurrentConfig.unit_block`, 16 at
   ``N = 1``, where it would otherwise be scalar): a block's mat-vecs first, their
@@ -87,6 +88,8 @@ PROJECTION_GROUP_FLOATS = 256
 PROJECTION_MAX_GROUP = 8
 #: float32 values per 64-byte cache line.
 CACHE_LINE_FLOATS = 16
+#: Lanes (units x samples) of the gate math of a unit block: one AVX-512 vector of float32.
+GATE_LANES = 16
 #: Relative cost per column of the narrowest projection tile (50 vs 85 GFLOPS measured).
 _NARROW_TILE_COST = 1.6
 #: Multiply-adds (per step for the recurrence) below which a kernel runs on one core.
@@ -392,10 +395,9 @@ class RecurrentConfig:
 
 
 def unit_block_choices(hidden: int, batch: int) -> tuple[int, ...]:
-    """Candidate :attr:`RecurrentConfig.unit_block`: 1, and below :data:`CACHE_LINE_FLOATS`
-    samples the block that fills one AVX-512 vector of lanes (``16 / N`` units) if it divides
-    ``H``."""
-    block = CACHE_LINE_FLOATS // batch if batch < CACHE_LINE_FLOATS else 1
+    """Candidate :attr:`RecurrentConfig.unit_block`: 1, and below :data:`GATE_LANES` samples
+    the block that fills :data:`GATE_LANES` lanes (``16 / N`` units) if it divides ``H``."""
+    block = GATE_LANES // batch if batch < GATE_LANES else 1
     return (1, block) if block > 1 and hidden % block == 0 else (1,)
 
 

@@ -59,7 +59,7 @@ def emit_x86_direction(
     kind = cfg.kind.value.lower()
     # full-length sequences: the kernels reverse time themselves, no flip of U or Y around them
     in_kernel = cfg.is_reverse(dirn.index) and rev_index is None
-    gathered = cfg.is_reverse(dirn.index) and rev_index is not None
+    gathered = cfg.is_reverse(dirn.index) and not in_kernel
     proj_func = projection_prim_func(packed_w, seq_len, batch, reverse=in_kernel)
     proj = add(proj_func, f"{kind}_projection_x86")
     args = [x, *(const(a) for a in packed_w.arrays()), const(dirn.wb[order], F32)]
