@@ -65,7 +65,7 @@ def _weights(cell: str, hidden: int, dtype: str) -> dict[str, np.ndarray]:
 
 def _plans(R, cell: str, batch: int, dtype: str, count: int) -> list:
     """The planner's best geometry per lanes-per-row, ``count`` of them (one slice of the
-    batch), then its best geometry per replica count (or the fallback)."""
+    batch), then its ``count`` best geometries per replica count (or the fallback)."""
     from tvm_sparse_rnn.kernels.cuda.persistent.packing import unit_major
     from tvm_sparse_rnn.kernels.cuda.persistent.planner import (
         candidate_plans,
@@ -97,11 +97,21 @@ def _plans(R, cell: str, batch: int, dtype: str, count: int) -> list:
             out.append(plan)
     out = out[:count]
     for replicas in replica_options(batch, 1, limits)[1:]:
-        out += plans_for(replicas=replicas)[:1]
+        out += plans_for(replicas=replicas)[:count]
     fallback = plan_persistent(
         unit_major(R, gates), batch, dtype, device=limits, gates=gates, two_phase=two_phase
     )
     return out or [fallback]
+
+
+def _barriers(plan) -> tuple[str, ...]:
+    """Every barrier the plan can run: flag and grid, and the cluster barrier when its CTAs per
+    recurrence fit one portable cluster; the per-step fallback has only its launches."""
+    from tvm_sparse_rnn.kernels.cuda.persistent.planner import PORTABLE_CLUSTER_SIZE
+
+    if plan.kind != "persistent":
+        return ("grid",)
+    return ("flag", "grid", "cluster")[: 3 if plan.num_ctas <= PORTABLE_CLUSTER_SIZE else 2]
 
 
 def _check(rnn, cell: str, w: dict, batch: int, hidden: int) -> float:
@@ -186,7 +196,7 @@ def run(args: argparse.Namespace) -> dict:
         R = unit_major(weights[(cell, hidden, dtype)]["R"][0], PersistentCell(cell).gates)
         for plan in _plans(R, cell, batch, dtype, args.candidates):
             vector = default_knobs(plan)[1]
-            for barrier in ("flag", "grid") if plan.kind == "persistent" else ("grid",):
+            for barrier in _barriers(plan):
                 jobs.append(((cell, dtype, hidden, batch), plan, barrier, vector))
     cache = args.cache or tempfile.mkdtemp(prefix="sprnn_cells_")
     t0 = time.time()
@@ -219,7 +229,10 @@ def run(args: argparse.Namespace) -> dict:
             module = build_kernel(plan, cell, barrier, vector, "cuda", cache)
             rnn = PersistentRNN(plan, packs[(case, plan, vector)], cell, barrier, module, dev)
             replicas = f"/x{plan.replicas}" if plan.replicas > 1 else ""
-            label = f"{plan.kind}/{barrier}/KS{plan.lanes_per_row}{replicas}"
+            label = (
+                f"{plan.kind}/{barrier}/KS{plan.lanes_per_row}{replicas}"
+                f"/{plan.num_ctas}x{plan.threads}"
+            )
             entry["ours"][label] = {
                 "ms": _kernel_ms(rnn, STEPS),
                 "max_abs_err": _check(rnn, cell, w, batch, hidden),
@@ -300,7 +313,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--hidden", type=int, nargs="+", help=f"hidden sizes (default {HIDDEN})")
     ap.add_argument("--batch", type=int, nargs="+", help=f"batch sizes (default {BATCH})")
-    ap.add_argument("--candidates", type=int, default=3, help="geometries tried per case")
+    ap.add_argument(
+        "--candidates",
+        type=int,
+        default=3,
+        help="geometries tried per case: per lanes-per-row of one slice and per replica count",
+    )
     ap.add_argument("--cache", help="build cache directory")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--plot", type=Path, help="only plot an existing JSON")

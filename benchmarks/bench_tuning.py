@@ -12,13 +12,16 @@ gain 1.0). It prints a table and writes:
 * ``docs/results/tuning_<device>.json`` (+ ``.png``): default vs tuned per case
   (``tuning_<device>_<op>.json`` when ``--ops`` selects one op);
 * ``schedules/<device>/<op>.json`` (``sparse_dense``, ``rnn_x86``, ``persistent_rnn``): the
-  tuned configs, shipped as package data (see ``schedules/README.md``).
+  tuned configs, shipped as package data (see ``schedules/README.md``); entries of other
+  kernels already in the file are kept, each entry names the command that produced it.
 
 Usage::
 
     python benchmarks/bench_tuning.py --target llvm --trials 24
     python benchmarks/bench_tuning.py --target llvm --ops rnn --trials 12
     python benchmarks/bench_tuning.py --target cuda --trials 24 --cost-model random   # H100
+    python benchmarks/bench_tuning.py --target cuda --ops sparse_dense --m 4 --blocks 1x1 4x4 \
+        --dtype float16 --trials 16 --cost-model random   # the fp16 MLP layers
     python benchmarks/bench_tuning.py --target cuda --ops persistent --trials 32 --cost-model random
 """
 
@@ -65,21 +68,53 @@ PERSISTENT_CASES = {
 }
 
 
+def _block_size(text: str) -> tuple[int, int]:
+    """``"4x4"`` -> ``(4, 4)`` (an ``--blocks`` value)."""
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"block size {text!r} is not ROWSxCOLS") from None
+    return rows, cols
+
+
+def _sparse_dense_cases(args: argparse.Namespace) -> list[tuple[int, tuple[int, int], int]]:
+    """``(N = K, block, M)`` of the run: the target's cases, or with ``--blocks`` their sizes
+    and batches for those blocks; only the ``--m`` batches when given."""
+    cases = CASES[args.target]
+    if args.blocks:
+        shapes = dict.fromkeys((n, m) for n, _, m in cases)
+        cases = [(n, block, m) for block in args.blocks for n, m in shapes]
+    return [c for c in cases if not args.m or c[2] in args.m]
+
+
+def _merged_entries(path: Path, entries: list[dict]) -> list[dict]:
+    """The shipped entries of ``path`` with ``entries`` added, replacing those of the same
+    kernel (every ``meta`` field but the structure key equal)."""
+
+    def kernel(entry: dict) -> str:
+        return json.dumps({k: v for k, v in entry["meta"].items() if k != "structure_key"})
+
+    old = json.loads(path.read_text())["entries"] if path.exists() else []
+    new = {kernel(e) for e in entries}
+    return [e for e in old if kernel(e) not in new] + entries
+
+
 def _time(kernel, x: np.ndarray, repeat: int) -> float:
     return median(kernel.time(x, number=20, repeat=repeat))
 
 
 def _sparse_dense_case(n, block, m, args, target):
     """``(case, task, time(config) -> seconds)`` of one ``sparse_dense`` kernel."""
-    weight = random_bsr(n, n, block, args.density, seed=0)
+    weight = random_bsr(n, n, block, args.density, dtype=args.dtype, seed=0)
     task = sparse_dense_tune_task(weight, m, target)
-    x = np.random.default_rng(1).uniform(-1, 1, (m, n)).astype("float32")
+    x = np.random.default_rng(1).uniform(-1, 1, (m, n)).astype(args.dtype)
 
     def timer(config):
         kernel = build_sparse_dense(weight, m, target, config)
         return lambda: _time(kernel, x, 5)
 
-    return f"{n} {block[0]}x{block[1]} m{m}", task, timer
+    dtype = "" if args.dtype == "float32" else f" {args.dtype}"
+    return f"{n} {block[0]}x{block[1]} m{m}{dtype}", task, timer
 
 
 def _rnn_case(kind, hidden, batch, seq_len, args, target):
@@ -146,23 +181,36 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.1)
     parser.add_argument("--quick", action="store_true", help="the first two cases only")
     parser.add_argument("--m", type=int, nargs="*", help="only these sparse_dense batch sizes")
+    parser.add_argument(
+        "--blocks",
+        type=_block_size,
+        nargs="*",
+        help="sparse_dense block sizes (e.g. 1x1 4x4) instead of the default cases'",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="sparse_dense weight and activation dtype (float16: cuda only)",
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temp dir")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--schedules-dir", type=Path, default=SCHEDULES_DIR)
     args = parser.parse_args()
+    if args.dtype == "float16" and args.target != "cuda":
+        parser.error("--dtype float16 needs --target cuda")
     logging.basicConfig(level=logging.WARNING)
     target = resolve_target(args.target)
     ops = args.ops or ["sparse_dense", "rnn", "persistent"]
     cases = []
     if "sparse_dense" in ops:
-        cases += [
-            (_sparse_dense_case, c) for c in CASES[args.target] if not args.m or c[2] in args.m
-        ]
+        cases += [(_sparse_dense_case, c) for c in _sparse_dense_cases(args)]
     if "rnn" in ops:
         cases += [(_rnn_case, c) for c in RNN_CASES[args.target]]
     if "persistent" in ops:
         cases += [(_persistent_case, c) for c in PERSISTENT_CASES[args.target]]
     cases = cases[: 2 if args.quick else None]
+    command = "python " + " ".join(sys.argv)
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="tune_"))
     rows, entries = [], {}
     for make_case, params in cases:
@@ -198,10 +246,10 @@ def main() -> None:
                 "config": vars(best),
                 "default_us": round(default_us, 2),
                 "tuned_us": round(tuned_us, 2),
+                "produced_by": command,
             }
         )
         print(format_table(rows[-1:], list(rows[-1])), flush=True)
-    command = "python " + " ".join(sys.argv)
     info = device_info(gpu=args.target == "cuda")
     tag = device_tag(target)
     print(format_table(rows, list(rows[0])))
@@ -235,7 +283,7 @@ def main() -> None:
                     "device": info,
                     "tvm": tvm.__version__,
                     "produced_by": command,
-                    "entries": op_entries,
+                    "entries": _merged_entries(shipped, op_entries),
                 },
                 indent=1,
             )
