@@ -86,8 +86,9 @@ def test_default_config_builds_for_every_block(block, dtype):
 
 
 def test_knobs_accept_sampled_variables_and_defaults_are_choices():
-    for field in dataclasses.fields(CudaConfig):
-        assert getattr(CudaConfig(), field.name) in KNOB_CHOICES[field.name]
+    for name, values in KNOB_CHOICES.items():
+        assert getattr(CudaConfig(), name) in values
+    assert "stage_x" not in KNOB_CHOICES  # a loop-nest change, not a sampled knob
     sch = s_tir.Schedule(sparse_dense_prim_func(4, N, K, (4, 4), 10, lanes=LANES))
     sampled = {
         name: sch.sample_categorical(list(vals), [1 / len(vals)] * len(vals))
@@ -95,6 +96,59 @@ def test_knobs_accept_sampled_variables_and_defaults_are_choices():
     }
     schedule_sparse_dense_cuda(sch, CudaConfig(**sampled))
     assert 'thread="threadIdx.x"' in sch.mod.script()
+
+
+STAGED = CudaConfig(rows_per_cta=8, threads_x=32, m_tile=4, stage_x=1)
+
+
+def test_source_stage_x_gathers_from_shared_memory():
+    """``stage_x``: the CTA's 4 x 512 tile of ``X`` copied in 16-byte vectors, then a barrier,
+    and every gather reads the shared copy."""
+    weight = random_bsr(N, K, (1, 1), 0.1, dtype="float16")
+    body = _kernel_body(_cuda_source(sparse_dense_func(weight, 4, "cuda", STAGED)))
+    assert re.search(r"__shared__ alignas\(\d+\) half X_shared_ptr\[2048\];", body)
+    assert "*(uint4*)(X_shared_ptr" in body and "= *(uint4*)(X_ptr" in body
+    assert body.index("__syncthreads()") < body.index("W_indices_ptr[")
+    assert "X_ptr[" not in body.replace("*(uint4*)(X_ptr", "")
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "why"),
+    [(tirx.Var("m", "int32"), K, "symbolic M"), (4, 8192, "tile over 48 KB")],
+    ids=["symbolic-m", "too-large"],
+)
+def test_source_stage_x_reads_through_l1_where_it_cannot_stage(m, k, why):
+    weight = random_bsr(N, k, (1, 1), 0.1, dtype="float16")
+    body = _kernel_body(_cuda_source(sparse_dense_func(weight, m, "cuda", STAGED)))
+    assert "__shared__" not in body, why
+
+
+def test_source_stage_x_copies_unaligned_rows_by_element():
+    """``K = 130`` float16 rows are not 16-byte aligned: the copy is scalar and guarded."""
+    weight = random_bsr(96, 130, (3, 5), 0.3, dtype="float16")
+    body = _kernel_body(_cuda_source(sparse_dense_func(weight, 3, "cuda", STAGED)))
+    assert "X_shared_ptr[" in body and "uint4" not in body
+    copy = body[: body.index("__syncthreads()")]
+    assert "if (" in copy
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("block", [(1, 1), (4, 4), (1, 16), (3, 5)], ids=lambda b: f"{b[0]}x{b[1]}")
+def test_gpu_stage_x_matches_scipy(block, dtype):
+    """Staged ``X`` for static M in {1, 3, 4, 16, 64} and m tiles that do not divide them."""
+    n, k = (N, K) if block != (3, 5) else (96, 130)
+    weight = random_bsr(n, k, block, 0.1, dtype=dtype, seed=5)
+    rtol, atol = TOLERANCES[dtype]
+    rng = np.random.default_rng(6)
+    for m in (1, 3, 4, 16, 64):
+        x = rng.uniform(-1, 1, (m, k)).astype(dtype)
+        for m_tile in (1, 4):
+            config = dataclasses.replace(STAGED, m_tile=m_tile, threads_x=16)
+            kernel = build_sparse_dense(weight, m, "cuda", config)
+            np.testing.assert_allclose(
+                kernel(x), reference_sparse_dense(x, weight), rtol=rtol, atol=atol
+            )
 
 
 @pytest.mark.gpu

@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tvm import s_tir
+from tvm import s_tir, tirx
 
 from ...ops.sparse_dense import ACC_DTYPE, BLOCK_CAST, BLOCK_PARTIAL_OUTER, BLOCK_SUM
 from ..space import KnobSpace
@@ -59,12 +59,19 @@ class CudaConfig:
         Rows of ``X`` per thread (register accumulators); ``blockIdx.y`` covers the rest.
     unroll : int
         ``pragma_auto_unroll_max_step`` of the per-thread loops.
+    stage_x : int
+        ``1``: the CTA first copies its ``m_tile`` rows of ``X`` to shared memory (16-byte
+        loads by all its threads) and gathers ``X[m, indices[e]]`` from there instead of through
+        L1, where a warp's scattered 2- or 4-byte reads cost up to one L1 wavefront each. It
+        changes the loop nest, so it is not sampled by MetaSchedule (not in
+        :data:`KNOB_CHOICES`): shipped configs set it where an A/B measured it faster.
     """
 
     rows_per_cta: int = 4
     threads_x: int = 32
     m_tile: int = 1
     unroll: int = 16
+    stage_x: int = 0
 
 
 #: Candidate values per knob, for tuning.
@@ -74,6 +81,10 @@ KNOB_CHOICES: dict[str, tuple[int, ...]] = {
     "m_tile": (1, 2, 4, 8, 16),
     "unroll": (0, 16, 64),
 }
+#: Bytes of one cooperative load of the staged ``X`` (a 16-byte vector per thread).
+STAGE_LOAD_BYTES = 16
+#: Static shared memory a CUDA kernel may declare (the language limit; more needs an opt-in).
+STATIC_SHARED_BYTES = 48 * 1024
 
 
 def schedule_sparse_dense_cuda(sch: s_tir.Schedule, config: Any = None) -> None:
@@ -123,6 +134,35 @@ def schedule_sparse_dense_cuda(sch: s_tir.Schedule, config: Any = None) -> None:
     else:
         store = sch.cache_write(acc, 0, "local")
     sch.reverse_compute_at(store, m_inner)
+    if config.stage_x:
+        _stage_x(sch, part, m_outer, config)
+
+
+def _stage_x(
+    sch: s_tir.Schedule, part: s_tir.SBlockRV, m_outer: s_tir.LoopRV, config: CudaConfig
+) -> None:
+    """Copy the CTA's ``m_tile x K`` rows of ``X`` to shared memory under ``m_outer``, all the
+    CTA's threads loading 16-byte vectors where ``K`` keeps rows 16-byte aligned (``stage_x``
+    with a concrete ``m_tile`` and a static ``M``, whose tile has a static size; a tile over
+    :data:`STATIC_SHARED_BYTES` or a symbolic ``M`` reads ``X`` through L1 as without it)."""
+    x = sch.mod["main"].params[0]
+    k = int(x.shape[1])
+    itemsize = x.dtype.bits // 8
+    static = isinstance(config.m_tile, int) and isinstance(x.shape[0], tirx.IntImm)
+    if not static or config.m_tile * k * itemsize > STATIC_SHARED_BYTES:
+        logger.debug("X tile of %s x %d rows of %s not staged", config.m_tile, k, x.shape[0])
+        return
+    index = next(i for i, r in enumerate(sch.get(part).reads) if r.source.same_as(x))
+    staged = sch.cache_read(part, index, "shared")
+    sch.compute_at(staged, m_outer, preserve_unit_loops=True)
+    loops = sch.get_loops(staged)[-2:]  # (m, k) of the copy
+    vector = STAGE_LOAD_BYTES // itemsize
+    vector = vector if k % vector == 0 else 1
+    fused = sch.fuse(*loops)
+    _, ty, tx, vec = sch.split(fused, [None, config.rows_per_cta, config.threads_x, vector])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    sch.vectorize(vec)
 
 
 #: The tunable space of this schedule (tuned and looked up by :mod:`tvm_sparse_rnn.tuning`).
