@@ -21,7 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-from common import RESULTS_DIR, device_info, format_table, median, plot_speedups, write_json
+from common import (
+    RESULTS_DIR,
+    device_info,
+    format_table,
+    median,
+    merged_entries,
+    plot_speedups,
+    write_json,
+)
 
 from tvm_sparse_rnn.kernels.cuda.sparse_dense import CudaConfig
 from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense
@@ -94,10 +102,8 @@ def bench_case(case: tuple, args: argparse.Namespace) -> tuple[dict, dict]:
 
 def ship(entries: list[dict], path: Path) -> None:
     """Merge ``entries`` into the shipped file ``path`` (replacing those of the same kernel)."""
-    from bench_tuning import _merged_entries
-
     payload = json.loads(path.read_text())
-    payload["entries"] = _merged_entries(path, entries)
+    payload["entries"] = merged_entries(path, entries)
     path.write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {len(entries)} entries to {path}")
 

@@ -36,7 +36,15 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-from common import RESULTS_DIR, device_info, format_table, median, plot_speedups, write_json
+from common import (
+    RESULTS_DIR,
+    device_info,
+    format_table,
+    median,
+    merged_entries,
+    plot_speedups,
+    write_json,
+)
 
 from tvm_sparse_rnn.kernels.cuda.persistent.packing import pack, unit_major
 from tvm_sparse_rnn.kernels.x86.recurrent import pack_weight
@@ -85,18 +93,6 @@ def _sparse_dense_cases(args: argparse.Namespace) -> list[tuple[int, tuple[int, 
         shapes = dict.fromkeys((n, m) for n, _, m in cases)
         cases = [(n, block, m) for block in args.blocks for n, m in shapes]
     return [c for c in cases if not args.m or c[2] in args.m]
-
-
-def _merged_entries(path: Path, entries: list[dict]) -> list[dict]:
-    """The shipped entries of ``path`` with ``entries`` added, replacing those of the same
-    kernel (every ``meta`` field but the structure key equal)."""
-
-    def kernel(entry: dict) -> str:
-        return json.dumps({k: v for k, v in entry["meta"].items() if k != "structure_key"})
-
-    old = json.loads(path.read_text())["entries"] if path.exists() else []
-    new = {kernel(e) for e in entries}
-    return [e for e in old if kernel(e) not in new] + entries
 
 
 def _time(kernel, x: np.ndarray, repeat: int) -> float:
@@ -283,7 +279,7 @@ def main() -> None:
                     "device": info,
                     "tvm": tvm.__version__,
                     "produced_by": command,
-                    "entries": _merged_entries(shipped, op_entries),
+                    "entries": merged_entries(shipped, op_entries),
                 },
                 indent=1,
             )

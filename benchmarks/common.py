@@ -166,6 +166,19 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def merged_entries(path: Path, entries: list[dict]) -> list[dict]:
+    """The entries of the shipped-config file ``path`` (``schedules/<device>/<op>.json``) with
+    ``entries`` added, replacing those of the same kernel (every ``meta`` field but the
+    structure key equal)."""
+
+    def kernel(entry: dict) -> str:
+        return json.dumps({k: v for k, v in entry["meta"].items() if k != "structure_key"})
+
+    old = json.loads(path.read_text())["entries"] if path.exists() else []
+    new = {kernel(e) for e in entries}
+    return [e for e in old if kernel(e) not in new] + entries
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (plus the command line) to ``path``, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
