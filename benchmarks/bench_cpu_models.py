@@ -18,9 +18,10 @@ pruned, generated in code). Engines, every call numpy in / numpy out:
 
 Timing is interleaved: every repetition runs each engine in turn (``number`` calls, calibrated
 to about ``--min-ms`` per engine, then 0.25 s of sleep so spinning thread pools park); the result
-is the median over ``--repeat`` repetitions. OpenVINO and DeepSparse are skipped, with the
-reason logged, when they are not installed. Results: ``docs/results/bench_cpu_models.json``,
-``.md`` and ``.png``.
+is the median over ``--repeat`` repetitions, and the paired speed-up the median over
+repetitions of each engine's time over ours in that repetition. OpenVINO and DeepSparse are
+skipped, with the reason logged, when they are not installed. Results:
+``docs/results/bench_cpu_models.json``, ``.md`` and ``.png``.
 
 Usage::
 
@@ -282,10 +283,10 @@ def make_engines(
     return sorted(engines, key=lambda e: order[e.name]), feeds, notes
 
 
-def interleaved_medians(
+def interleaved_samples(
     engines: list[Engine], repeat: int, min_seconds: float, warmup: float = 1.0, pause: float = 0.25
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Median and minimum seconds per call of each engine, timed in turns every repetition.
+) -> dict[str, list[float]]:
+    """Seconds per call of each engine in every repetition, timed in turns.
 
     Each engine first runs warm-up calls for ``warmup`` seconds (at least three; DeepSparse's
     first tens of calls are up to 20x slower than its steady state), then ``number`` calls per
@@ -304,10 +305,22 @@ def interleaved_medians(
         for engine in engines:
             samples[engine.name].append(engine.timed(numbers[engine.name]) / numbers[engine.name])
             time.sleep(pause)
-    return (
-        {name: median(values) for name, values in samples.items()},
-        {name: min(values) for name, values in samples.items()},
-    )
+    return samples
+
+
+def paired_speedups(samples: dict[str, list[float]]) -> dict[str, float]:
+    """Median over repetitions of ``engine / ours`` within each repetition.
+
+    The VM's speed drifts by up to 1.5x over tens of seconds (other tenants): a ratio taken
+    inside one repetition, where the engines ran seconds apart, is steadier than the ratio of
+    medians taken over the whole run.
+    """
+    ours = samples[SPARSE]
+    return {
+        e: median([v / o for v, o in zip(values, ours, strict=True)])
+        for e, values in samples.items()
+        if e != SPARSE
+    }
 
 
 def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -319,18 +332,19 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
         reference = next(e for e in engines if e.name == ORT).run(feeds)
         errs = {e.name: errors(e.run(feeds), reference) for e in engines if e.name != ORT}
         logger.info("model %s: timing %s", name, [e.name for e in engines])
-        seconds, fastest = interleaved_medians(engines, args.repeat, args.min_ms * 1e-3)
+        samples = interleaved_samples(engines, args.repeat, args.min_ms * 1e-3)
     finally:
         for engine in engines:
             engine.close()
-    ms = {e: 1e3 * s for e, s in seconds.items()}
-    min_ms = {e: 1e3 * s for e, s in fastest.items()}
+    ms = {e: 1e3 * median(v) for e, v in samples.items()}
+    min_ms = {e: 1e3 * min(v) for e, v in samples.items()}
     return {
         "median_ms": ms,
         "min_ms": min_ms,
         "errors": errs,
         "speedup_vs": _speedups(ms),
         "speedup_vs_min": _speedups(min_ms),
+        "speedup_paired": paired_speedups(samples),
         **notes,
     }
 
@@ -357,7 +371,16 @@ def table(results: dict[str, Any]) -> str:
         for n, r in results["models"].items()
         for e, v in r["errors"].items()
     ]
-    text = "\n".join(lines) + "\n\nErrors vs onnxruntime:\n\n"
+    paired = [
+        {"model": n, **{f"x {e}": round(v, 2) for e, v in r["speedup_paired"].items()}}
+        for n, r in results["models"].items()
+        if "speedup_paired" in r
+    ]
+    text = "\n".join(lines)
+    if paired:
+        text += "\n\nPaired speed-ups (median over repetitions of engine / ours in each):\n\n"
+        text += format_table(paired, list(paired[0]))
+    text += "\n\nErrors vs onnxruntime:\n\n"
     text += format_table(errs, ["model", "engine", "max_abs", "rel"]) + "\n"
     models = results["models"].items()
     rss = [_rss_row(n, r["peak_rss_mb"]) for n, r in models if "peak_rss_mb" in r]
