@@ -148,8 +148,8 @@ def engines(x: np.ndarray, w: np.ndarray, block: tuple[int, int], notes: dict) -
 
 def interleaved(
     calls: dict[str, Call], repeat: int, min_seconds: float, pause: float
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Median and minimum seconds per call, the engines timed in turns every repetition.
+) -> dict[str, list[float]]:
+    """Seconds per call of every engine in each repetition, the engines timed in turns.
 
     ``pause`` seconds of sleep follow every engine's turn, so that thread pools that spin after
     a call (Intel OpenMP in MKL spins for ``KMP_BLOCKTIME`` = 200 ms by default) have parked
@@ -170,7 +170,15 @@ def interleaved(
                 fn()
             samples[name].append((time.perf_counter() - start) / numbers[name])
             time.sleep(pause)
-    return {name: median(v) for name, v in samples.items()}, {n: min(v) for n, v in samples.items()}
+    return samples
+
+
+def paired_ratio(samples: dict[str, list[float]], baseline: str, ours: str) -> float | None:
+    """Median over repetitions of ``baseline / ours`` within each repetition (the VM's speed
+    drifts between repetitions; a ratio inside one is steadier), ``None`` without ``baseline``."""
+    if baseline not in samples:
+        return None
+    return median([b / o for b, o in zip(samples[baseline], samples[ours], strict=True)])
 
 
 def bench_case(n: int, block: tuple[int, int], m: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -186,7 +194,9 @@ def bench_case(n: int, block: tuple[int, int], m: int, args: argparse.Namespace)
         for name, fn in calls.items()
         if name != DENSE
     }
-    medians, minima = interleaved(calls, args.repeat, args.min_ms * 1e-3, args.pause_ms * 1e-3)
+    samples = interleaved(calls, args.repeat, args.min_ms * 1e-3, args.pause_ms * 1e-3)
+    medians = {name: median(v) for name, v in samples.items()}
+    minima = {name: min(v) for name, v in samples.items()}
     us = {name: 1e6 * v for name, v in medians.items()}
     label = f"{n} {'unstr' if block == (1, 1) else 'x'.join(map(str, block))} m{m}"
     return {
@@ -199,6 +209,7 @@ def bench_case(n: int, block: tuple[int, int], m: int, args: argparse.Namespace)
         "max_abs_err": errs,
         "x_mkl": ratio(us.get(MKL), us[OURS]),
         "x_mkl_model": ratio(us.get(MKL), us[MODEL]),
+        "x_mkl_model_paired": paired_ratio(samples, MKL, MODEL),
         "x_torch": ratio(us.get(TORCH), us[OURS]),
         "x_dense": ratio(us[DENSE], us[OURS]),
         "x_mkl_min": ratio(minima.get(MKL), minima[OURS]),
@@ -210,8 +221,8 @@ def table(results: dict[str, Any]) -> str:
     """Markdown table of the cases."""
     header = "| case (N=K, block, M) | ours (us) | ours device (us) | ours-model (us) [kernel] |"
     header += " MKL (us) | torch CSR (us) | dense (us) | x MKL | x MKL (ours-model) |"
-    header += " x torch CSR | x dense | x MKL (minima) |"
-    lines = [header, "|" + "---|" * 12]
+    header += " x MKL (ours-model, paired) | x torch CSR | x dense | x MKL (minima) |"
+    lines = [header, "|" + "---|" * 13]
 
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:.3g}" if v < 1000 else f"{v:.0f}"
@@ -221,7 +232,8 @@ def table(results: dict[str, Any]) -> str:
         model = f"{f(us.get(MODEL))} [{r.get('model_kernel', '-')}]"
         cells = [f(us.get(OURS)), f(r["ours_device_us"]), model]
         cells += map(f, [us.get(MKL), us.get(TORCH), us.get(DENSE), r["x_mkl"]])
-        cells += map(f, [r.get("x_mkl_model"), r["x_torch"], r["x_dense"], r["x_mkl_min"]])
+        cells += map(f, [r.get("x_mkl_model"), r.get("x_mkl_model_paired"), r["x_torch"]])
+        cells += map(f, [r["x_dense"], r["x_mkl_min"]])
         lines.append("| " + " | ".join([r["case"], *cells]) + " |")
     rows = [{"case": r["case"], **r["max_abs_err"]} for r in results["cases"]]
     return (
