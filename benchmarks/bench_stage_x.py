@@ -4,8 +4,10 @@
 (:class:`~tvm_sparse_rnn.kernels.cuda.sparse_dense.CudaConfig`); this benchmark measures it:
 per case (``N = K``, block, ``M``, dtype; 90 % sparse) the shipped (or default) config with
 and without staging and a small grid of staged geometries, interleaved in one run (median of
-``--repeat`` rounds of ``kernel.time``). With ``--ship`` the fastest staged config becomes the
-case's shipped entry where it beats the shipped one by more than ``--margin``. Run on the GPU::
+``--repeat`` rounds of ``kernel.time``), and the dense layer in torch (cuBLAS) in the same run;
+whole models: ``bench_gpu_models.py`` with the shipped configs. With ``--ship`` the fastest
+staged config becomes the case's shipped entry where it beats the shipped one by more than
+``--margin``. Run on the GPU::
 
     python benchmarks/bench_stage_x.py --cases 4096:1x1:4:float16 4096:4x4:4:float16 --ship
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -23,11 +24,13 @@ import numpy as np
 import tvm
 from common import (
     RESULTS_DIR,
+    SCHEDULES_DIR,
+    cuda_event_time,
     device_info,
     format_table,
     median,
-    merged_entries,
     plot_speedups,
+    ship_entries,
     write_json,
 )
 
@@ -39,7 +42,6 @@ from tvm_sparse_rnn.tuning.database import device_tag
 from tvm_sparse_rnn.tuning.lookup import lookup_config
 from tvm_sparse_rnn.tuning.sparse_dense_space import sparse_dense_tune_task
 
-SCHEDULES_DIR = Path(__file__).resolve().parent.parent / "schedules"
 #: Staged geometries tried besides the shipped config with ``stage_x = 1``.
 GRID = {"rows_per_cta": (4, 16), "threads_x": (16, 32), "m_tile": (1, 2, 4)}
 
@@ -58,6 +60,16 @@ def candidates(shipped: CudaConfig) -> list[CudaConfig]:
         for values in itertools.product(*GRID.values())
     ]
     return list(dict.fromkeys([shipped, dataclasses.replace(shipped, stage_x=1), *grid]))
+
+
+def _cublas_us(x: np.ndarray, weight) -> float:
+    """Median us of the dense ``x @ W.T`` in torch (cuBLAS) in ``x``'s dtype, the layer a user
+    runs without sparsity (timed right after the candidates)."""
+    import torch
+
+    xt = torch.from_numpy(x).cuda()
+    wt = torch.from_numpy(weight.toarray().astype(x.dtype)).cuda()
+    return median(cuda_event_time(lambda: xt @ wt.T, calls=50, repeat=7)) * 1e6
 
 
 def bench_case(case: tuple, args: argparse.Namespace) -> tuple[dict, dict]:
@@ -79,6 +91,7 @@ def bench_case(case: tuple, args: argparse.Namespace) -> tuple[dict, dict]:
         for config, kernel in kernels.items():
             times[config].append(median(kernel.time(x, number=20, repeat=3)))
     us = {config: median(t) * 1e6 for config, t in times.items()}
+    cublas_us = _cublas_us(x, weight)
     staged = dataclasses.replace(shipped, stage_x=1)
     best = min((c for c in us if c.stage_x), key=us.get)
     row = {
@@ -87,6 +100,8 @@ def bench_case(case: tuple, args: argparse.Namespace) -> tuple[dict, dict]:
         "shipped_staged_us": round(us[staged], 2),
         "best_staged_us": round(us[best], 2),
         "gain": round(us[shipped] / us[best], 3),
+        "cublas_us": round(cublas_us, 2),
+        "x_cublas": round(cublas_us / min(us.values()), 3),
         "shipped": f"{shipped} ({source})",
         "best_staged": str(best),
     }
@@ -98,14 +113,6 @@ def bench_case(case: tuple, args: argparse.Namespace) -> tuple[dict, dict]:
         "produced_by": "python " + " ".join(sys.argv),
     }
     return row, entry
-
-
-def ship(entries: list[dict], path: Path) -> None:
-    """Merge ``entries`` into the shipped file ``path`` (replacing those of the same kernel)."""
-    payload = json.loads(path.read_text())
-    payload["entries"] = merged_entries(path, entries)
-    path.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {len(entries)} entries to {path}")
 
 
 def main() -> None:
@@ -126,9 +133,9 @@ def main() -> None:
         if row["gain"] > 1 + args.margin:
             entries.append(entry)
     print(format_table(rows, list(rows[0])))
+    command, info = "python " + " ".join(sys.argv), device_info(gpu=True)
     write_json(
-        args.out_dir / "bench_stage_x.json",
-        {"command": "python " + " ".join(sys.argv), "device": device_info(gpu=True), "rows": rows},
+        args.out_dir / "bench_stage_x.json", {"command": command, "device": info, "rows": rows}
     )
     plot_speedups(
         args.out_dir / "bench_stage_x.png",
@@ -137,7 +144,8 @@ def main() -> None:
         title=f"stage_x A/B ({tvm.cuda(0).device_name})",
     )
     if args.ship and entries:
-        ship(entries, args.schedules_dir / device_tag(resolve_target("cuda")) / "sparse_dense.json")
+        shipped = args.schedules_dir / device_tag(resolve_target("cuda")) / "sparse_dense.json"
+        ship_entries(shipped, entries, info, command)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -38,11 +37,12 @@ import numpy as np
 import tvm
 from common import (
     RESULTS_DIR,
+    SCHEDULES_DIR,
     device_info,
     format_table,
     median,
-    merged_entries,
     plot_speedups,
+    ship_entries,
     write_json,
 )
 
@@ -60,7 +60,6 @@ from tvm_sparse_rnn.tuning.sparse_dense_space import sparse_dense_tune_task
 from tvm_sparse_rnn.tuning.task import TuneTask
 from tvm_sparse_rnn.tuning.tune import tune
 
-SCHEDULES_DIR = Path(__file__).resolve().parent.parent / "schedules"
 CASES = {
     "llvm": [(n, b, m) for n in (1792, 4096) for b in ((1, 16), (4, 4)) for m in (1, 4, 16)],
     "cuda": [(4096, b, m) for b in ((1, 16), (4, 4)) for m in (1, 4, 16, 64)],
@@ -271,21 +270,7 @@ def main() -> None:
         title=f"tuned vs default ({tag})",
     )
     for op, op_entries in entries.items():
-        shipped = args.schedules_dir / tag / f"{op}.json"
-        shipped.parent.mkdir(parents=True, exist_ok=True)
-        shipped.write_text(
-            json.dumps(
-                {
-                    "device": info,
-                    "tvm": tvm.__version__,
-                    "produced_by": command,
-                    "entries": merged_entries(shipped, op_entries),
-                },
-                indent=1,
-            )
-            + "\n"
-        )
-        print(f"wrote {shipped}")
+        ship_entries(args.schedules_dir / tag / f"{op}.json", op_entries, info, command)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 #: Where results land unless ``--out-dir`` says otherwise.
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "docs" / "results"
+#: Shipped schedule configs (package data ``tvm_sparse_rnn._schedules`` links here).
+SCHEDULES_DIR = Path(__file__).resolve().parent.parent / "schedules"
 
 
 def median(values: Sequence[float]) -> float:
@@ -166,17 +168,26 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def merged_entries(path: Path, entries: list[dict]) -> list[dict]:
-    """The entries of the shipped-config file ``path`` (``schedules/<device>/<op>.json``) with
-    ``entries`` added, replacing those of the same kernel (every ``meta`` field but the
-    structure key equal)."""
+def ship_entries(path: Path, entries: list[dict], device: dict[str, Any], command: str) -> None:
+    """Add ``entries`` to the shipped-config file ``path`` (``schedules/<device>/<op>.json``),
+    replacing those of the same kernel (every ``meta`` field but the structure key equal); the
+    file's top-level ``device``, ``tvm`` and ``produced_by`` become this run's."""
+    import tvm
 
     def kernel(entry: dict) -> str:
         return json.dumps({k: v for k, v in entry["meta"].items() if k != "structure_key"})
 
     old = json.loads(path.read_text())["entries"] if path.exists() else []
     new = {kernel(e) for e in entries}
-    return [e for e in old if kernel(e) not in new] + entries
+    payload = {
+        "device": device,
+        "tvm": tvm.__version__,
+        "produced_by": command,
+        "entries": [e for e in old if kernel(e) not in new] + entries,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {len(entries)} entries to {path}")
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
