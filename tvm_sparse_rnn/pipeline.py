@@ -6,6 +6,7 @@ One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
     Conv1dToLinear                constant-weight 1-D convolutions -> im2col + linear placeholders
                                   (cuda: float16 ones, for the tensor-core GEMM)
     DenseToSparse                 constant-weight dense layers -> linear placeholders
+    FuseLinearEpilogue            bias add, ReLU, cast after a linear layer -> its epilogue
     DispatchKernels(target)       every placeholder -> the kernel variant for the target
     AccumulateInFloat32 (float16) the matmuls and convolutions left dense accumulate in float32
     TVM's default passes          after ConstantTakeToSlice (a take of one constant index ->
@@ -54,6 +55,7 @@ from .transform import (
     DispatchKernels,
     DispatchOptions,
     FastMath,
+    FuseLinearEpilogue,
     Precision,
     ScheduleDenseCPU,
     ScheduleMatmulCUDA,
@@ -172,6 +174,7 @@ class SparsePipeline:
             *([ToFloat16()] if float16 else []),
             _conv1d_to_linear(self.target),
             DenseToSparse(),
+            FuseLinearEpilogue(),
             self.dispatch,
             *([AccumulateInFloat32()] if float16 else []),
         ]

@@ -17,6 +17,7 @@ from tvm.target import Target
 
 from ..bsr import BSRWeight
 from ..errors import UnsupportedError
+from ..ops.epilogue import IDENTITY, Epilogue
 from ..ops.sparse_dense import sparse_dense_prim_func
 from ..target import is_cuda
 from .cuda import sparse_dense as cuda_schedule
@@ -66,8 +67,11 @@ def space(target: Target) -> KnobSpace:
     return x86_schedule.SPACE
 
 
-def unscheduled_func(layout: SparseDenseLayout, m: int | tirx.Var, target: Target) -> tirx.PrimFunc:
-    """The unscheduled PrimFunc the schedule of ``target`` expects (compute variant included).
+def unscheduled_func(
+    layout: SparseDenseLayout, m: int | tirx.Var, target: Target, epilogue: Epilogue = IDENTITY
+) -> tirx.PrimFunc:
+    """The unscheduled PrimFunc the schedule of ``target`` expects (compute variant included),
+    with ``epilogue`` applied to its sums.
 
     Raises
     ------
@@ -87,7 +91,7 @@ def unscheduled_func(layout: SparseDenseLayout, m: int | tirx.Var, target: Targe
     else:
         lanes, replicate = x86_schedule.LANES, x86_schedule.replicate_x(*layout.block_size)
     return sparse_dense_prim_func(
-        m, n, k, layout.block_size, layout.nnzb, layout.dtype, lanes, replicate
+        m, n, k, layout.block_size, layout.nnzb, layout.dtype, lanes, replicate, epilogue
     )
 
 
@@ -99,9 +103,13 @@ def schedule_func(func: tirx.PrimFunc, target: Target, config: object) -> tirx.P
 
 
 def sparse_dense_func(
-    layout: SparseDenseLayout, m: int | tirx.Var, target: Target, config: object
+    layout: SparseDenseLayout,
+    m: int | tirx.Var,
+    target: Target,
+    config: object,
+    epilogue: Epilogue = IDENTITY,
 ) -> tirx.PrimFunc:
-    """The scheduled PrimFunc ``main(X[m, K], W_data, W_indices, W_indptr, Y[m, N])``.
+    """The scheduled PrimFunc ``main(X[m, K], W_data, W_indices, W_indptr[, bias[N]], Y[m, N])``.
 
     Parameters
     ----------
@@ -112,7 +120,9 @@ def sparse_dense_func(
     target : Target
         A resolved target (:func:`tvm_sparse_rnn.target.resolve_target`).
     config : X86Config or CudaConfig
-        Schedule knobs of the target's schedule.
+        Schedule knobs of the target's schedule (the epilogue does not change them).
+    epilogue : Epilogue
+        Bias, activation and output dtype applied in the kernel's store.
 
     Returns
     -------
@@ -120,5 +130,5 @@ def sparse_dense_func(
         With attributes ``tirx.is_scheduled=True`` and ``op_pattern=8`` (opaque) and without
         ``global_symbol`` (the caller names it).
     """
-    func = schedule_func(unscheduled_func(layout, m, target), target, config)
+    func = schedule_func(unscheduled_func(layout, m, target, epilogue), target, config)
     return opaque_kernel(func)

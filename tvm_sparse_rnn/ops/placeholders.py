@@ -8,8 +8,9 @@ holds a placeholder fails to build with "cannot find function tvm_sparse_rnn.<op
 silently. Being a pure call, an unused placeholder is removed by dead-code elimination.
 
 * :class:`LinearCall` ``y = x @ W.T`` with a constant ``W (N, K)`` (``nn.Linear`` layout), ``x``
-  of rank >= 2; emitted by :class:`~tvm_sparse_rnn.transform.DenseToSparse` and by recurrent
-  lowerings for their projections.
+  of rank >= 2, and an optional epilogue (constant bias, activation, output dtype); emitted by
+  :class:`~tvm_sparse_rnn.transform.DenseToSparse` and by recurrent lowerings for their
+  projections, its epilogue folded in by :class:`~tvm_sparse_rnn.transform.FuseLinearEpilogue`.
 * :class:`RecurrentCall` one ONNX ``RNN``/``GRU``/``LSTM`` layer in layout 0 (time major),
   emitted by the ONNX converters and
   :func:`tvm_sparse_rnn.runtime.sequence.build_recurrent_sequence`.
@@ -27,6 +28,7 @@ from tvm import relax
 from tvm.ir import StringImm
 
 from .cells import CellConfig, RecurrentWeights
+from .epilogue import IDENTITY, Activation, Epilogue
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def _constant(expr: relax.Expr, what: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LinearCall:
-    """A dense layer with a constant weight.
+    """A dense layer with a constant weight: ``epilogue(x @ W.T, bias)``.
 
     Attributes
     ----------
@@ -67,19 +69,35 @@ class LinearCall:
         ``[..., K]`` activation.
     weight : numpy.ndarray
         ``(N, K)`` constant weight.
+    epilogue : Epilogue
+        Bias add, activation and output dtype applied to the product.
+    bias : numpy.ndarray or None
+        ``(N,)`` in ``x``'s dtype, given exactly when ``epilogue.bias`` is set.
     """
 
     name: str
     x: relax.Expr
     weight: np.ndarray
+    epilogue: Epilogue = IDENTITY
+    bias: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.epilogue.bias != (self.bias is not None):
+            raise ValueError(f"linear {self.name}: a bias must be given exactly with epilogue.bias")
+
+    def output_type(self) -> relax.TensorType:
+        """``[..., N]`` in the epilogue's output dtype."""
+        ty = self.x.ty
+        dtype = self.epilogue.output_dtype(str(ty.dtype))
+        return relax.TensorType([*ty.shape.values[:-1], self.weight.shape[0]], dtype)
 
     def emit(self, bb: relax.BlockBuilder) -> relax.Expr:
-        """Emit the placeholder; returns ``[..., N]`` in ``x``'s dtype."""
-        ty = self.x.ty
-        out = relax.TensorType([*ty.shape.values[:-1], self.weight.shape[0]], ty.dtype)
-        attrs = StringImm(json.dumps({"name": self.name}))
+        """Emit the placeholder; returns :meth:`output_type`."""
+        epi = self.epilogue
+        meta = {"name": self.name, "activation": epi.activation.value, "out_dtype": epi.out_dtype}
+        consts = [relax.const(a) for a in (self.weight, self.bias) if a is not None]
         call = relax.op.call_pure_packed(
-            LINEAR, self.x, relax.const(self.weight), attrs, ty_args=out
+            LINEAR, self.x, *consts, StringImm(json.dumps(meta)), ty_args=self.output_type()
         )
         return bb.emit(call)
 
@@ -88,8 +106,11 @@ class LinearCall:
         """The linear placeholder ``call`` is, or ``None``."""
         if _callee(call) != LINEAR:
             return None
-        x, weight, attrs = call.args[1:]
-        return cls(json.loads(attrs.value)["name"], x, _constant(weight, "W"))
+        x, weight, *bias, attrs = call.args[1:]
+        meta = json.loads(attrs.value)
+        epilogue = Epilogue(bool(bias), Activation(meta["activation"]), meta["out_dtype"])
+        bias = _constant(bias[0], "bias") if bias else None
+        return cls(meta["name"], x, _constant(weight, "W"), epilogue, bias)
 
 
 @dataclass(frozen=True)

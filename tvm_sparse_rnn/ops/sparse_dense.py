@@ -16,7 +16,8 @@ bind them without rewriting the data-dependent loop:
    reduction that CUDA schedules bind to threads (a warp-shuffle all-reduce); with
    ``lanes = 1`` a pairwise tree (stages :data:`BLOCK_TREE` ``0, 1, ...`` halve the ``bs_c``
    columns, :data:`BLOCK_SUM` reads column 0) that CPU schedules vectorize.
-3. :data:`BLOCK_CAST` (float16 only): ``Y = Yacc.astype("float16")``.
+3. :data:`BLOCK_OUTPUT` (float16, or with an :class:`~tvm_sparse_rnn.ops.epilogue.Epilogue`):
+   ``Y = activation(Yacc + bias).astype(out_dtype)``.
 
 ``lanes = 1`` (x86) makes stage 1 the plain row loop; ``lanes = 32`` (CUDA) lets a warp share
 one row.
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tvm import te, tirx
+from tvm import s_tir, te, tirx
+
+from .epilogue import ACC_DTYPE, IDENTITY, Epilogue
 
 COMPUTE_NAME = "sparse_dense"
 #: Stage 1, data-dependent reduction (inner block); its outer block is :data:`BLOCK_PARTIAL_OUTER`.
@@ -38,9 +41,8 @@ BLOCK_SUM = COMPUTE_NAME
 BLOCK_XREP = f"{COMPUTE_NAME}_xrep"
 #: Prefix of the pairwise-sum stages ``<prefix>0``, ``<prefix>1``, ... of ``lanes = 1``.
 BLOCK_TREE = f"{COMPUTE_NAME}_tree"
-#: Stage 3, float32 -> float16 cast, present only for float16.
-BLOCK_CAST = f"{COMPUTE_NAME}_cast"
-ACC_DTYPE = "float32"
+#: Stage 3, the epilogue and the cast to the output dtype; absent for float32 without epilogue.
+BLOCK_OUTPUT = f"{COMPUTE_NAME}_output"
 #: ``tag`` of the :data:`BLOCK_SUM` compute.
 TAG = "sparse_dense_bsr"
 
@@ -52,6 +54,8 @@ def sparse_dense(
     w_indptr: te.Tensor,
     lanes: int = 1,
     replicate_x: bool = False,
+    epilogue: Epilogue = IDENTITY,
+    bias: te.Tensor | None = None,
 ) -> te.Tensor:
     """TE compute of ``Y = X @ W.T`` with ``W`` block-sparse.
 
@@ -71,11 +75,15 @@ def sparse_dense(
         Read ``X`` through :data:`BLOCK_XREP` ``Xr[m, k // bs_c, r, k % bs_c] = X[m, k]``
         (``bs_r`` copies), so that a block's ``bs_r * bs_c`` products read ``W_data`` and ``Xr``
         at the same contiguous offsets: one vector FMA per block on CPUs.
+    epilogue : Epilogue
+        Bias, activation and output dtype applied to the float32 sums.
+    bias : te.Tensor, optional
+        ``(N,)`` in ``x``'s dtype; required when ``epilogue.bias`` is set.
 
     Returns
     -------
     te.Tensor
-        ``(M, N)`` in ``x``'s dtype, accumulated in float32.
+        ``(M, N)`` in the epilogue's output dtype, accumulated in float32.
     """
     m, _ = x.shape
     _, bs_r, bs_c = (int(s) for s in w_data.shape)
@@ -127,9 +135,19 @@ def sparse_dense(
             name=BLOCK_SUM,
             tag=TAG,
         )
-    if dtype == ACC_DTYPE:
+    if epilogue.is_identity and epilogue.output_dtype(dtype) == ACC_DTYPE:
         return acc
-    return te.compute((m, n), lambda i, j: acc[i, j].astype(dtype), name=BLOCK_CAST)
+
+    def _output(i: tirx.PrimExpr, j: tirx.PrimExpr) -> tirx.PrimExpr:
+        return epilogue.apply(acc[i, j], bias[j] if epilogue.bias else None, dtype)
+
+    return te.compute((m, n), _output, name=BLOCK_OUTPUT)
+
+
+def has_output_stage(sch: s_tir.Schedule) -> bool:
+    """Whether the PrimFunc of ``sch`` has the :data:`BLOCK_OUTPUT` stage."""
+    root = sch.get_sblock("root")
+    return any(sch.get(b).name_hint == BLOCK_OUTPUT for b in sch.get_child_blocks(root))
 
 
 def _reader(stage: te.Tensor) -> Callable[..., tirx.PrimExpr]:
@@ -184,8 +202,9 @@ def sparse_dense_prim_func(
     dtype: str = "float32",
     lanes: int = 1,
     replicate_x: bool = False,
+    epilogue: Epilogue = IDENTITY,
 ) -> tirx.PrimFunc:
-    """Return the unscheduled PrimFunc ``main(X, W_data, W_indices, W_indptr, Y)``.
+    """Return the unscheduled PrimFunc ``main(X, W_data, W_indices, W_indptr[, bias], Y)``.
 
     Parameters
     ----------
@@ -199,13 +218,14 @@ def sparse_dense_prim_func(
         Stored blocks.
     dtype : str
         ``"float32"`` or ``"float16"``.
-    lanes, replicate_x
-        See :func:`sparse_dense`.
+    lanes, replicate_x, epilogue
+        See :func:`sparse_dense`; with ``epilogue.bias`` the function takes ``bias (n,)``.
     """
     bs_r, bs_c = block_size
     x = te.placeholder((m, k), dtype, name="X")
     w_data = te.placeholder((nnzb, bs_r, bs_c), dtype, name="W_data")
     w_indices = te.placeholder((nnzb,), "int32", name="W_indices")
     w_indptr = te.placeholder((n // bs_r + 1,), "int32", name="W_indptr")
-    y = sparse_dense(x, w_data, w_indices, w_indptr, lanes, replicate_x)
-    return te.create_prim_func([x, w_data, w_indices, w_indptr, y])
+    bias = [te.placeholder((n,), dtype, name="bias")] if epilogue.bias else []
+    y = sparse_dense(x, w_data, w_indices, w_indptr, lanes, replicate_x, epilogue, *bias)
+    return te.create_prim_func([x, w_data, w_indices, w_indptr, *bias, y])

@@ -8,6 +8,7 @@ from .conv1d_to_linear import Conv1dToLinear
 from .dense_to_sparse import DenseToSparse
 from .dispatch import DispatchKernels, DispatchOptions, KernelDecision, KernelVariant
 from .fast_math import FastMath
+from .fuse_linear_epilogue import FuseLinearEpilogue
 from .schedule_dense_cpu import ScheduleDenseCPU
 from .schedule_matmul_cuda import ScheduleMatmulCUDA
 from .schedule_remainder_cpu import ScheduleRemainderCPU
@@ -23,6 +24,7 @@ __all__ = [
     "DispatchKernels",
     "DispatchOptions",
     "FastMath",
+    "FuseLinearEpilogue",
     "KernelDecision",
     "KernelVariant",
     "Precision",

@@ -34,7 +34,7 @@ from typing import Any
 
 from tvm import s_tir, tirx
 
-from ...ops.sparse_dense import ACC_DTYPE, BLOCK_CAST, BLOCK_PARTIAL_OUTER, BLOCK_SUM
+from ...ops.sparse_dense import BLOCK_OUTPUT, BLOCK_PARTIAL_OUTER, BLOCK_SUM, has_output_stage
 from ..space import KnobSpace
 
 logger = logging.getLogger(__name__)
@@ -125,12 +125,13 @@ def schedule_sparse_dense_cuda(sch: s_tir.Schedule, config: Any = None) -> None:
         sch.vectorize(sch.split(p_c, [None, vec])[1])
     sch.annotate(p_m, "pragma_auto_unroll_max_step", config.unroll)
     sch.annotate(p_m, "pragma_unroll_explicit", 1)
-    # The all-reduced float32 sum goes to a register and a separate block stores it (casting
-    # float16). Storing from the reduction block itself loses the `m < M` guard of a partial
-    # m tile in LowerCrossThreadReduction (out-of-bounds stores, seen on the H100 for M = 1).
-    if sch.mod["main"].params[0].dtype != ACC_DTYPE:
+    # The all-reduced float32 sum goes to a register and a separate block stores it (applying
+    # the epilogue, casting float16). Storing from the reduction block itself loses the `m < M`
+    # guard of a partial m tile in LowerCrossThreadReduction (out-of-bounds stores, seen on the
+    # H100 for M = 1).
+    if has_output_stage(sch):
         sch.set_scope(acc, 0, "local")
-        store = sch.get_sblock(BLOCK_CAST)
+        store = sch.get_sblock(BLOCK_OUTPUT)
     else:
         store = sch.cache_write(acc, 0, "local")
     sch.reverse_compute_at(store, m_inner)

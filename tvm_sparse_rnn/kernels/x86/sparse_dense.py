@@ -28,12 +28,12 @@ from typing import Any
 from tvm import s_tir, tirx
 
 from ...ops.sparse_dense import (
-    ACC_DTYPE,
-    BLOCK_CAST,
+    BLOCK_OUTPUT,
     BLOCK_PARTIAL_OUTER,
     BLOCK_SUM,
     BLOCK_TREE,
     BLOCK_XREP,
+    has_output_stage,
 )
 from ..space import KnobSpace
 
@@ -94,9 +94,10 @@ def schedule_sparse_dense_x86(sch: s_tir.Schedule, config: Any = None) -> None:
     sch.annotate(m_inner, "pragma_unroll_explicit", 1)
     # Vectorize the partial sums over (lane, c, unit), contiguous in W_data and X; also over r
     # where X is a broadcast (bs_c == 1) or replicated. The pairwise-sum stages (last first),
-    # the partial sums and the cast go under m_inner (or r), so that their buffers are static
-    # (also for a dynamic M) and small. They keep the default scope: "local" would be a
-    # workspace allocation per row, "global" a stack array that LLVM keeps in vector registers.
+    # the partial sums and the output stage (epilogue, cast) go under m_inner (or r), so that
+    # their buffers are static (also for a dynamic M) and small. They keep the default scope:
+    # "local" would be a workspace allocation per row, "global" a stack array that LLVM keeps in
+    # vector registers.
     root_blocks = sch.get_child_blocks(sch.get_sblock("root"))
     replicated = any(sch.get(b).name_hint == BLOCK_XREP for b in root_blocks)
     with_rows = bs_c == 1 or replicated
@@ -107,8 +108,8 @@ def schedule_sparse_dense_x86(sch: s_tir.Schedule, config: Any = None) -> None:
             _vectorize(sch, sch.get_loops(stage)[-1])
     sch.compute_at(part, inner, preserve_unit_loops=True)
     _vectorize(sch, sch.fuse(*sch.get_loops(part)[-4 if with_rows else -3 :]))
-    if sch.mod["main"].params[0].dtype != ACC_DTYPE:
-        sch.reverse_compute_at(sch.get_sblock(BLOCK_CAST), m_inner)
+    if has_output_stage(sch):
+        sch.reverse_compute_at(sch.get_sblock(BLOCK_OUTPUT), m_inner)
     if replicated:
         xrep = sch.get_sblock(BLOCK_XREP)
         i, kb, r, c = sch.get_loops(xrep)

@@ -21,11 +21,13 @@ import contextlib
 import logging
 import os
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.target import Target
 
 from ...errors import UnsupportedError
+from ...ops.epilogue import IDENTITY, Epilogue
 from ...ops.placeholders import LinearCall, RecurrentCall
 from ...target import resolve_target
 from ...tuning.lookup import use_tuning_logs
@@ -48,14 +50,23 @@ class _Dispatcher(relax.PyExprMutator):
         self.decisions: list[KernelDecision] = []
         self._linears: dict[str, LinearLowering] = {}
 
-    def linear(self, x: relax.Expr, weight, name: str) -> relax.Expr:
-        """Lower ``x @ weight.T``; layers of one name share one decision and its constants."""
+    def linear(
+        self,
+        x: relax.Expr,
+        weight: np.ndarray,
+        name: str,
+        epilogue: Epilogue = IDENTITY,
+        bias: np.ndarray | None = None,
+    ) -> relax.Expr:
+        """Lower ``epilogue(x @ weight.T, bias)``; layers of one name share one decision and
+        its constants."""
         lowering = self._linears.get(name)
         if lowering is None:
-            lowering = plan_linear(LinearCall(name, x, weight), self.target, self.options)
+            call = LinearCall(name, x, weight, epilogue, bias)
+            lowering = plan_linear(call, self.target, self.options)
             self._linears[name] = lowering
             self._record(lowering.decision)
-        return lowering.emit(self.builder_, x)
+        return lowering.emit(self.builder_, x, epilogue, bias)
 
     def _record(self, decision: KernelDecision) -> None:
         logger.info(
@@ -71,7 +82,7 @@ class _Dispatcher(relax.PyExprMutator):
         call = self.visit_expr_post_order(call)
         linear = LinearCall.match(call)
         if linear is not None:
-            return self.linear(linear.x, linear.weight, linear.name)
+            return self.linear(linear.x, linear.weight, linear.name, linear.epilogue, linear.bias)
         recurrent = RecurrentCall.match(call)
         if recurrent is not None:
             out, decisions = dispatch_recurrent(

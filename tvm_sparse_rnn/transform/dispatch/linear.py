@@ -9,6 +9,7 @@ constants; leading dimensions of ``x`` are flattened to ``[M, K]`` around it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from ...kernels.x86.recurrent import (
     projection_row_group,
     projection_tile,
 )
+from ...ops.epilogue import IDENTITY, Activation, Epilogue
 from ...ops.placeholders import LinearCall
 from ...target import is_cuda, resolve_target
 from ...tuning.lookup import lookup_config
@@ -106,6 +108,20 @@ def emit_sparse_dense(
     return bb.emit(relax.call_tir(gv, args, relax.TensorType((m, n), weight.dtype)))
 
 
+def emit_epilogue_ops(
+    bb: relax.BlockBuilder, y: relax.Expr, epilogue: Epilogue, bias: np.ndarray | None
+) -> relax.Expr:
+    """``epilogue(y, bias)`` as Relax ops (bias add, activation, cast), for the kernels that do
+    not apply it themselves; TVM's fusion joins them to what follows."""
+    op = relax.op
+    if epilogue.bias:
+        y = bb.emit(op.add(y, relax.const(bias)))
+    if epilogue.activation is Activation.RELU:
+        y = bb.emit(op.nn.relu(y))
+    dtype = epilogue.output_dtype(str(y.ty.dtype))
+    return y if dtype == str(y.ty.dtype) else bb.emit(op.astype(y, dtype))
+
+
 def _batch(m: tirx.PrimExpr) -> int | tirx.Var:
     return int(m) if isinstance(m, tirx.IntImm) else tirx.Var("m", "int64")
 
@@ -142,14 +158,23 @@ class LinearLowering:
     tensor_core: TensorCoreLinear | None = None
     _consts: list[relax.Expr] = field(default_factory=list)
 
-    def emit(self, bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
-        """Emit ``x @ W.T`` (``x`` of rank >= 2) for the decided variant."""
+    def emit(
+        self,
+        bb: relax.BlockBuilder,
+        x: relax.Expr,
+        epilogue: Epilogue = IDENTITY,
+        bias: np.ndarray | None = None,
+    ) -> relax.Expr:
+        """Emit ``epilogue(x @ W.T, bias)`` (``x`` of rank >= 2) for the decided variant: the
+        block-sparse kernel applies the epilogue in its store, the CSR kernel adds the bias,
+        Relax ops after the kernel do the rest."""
         if self.tensor_core is not None:
-            return self.tensor_core.emit(bb, x)
+            return emit_epilogue_ops(bb, self.tensor_core.emit(bb, x), epilogue, bias)
         if self.csr is not None:
-            return self._emit_csr(bb, x)
+            y = self._emit_csr(bb, x, bias)
+            return emit_epilogue_ops(bb, y, dataclasses.replace(epilogue, bias=False), None)
         if self.bsr is None:
-            return self._emit_dense(bb, x)
+            return emit_epilogue_ops(bb, self._emit_dense(bb, x), epilogue, bias)
         ty = x.ty
         n, k = self.bsr.shape
         lead = ty.shape.values[:-1]
@@ -158,11 +183,12 @@ class LinearLowering:
             self._consts.extend(relax.const(a) for a in self.bsr.kernel_arrays())
         m = x2d.ty.shape.values[0]
         func = sparse_dense_func(
-            SparseDenseLayout.of(self.bsr), _batch(m), self.target, self.config
+            SparseDenseLayout.of(self.bsr), _batch(m), self.target, self.config, epilogue
         )
         gv = bb.add_func(func, "sparse_dense_bsr")
-        out = relax.TensorType((m, n), self.bsr.dtype)
-        y = bb.emit(relax.call_tir(gv, [x2d, *self._consts], out))
+        out = relax.TensorType((m, n), epilogue.output_dtype(self.bsr.dtype))
+        args = [x2d, *self._consts, *([relax.const(bias)] if epilogue.bias else [])]
+        y = bb.emit(relax.call_tir(gv, args, out))
         return y if ty.ndim == 2 else bb.emit(relax.op.reshape(y, [*lead, n]))
 
     def _emit_dense(self, bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
@@ -180,9 +206,12 @@ class LinearLowering:
             return y
         return bb.emit(relax.op.strided_slice(y, axes=[y.ty.ndim - 1], begin=[0], end=[n]))
 
-    def _emit_csr(self, bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
-        """``Y^T = W X^T`` with the CSR kernel: every nonzero ``W[n, k]`` times the contiguous
-        row ``X^T[k, :]`` (Elsen et al., "Fast Sparse ConvNets", CVPR 2020; XNNPACK's SpMM)."""
+    def _emit_csr(
+        self, bb: relax.BlockBuilder, x: relax.Expr, bias: np.ndarray | None
+    ) -> relax.Expr:
+        """``Y^T = W X^T + bias`` with the CSR kernel: every nonzero ``W[n, k]`` times the
+        contiguous row ``X^T[k, :]`` (Elsen et al., "Fast Sparse ConvNets", CVPR 2020; XNNPACK's
+        SpMM)."""
         op = relax.op
         ty = x.ty
         n, k = self.csr.shape
@@ -191,18 +220,33 @@ class LinearLowering:
         tile = projection_tile(m)
         if not self._consts:
             self._consts.extend(relax.const(a) for a in self.csr.arrays())
-            self._consts.append(relax.const(np.zeros(n, np.float32)))
+        bias = relax.const(bias if bias is not None else np.zeros(n, np.float32))
         xt = bb.emit(pad_columns(op.permute_dims(op.reshape(x, [m, k]), [1, 0]), m, tile))
         func = projection_prim_func(self.csr, 1, m, tile=tile)
         gv = bb.add_func(opaque_kernel(func), "csr_spmm")
         out = relax.TensorType((1, n, m), "float32")
-        yt = bb.emit(relax.call_tir(gv, [xt, *self._consts], out))  # Y^T as (1, N, M)
+        yt = bb.emit(relax.call_tir(gv, [xt, *self._consts, bias], out))  # Y^T as (1, N, M)
         y = op.reshape(op.permute_dims(yt, [0, 2, 1]), [m, n])
         return bb.emit(op.reshape(y, [*lead, n]))
 
 
 def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> LinearLowering:
-    """Decide how the linear placeholder ``call`` runs on ``target``."""
+    """Decide how the linear placeholder ``call`` runs on ``target``; the decision's detail
+    says where its epilogue runs."""
+    lowering = _plan_variant(call, target, options)
+    if call.epilogue.is_identity and call.epilogue.out_dtype is None:
+        return lowering
+    variant = lowering.decision.variant
+    where = "in the kernel" if variant is KernelVariant.SPARSE_DENSE else "after it"
+    if variant is KernelVariant.CSR_SPMM and call.epilogue.bias:
+        where = "bias in the kernel"
+    detail = f"{lowering.decision.detail}, epilogue {call.epilogue.describe()} ({where})"
+    lowering.decision = dataclasses.replace(lowering.decision, detail=detail)
+    return lowering
+
+
+def _plan_variant(call: LinearCall, target: Target, options: DispatchOptions) -> LinearLowering:
+    """The variant ``call`` runs as on ``target``, its packed weight and config."""
     weight, ty = call.weight, call.x.ty
     if not np.isfinite(weight).all():  # keep the user's numbers, NaN/Inf included, exactly
         detail = f"W {'x'.join(map(str, weight.shape))}"

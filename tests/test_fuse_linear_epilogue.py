@@ -1,0 +1,292 @@
+"""FuseLinearEpilogue: bias add, ReLU and cast folded into linear layers; kernels applying them."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, tirx
+
+from tvm_sparse_rnn.demo import pruned_weight
+from tvm_sparse_rnn.kernels.cuda.sparse_dense import CudaConfig
+from tvm_sparse_rnn.kernels.sparse_dense import SparseDenseLayout, sparse_dense_func
+from tvm_sparse_rnn.ops.epilogue import Activation, Epilogue
+from tvm_sparse_rnn.ops.placeholders import LINEAR, LinearCall
+from tvm_sparse_rnn.pipeline import build, sparse_pipeline
+from tvm_sparse_rnn.target import resolve_target
+from tvm_sparse_rnn.testing import TOLERANCES, random_bsr, reference_sparse_dense
+from tvm_sparse_rnn.transform import (
+    DenseToSparse,
+    DispatchOptions,
+    FuseLinearEpilogue,
+    KernelVariant,
+)
+from tvm_sparse_rnn.transform.dispatch.cost_model import CostParams
+
+LLVM = resolve_target("llvm")
+CUDA = resolve_target("cuda")
+#: The llvm rule judged by the blocks alone (as in test_dense_to_sparse), CSR kernel included.
+WORK_ONLY = CostParams(block_overhead=16.0, break_even=0.45, csr_factor=2.0)
+N, K = 48, 64
+
+
+def _mlp(x_shape, layers, dtype="float32", relu=True, cast=None, bias_shape=None):
+    """``main(x)``: per ``(W, b)`` layer ``relu(x @ W.T + b)``; optionally cast at the end."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(x_shape, dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = x
+            for w, b in layers:
+                h = bb.emit(relax.op.matmul(h, relax.const(np.ascontiguousarray(w.T))))
+                bias = b if bias_shape is None else np.broadcast_to(b, bias_shape).copy()
+                h = bb.emit(relax.op.add(relax.const(bias), h))
+                if relu:
+                    h = bb.emit(relax.op.nn.relu(h))
+            if cast is not None:
+                h = bb.emit(relax.op.astype(h, cast))
+            out = bb.emit_output(h)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _layers(rng, count=2, pruning=(4, 4), dtype="float32", sparsity=0.9):
+    shapes = [(N, K)] + [(N, N)] * (count - 1)
+    return [
+        (
+            pruned_weight(rng, shape, sparsity, pruning).astype(dtype),
+            rng.uniform(-1, 1, shape[0]).astype(dtype),
+        )
+        for shape in shapes
+    ]
+
+
+def _reference(x, layers, relu=True):
+    h = x.astype("float64")
+    for w, b in layers:
+        h = h @ w.astype("float64").T + b
+        h = np.maximum(h, 0) if relu else h
+    return h
+
+
+def _placeholders(mod):
+    """The linear placeholders of ``main`` (matched back to :class:`LinearCall`)."""
+    found = []
+
+    def visit(expr):
+        call = LinearCall.match(expr)
+        if call is not None:
+            found.append(call)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return found
+
+
+def _ops(mod):
+    names = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            names.append(expr.op.name)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return names
+
+
+def _fused(mod):
+    return FuseLinearEpilogue()(DenseToSparse()(mod))
+
+
+# ----------------------------------------------------------------------------- the pass
+def test_bias_relu_and_cast_fold_into_each_layer():
+    layers = _layers(np.random.default_rng(0))
+    mod = _fused(_mlp((4, K), layers, cast="float16"))
+    calls = _placeholders(mod)
+    assert [c.epilogue for c in calls] == [
+        Epilogue(bias=True, activation=Activation.RELU),
+        Epilogue(bias=True, activation=Activation.RELU, out_dtype="float16"),
+    ]
+    for call, (_, b) in zip(calls, layers, strict=True):
+        np.testing.assert_array_equal(call.bias, b)
+    assert not {"relax.add", "relax.nn.relu", "relax.astype"} & set(_ops(mod))
+    assert mod["main"].ret_ty.dtype == "float16"
+
+
+def test_a_bias_of_shape_1_n_folds():
+    layers = _layers(np.random.default_rng(1), count=1)
+    (call,) = _placeholders(_fused(_mlp((4, K), layers, bias_shape=(1, N))))
+    assert call.epilogue.bias and call.bias.shape == (N,)
+
+
+def test_a_bias_that_broadcasts_the_output_is_not_folded():
+    """``(1, K) @ W.T + b[4, N]`` is a ``(4, N)`` result: not a per-column bias."""
+    layers = _layers(np.random.default_rng(2), count=1)
+    mod = _fused(_mlp((1, K), layers, bias_shape=(4, N)))
+    (call,) = _placeholders(mod)
+    assert call.epilogue == Epilogue()
+    assert "relax.add" in _ops(mod) and "relax.nn.relu" in _ops(mod)
+
+
+def test_an_output_used_twice_is_not_folded():
+    w, b = _layers(np.random.default_rng(3), count=1)[0]
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, K), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.const(np.ascontiguousarray(w.T))))
+            z = bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(y, relax.const(b)))))
+            out = bb.emit_output(relax.Tuple([z, y]))
+        bb.emit_func_output(out)
+    (call,) = _placeholders(_fused(bb.get()))
+    assert call.epilogue == Epilogue()
+
+
+def test_a_bias_after_the_activation_stays_an_add():
+    w, b = _layers(np.random.default_rng(4), count=1)[0]
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, K), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.const(np.ascontiguousarray(w.T))))
+            z = bb.emit(relax.op.add(bb.emit(relax.op.nn.relu(y)), relax.const(b)))
+            out = bb.emit_output(z)
+        bb.emit_func_output(out)
+    mod = _fused(bb.get())
+    (call,) = _placeholders(mod)
+    assert call.epilogue == Epilogue(activation=Activation.RELU)
+    assert "relax.add" in _ops(mod)
+
+
+def test_placeholder_round_trips_its_epilogue():
+    w, b = _layers(np.random.default_rng(5), count=1)[0]
+    x = relax.Var("x", relax.TensorType((4, K), "float32"))
+    epilogue = Epilogue(bias=True, activation=Activation.RELU, out_dtype="float16")
+    call = LinearCall("fc", x, w, epilogue, b)
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        out = call.emit(bb)
+        bb.emit_func_output(out)
+    (matched,) = _placeholders(bb.get())
+    assert matched.epilogue == epilogue and matched.name == "fc"
+    np.testing.assert_array_equal(matched.bias, b)
+    with pytest.raises(ValueError, match="bias"):
+        LinearCall("fc", x, w, Epilogue(bias=True))
+    assert json.loads(bb.get()["main"].body.blocks[0].bindings[0].value.args[-1].value) == {
+        "name": "fc",
+        "activation": "relu",
+        "out_dtype": "float16",
+    }
+    assert LINEAR in bb.get().script()
+
+
+# ----------------------------------------------------------------------------- numerics (llvm)
+@pytest.mark.parametrize(
+    ("pruning", "sparsity", "block", "variant"),
+    [
+        ((4, 4), 0.9, (4, 4), KernelVariant.SPARSE_DENSE),
+        ((1, 1), 0.9, "auto", KernelVariant.CSR_SPMM),
+        ((1, 1), 0.2, "auto", KernelVariant.DENSE),
+    ],
+    ids=["bsr", "csr", "dense"],
+)
+def test_every_variant_applies_the_epilogue(pruning, sparsity, block, variant):
+    """The block-sparse kernel applies the epilogue in its store, the CSR kernel the bias, the
+    dense matmul none: the results match float64 numpy alike."""
+    rng = np.random.default_rng(6)
+    layers = _layers(rng, pruning=pruning, sparsity=sparsity)
+    mod = _mlp((8, K), layers)
+    options = DispatchOptions(block_size=block, cost_params=WORK_ONLY)
+    executable, decisions = build(mod, LLVM, options)
+    assert [d.variant for d in decisions] == [variant] * 2
+    assert all("epilogue bias + relu" in d.detail for d in decisions)
+    x = rng.uniform(-1, 1, (8, K)).astype("float32")
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(got, _reference(x, layers), rtol=1e-5, atol=1e-5)
+
+
+def test_a_symbolic_batch_gets_the_epilogue_too():
+    rng = np.random.default_rng(7)
+    layers = _layers(rng)
+    options = DispatchOptions(block_size=(4, 4), cost_params=WORK_ONLY)
+    executable, decisions = build(_mlp((tirx.Var("m", "int64"), K), layers), LLVM, options)
+    assert all(d.variant is KernelVariant.SPARSE_DENSE for d in decisions)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    for m in (1, 5):
+        x = rng.uniform(-1, 1, (m, K)).astype("float32")
+        got = vm["main"](tvm.runtime.tensor(x)).numpy()
+        np.testing.assert_allclose(got, _reference(x, layers), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize(
+    "epilogue",
+    [
+        Epilogue(bias=True),
+        Epilogue(activation=Activation.RELU),
+        Epilogue(bias=True, activation=Activation.RELU, out_dtype="float32"),
+    ],
+    ids=["bias", "relu", "bias-relu-f32"],
+)
+def test_kernel_epilogue_matches_numpy_on_x86(epilogue, dtype):
+    weight = random_bsr(N, K, (4, 4), 0.2, dtype=dtype, seed=8)
+    rng = np.random.default_rng(9)
+    bias = rng.uniform(-1, 1, N).astype(dtype)
+    func = sparse_dense_func(
+        SparseDenseLayout.of(weight), tirx.Var("m", "int64"), LLVM, None, epilogue
+    )
+    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), "llvm")
+    x = rng.uniform(-1, 1, (3, K)).astype(dtype)
+    out_dtype = epilogue.output_dtype(dtype)
+    out = tvm.runtime.tensor(np.full((3, N), np.nan, out_dtype))
+    args = [x, *weight.kernel_arrays(), *([bias] if epilogue.bias else [])]
+    ex(*[tvm.runtime.tensor(a) for a in args], out)
+    ref = epilogue.reference(reference_sparse_dense(x, weight).astype("float64"), bias, dtype)
+    rtol, atol = TOLERANCES[dtype]
+    assert out.numpy().dtype == np.dtype(out_dtype)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=rtol, atol=atol)
+
+
+# ----------------------------------------------------------------------------- cuda
+def test_float16_cuda_build_has_no_elementwise_kernel_after_the_layers():
+    """On cuda in float16 the three layers' bias, ReLU and the final cast run in the sparse
+    kernels' stores: the only other kernel left is the input cast."""
+    layers = _layers(np.random.default_rng(10), count=3)
+    pipeline = sparse_pipeline(CUDA, DispatchOptions(block_size=(4, 4)), dtype="float16")
+    with CUDA:
+        mod = pipeline(_mlp((4, K), layers))
+    kernels = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    assert sum(name.startswith("sparse_dense_bsr") for name in kernels) == 3
+    assert not any("relu" in name or "add" in name for name in kernels), kernels
+    (cast,) = [name for name in kernels if not name.startswith("sparse_dense_bsr")]
+    assert "cast" in cast
+
+
+def test_cuda_kernel_source_applies_bias_and_relu_before_the_store():
+    weight = random_bsr(256, 512, (4, 4), 0.1, dtype="float16", seed=12)
+    epilogue = Epilogue(bias=True, activation=Activation.RELU)
+    func = sparse_dense_func(SparseDenseLayout.of(weight), 4, CUDA, CudaConfig(), epilogue)
+    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), CUDA)
+    (cuda,) = [m for m in ex.mod.imports if m.kind == "cuda"]
+    source = cuda.inspect_source()
+    store = r"sparse_dense_output\w*\[.*\] = \(\(half\)max\(\(red_buf0\w*\[0\] \+ \(\(float\)bias"
+    assert re.search(store, source), source[-1500:]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("pruning", [(4, 4), (1, 1)], ids=["4x4", "unstructured"])
+def test_cuda_epilogue_matches_numpy_on_the_gpu(pruning, dtype):
+    rng = np.random.default_rng(11)
+    layers = _layers(rng, count=3, pruning=pruning)
+    executable, decisions = build(_mlp((4, K), layers), CUDA, dtype=dtype)
+    assert any(d.variant is KernelVariant.SPARSE_DENSE for d in decisions)
+    x = rng.uniform(-1, 1, (4, K)).astype("float32")
+    vm = relax.VirtualMachine(executable, tvm.cuda())
+    got = vm["main"](tvm.runtime.tensor(x, tvm.cuda())).numpy()
+    ref = _reference(x, layers)
+    rtol = 1e-5 if dtype == "float32" else 2e-2
+    assert np.abs(got - ref).max() / np.abs(ref).max() < rtol
