@@ -57,9 +57,10 @@ class Epilogue:
         parts = ["bias"] if self.bias else []
         if self.activation is not Activation.NONE:
             parts.append(self.activation.value)
+        text = " + ".join(parts)
         if self.out_dtype is not None:
-            parts.append(f"-> {self.out_dtype}")
-        return " + ".join(parts)
+            text = f"{text}, out {self.out_dtype}" if text else f"out {self.out_dtype}"
+        return text
 
     def apply(
         self, acc: tirx.PrimExpr, bias: tirx.PrimExpr | None, input_dtype: str
