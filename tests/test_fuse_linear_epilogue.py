@@ -188,13 +188,14 @@ def test_placeholder_round_trips_its_epilogue():
     [
         ((4, 4), 0.9, (4, 4), KernelVariant.SPARSE_DENSE),
         ((1, 1), 0.9, "auto", KernelVariant.CSR_SPMM),
+        ((4, 4), 0.9, "auto", KernelVariant.CSR_SPMM),
         ((1, 1), 0.2, "auto", KernelVariant.DENSE),
     ],
-    ids=["bsr", "csr", "dense"],
+    ids=["bsr", "csr", "csr-row-groups", "dense"],
 )
 def test_every_variant_applies_the_epilogue(pruning, sparsity, block, variant):
-    """The block-sparse kernel applies the epilogue in its store, the CSR kernel the bias, the
-    dense matmul none: the results match float64 numpy alike."""
+    """The block-sparse kernel applies the epilogue in its store, the CSR kernel (rows alone or
+    in groups of 4) the bias, the dense matmul none: the results match float64 numpy alike."""
     rng = np.random.default_rng(6)
     layers = _layers(rng, pruning=pruning, sparsity=sparsity)
     mod = _mlp((8, K), layers)
