@@ -130,31 +130,32 @@ def test_a_bias_that_broadcasts_the_output_is_not_folded():
     assert "relax.add" in _ops(mod) and "relax.nn.relu" in _ops(mod)
 
 
-def test_an_output_used_twice_is_not_folded():
-    w, b = _layers(np.random.default_rng(3), count=1)[0]
+def _one_layer(seed, after):
+    """``main(x)`` returning ``after(bb, x @ W.T, b)`` for one pruned layer ``(W, b)``."""
+    w, b = _layers(np.random.default_rng(seed), count=1)[0]
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((4, K), "float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
             y = bb.emit(relax.op.matmul(x, relax.const(np.ascontiguousarray(w.T))))
-            z = bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(y, relax.const(b)))))
-            out = bb.emit_output(relax.Tuple([z, y]))
+            out = bb.emit_output(after(bb, y, relax.const(b)))
         bb.emit_func_output(out)
-    (call,) = _placeholders(_fused(bb.get()))
+    return bb.get()
+
+
+def test_an_output_used_twice_is_not_folded():
+    def after(bb, y, b):
+        return relax.Tuple([bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(y, b)))), y])
+
+    (call,) = _placeholders(_fused(_one_layer(3, after)))
     assert call.epilogue == Epilogue()
 
 
 def test_a_bias_after_the_activation_stays_an_add():
-    w, b = _layers(np.random.default_rng(4), count=1)[0]
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((4, K), "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = bb.emit(relax.op.matmul(x, relax.const(np.ascontiguousarray(w.T))))
-            z = bb.emit(relax.op.add(bb.emit(relax.op.nn.relu(y)), relax.const(b)))
-            out = bb.emit_output(z)
-        bb.emit_func_output(out)
-    mod = _fused(bb.get())
+    def after(bb, y, b):
+        return bb.emit(relax.op.add(bb.emit(relax.op.nn.relu(y)), b))
+
+    mod = _fused(_one_layer(4, after))
     (call,) = _placeholders(mod)
     assert call.epilogue == Epilogue(activation=Activation.RELU)
     assert "relax.add" in _ops(mod)
