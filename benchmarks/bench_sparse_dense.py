@@ -46,6 +46,8 @@ from common import (
     write_json,
 )
 
+from tvm_sparse_rnn.kernels.cuda.csr_vector.kernel import MAX_ROWS as CSR_VECTOR_MAX_ROWS
+from tvm_sparse_rnn.kernels.cuda.csr_vector.kernel import CsrVectorConfig
 from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense
 from tvm_sparse_rnn.testing import TOLERANCES, random_bsr, reference_sparse_dense
 
@@ -79,10 +81,21 @@ def gpu_cases(quick: bool) -> list[Case]:
     ms = (1, 16) if quick else (1, 4, 16, 64)
     fp32 = [Case(m, 4096, b) for b in ((1, 16), (4, 4), (1, 1), (16, 16)) for m in ms]
     # float16 from 16 rows on runs the tensor-core kernel.
-    ms16 = (1, 16, 128) if quick else (1, 16, 64, 128, 512)
+    ms16 = (1, 16, 128) if quick else (1, 4, 16, 64, 128, 512)
     blocks16 = ((1, 1), (4, 4), (1, 16), (16, 16))
     fp16 = [Case(m, 4096, b, "float16") for b in blocks16 for m in ms16]
     return fp32 + fp16
+
+
+def _time_csr_vector(case: Case, weight: Any, x: np.ndarray, ref: np.ndarray) -> float | None:
+    """Seconds of the CSR-vector kernel (unstructured ``W``, up to 16 rows of ``X``), else
+    ``None``."""
+    if case.block != (1, 1) or case.m > CSR_VECTOR_MAX_ROWS:
+        return None
+    kernel = build_sparse_dense(weight, case.m, "cuda", CsrVectorConfig())
+    _check(kernel(x), ref, case.dtype, "tvm_csr_vector")
+    args = kernel.device_args(x)
+    return _gpu_time(lambda: kernel.executable(*args))[0]
 
 
 def _check(got: np.ndarray, ref: np.ndarray, dtype: str, name: str) -> float:
@@ -144,6 +157,7 @@ def run_gpu_case(case: Case, seed: int) -> dict[str, Any]:
     methods: dict[str, str] = {}
     times["tvm"], methods["tvm"] = _gpu_time(lambda: kernel.executable(*args))
     times["tvm_time_evaluator"] = median(kernel.time(x, number=200, repeat=7))
+    times["tvm_csr_vector"] = _time_csr_vector(case, weight, x, ref)
 
     dev = torch.device("cuda")
     tdtype = getattr(torch, case.dtype)
@@ -257,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few cases only")
     parser.add_argument("--replot", type=Path, help="redraw the plot of an existing JSON file")
     parser.add_argument("--sweep", action="store_true", help="gpu: also time a grid of knobs")
+    parser.add_argument(
+        "--blocks", nargs="*", help="only these block sizes, e.g. 1x1 4x4 (default: all)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -269,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     gpu = args.device == "gpu"
     name = args.name or ("sparse_dense_h100" if gpu else "sparse_dense_cpu")
     cases = gpu_cases(args.quick) if gpu else cpu_cases(args.quick)
+    if args.blocks:
+        cases = [c for c in cases if "x".join(map(str, c.block)) in args.blocks]
     results = []
     for i, case in enumerate(cases):
         try:

@@ -31,6 +31,8 @@ from tvm.target import Target
 
 from ..bsr import BSRWeight
 from ..errors import UnsupportedError
+from ..kernels.cuda.csr_vector.kernel import CsrVectorConfig, make_csr_vector_kernel
+from ..kernels.cuda.csr_vector.packing import pack_csr_vector
 from ..kernels.cuda.tensor_core.kernel import (
     TensorCoreConfig,
     default_config,
@@ -40,7 +42,7 @@ from ..kernels.cuda.tensor_core.kernel import (
 from ..kernels.cuda.tensor_core.packing import pack_tiled
 from ..kernels.sparse_dense import SparseDenseLayout
 from ..kernels.sparse_dense import sparse_dense_func as _scheduled
-from ..target import is_cuda, resolve_target, shared_memory_per_block
+from ..target import device_limits, is_cuda, resolve_target, shared_memory_per_block
 from ..transform.dispatch.cost_model import cost_params, uses_tensor_cores
 from ..tuning.sparse_dense_space import sparse_dense_config
 
@@ -108,6 +110,14 @@ class SparseDenseKernel:
             self._padded = (padded_rows(m, config.m_tile), packed.layout.padded_k)
             limit = shared_memory_per_block(target)
             func = make_tensor_core_kernel(packed.layout, self._padded[0], config.m_tile, limit)
+            arrays = packed.arrays()
+        elif isinstance(config, CsrVectorConfig):
+            packed = pack_csr_vector(weight.to_scipy(), weight.dtype)
+            self._padded = (m, k)
+            limits = device_limits(target)
+            func = make_csr_vector_kernel(
+                packed.layout, m, config, limits.num_sms, limits.smem_per_block
+            )
             arrays = packed.arrays()
         else:
             self._padded = (m, k)
@@ -187,10 +197,10 @@ def build_sparse_dense(
         Rows of ``X``.
     target : str, dict or Target
         ``"llvm"`` (this CPU), ``"cuda"`` (this machine's GPU, else the H200) or a TVM target.
-    config : X86Config, CudaConfig or TensorCoreConfig, optional
-        Knobs; ``None``: the tensor-core kernel's default where the cost rule sends the layer
-        to tensor cores (float16, CUDA, ``m >= 16``), else tuned record, shipped config or
-        default of the block-sparse kernel.
+    config : X86Config, CudaConfig, TensorCoreConfig or CsrVectorConfig, optional
+        Knobs (the config's class picks the kernel); ``None``: the tensor-core kernel's
+        default where the cost rule sends the layer to tensor cores (float16, CUDA,
+        ``m >= 16``), else tuned record, shipped config or default of the block-sparse kernel.
 
     Returns
     -------

@@ -14,6 +14,7 @@ class KernelVariant(enum.StrEnum):
     SPARSE_DENSE = "sparse_dense"  # block-sparse X @ W.T (x86 or CUDA schedule)
     TENSOR_CORE = "tensor_core"  # CUDA float16: W loaded sparse, multiplied on tensor cores
     CSR_SPMM = "csr_spmm"  # x86 CSR kernel vectorized along the rows of X (unstructured W)
+    CSR_VECTOR = "csr_vector"  # CUDA warp-per-row CSR in 16-byte groups (unstructured W, M <= 16)
     DENSE = "dense"  # R.matmul, scheduled by the target's default pipeline
     RECURRENT_X86 = "recurrent_x86"  # x86 projection + one-launch recurrent kernel
     PERSISTENT = "persistent"  # CUDA sparse persistent kernel, all steps in one launch

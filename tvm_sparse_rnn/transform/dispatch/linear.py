@@ -40,6 +40,7 @@ from ...tuning.lookup import lookup_config
 from ...tuning.sparse_dense_space import sparse_dense_tune_task
 from .cost_model import cost_params, csr_row_group, plan_layer, uses_tensor_cores
 from .decision import DispatchOptions, KernelDecision, KernelVariant
+from .linear_csr_vector import CsrVectorLinear
 from .linear_tensor_core import TensorCoreLinear
 from .projection_x86 import pad_columns
 
@@ -147,6 +148,8 @@ class LinearLowering:
         The CSR weight of the CSR variant (x86, unstructured).
     tensor_core : TensorCoreLinear or None
         The packed weight of the tensor-core variant (CUDA, float16).
+    csr_vector : CsrVectorLinear or None
+        The packed weight of the CSR-vector variant (CUDA, unstructured, a few rows).
     """
 
     decision: KernelDecision
@@ -156,6 +159,7 @@ class LinearLowering:
     target: Target
     csr: PackedWeight | None = None
     tensor_core: TensorCoreLinear | None = None
+    csr_vector: CsrVectorLinear | None = None
     _consts: list[relax.Expr] = field(default_factory=list)
 
     def emit(
@@ -166,8 +170,10 @@ class LinearLowering:
         bias: np.ndarray | None = None,
     ) -> relax.Expr:
         """Emit ``epilogue(x @ W.T, bias)`` (``x`` of rank >= 2) for the decided variant: the
-        block-sparse kernel applies the epilogue in its store, the CSR kernel adds the bias,
-        Relax ops after the kernel do the rest."""
+        block-sparse and CSR-vector kernels apply the epilogue in their store, the CSR kernel
+        adds the bias, Relax ops after the kernel do the rest."""
+        if self.csr_vector is not None:
+            return self.csr_vector.emit(bb, x, epilogue, bias)
         if self.tensor_core is not None:
             return emit_epilogue_ops(bb, self.tensor_core.emit(bb, x), epilogue, bias)
         if self.csr is not None:
@@ -237,7 +243,8 @@ def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> L
     if call.epilogue.is_identity and call.epilogue.out_dtype is None:
         return lowering
     variant = lowering.decision.variant
-    where = "in the kernel" if variant is KernelVariant.SPARSE_DENSE else "after it"
+    in_kernel = variant in (KernelVariant.SPARSE_DENSE, KernelVariant.CSR_VECTOR)
+    where = "in the kernel" if in_kernel else "after it"
     if variant is KernelVariant.CSR_SPMM and call.epilogue.bias:
         where = "bias in the kernel"
     detail = f"{lowering.decision.detail}, epilogue {call.epilogue.describe()} ({where})"
@@ -300,6 +307,20 @@ def _plan_variant(call: LinearCall, target: Target, options: DispatchOptions) ->
                 plan.reason,
             )
             return LinearLowering(decision, weight, None, None, target, tensor_core=tc)
+    if is_cuda(target) and static and stats.block_size == (1, 1):
+        try:
+            vector = CsrVectorLinear.plan(weight, rows, str(ty.dtype), target)
+        except UnsupportedError as err:  # too many rows or columns: the block kernel runs
+            logger.info("%s: no CSR-vector kernel (%s)", call.name, err)
+        else:
+            decision = KernelDecision(
+                call.name,
+                KernelVariant.CSR_VECTOR,
+                f"{detail}, {vector.detail()}",
+                f"default: {vector.config}",
+                plan.reason,
+            )
+            return LinearLowering(decision, weight, None, None, target, csr_vector=vector)
     bsr = BSRWeight.from_dense(weight, stats.block_size, dtype=str(ty.dtype))
     batch = rows if static else tirx.Var("m", "int64")
     config, source = lookup_config(sparse_dense_tune_task(bsr, batch, target), target)
