@@ -14,6 +14,7 @@ from tvm_sparse_rnn.kernels.x86.recurrent import (
     pack_weight,
     padded_columns,
     projection_chains,
+    projection_prefetch,
     projection_prim_func,
     projection_row_group,
     projection_tile,
@@ -234,6 +235,39 @@ def test_projection_matches_numpy(dense, seq_len, batch, tile, chains):
     ex(*tensors)
     want = (w @ xt + bias[:, None])[order].reshape(18, seq_len, batch).transpose(1, 0, 2)
     np.testing.assert_allclose(tensors[-1].numpy()[:, :18], want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    ("shape", "m", "dense", "row_group", "ahead"),
+    [
+        ((4096, 4096), 4, False, 1, 512),  # 10 MB streamed with 4-float tiles
+        ((4096, 4096), 1, False, 4, 512),
+        ((4096, 4096), 16, False, 1, 0),  # cache-line tiles: X reused, compute-bound
+        ((1024, 1024), 4, False, 1, 0),  # 0.6 MB: stays in L2
+        ((4096, 4096), 4, True, 1, 0),
+    ],
+)
+def test_projection_prefetches_where_it_streams_a_large_weight(shape, m, dense, row_group, ahead):
+    w = sp.random(*shape, density=0.1, random_state=0, dtype=np.float32)
+    packed = pack_row_groups(w, row_group) if row_group > 1 else pack_weight(w, 1, dense, 1)
+    assert projection_prefetch(projection_tile(m), packed) == ahead
+
+
+def test_prefetching_projection_matches_numpy_and_prefetches():
+    """Prefetches reach past the last row's entries (they do not fault) and change nothing."""
+    import tvm
+
+    rng = np.random.default_rng(3)
+    w = (rng.uniform(-1, 1, (24, 40)) * (rng.random((24, 40)) < 0.3)).astype("float32")
+    packed = pack_weight(w, 1, False, row_multiple=1)
+    func = projection_prim_func(packed, 1, 4, prefetch=8)
+    ex = tvm.compile(func, target=resolve_target("llvm"))
+    assert "prefetch" in ex.mod.inspect_source("s")
+    xt = rng.standard_normal((40, 4)).astype("float32")
+    tensors = [tvm.runtime.tensor(a) for a in [xt, *packed.arrays(), np.zeros(24, "float32")]]
+    tensors.append(tvm.runtime.tensor(np.zeros((1, 24, 4), "float32")))
+    ex(*tensors)
+    np.testing.assert_allclose(tensors[-1].numpy()[0], w @ xt, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize(("tile", "group"), [(16, 8), (32, 8), (64, 4), (128, 2), (256, 1)])

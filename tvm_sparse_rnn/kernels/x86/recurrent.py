@@ -94,6 +94,10 @@ GATE_LANES = 16
 _NARROW_TILE_COST = 1.6
 #: Multiply-adds (per step for the recurrence) below which a kernel runs on one core.
 MIN_PARALLEL_WORK = 1 << 14
+#: Entries of a row's values and columns the projection prefetches ahead where it streams ``W``.
+PREFETCH_ENTRIES = 512
+#: Packed weights from this size (bytes) on are streamed from L3 or memory, beyond L2.
+PREFETCH_MIN_BYTES = 2 << 20
 _F32 = "float32"
 
 
@@ -353,6 +357,15 @@ class TirOps:
 
     def clip(self, a: tirx.PrimExpr, bound: float) -> tirx.PrimExpr:
         return tirx.max(tirx.min(a, tirx.const(bound, _F32)), tirx.const(-bound, _F32))
+
+
+def _prefetch(buffer: tirx.Buffer, index: tirx.PrimExpr) -> None:
+    """Emit a read prefetch of ``buffer[index]`` into all cache levels (``llvm.prefetch``; an
+    address past the buffer's end does not fault)."""
+    i32 = "int32"
+    read, keep, data = tirx.const(0, i32), tirx.const(3, i32), tirx.const(1, i32)
+    address = tirx.address_of(buffer[index])
+    T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, read, keep, data))
 
 
 def _stack_buffer(shape: tuple[int, ...]) -> tirx.Buffer:
@@ -699,6 +712,24 @@ def projection_row_group(tile: int) -> int:
     return group
 
 
+def projection_prefetch(tile: int, packed: PackedWeight | PackedLayout) -> int:
+    """Entries :func:`projection_prim_func` prefetches ahead in ``W``'s values and columns:
+    :data:`PREFETCH_ENTRIES` where the kernel streams a large sparse ``W`` with little reuse
+    (accumulator tiles narrower than a cache line, :data:`PREFETCH_MIN_BYTES` or more of
+    weight), else 0.
+
+    Measured on the 2-core AMD EPYC VM (``llvm.prefetch`` 512 entries ahead, interleaved with
+    the same build without it): three 4096 x 4096 90 % layers at ``M = 4``, steady state, 2.06
+    -> 1.80 ms (median, ``M = 1``: 1.32 -> 1.08); the ``mlp4096_unstructured`` model 1.18x
+    (paired median); cache-resident layers lose 3-12 % (``M = 128`` BERT layers: 5 %).
+    """
+    if packed.dense or tile >= CACHE_LINE_FLOATS:
+        return 0
+    index_bytes = np.dtype(packed.index_dtype).itemsize
+    weight_bytes = packed.entries * (packed.row_group * 4 + index_bytes)
+    return PREFETCH_ENTRIES if weight_bytes >= PREFETCH_MIN_BYTES else 0
+
+
 def padded_columns(m: int, tile: int) -> int:
     """Columns of ``XT`` the projection reads: ``m`` rounded up to a multiple of ``tile``."""
     return -(-m // tile) * tile
@@ -731,6 +762,7 @@ def projection_prim_func(
     tile: int | None = None,
     chains: int | None = None,
     reverse: bool = False,
+    prefetch: int | None = None,
 ) -> tirx.PrimFunc:
     """The input projection ``U[t, r, :] = W[r, :] @ X[t]^T + Wb[r]`` for all steps at once.
 
@@ -758,6 +790,9 @@ def projection_prim_func(
         more FMA chains in flight for narrow tiles; ``None``: :func:`projection_chains`.
     reverse : bool
         Write step ``t`` of ``X`` to ``U[T - 1 - t]`` (a reverse direction in processing order).
+    prefetch : int, optional
+        Software-prefetch the row's values and columns this many entries ahead (``0``: none);
+        ``None``: :func:`projection_prefetch`.
 
     Returns
     -------
@@ -772,6 +807,7 @@ def projection_prim_func(
     tile = tile or projection_tile(m)
     m_pad = padded_columns(m, tile)
     chains = chains or projection_chains(tile, rg)
+    prefetch = projection_prefetch(tile, packed) if prefetch is None else prefetch
     if parallel is None:
         parallel = packed.entries * rg * m >= MIN_PARALLEL_WORK
     loop = T.parallel if parallel else T.serial
@@ -813,6 +849,10 @@ def projection_prim_func(
                     else:
                         start, end = ptr[g], ptr[g + 1]
                     with T.serial(0, (end - start) // chains) as group:
+                        if prefetch:
+                            ahead = start + group * chains + prefetch
+                            _prefetch(vals, ahead * rg)
+                            _prefetch(idx, ahead)
                         with T.unroll(0, chains) as c:
                             accumulate(start + group * chains + c, c)
                     with T.serial(start + (end - start) // chains * chains, end) as k:
