@@ -26,6 +26,7 @@ from tvm_sparse_rnn.kernels.cuda.matmul_mma import (
     MmaConfig,
     MmaMatmul,
     choose_mma_config,
+    plan_split_k,
 )
 from tvm_sparse_rnn.pipeline import ASYNC_COPY_CONFIG
 from tvm_sparse_rnn.runtime.persistent import cuda_source
@@ -107,6 +108,8 @@ def _case_model(case: str, x_shape: tuple[int, ...]):
         return _gemm(x_shape[0], 144, x_shape[1])
     if case == "narrow":  # DeepSpeech2's output layer: 29 classes, W^T padded to 32 columns
         return _gemm(x_shape[0], 29, x_shape[1])
+    if case == "split":  # BERT's second FFN GEMM: few output tiles, K split in slices
+        return _gemm(x_shape[0], 768, x_shape[1])
     return _conv1d(*x_shape[::2])
 
 
@@ -147,6 +150,33 @@ def test_tiling_fills_the_gpu_before_growing_tiles():
         MmaConfig(block_m=48, warps_m=2)
     with pytest.raises(ValueError, match="stages"):
         MmaConfig(stages=1)
+
+
+def test_split_k_only_where_the_output_tiles_are_few():
+    assert plan_split_k(128, 768, 3072, 132) == 4  # BERT's FFN2: 24 tiles of 64 x 64
+    assert plan_split_k(95, 32, 2048, 132) == 8  # DeepSpeech2's output layer at batch 1
+    assert plan_split_k(128, 2304, 768, 132) == 1  # 72 tiles over a short K
+    assert plan_split_k(1520, 3072, 1024, 132) == 1  # many tiles: the partials would cost more
+    assert plan_split_k(128, 768, 3000, 132) == 1  # no whole 32-column stages per slice
+    # the slices of a split GEMM are its batches: the tiling counts them
+    assert choose_mma_config(128, 768, 132, batch=4) == MmaConfig(64, 64, 32, 2, 2, 3)
+
+
+def test_few_tile_gemm_splits_k_and_sums_the_slices_in_one_fused_kernel():
+    """``128 x 3072 -> 768``: four slices of 768 columns as batches of the ``mma.sync`` GEMM
+    (96 CTAs instead of 24-48), then one kernel adding the float32 partials and casting."""
+    model, _ = _gemm(128, 768, 3072)
+    executable, _, _, decisions = build_onnx_with_decisions(
+        model, target="cuda", dtype="float16", sparse=False
+    )
+    (decision,) = decisions
+    assert "split-K 4" in decision.detail.split(", ")
+    source = cuda_source(executable.mod)
+    kernels = set(re.findall(r"void (?:__launch_bounds__\(\d+\) )?(\w+_kernel)\(", source))
+    assert "split_k_kernel" in kernels
+    (summed,) = [k for k in kernels if "split_k_sum" in k]
+    assert "cast" in summed  # the cast back to float16 joined the sum
+    assert _kernel_kind(source) == "mma"
 
 
 def test_symbolic_rows_take_the_largest_tiling():
@@ -208,7 +238,7 @@ def test_partial_tiles_store_only_inside_the_output():
 def test_padded_output_features_are_sliced_off_in_the_epilogue():
     """A float16 layer of 29 outputs multiplies ``W^T`` padded to 32 columns (the dispatch's
     :data:`DENSE_FEATURE_ALIGN`); the slice back to 29 is the epilogue, which stores 29."""
-    model, _ = _gemm(95, 29, 2048)
+    model, _ = _gemm(95, 29, 256)  # a short K: no split
     source = cuda_source(_build(model)[0].mod)
     (name,) = set(re.findall(r"void (?:__launch_bounds__\(\d+\) )?(fused_matmul\w*)\(", source))
     assert "strided_slice" in name  # one kernel: the GEMM and the slice
@@ -226,6 +256,7 @@ def test_padded_output_features_are_sliced_off_in_the_epilogue():
         ("partial", (24, 24), "mma"),
         ("narrow", (95, 2048), "mma"),
         ("narrow", (1520, 2048), "mma"),
+        ("split", (128, 3072), "mma"),
     ],
 )
 def test_gpu_dense_float16_on_tensor_cores_matches_float64(case, x_shape, kind):

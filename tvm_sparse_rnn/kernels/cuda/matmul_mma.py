@@ -107,27 +107,74 @@ MMA_CONFIGS = (
 )
 
 
-def choose_mma_config(rows: int | None, cols: int, num_sms: int) -> MmaConfig:
-    """The config of least estimated time for ``C (rows, cols)`` on ``num_sms`` SMs.
+#: K splits :func:`plan_split_k` considers.
+SPLIT_K_CHOICES = (1, 2, 3, 4, 6, 8)
+#: Fewest columns of ``K`` a split keeps (a CTA pipelines at least eight 32-column stages).
+MIN_SPLIT_COLUMNS = 256
+#: The units of :func:`plan_split_k`'s estimate are about a picosecond on the H100: BERT's FFN
+#: GEMM (128 x 3072 -> 768, 48 tiles of 32 x 64, 6144 units a column) took 19.5 us for 3072
+#: columns. In those units, a split's second launch (~2 us) ...
+SPLIT_K_LAUNCH = 2_000_000
+#: ... and each byte of float32 partials written and read back (~3 TB/s).
+SPLIT_K_BYTE = 0.33
 
-    A tile's time is taken as the larger of its multiply-adds (``block_m * block_n``) and its
-    operand loads (``(block_m + block_n) * 64``, shared-memory fill against tensor-core rate), a
-    launch as whole waves of such tiles. On equal estimates the config with more tiles wins: a
-    lone 4-warp CTA per SM hides no latency (DeepSpeech2's ``1520 x 1776 -> 512`` convolution:
-    48 tiles of 128 x 128 on 132 SMs took 33.7 us on the H200, against 192 tiles of 64 x 64
-    estimated the same). ``rows=None`` (a symbolic ``M``) takes the largest tile.
+
+def _tile_cost(cfg: MmaConfig) -> int:
+    """A tile's time per column of ``K``: the larger of its multiply-adds and its operand
+    loads (shared-memory fill against tensor-core rate)."""
+    return max(cfg.block_m * cfg.block_n, (cfg.block_m + cfg.block_n) * 64)
+
+
+def _tiles(cfg: MmaConfig, rows: int, cols: int) -> int:
+    return math.ceil(rows / cfg.block_m) * math.ceil(cols / cfg.block_n)
+
+
+def choose_mma_config(rows: int | None, cols: int, num_sms: int, batch: int = 1) -> MmaConfig:
+    """The config of least estimated time for ``batch`` GEMMs of ``C (rows, cols)`` on
+    ``num_sms`` SMs.
+
+    A tile's time is :func:`_tile_cost`, a launch whole waves of such tiles. On equal estimates
+    the config with more tiles wins: a lone 4-warp CTA per SM hides no latency (DeepSpeech2's
+    ``1520 x 1776 -> 512`` convolution: 48 tiles of 128 x 128 on 132 SMs took 33.7 us on the
+    H200, against 192 tiles of 64 x 64 estimated the same). ``rows=None`` (a symbolic ``M``)
+    takes the largest tile.
     """
     if rows is None:
         return MMA_CONFIGS[0]
 
-    def tiles(cfg: MmaConfig) -> int:
-        return math.ceil(rows / cfg.block_m) * math.ceil(cols / cfg.block_n)
-
     def estimate(cfg: MmaConfig) -> tuple[float, int]:
-        tile = max(cfg.block_m * cfg.block_n, (cfg.block_m + cfg.block_n) * 64)
-        return math.ceil(tiles(cfg) / num_sms) * tile, -tiles(cfg)
+        tiles = batch * _tiles(cfg, rows, cols)
+        return math.ceil(tiles / num_sms) * _tile_cost(cfg), -tiles
 
     return min(MMA_CONFIGS, key=estimate)
+
+
+def plan_split_k(rows: int, cols: int, k: int, num_sms: int) -> int:
+    """Into how many slices of ``K`` to split ``C (rows, cols) = A (rows, k) B (k, cols)`` so
+    that a GEMM of few output tiles fills the SMs (1: no split).
+
+    Each slice is one batch of the same kernel (``splits x tiles`` CTAs, each over ``k /
+    splits`` columns); a second kernel sums the float32 partials. The estimate of a config and
+    split is its waves times :func:`_tile_cost` times the columns per slice, plus for a split
+    :data:`SPLIT_K_LAUNCH` and :data:`SPLIT_K_BYTE` per byte of partials; on a tie the fewer
+    slices win. Slices keep whole ``block_k`` stages and at least :data:`MIN_SPLIT_COLUMNS`
+    columns.
+    """
+
+    def estimate(cfg: MmaConfig, splits: int) -> tuple[float, int, int]:
+        tiles = splits * _tiles(cfg, rows, cols)
+        cost = math.ceil(tiles / num_sms) * _tile_cost(cfg) * k / splits
+        if splits > 1:
+            cost += SPLIT_K_LAUNCH + SPLIT_K_BYTE * 8 * splits * rows * cols
+        return cost, splits, -tiles
+
+    candidates = [
+        (cfg, splits)
+        for cfg in MMA_CONFIGS
+        for splits in SPLIT_K_CHOICES
+        if splits == 1 or (k % (splits * cfg.block_k) == 0 and k // splits >= MIN_SPLIT_COLUMNS)
+    ]
+    return min(candidates, key=lambda c: estimate(*c))[1]
 
 
 def _linear_in(index: tirx.PrimExpr, var: tirx.Var) -> tuple[int, tirx.PrimExpr] | None:
@@ -346,9 +393,11 @@ def _fold_epilogue(
     return chain[-1], True
 
 
-def _gemm_extents(sch: s_tir.Schedule) -> tuple[int | None, int | None, int | None, str] | None:
-    """Static ``(M, N, K)`` (None where symbolic) and the accumulator dtype of ``func``'s float16
-    GEMM, or None where it is not one."""
+def _gemm_extents(
+    sch: s_tir.Schedule,
+) -> tuple[int | None, int | None, int | None, int | None, str] | None:
+    """Static ``(S, M, N, K)`` (batch, rows, columns, reduction; None where symbolic) and the
+    accumulator dtype of ``func``'s float16 GEMM, or None where it is not one."""
     main = (get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch))) or [None])[0]
     if main is None or get_index_map(sch.get(main)) is None:
         return None
@@ -359,11 +408,11 @@ def _gemm_extents(sch: s_tir.Schedule) -> tuple[int | None, int | None, int | No
     if accumulator not in ACCUMULATOR_DTYPES:
         return None
     _normalize(sch, main)
-    _, m, n, k = (
+    b, m, n, k = (
         v.dom.extent.value if isinstance(v.dom.extent, tirx.IntImm) else None
         for v in sch.get(main).iter_vars
     )
-    return m, n, k, accumulator
+    return b, m, n, k, accumulator
 
 
 class MmaMatmul(GPUScheduleRule):
@@ -383,10 +432,10 @@ class MmaMatmul(GPUScheduleRule):
             gemm = _gemm_extents(s_tir.Schedule(func))
             if gemm is None:
                 return None
-            m, n, k, accumulator = gemm
+            batch, m, n, k, accumulator = gemm
             if any(e is not None and e < MIN_EXTENT for e in (m, n, k)) or n is None:
                 return None
-            config = choose_mma_config(m, n, device_limits(target).num_sms)
+            config = choose_mma_config(m, n, device_limits(target).num_sms, batch or 1)
             return schedule_mma_matmul(func, config, accumulator)
         except (s_tir.ScheduleError, tvm.error.InternalError) as err:
             symbol = func.attrs.get("global_symbol") if func.attrs else None

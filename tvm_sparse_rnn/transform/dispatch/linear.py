@@ -21,7 +21,7 @@ from tvm.target import Target
 
 from ...bsr import BSRWeight
 from ...errors import UnsupportedError
-from ...kernels.cuda.matmul_mma import VECTOR_HALVES
+from ...kernels.cuda.matmul_mma import MIN_EXTENT, VECTOR_HALVES, plan_split_k
 from ...kernels.cuda.tensor_core.kernel import default_config
 from ...kernels.opaque import opaque_kernel
 from ...kernels.sparse_dense import SparseDenseLayout, sparse_dense_func
@@ -35,7 +35,8 @@ from ...kernels.x86.recurrent import (
 )
 from ...ops.epilogue import IDENTITY, Activation, Epilogue
 from ...ops.placeholders import LinearCall
-from ...target import is_cuda, resolve_target
+from ...ops.split_k import split_k_matmul, split_k_sum
+from ...target import device_limits, is_cuda, resolve_target
 from ...tuning.lookup import lookup_config
 from ...tuning.sparse_dense_space import sparse_dense_tune_task
 from .cost_model import cost_params, csr_row_group, plan_layer, uses_tensor_cores
@@ -150,6 +151,9 @@ class LinearLowering:
         The packed weight of the tensor-core variant (CUDA, float16).
     csr_vector : CsrVectorLinear or None
         The packed weight of the CSR-vector variant (CUDA, unstructured, a few rows).
+    split_k : int
+        Slices of ``K`` of the dense variant's GEMM (CUDA, float16;
+        :func:`~tvm_sparse_rnn.kernels.cuda.matmul_mma.plan_split_k`), 1 for none.
     """
 
     decision: KernelDecision
@@ -160,6 +164,7 @@ class LinearLowering:
     csr: PackedWeight | None = None
     tensor_core: TensorCoreLinear | None = None
     csr_vector: CsrVectorLinear | None = None
+    split_k: int = 1
     _consts: list[relax.Expr] = field(default_factory=list)
 
     def emit(
@@ -199,18 +204,36 @@ class LinearLowering:
 
     def _emit_dense(self, bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
         """``x @ W^T`` as a Relax matmul with the constant ``W^T``; float16 on CUDA: ``W^T``'s
-        columns zero-padded to :data:`DENSE_FEATURE_ALIGN` and the padding sliced off."""
-        n = self.weight.shape[0]
+        columns zero-padded to :data:`DENSE_FEATURE_ALIGN` and the padding sliced off, and
+        ``K`` split in :attr:`split_k` slices where that was planned."""
+        n, k = self.weight.shape
         if not self._consts:
             wt = np.ascontiguousarray(self.weight.T)
             if is_cuda(self.target) and str(x.ty.dtype) == "float16":
                 pad = -n % DENSE_FEATURE_ALIGN
                 wt = np.pad(wt, [(0, 0), (0, pad)])
+            if self.split_k > 1:  # (S, K / S, N): slice s of K is batch s
+                wt = wt.reshape(self.split_k, k // self.split_k, -1)
             self._consts.append(relax.const(wt))
-        y = bb.emit(relax.op.matmul(x, self._consts[0]))
+        if self.split_k > 1:
+            y = self._emit_split_k(bb, x)
+        else:
+            y = bb.emit(relax.op.matmul(x, self._consts[0]))
         if int(self._consts[0].ty.shape[-1]) == n:
             return y
         return bb.emit(relax.op.strided_slice(y, axes=[y.ty.ndim - 1], begin=[0], end=[n]))
+
+    def _emit_split_k(self, bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
+        """The GEMM as :attr:`split_k` batches of partial products (:func:`split_k_matmul`)
+        and their float32 sum, cast back to ``x``'s dtype (:func:`split_k_sum`)."""
+        op = relax.op
+        k = self.weight.shape[1]
+        lead = x.ty.shape.values[:-1]
+        m = math.prod(int(d) for d in lead)
+        x3 = bb.emit(op.reshape(x, [m, self.split_k, k // self.split_k]))
+        partial = bb.emit_te(split_k_matmul, x3, self._consts[0], primfunc_name_hint="split_k")
+        y = bb.emit_te(split_k_sum, partial, str(x.ty.dtype), primfunc_name_hint="split_k_sum")
+        return bb.emit(op.reshape(y, [*lead, y.ty.shape.values[-1]]))
 
     def _emit_csr(
         self, bb: relax.BlockBuilder, x: relax.Expr, bias: np.ndarray | None
@@ -234,6 +257,17 @@ class LinearLowering:
         yt = bb.emit(relax.call_tir(gv, [xt, *self._consts, bias], out))  # Y^T as (1, N, M)
         y = op.reshape(op.permute_dims(yt, [0, 2, 1]), [m, n])
         return bb.emit(op.reshape(y, [*lead, n]))
+
+
+def _dense_split_k(weight: np.ndarray, rows: int | None, dtype: str, target: Target) -> int:
+    """Slices of ``K`` for a dense layer's GEMM: float16 on CUDA with static rows, where
+    :func:`~tvm_sparse_rnn.kernels.cuda.matmul_mma.plan_split_k` finds the output tiles too
+    few for the SMs; else 1."""
+    if not is_cuda(target) or dtype != "float16" or rows is None or rows < MIN_EXTENT:
+        return 1
+    n, k = weight.shape
+    cols = n + -n % DENSE_FEATURE_ALIGN
+    return plan_split_k(rows, cols, k, device_limits(target).num_sms)
 
 
 def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> LinearLowering:
@@ -279,8 +313,10 @@ def _plan_variant(call: LinearCall, target: Target, options: DispatchOptions) ->
         block = "x".join(map(str, stats.block_size))
         detail += f", block {block}, fill {stats.fill:.1%}, stored {stats.stored_fraction:.1%}"
     if not plan.sparse:
+        split_k = _dense_split_k(weight, rows, str(ty.dtype), target)
+        detail += f", split-K {split_k}" if split_k > 1 else ""
         decision = KernelDecision(call.name, KernelVariant.DENSE, detail, "-", plan.reason)
-        return LinearLowering(decision, weight, None, None, target)
+        return LinearLowering(decision, weight, None, None, target, split_k=split_k)
     if plan.csr and str(ty.dtype) == "float32":
         group = csr_row_group(weight, projection_row_group(projection_tile(rows)))
         if group > 1:  # rows pruned together share one load of X^T per column
