@@ -55,6 +55,9 @@ BIAS_PARAM = 4
 class CsrVectorConfig:
     """Knobs of the CSR-vector kernel.
 
+    The defaults were the fastest (or within 2 %) of warps 8 / 16 x CTAs per SM 2 / 4 at every
+    ``M`` of 1 to 8 on an H100 (N = K = 4096, 90 %, float16 and float32).
+
     Attributes
     ----------
     warps : int
@@ -64,7 +67,7 @@ class CsrVectorConfig:
         their copies of ``X`` would not fit the SM's shared memory together.
     """
 
-    warps: int = 8
+    warps: int = 16
     ctas_per_sm: int = 2
 
 
