@@ -205,28 +205,41 @@ def run_gpu_case(case: Case, seed: int) -> dict[str, Any]:
 
 
 def sweep_gpu_configs() -> list[dict[str, Any]]:
-    """Time the CUDA kernel over a small grid of knob values (guides the shipped defaults)."""
+    """Time the CUDA kernels over small grids of knob values (guides the shipped defaults): the
+    block kernel on 1x16 / 4x4 blocks, the CSR-vector kernel on unstructured weights."""
     from tvm_sparse_rnn.kernels.cuda.sparse_dense import CudaConfig
 
     rows = []
     for block in ((1, 16), (4, 4)):
         for m in (1, 16, 64):
-            weight = random_bsr(4096, 4096, block, DENSITY, seed=0)
-            x = np.random.default_rng(0).uniform(-1, 1, (m, 4096)).astype("float32")
             if m == 1:
                 grid = [(2, 32, 1), (4, 32, 1), (8, 32, 1), (8, 16, 1)]
             else:
                 grid = [(r, t, mt) for r, t in ((4, 32), (8, 16)) for mt in (1, 4, 16)]
-            for r, t, mt in grid:
-                config = CudaConfig(rows_per_cta=r, threads_x=t, m_tile=mt)
-                kernel = build_sparse_dense(weight, m, "cuda", config)
-                args = kernel.device_args(x)
-                seconds, _ = _gpu_time(lambda k=kernel, a=args: k.executable(*a))
-                rows.append(
-                    {"block": "x".join(map(str, block)), "m": m, **dataclasses.asdict(config)}
-                    | {"us": seconds * 1e6}
-                )
-                logger.info("sweep %s", rows[-1])
+            configs = [CudaConfig(rows_per_cta=r, threads_x=t, m_tile=mt) for r, t, mt in grid]
+            rows += _sweep_case(block, m, "float32", configs)
+    vector_grid = [CsrVectorConfig(w, c) for w in (8, 16) for c in (2, 4)]
+    for dtype, ms in (("float16", (1, 4, 8)), ("float32", (1, 4, 8))):
+        for m in ms:
+            rows += _sweep_case((1, 1), m, dtype, vector_grid)
+    return rows
+
+
+def _sweep_case(
+    block: tuple[int, int], m: int, dtype: str, configs: list[Any]
+) -> list[dict[str, Any]]:
+    """Microseconds of ``sparse_dense`` (N = K = 4096) under each of ``configs``."""
+    weight = random_bsr(4096, 4096, block, DENSITY, dtype, seed=0)
+    x = np.random.default_rng(0).uniform(-1, 1, (m, 4096)).astype(dtype)
+    rows = []
+    for config in configs:
+        kernel = build_sparse_dense(weight, m, "cuda", config)
+        args = kernel.device_args(x)
+        seconds, _ = _gpu_time(lambda k=kernel, a=args: k.executable(*a))
+        case = {"block": "x".join(map(str, block)), "m": m, "dtype": dtype}
+        rows.append(case | {"kernel": type(config).__name__, **dataclasses.asdict(config)})
+        rows[-1]["us"] = seconds * 1e6
+        logger.info("sweep %s", rows[-1])
     return rows
 
 
@@ -321,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if gpu and args.sweep:
         payload["sweep"] = sweep_gpu_configs()
-        print(format_table(payload["sweep"], list(payload["sweep"][0])))
+        columns = list(dict.fromkeys(key for row in payload["sweep"] for key in row))
+        print(format_table(payload["sweep"], columns))
     path = write_json(args.out_dir / f"{name}.json", payload)
     _plot(payload, path.with_suffix(".png"))
     print(_table(results))
