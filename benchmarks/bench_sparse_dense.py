@@ -47,6 +47,7 @@ from common import (
 )
 
 from tvm_sparse_rnn.errors import UnsupportedError
+from tvm_sparse_rnn.kernels.cuda.csr_vector.kernel import KNOB_CHOICES as CSR_VECTOR_KNOBS
 from tvm_sparse_rnn.kernels.cuda.csr_vector.kernel import MAX_ROWS as CSR_VECTOR_MAX_ROWS
 from tvm_sparse_rnn.kernels.cuda.csr_vector.kernel import CsrVectorConfig
 from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense
@@ -218,7 +219,11 @@ def sweep_gpu_configs() -> list[dict[str, Any]]:
                 grid = [(r, t, mt) for r, t in ((4, 32), (8, 16)) for mt in (1, 4, 16)]
             configs = [CudaConfig(rows_per_cta=r, threads_x=t, m_tile=mt) for r, t, mt in grid]
             rows += _sweep_case(block, m, "float32", configs)
-    vector_grid = [CsrVectorConfig(w, c) for w in (8, 16) for c in (2, 4)]
+    vector_grid = [
+        CsrVectorConfig(w, c)
+        for w in CSR_VECTOR_KNOBS["warps"]
+        for c in CSR_VECTOR_KNOBS["ctas_per_sm"]
+    ]
     for dtype, ms in (("float16", (1, 4, 8)), ("float32", (1, 4, 8))):
         for m in ms:
             rows += _sweep_case((1, 1), m, dtype, vector_grid)

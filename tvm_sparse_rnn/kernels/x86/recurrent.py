@@ -720,8 +720,9 @@ def projection_prefetch(tile: int, packed: PackedWeight | PackedLayout) -> int:
 
     Measured on the 2-core AMD EPYC VM (``llvm.prefetch`` 512 entries ahead, interleaved with
     the same build without it): three 4096 x 4096 90 % layers at ``M = 4``, steady state, 2.06
-    -> 1.80 ms (median, ``M = 1``: 1.32 -> 1.08); the ``mlp4096_unstructured`` model 1.18x
-    (paired median); cache-resident layers lose 3-12 % (``M = 128`` BERT layers: 5 %).
+    -> 1.90 ms median (minima 1.81 -> 1.48; ``M = 1``: 1.32 -> 1.08); the
+    ``mlp4096_unstructured`` model 1.18x (paired median); cache-resident layers lose 3-12 %
+    (``M = 128`` BERT layers: 5 %).
     """
     if packed.dense or tile >= CACHE_LINE_FLOATS:
         return 0

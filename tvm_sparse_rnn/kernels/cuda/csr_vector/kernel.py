@@ -71,8 +71,8 @@ class CsrVectorConfig:
     ctas_per_sm: int = 2
 
 
-#: Candidate values per knob.
-KNOB_CHOICES: dict[str, tuple[int, ...]] = {"warps": (4, 8, 16), "ctas_per_sm": (1, 2, 4)}
+#: Candidate values per knob (the grid ``bench_sparse_dense.py --sweep`` times).
+KNOB_CHOICES: dict[str, tuple[int, ...]] = {"warps": (8, 16), "ctas_per_sm": (2, 4)}
 
 
 def _itemsize(dtype: str) -> int:
@@ -102,8 +102,7 @@ def check_supported(layout: CsrVectorLayout, m: int, shared_limit: int) -> None:
     if need > shared_limit:
         raise UnsupportedError(
             f"csr_vector: X ({padded_rows(m)} x {k} {layout.dtype}) needs {need} bytes of shared "
-            "memory, more "
-            f"than the device's {shared_limit}"
+            f"memory, more than the device's {shared_limit}"
         )
 
 

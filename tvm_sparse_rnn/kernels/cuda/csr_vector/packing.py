@@ -115,30 +115,12 @@ def pack_csr_vector(w: np.ndarray | sp.sparray, dtype: str) -> CsrVectorWeight:
     slot = indptr[:-1][rows] * group + (np.arange(csr.nnz) - csr.indptr[:-1][rows])
     values[slot] = csr.data.astype(dtype)
     columns[slot] = csr.indices
-    _pad_with_last_columns(columns, indptr * group, counts, csr.indices, csr.indptr)
+    # Padding entries (value 0) repeat the last column before them, their row's last: the
+    # kernel reads a column of X it reads anyway.
+    last_stored = np.zeros(entries, np.int64)
+    last_stored[slot] = slot
+    columns = columns[np.maximum.accumulate(last_stored)]
     layout = CsrVectorLayout((n, k), entries // group, dtype)
     return CsrVectorWeight(
         values, columns.view(np.uint32), indptr.astype(np.int32), layout, int(csr.nnz)
     )
-
-
-def _pad_with_last_columns(
-    columns: np.ndarray,
-    starts: np.ndarray,
-    counts: np.ndarray,
-    indices: np.ndarray,
-    indptr: np.ndarray,
-) -> None:
-    """Give each row's padding entries (value 0) the row's last column, so that the kernel
-    reads a column of ``X`` it reads anyway."""
-    ends = starts[1:]
-    padding = ends - starts[:-1] - counts
-    rows = np.flatnonzero(padding)
-    if rows.size == 0:
-        return
-    last = indices[indptr[rows + 1] - 1]
-    pad_rows = np.repeat(rows, padding[rows])
-    offsets = np.arange(pad_rows.size) - np.repeat(
-        np.cumsum(padding[rows]) - padding[rows], padding[rows]
-    )
-    columns[ends[pad_rows] - padding[pad_rows] + offsets] = np.repeat(last, padding[rows])
