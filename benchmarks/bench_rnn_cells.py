@@ -20,6 +20,8 @@ Target (issue 4): ours >= 8x cuDNN fp32 at B = 4. Run on the GPU machine::
     python benchmarks/bench_rnn_cells.py --plot docs/results/bench_rnn_cells.json
     python benchmarks/bench_rnn_cells.py --cell gru gru_lbr0 lstm --hidden 1792 --batch 4
     python benchmarks/bench_rnn_cells.py --cell tanh --hidden 1792 --batch 4 16 64  # vs nn.RNN
+    python benchmarks/bench_rnn_cells.py --cell gru lstm --hidden 1792 --batch 4 \\
+        --fp16-chunks 0 16 --barriers flag        # fp16: float32 vs packed-half FMAs
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ DTYPES = ("float32", "float16")
 HIDDEN = (1024, 1792, 2304)
 BATCH = (1, 4, 16)
 DENSITY = 0.10
+BARRIERS = ("flag", "grid", "cluster")
 CAPACITY_CASE = ("tanh", "float16", 8192, 4)
 ONNX_KIND = {"gru": "GRU", "gru_lbr0": "GRU", "lstm": "LSTM", "tanh": "RNN"}
 #: Issue 13's bar at B = 4: the speed-up over the best cuDNN in the same dtype.
@@ -104,14 +107,29 @@ def _plans(R, cell: str, batch: int, dtype: str, count: int) -> list:
     return out or [fallback]
 
 
-def _barriers(plan) -> tuple[str, ...]:
-    """Every barrier the plan can run: flag and grid, and the cluster barrier when its CTAs per
-    recurrence fit one portable cluster; the per-step fallback has only its launches."""
+def _with_fp16_chunks(plans: list, args: argparse.Namespace) -> list:
+    """Each float16 persistent plan once per ``--fp16-chunks`` value (0: float32 FMAs)."""
+    import dataclasses
+
+    return [
+        dataclasses.replace(plan, fp16_chunk=chunk)
+        for plan in plans
+        for chunk in (
+            args.fp16_chunks if plan.dtype == "float16" and plan.kind == "persistent" else (0,)
+        )
+    ]
+
+
+def _barriers(plan, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``allowed`` barriers the plan can run: flag and grid, and the cluster barrier when
+    its CTAs per recurrence fit one portable cluster; the per-step fallback has only its
+    launches."""
     from tvm_sparse_rnn.kernels.cuda.persistent.planner import PORTABLE_CLUSTER_SIZE
 
     if plan.kind != "persistent":
         return ("grid",)
-    return ("flag", "grid", "cluster")[: 3 if plan.num_ctas <= PORTABLE_CLUSTER_SIZE else 2]
+    fitting = ("flag", "grid", "cluster")[: 3 if plan.num_ctas <= PORTABLE_CLUSTER_SIZE else 2]
+    return tuple(b for b in fitting if b in allowed)
 
 
 def _check(rnn, cell: str, w: dict, batch: int, hidden: int) -> float:
@@ -194,9 +212,9 @@ def run(args: argparse.Namespace) -> dict:
     jobs = []
     for cell, dtype, hidden, batch in cases:
         R = unit_major(weights[(cell, hidden, dtype)]["R"][0], PersistentCell(cell).gates)
-        for plan in _plans(R, cell, batch, dtype, args.candidates):
+        for plan in _with_fp16_chunks(_plans(R, cell, batch, dtype, args.candidates), args):
             vector = default_knobs(plan)[1]
-            for barrier in _barriers(plan):
+            for barrier in _barriers(plan, args.barriers):
                 jobs.append(((cell, dtype, hidden, batch), plan, barrier, vector))
     cache = args.cache or tempfile.mkdtemp(prefix="sprnn_cells_")
     t0 = time.time()
@@ -229,9 +247,10 @@ def run(args: argparse.Namespace) -> dict:
             module = build_kernel(plan, cell, barrier, vector, "cuda", cache)
             rnn = PersistentRNN(plan, packs[(case, plan, vector)], cell, barrier, module, dev)
             replicas = f"/x{plan.replicas}" if plan.replicas > 1 else ""
+            half = f"/f16x2-{plan.fp16_chunk}" if plan.fp16_chunk else ""
             label = (
                 f"{plan.kind}/{barrier}/KS{plan.lanes_per_row}{replicas}"
-                f"/{plan.num_ctas}x{plan.threads}"
+                f"/{plan.num_ctas}x{plan.threads}{half}"
             )
             entry["ours"][label] = {
                 "ms": _kernel_ms(rnn, STEPS),
@@ -318,6 +337,20 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         type=int,
         default=3,
         help="geometries tried per case: per lanes-per-row of one slice and per replica count",
+    )
+    ap.add_argument(
+        "--fp16-chunks",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="float16 plans: pairs per packed-half FMA chunk to try (0: float32 FMAs)",
+    )
+    ap.add_argument(
+        "--barriers",
+        nargs="+",
+        choices=BARRIERS,
+        default=BARRIERS,
+        help="barriers to time (each where the plan can run it)",
     )
     ap.add_argument("--cache", help="build cache directory")
     ap.add_argument("--no-baselines", action="store_true")

@@ -247,8 +247,61 @@ def test_replicas_match_reference(
         _check_against_reference(rnn, cell, w, steps)
 
 
-def _check_against_reference(rnn, cell: str, w: dict, steps: int) -> None:
-    """``rnn.run`` on random inputs and states vs the float64 ONNX reference."""
+#: (cell, H, B, replicas, vector, fp16_chunk): packed-half FMAs against float32 FMAs on the
+#: same plan (B = 64: pairs in shared memory; scalar loads of h; the two-phase GRU).
+HALF_ACCUMULATION_CASES = [
+    ("tanh", 1792, 4, 2, True, 16),
+    ("tanh", 1792, 64, 16, True, 16),
+    ("gru", 1792, 4, 2, True, 16),
+    ("lstm", 1792, 4, 2, True, 16),
+    ("lstm", 1024, 16, 4, False, 6),
+    ("gru_lbr0", 1024, 16, 8, True, 8),
+]
+#: Largest error of the packed-half kernel: this many times the float32-FMA kernel's ...
+HALF_ACCUMULATION_ERROR_RATIO = 3.0
+#: ... or this absolute error (about two fp16 ulps of h near 1), whichever is larger.
+HALF_ACCUMULATION_MIN_ERROR = 2e-3
+
+
+@pytest.mark.parametrize(
+    ("cell", "hidden", "batch", "replicas", "vector", "chunk"), HALF_ACCUMULATION_CASES
+)
+def test_half_accumulation_matches_reference(
+    build_cache: str, cell: str, hidden: int, batch: int, replicas: int, vector: bool, chunk: int
+) -> None:
+    import dataclasses
+
+    import tvm
+
+    from tvm_sparse_rnn.runtime.persistent import PersistentRNN, build_kernel
+
+    w, _ = _gated(cell, "float16", hidden, batch)
+    gates, two_phase = PersistentCell(cell).gates, PersistentCell(cell).two_phase
+    R = unit_major(w["R"][0], gates)
+    plan = planner.candidate_plans(
+        hidden,
+        int(planner.row_lengths(R).max()),
+        batch,
+        "float16",
+        device=LIMITS,
+        gates=gates,
+        replicas=replicas,
+        two_phase=two_phase,
+    )[0]
+    errors = {}
+    for fp16_chunk in (0, chunk):
+        variant = dataclasses.replace(plan, fp16_chunk=fp16_chunk)
+        module = build_kernel(variant, cell, "flag", vector, "cuda", build_cache)
+        packed = pack(R, variant, "guided", vector)
+        rnn = PersistentRNN(variant, packed, cell, "flag", module, tvm.cuda(0))
+        errors[fp16_chunk] = _check_against_reference(rnn, cell, w, 64)
+    bound = max(HALF_ACCUMULATION_ERROR_RATIO * errors[0], HALF_ACCUMULATION_MIN_ERROR)
+    assert errors[chunk] <= bound, errors
+
+
+def _check_against_reference(rnn, cell: str, w: dict, steps: int) -> float:
+    """``rnn.run`` on random inputs and states vs the float64 ONNX reference; returns the
+    largest absolute error of ``h``."""
     from tvm_sparse_rnn.transform.dispatch.recurrent_persistent import split_onnx_bias
 
     plan = rnn.plan
@@ -269,6 +322,7 @@ def _check_against_reference(rnn, cell: str, w: dict, steps: int) -> None:
     np.testing.assert_allclose(res.h.astype(np.float32), y[:, 0], rtol=tol, atol=tol)
     if G == 4:
         np.testing.assert_allclose(res.c.astype(np.float32), y_c[0], rtol=tol, atol=tol)
+    return float(np.abs(res.h.astype(np.float64) - y[:, 0]).max())
 
 
 def test_gated_per_step_fallback() -> None:

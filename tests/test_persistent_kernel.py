@@ -300,25 +300,35 @@ NVCC = shutil.which("nvcc")
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 @pytest.mark.parametrize(
-    ("hidden", "batch", "density", "cell", "dtype", "replicas"),
+    ("hidden", "batch", "density", "cell", "dtype", "replicas", "fp16_chunk"),
     [
-        (1792, 4, 0.10, "tanh", "float32", 1),
-        (5760, 2, 0.10, "tanh", "float32", 1),
-        (1792, 4, 0.10, "lstm", "float32", 1),
-        (1792, 16, 0.10, "gru", "float32", 1),
-        (2304, 4, 0.10, "gru", "float16", 1),
-        (6144, 4, 0.10, "tanh", "float16", 1),
-        (1792, 8, 0.10, "lstm", "float16", 1),  # LDS.128 of 8 halves
-        (8192, 4, 0.10, "tanh", "float16", 1),  # part of the pairs in shared memory
-        (2304, 4, 0.10, "lstm", "float32", 1),  # idem
-        (1792, 16, 0.10, "tanh", "float32", 8),  # the planner's pick at B = 16
-        (1792, 64, 0.10, "tanh", "float32", 8),  # 8 samples in 2 passes: h addresses kept
-        (1792, 4, 0.10, "gru_lbr0", "float32", 4),  # z and h_{t-1} kept between the phases
-        (1024, 16, 0.10, "gru_lbr0", "float16", 8),
+        (1792, 4, 0.10, "tanh", "float32", 1, 0),
+        (5760, 2, 0.10, "tanh", "float32", 1, 0),
+        (1792, 4, 0.10, "lstm", "float32", 1, 0),
+        (1792, 16, 0.10, "gru", "float32", 1, 0),
+        (2304, 4, 0.10, "gru", "float16", 1, 0),
+        (6144, 4, 0.10, "tanh", "float16", 1, 0),
+        (1792, 8, 0.10, "lstm", "float16", 1, 0),  # LDS.128 of 8 halves
+        (8192, 4, 0.10, "tanh", "float16", 1, 0),  # part of the pairs in shared memory
+        (2304, 4, 0.10, "lstm", "float32", 1, 0),  # idem
+        (1792, 16, 0.10, "tanh", "float32", 8, 0),  # the planner's pick at B = 16
+        (1792, 64, 0.10, "tanh", "float32", 8, 0),  # 8 samples in 2 passes: h addresses kept
+        (1792, 4, 0.10, "gru_lbr0", "float32", 4, 0),  # z and h_{t-1} kept between the phases
+        (1024, 16, 0.10, "gru_lbr0", "float16", 8, 0),
+        (1792, 64, 0.10, "tanh", "float16", 16, 16),  # packed-half FMAs, pairs in smem
+        (1792, 4, 0.10, "gru", "float16", 2, 16),
+        (1792, 4, 0.10, "lstm", "float16", 2, 8),
     ],
 )
 def test_no_register_spills(
-    tmp_path, hidden: int, batch: int, density: float, cell: str, dtype: str, replicas: int
+    tmp_path,
+    hidden: int,
+    batch: int,
+    density: float,
+    cell: str,
+    dtype: str,
+    replicas: int,
+    fp16_chunk: int,
 ) -> None:
     """ptxas -v for sm_90a: the register-resident weights do not spill."""
     gates = PersistentCell(cell).gates
@@ -334,6 +344,7 @@ def test_no_register_spills(
         two_phase=PersistentCell(cell).two_phase,
     )
     assert plan.kind == "persistent"
+    plan = dataclasses.replace(plan, fp16_chunk=fp16_chunk)
     cu = tmp_path / "k.cu"
     cu.write_text(cuda_source(build_kernel(plan, cell, "flag", True, CUDA)))
     env = {**os.environ, "CUDA_PATH": os.environ.get("CUDA_PATH", "/usr/local/cuda-13.0")}
@@ -361,6 +372,52 @@ def test_no_register_spills(
     regs = int(re.search(r"Used (\d+) registers", info).group(1))
     warps = -(-plan.threads // 32)
     assert regs <= 255 and regs * -(-warps // 4) * 4 * 32 <= 65536  # 4 schedulers' shares
+
+
+@pytest.mark.parametrize(
+    ("cell", "batch", "replicas", "vector", "chunk"),
+    [("gru", 4, 2, True, 16), ("tanh", 64, 16, True, 8), ("lstm", 16, 4, False, 6)],
+)
+def test_half_accumulation_source(
+    cell: str, batch: int, replicas: int, vector: bool, chunk: int
+) -> None:
+    """fp16_chunk: one fma.rn.f16x2 per pair and sample pair, h read as 32-bit words, and the
+    fp16 partial sums added into the float32 accumulators every ``chunk`` pairs."""
+    gates = PersistentCell(cell).gates
+    rng = np.random.default_rng(0)
+    longest = int(rng.binomial(1792, 0.1, size=gates * 1792).max())
+    plan = dataclasses.replace(
+        plan_persistent(
+            hidden=1792,
+            max_row_nnz=longest,
+            batch=batch,
+            dtype="float16",
+            gates=gates,
+            replicas=replicas,
+        ),
+        fp16_chunk=chunk,
+    )
+    src = cuda_source(build_kernel(plan, cell, "flag", vector, CUDA))
+    body = src.split("for (int t = 0;")[1]  # the time loop of the persistent kernel
+    width = plan.sub_batch
+    passes = plan.batch_kernel // width
+    hfma = passes * plan.rows_per_group * plan.pairs_per_lane * width // 2
+    assert body.count("sprnn_hfma2_lo(") + body.count("sprnn_hfma2_hi(") == hfma
+    assert "fma.rn.f16x2" in src
+    assert re.search(r"\(\(int\*\)(h_sh_ptr|buf_dyn_shmem_ptr)\)", body)  # 32-bit words
+    flushes = passes * plan.rows_per_group * -(-plan.pairs_per_lane // chunk) * width // 2
+    assert body.count("sprnn_half_lo(acch_ptr[") == flushes
+    assert not re.search(r"wv_ptr\[[a-z_(]", body)  # register-resident weights
+    # shared-memory pairs: the weight word read from shared memory straight into the FMA
+    in_smem = re.findall(r"sprnn_hfma2_lo\(acch_ptr\[\d+\], \(\(int\*\)\w+_ptr\)\[", body)
+    assert len(in_smem) == passes * plan.rows_per_group * plan.smem_pairs * width // 2
+
+
+@pytest.mark.parametrize(("dtype", "chunk"), [("float32", 16), ("float16", 7), ("float16", -2)])
+def test_half_accumulation_needs_float16_and_an_even_chunk(dtype: str, chunk: int) -> None:
+    plan = dataclasses.replace(plan_for(1024, 4, 0.1), dtype=dtype, fp16_chunk=chunk)
+    with pytest.raises(ValueError, match=rf"fp16_chunk must be .* got {chunk} with {dtype}"):
+        make_persistent_kernel(plan, "tanh", "flag")
 
 
 def test_most_copy_chunks_builds() -> None:

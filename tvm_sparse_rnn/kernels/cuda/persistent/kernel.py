@@ -136,6 +136,24 @@ _HELPERS.update(
 )
 
 
+def _hfma2_helper(name: str, half: str) -> str:
+    """A device function ``int name(int acc, int w, int h)``: ``acc + w.half * h`` over the two
+    fp16 lanes of ``acc`` and ``h`` (``fma.rn.f16x2``), ``w.half`` the ``l`` or ``h`` half of
+    the packed weights ``w`` in both lanes (``asm volatile`` like the unpacking helpers)."""
+    return f"""
+__forceinline__ __device__ int {name}(int acc, int w, int h) {{
+  int r;
+  asm volatile("{{ .reg .b16 l, h; .reg .b32 v; mov.b32 {{l, h}}, %2; "
+               "mov.b32 v, {{{half}, {half}}}; fma.rn.f16x2 %0, v, %3, %1; }}"
+               : "=r"(r) : "r"(acc), "r"(w), "r"(h));
+  return r;
+}}
+"""
+
+
+_HELPERS.update({f"sprnn_hfma2_{h}": _hfma2_helper(f"sprnn_hfma2_{h}", h[0]) for h in ("lo", "hi")})
+
+
 def _call(name: str, *args: object, ret: str = "void") -> tirx.PrimExpr:
     return T.cuda.func_call(name, *args, source_code=_HELPERS[name], return_type=ret)
 
@@ -147,6 +165,11 @@ def _check(plan: PersistentPlan, cell: PersistentCell, barrier: Barrier | None =
         raise ValueError(
             f"cell {cell.value!r} needs a plan with two_phase={cell.two_phase}, got "
             f"{plan.two_phase}"
+        )
+    if plan.fp16_chunk and (plan.dtype != "float16" or plan.fp16_chunk % 2 or plan.fp16_chunk < 0):
+        raise ValueError(
+            f"fp16_chunk must be 0 or a positive even number of pairs with dtype float16, got "
+            f"{plan.fp16_chunk} with {plan.dtype}"
         )
     if barrier is Barrier.CLUSTER and plan.num_ctas > PORTABLE_CLUSTER_SIZE:
         raise ValueError(
@@ -249,6 +272,22 @@ class KernelGeometry:
     def half(self) -> bool:
         """fp16 values, two per value register."""
         return self.plan.dtype == "float16"
+
+    @property
+    def half_accumulate(self) -> bool:
+        """Packed fp16 FMAs over chunks of ``plan.fp16_chunk`` pairs (see the plan)."""
+        return self.plan.fp16_chunk > 0
+
+    @property
+    def word_load_width(self) -> int:
+        """32-bit words (two fp16 samples each) per shared load of ``h`` with
+        :attr:`half_accumulate`."""
+        return max(self.load_width, 2) // 2
+
+    @property
+    def word_loads_per_pair(self) -> int:
+        """Shared loads per pair and pass with :attr:`half_accumulate`."""
+        return self.pass_width // 2 // self.word_load_width
 
     @property
     def slots_per_iteration(self) -> int:
@@ -467,6 +506,7 @@ def make_persistent_kernel(
     smem_slots, epc, h_size = geo.smem_slots, geo.chunk_elements, geo.h_elements
     fill_ctas, step_words = FILL_CTAS_PER_CTA * grid, streams * geo.h_words
     phases = plan.phases
+    chunk, lane_slots = plan.fp16_chunk, plan.pairs_per_lane
     cell_update = _cell_macro(cell, width)
     reset_gate, candidate = _two_phase_macros(width)
     f32, to_dt = _converters(dtype)
@@ -541,6 +581,10 @@ def make_persistent_kernel(
         if not geo.index16:
             return wi[rr * nir + per_iter * m + k]
         return _call("sprnn_col_hi" if k else "sprnn_col_lo", wi[rr * nir + m], ret="int32")
+
+    def hfma2(acc, word, k, h):
+        """``acc + w * h`` over two fp16 lanes, ``w`` the half ``k`` of the packed ``word``."""
+        return _call("sprnn_hfma2_hi" if k else "sprnn_hfma2_lo", acc, word, h, ret="int32")
 
     def guard(spins, value):
         """``value``, or NaN once a flag-barrier wait of this thread timed out (``spins[1]``)."""
@@ -751,28 +795,105 @@ def make_persistent_kernel(
         )
 
     @T.macro
-    def matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui, g0, ng):
+    def pair_f16x2(acch, hw, h_words, t, bc, word, k, col):
+        # acch[j] += w * h_{t-1}[col, 2j : 2j + 2] for the samples of pass bc, w the half k of
+        # the packed register word: two samples per fma.rn.f16x2, no conversion
+        for v in T.unroll(geo.word_loads_per_pair):
+            for wj in T.vectorized(geo.word_load_width):
+                hw[wj] = h_words[
+                    (t % geo.buffers) * (h_size // 2)
+                    + bc * (geo.pass_stride // 2)
+                    + col * (geo.column_stride // 2)
+                    + v * geo.word_load_width
+                    + wj
+                ]
+            for wj in T.unroll(geo.word_load_width):
+                acch[v * geo.word_load_width + wj] = hfma2(
+                    acch[v * geo.word_load_width + wj], word, k, hw[wj]
+                )
+
+    @T.macro
+    def flush_f16x2(acc, acch, a0):
+        # acc[a0 + b] += the fp16 partial sums of acch (sample pairs), which restart at zero
+        for j in T.unroll(width // 2):
+            acc[a0 + 2 * j] = acc[a0 + 2 * j] + _call("sprnn_half_lo", acch[j], ret=f32_name)
+            acc[a0 + 2 * j + 1] = acc[a0 + 2 * j + 1] + _call(
+                "sprnn_half_hi", acch[j], ret=f32_name
+            )
+            acch[j] = T.int32(0)
+
+    @T.macro
+    def matvec_f16x2(acc, acch, hw, h_words, wv, wi, w_sh, t, tx, bc, ui, g):
+        # acc[g*width + b] += (R_g h)[b] as matvec_pass, in chunks of fp16_chunk packed-half
+        # FMAs, each chunk's sums added in fp32
+        for j in T.unroll(width // 2):
+            acch[j] = T.int32(0)
+        for m in T.unroll(geo.register_slots // 2):
+            pair_f16x2(
+                acch,
+                hw,
+                h_words,
+                t,
+                bc,
+                wv[(ui * gates + g) * nvr + m],
+                0,
+                column(wi, ui * gates + g, m, 0),
+            )
+            pair_f16x2(
+                acch,
+                hw,
+                h_words,
+                t,
+                bc,
+                wv[(ui * gates + g) * nvr + m],
+                1,
+                column(wi, ui * gates + g, m, 1),
+            )
+            if (m + 1) * 2 % chunk == 0:
+                if (m + 1) * 2 < lane_slots:
+                    flush_f16x2(acc, acch, g * width)
+        for j in T.unroll(smem_slots):
+            pair_f16x2(
+                acch,
+                hw,
+                h_words,
+                t,
+                bc,
+                smem_word(w_sh, ui * gates + g, j, tx, 0),
+                0,
+                smem_column(w_sh, ui * gates + g, j, tx),
+            )
+            if (geo.register_slots + j + 1) % chunk == 0:
+                if geo.register_slots + j + 1 < lane_slots:
+                    flush_f16x2(acc, acch, g * width)
+        flush_f16x2(acc, acch, g * width)
+
+    @T.macro
+    def matvec_pass(acc, acch, hb, hw, h_sh, h_words, wv, wi, w_sh, t, tx, bc, ui, g0, ng):
         # acc[g*width + b] = (R_g h)[b] of unit ui for gates g0 .. g0 + ng - 1 (h: the shared
         # buffer of step t), this lane's share of the rows
         for gi in T.unroll(ng):
             for b in T.unroll(width):
                 acc[(g0 + gi) * width + b] = T.float32(0)
-            for m in T.unroll(geo.register_slots // per_iter):
-                register_pair(acc, g0 + gi, hb, h_sh, wv, wi, t, bc, ui, m, 0)
-                if per_iter == 2:
-                    register_pair(acc, g0 + gi, hb, h_sh, wv, wi, t, bc, ui, m, 1)
-            for j in T.unroll(smem_slots):
-                pair(
-                    acc,
-                    (g0 + gi) * width,
-                    hb,
-                    h_sh,
-                    t,
-                    bc,
-                    smem_value(w_sh, ui * gates + g0 + gi, j, tx),
-                    smem_column(w_sh, ui * gates + g0 + gi, j, tx),
-                    True,
-                )
+            if geo.half_accumulate:
+                matvec_f16x2(acc, acch, hw, h_words, wv, wi, w_sh, t, tx, bc, ui, g0 + gi)
+            else:
+                for m in T.unroll(geo.register_slots // per_iter):
+                    register_pair(acc, g0 + gi, hb, h_sh, wv, wi, t, bc, ui, m, 0)
+                    if per_iter == 2:
+                        register_pair(acc, g0 + gi, hb, h_sh, wv, wi, t, bc, ui, m, 1)
+                for j in T.unroll(smem_slots):
+                    pair(
+                        acc,
+                        (g0 + gi) * width,
+                        hb,
+                        h_sh,
+                        t,
+                        bc,
+                        smem_value(w_sh, ui * gates + g0 + gi, j, tx),
+                        smem_column(w_sh, ui * gates + g0 + gi, j, tx),
+                        True,
+                    )
         if lanes > 1:
             for k in T.unroll(ng * width):
                 acc[g0 * width + k] = T.cuda.warp_sum(acc[g0 * width + k], lanes)
@@ -875,6 +996,11 @@ def make_persistent_kernel(
         uu = T.alloc_buffer((rpt * width,), f32_name, scope="local")
         hv = T.alloc_buffer((width,), f32_name, scope="local")
         hb = T.alloc_buffer((geo.load_width,), dtype, scope="local")
+        h_words = T.decl_buffer(
+            (geo.buffers * h_size * plan.itemsize // 4,), "int32", data=h_sh.data, scope=geo.h_scope
+        )
+        acch = T.alloc_buffer((max(width // 2, 1),), "int32", scope="local")
+        hw = T.alloc_buffer((geo.word_load_width,), "int32", scope="local")
         cst = T.alloc_buffer((units * batch,), f32_name, scope="local")
         zs = T.alloc_buffer((units * batch if plan.two_phase else 1,), f32_name, scope="local")
         hps = T.alloc_buffer((units * batch if plan.two_phase else 1,), f32_name, scope="local")
@@ -897,7 +1023,9 @@ def make_persistent_kernel(
                     if passes > 1:
                         load_u(uu, U, t, bx, tx, bc, steps, samples)
                     for ui in T.unroll(units):
-                        matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui, 0, 2)
+                        matvec_pass(
+                            acc, acch, hb, hw, h_sh, h_words, wv, wi, w_sh, t, tx, bc, ui, 0, 2
+                        )
                         reset_gate_store(hv, zs, hps, acc, uu, h_sh, out, spins, t, bx, tx, bc, ui)
                 end_phase(True)
                 exchange_reset(h_sh, h0, out, status, pend, spins, t, bx, tx)
@@ -905,14 +1033,18 @@ def make_persistent_kernel(
                     if passes > 1:
                         load_u(uu, U, t, bx, tx, bc, steps, samples)
                     for ui in T.unroll(units):
-                        matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui, 2, 1)
+                        matvec_pass(
+                            acc, acch, hb, hw, h_sh, h_words, wv, wi, w_sh, t, tx, bc, ui, 2, 1
+                        )
                         candidate_store(hv, zs, hps, acc, uu, out, spins, t, bx, tx, bc, ui)
             else:
                 for bc in T.unroll(passes):
                     if passes > 1:
                         load_u(uu, U, t, bx, tx, bc, steps, samples)
                     for ui in T.unroll(units):
-                        matvec_pass(acc, hb, h_sh, wv, wi, w_sh, t, tx, bc, ui, 0, gates)
+                        matvec_pass(
+                            acc, acch, hb, hw, h_sh, h_words, wv, wi, w_sh, t, tx, bc, ui, 0, gates
+                        )
                         cell_update_store(
                             hv, acc, uu, cst, rbv, h_sh, out, spins, t, bx, tx, bc, ui
                         )

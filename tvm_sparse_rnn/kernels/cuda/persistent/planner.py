@@ -73,6 +73,13 @@ class Barrier(enum.StrEnum):
 PORTABLE_CLUSTER_SIZE = 8
 
 
+#: Pairs per packed-half FMA chunk of float16 plans (:attr:`PersistentPlan.fp16_chunk`).
+#: ``bench_rnn_cells.py --fp16-chunks 0 16 --barriers flag --candidates 1`` (H100, H = 1792,
+#: 10 %, T = 256; the best of the planner's plans each way): GRU B = 4 0.449 -> 0.383 ms, LSTM
+#: B = 4 0.606 -> 0.448, tanh B = 16 0.489 -> 0.436, B = 64 1.186 -> 0.920; max |error| vs
+#: float64 unchanged for GRU / LSTM (5.9e-4 / 3.6e-4), 0.7e-3 -> 1.1-1.2e-3 for tanh.
+DEFAULT_FP16_CHUNK = 16
+
 #: Largest rows per lane group (unrolled per thread).
 MAX_ROWS_PER_GROUP = 8
 
@@ -130,6 +137,12 @@ class PersistentPlan:
         A step exchanges a state twice (GRU with ``linear_before_reset=0``): ``r * h_{t-1}``
         after the ``z`` and ``r`` gates, then ``h_t`` after the candidate; every thread keeps
         ``z`` and ``h_{t-1}`` of its units between the phases.
+    fp16_chunk : int
+        float16 only: pairs a lane accumulates with packed half-precision FMAs
+        (``fma.rn.f16x2``: two samples per instruction, no conversion of ``h``) before adding
+        the partial sums into its float32 accumulators; even, or 0 for float32 FMAs
+        throughout (one conversion per sample and pair). The planner's float16 plans take
+        :data:`DEFAULT_FP16_CHUNK`.
     reason : str
         Why this plan (the capacity numbers for ``per_step``).
     """
@@ -153,6 +166,7 @@ class PersistentPlan:
     directions: int = 1
     replicas: int = 1
     two_phase: bool = False
+    fp16_chunk: int = 0
     reason: str = field(default="", compare=False)
 
     @property
@@ -264,7 +278,8 @@ class PersistentPlan:
     @property
     def regs_estimate(self) -> int:
         """Estimated registers per thread (see the module docstring)."""
-        return estimate_registers(
+        half_accumulators = self.sub_batch // 2 + 1 if self.fp16_chunk else 0
+        return half_accumulators + estimate_registers(
             self.pairs_per_thread,
             self.index_mode,
             self.batch_kernel,
@@ -300,7 +315,7 @@ class PersistentPlan:
         return (
             f"{concurrent}{self.num_ctas}x{self.threads} KS={self.lanes_per_row} "
             f"RPT={self.rows_per_group} G={self.gates}{' two-phase' if self.two_phase else ''} "
-            f"{self.dtype} "
+            f"{self.dtype}{f' f16x2/{self.fp16_chunk}' if self.fp16_chunk else ''} "
             f"NZ={self.nz_per_row} ({self.pairs_per_thread} pairs/thread"
             f"{f' + {self.smem_pairs * self.rows_per_group} in smem' if self.smem_pairs else ''}, "
             f"{self.index_mode}, "
@@ -495,6 +510,7 @@ def candidate_plans(
                         directions=directions,
                         replicas=replicas,
                         two_phase=two_phase,
+                        fp16_chunk=DEFAULT_FP16_CHUNK if dtype == "float16" else 0,
                     )
                     plan = _fit_registers(base, footprint, reg_cap, device, paired)
                     if plan is not None:
