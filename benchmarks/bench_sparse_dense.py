@@ -1,7 +1,8 @@
 """Benchmark ``sparse_dense`` against the dense and sparse baselines a user would pick.
 
 CPU (``--device cpu``): this package (x86 schedule, all cores) vs numpy dense (OpenBLAS),
-scipy BSR and scipy CSR, in the same run. GPU (``--device gpu``): the CUDA schedule vs torch
+scipy BSR and scipy CSR, in the same run. GPU (``--device gpu``): the kernel ``build_sparse_dense``
+runs by default (the one the linear dispatch picks, its config in the table) vs torch
 dense (cuBLAS) and torch sparse CSR / BSR (cuSPARSE); every op is timed by replaying a CUDA graph
 (no launch overhead) where it can be captured, else by CUDA events around eager calls.
 
@@ -46,9 +47,7 @@ from common import (
     write_json,
 )
 
-from tvm_sparse_rnn.errors import UnsupportedError
 from tvm_sparse_rnn.kernels.cuda.csr_vector.kernel import KNOB_CHOICES as CSR_VECTOR_KNOBS
-from tvm_sparse_rnn.kernels.cuda.csr_vector.kernel import MAX_ROWS as CSR_VECTOR_MAX_ROWS
 from tvm_sparse_rnn.kernels.cuda.csr_vector.kernel import CsrVectorConfig
 from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense
 from tvm_sparse_rnn.testing import TOLERANCES, random_bsr, reference_sparse_dense
@@ -87,21 +86,6 @@ def gpu_cases(quick: bool) -> list[Case]:
     blocks16 = ((1, 1), (4, 4), (1, 16), (16, 16))
     fp16 = [Case(m, 4096, b, "float16") for b in blocks16 for m in ms16]
     return fp32 + fp16
-
-
-def _time_csr_vector(case: Case, weight: Any, x: np.ndarray, ref: np.ndarray) -> float | None:
-    """Seconds of the CSR-vector kernel (unstructured ``W``, up to 16 rows of ``X`` that fit
-    shared memory), else ``None``."""
-    if case.block != (1, 1) or case.m > CSR_VECTOR_MAX_ROWS:
-        return None
-    try:
-        kernel = build_sparse_dense(weight, case.m, "cuda", CsrVectorConfig())
-    except UnsupportedError as err:  # X too large for shared memory (float32, 16 rows)
-        logger.info("csr_vector skipped for %s: %s", case.label, err)
-        return None
-    _check(kernel(x), ref, case.dtype, "tvm_csr_vector")
-    args = kernel.device_args(x)
-    return _gpu_time(lambda: kernel.executable(*args))[0]
 
 
 def _check(got: np.ndarray, ref: np.ndarray, dtype: str, name: str) -> float:
@@ -163,7 +147,6 @@ def run_gpu_case(case: Case, seed: int) -> dict[str, Any]:
     methods: dict[str, str] = {}
     times["tvm"], methods["tvm"] = _gpu_time(lambda: kernel.executable(*args))
     times["tvm_time_evaluator"] = median(kernel.time(x, number=200, repeat=7))
-    times["tvm_csr_vector"] = _time_csr_vector(case, weight, x, ref)
 
     dev = torch.device("cuda")
     tdtype = getattr(torch, case.dtype)

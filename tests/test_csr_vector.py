@@ -17,11 +17,14 @@ from tvm_sparse_rnn.kernels.cuda.csr_vector.kernel import (
     make_csr_vector_kernel,
 )
 from tvm_sparse_rnn.kernels.cuda.csr_vector.packing import pack_csr_vector
+from tvm_sparse_rnn.kernels.cuda.sparse_dense import CudaConfig
+from tvm_sparse_rnn.kernels.cuda.tensor_core.kernel import TensorCoreConfig
 from tvm_sparse_rnn.ops.epilogue import Activation, Epilogue
 from tvm_sparse_rnn.pipeline import build
 from tvm_sparse_rnn.runtime.persistent import cuda_source
-from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense
+from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense, dispatched_config
 from tvm_sparse_rnn.target import resolve_target, shared_memory_per_block
+from tvm_sparse_rnn.testing import random_bsr
 from tvm_sparse_rnn.transform import KernelVariant
 
 TARGET = resolve_target({"kind": "cuda", "arch": "sm_90a"})
@@ -168,6 +171,22 @@ def test_float16_build_of_a_float32_model_casts_the_input_while_staging_it():
 def test_cuda_dispatch_keeps_other_kernels_where_csr_vector_does_not_apply(rows, k, dtype, variant):
     _, decisions = build(_linear_relu_module(rows, k, dtype, layers=1), TARGET)
     assert [d.variant for d in decisions] == [variant]
+
+
+@pytest.mark.parametrize(
+    ("block", "rows", "k", "dtype", "kernel"),
+    [
+        ((1, 1), 4, 1024, "float16", CsrVectorConfig),
+        ((1, 1), 16, 1024, "float32", CsrVectorConfig),
+        ((1, 1), 16, 1024, "float16", TensorCoreConfig),
+        ((1, 1), 16, 4096, "float32", CudaConfig),  # X does not fit shared memory
+        ((4, 4), 4, 1024, "float16", CudaConfig),
+    ],
+)
+def test_build_sparse_dense_defaults_to_the_dispatched_kernel(block, rows, k, dtype, kernel):
+    """``build_sparse_dense`` without a config runs what the linear dispatch would."""
+    weight = random_bsr(256, k, block, 0.1, dtype=dtype)
+    assert isinstance(dispatched_config(weight, rows, TARGET), kernel)
 
 
 @pytest.mark.gpu

@@ -2,9 +2,11 @@
 
 * :func:`sparse_dense_func`: the scheduled PrimFunc for a weight, a batch size and a target,
   with the config of the tuning lookup unless one is given;
-* :func:`build_sparse_dense`: compile it into a callable :class:`SparseDenseKernel` (no Relax);
-  float16 on CUDA from 16 rows on runs the tensor-core kernel
-  (:mod:`tvm_sparse_rnn.kernels.cuda.tensor_core`) instead of the block-sparse one.
+* :func:`build_sparse_dense`: compile it into a callable :class:`SparseDenseKernel` (no Relax)
+  running the kernel the linear dispatch would pick: on CUDA float16 from 16 rows on the
+  tensor-core kernel (:mod:`tvm_sparse_rnn.kernels.cuda.tensor_core`), an unstructured weight
+  with few rows the CSR-vector kernel (:mod:`tvm_sparse_rnn.kernels.cuda.csr_vector`), else the
+  block-sparse one.
 
 Inside a Relax program use :func:`tvm_sparse_rnn.transform.dispatch.emit_sparse_dense`.
 
@@ -31,7 +33,11 @@ from tvm.target import Target
 
 from ..bsr import BSRWeight
 from ..errors import UnsupportedError
-from ..kernels.cuda.csr_vector.kernel import CsrVectorConfig, make_csr_vector_kernel
+from ..kernels.cuda.csr_vector.kernel import (
+    CsrVectorConfig,
+    check_supported,
+    make_csr_vector_kernel,
+)
 from ..kernels.cuda.csr_vector.packing import pack_csr_vector
 from ..kernels.cuda.tensor_core.kernel import (
     TensorCoreConfig,
@@ -198,9 +204,8 @@ def build_sparse_dense(
     target : str, dict or Target
         ``"llvm"`` (this CPU), ``"cuda"`` (this machine's GPU, else the H200) or a TVM target.
     config : X86Config, CudaConfig, TensorCoreConfig or CsrVectorConfig, optional
-        Knobs (the config's class picks the kernel); ``None``: the tensor-core kernel's
-        default where the cost rule sends the layer to tensor cores (float16, CUDA,
-        ``m >= 16``), else tuned record, shipped config or default of the block-sparse kernel.
+        Knobs (the config's class picks the kernel); ``None``: the kernel the linear dispatch
+        picks (:func:`dispatched_config`).
 
     Returns
     -------
@@ -208,7 +213,22 @@ def build_sparse_dense(
     """
     target = resolve_target(target)
     weight = BSRWeight.coerce(weight)
-    if config is None and uses_tensor_cores(cost_params(target.kind.name), int(m), weight.dtype):
-        config = default_config(int(m))
-    config = config or sparse_dense_config(weight, int(m), target)
+    config = config or dispatched_config(weight, int(m), target)
     return SparseDenseKernel(weight, int(m), target, config)
+
+
+def dispatched_config(weight: BSRWeight, m: int, target: Target) -> Any:
+    """The config of the kernel the linear dispatch runs for ``weight`` and ``m`` rows on
+    ``target``: the tensor-core kernel's default where the cost rule sends the layer to tensor
+    cores (float16, CUDA, ``m >= 16``), the CSR-vector kernel's for an unstructured weight it
+    takes on CUDA, else the block-sparse kernel's tuned record, shipped config or default."""
+    if uses_tensor_cores(cost_params(target.kind.name), m, weight.dtype):
+        return default_config(m)
+    if is_cuda(target) and weight.block_size == (1, 1):
+        try:
+            check_supported(weight.shape[1], weight.dtype, m, shared_memory_per_block(target))
+        except UnsupportedError as err:
+            logger.debug("sparse_dense m=%d: no CSR-vector kernel (%s)", m, err)
+        else:
+            return CsrVectorConfig()
+    return sparse_dense_config(weight, m, target)

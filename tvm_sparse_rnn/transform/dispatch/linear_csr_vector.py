@@ -69,9 +69,9 @@ class CsrVectorLinear:
             If the kernel does not take the layer (see
             :func:`~tvm_sparse_rnn.kernels.cuda.csr_vector.kernel.check_supported`).
         """
-        packed = pack_csr_vector(weight, dtype)
         shared_limit = shared_memory_per_block(target)
-        check_supported(packed.layout, rows, shared_limit)
+        check_supported(weight.shape[1], dtype, rows, shared_limit)
+        packed = pack_csr_vector(weight, dtype)
         try:
             num_sms = device_limits(target).num_sms
         except UnsupportedError:  # no model and no live device: a CTA per `warps` rows

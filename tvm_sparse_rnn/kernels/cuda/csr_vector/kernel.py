@@ -90,18 +90,20 @@ def shared_bytes(m: int, k: int, dtype: str) -> int:
     return padded_rows(m) * k * _itemsize(dtype)
 
 
-def check_supported(layout: CsrVectorLayout, m: int, shared_limit: int) -> None:
-    """Raise :class:`UnsupportedError` unless the kernel takes ``m`` rows of ``X`` for ``layout``
-    within ``shared_limit`` bytes of shared memory per CTA."""
-    _, k = layout.shape
+def check_supported(columns: int, dtype: str, m: int, shared_limit: int) -> None:
+    """Raise :class:`UnsupportedError` unless the kernel takes ``m`` rows of an ``X`` of
+    ``columns`` columns in ``dtype`` (the weight's) within ``shared_limit`` bytes of shared
+    memory per CTA."""
     if not 1 <= m <= MAX_ROWS:
         raise UnsupportedError(f"csr_vector: rows of X must be 1..{MAX_ROWS}, got {m}")
-    if k * _itemsize(layout.dtype) % GROUP_BYTES:
-        raise UnsupportedError(f"csr_vector: rows of X ({k} columns) must be whole 16-byte loads")
-    need = shared_bytes(m, k, layout.dtype)
+    if columns * _itemsize(dtype) % GROUP_BYTES:
+        raise UnsupportedError(
+            f"csr_vector: rows of X ({columns} columns) must be whole 16-byte loads"
+        )
+    need = shared_bytes(m, columns, dtype)
     if need > shared_limit:
         raise UnsupportedError(
-            f"csr_vector: X ({padded_rows(m)} x {k} {layout.dtype}) needs {need} bytes of shared "
+            f"csr_vector: X ({padded_rows(m)} x {columns} {dtype}) needs {need} bytes of shared "
             f"memory, more than the device's {shared_limit}"
         )
 
@@ -142,8 +144,8 @@ def make_csr_vector_kernel(
     UnsupportedError
         See :func:`check_supported`.
     """
-    check_supported(layout, m, shared_limit)
     n, k = layout.shape
+    check_supported(k, layout.dtype, m, shared_limit)
     dtype, group = layout.dtype, layout.group
     words = group // 2
     warps = config.warps
