@@ -119,8 +119,11 @@ def test_kernel_without_bias_takes_no_bias_argument():
     assert [p.name for p in func.params] == ["x", "values", "columns", "indptr", "y"]
 
 
-def _linear_relu_module(rows: int, k: int, dtype: str, layers: int = 2) -> tvm.IRModule:
-    """``main(x (rows, k))``: ``layers`` x ``relu(x @ W.T + b)``, W 90 % unstructured."""
+def _linear_relu_module(
+    rows: int, k: int, dtype: str, layers: int = 2, block: tuple[int, int] = (1, 1)
+) -> tvm.IRModule:
+    """``main(x (rows, k))``: ``layers`` x ``relu(x @ W.T + b)``, W 90 % pruned in ``block``
+    blocks (``(1, 1)``: unstructured)."""
     rng = np.random.default_rng(rows + k)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((rows, k), dtype))
@@ -128,7 +131,11 @@ def _linear_relu_module(rows: int, k: int, dtype: str, layers: int = 2) -> tvm.I
         with bb.dataflow():
             h = x
             for _ in range(layers):
-                w = _weight(k, k, 0.1, seed=int(rng.integers(1 << 16))).astype(dtype)
+                seed = int(rng.integers(1 << 16))
+                if block == (1, 1):
+                    w = _weight(k, k, 0.1, seed=seed).astype(dtype)
+                else:
+                    w = random_bsr(k, k, block, 0.1, dtype=dtype, seed=seed).toarray().astype(dtype)
                 h = bb.emit(relax.op.matmul(h, relax.const(np.ascontiguousarray(w.T))))
                 h = bb.emit(relax.op.add(h, relax.const(rng.uniform(-1, 1, k).astype(dtype))))
                 h = bb.emit(relax.op.nn.relu(h))
@@ -180,13 +187,24 @@ def test_cuda_dispatch_keeps_other_kernels_where_csr_vector_does_not_apply(rows,
         ((1, 1), 16, 1024, "float32", CsrVectorConfig),
         ((1, 1), 16, 1024, "float16", TensorCoreConfig),
         ((1, 1), 16, 4096, "float32", CudaConfig),  # X does not fit shared memory
-        ((4, 4), 4, 1024, "float16", CudaConfig),
+        ((4, 4), 4, 1024, "float16", CsrVectorConfig),  # one 8-byte load of X per nonzero
+        ((16, 16), 8, 1024, "float16", CsrVectorConfig),
+        ((4, 4), 1, 1024, "float16", CudaConfig),  # one row: the block kernel
+        ((1, 16), 8, 1024, "float32", CudaConfig),  # 32 bytes of X per nonzero
     ],
 )
 def test_build_sparse_dense_defaults_to_the_dispatched_kernel(block, rows, k, dtype, kernel):
-    """``build_sparse_dense`` without a config runs what the linear dispatch would."""
+    """``build_sparse_dense`` without a config runs what the linear dispatch would, and the
+    dispatch of a block-pruned layer agrees."""
     weight = random_bsr(256, k, block, 0.1, dtype=dtype)
     assert isinstance(dispatched_config(weight, rows, TARGET), kernel)
+    variant = {
+        CsrVectorConfig: KernelVariant.CSR_VECTOR,
+        TensorCoreConfig: KernelVariant.TENSOR_CORE,
+        CudaConfig: KernelVariant.SPARSE_DENSE,
+    }[kernel]
+    _, decisions = build(_linear_relu_module(rows, k, dtype, layers=1, block=block), TARGET)
+    assert [d.variant for d in decisions] == [variant]
 
 
 @pytest.mark.gpu

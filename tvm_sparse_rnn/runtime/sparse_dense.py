@@ -49,7 +49,7 @@ from ..kernels.cuda.tensor_core.packing import pack_tiled
 from ..kernels.sparse_dense import SparseDenseLayout
 from ..kernels.sparse_dense import sparse_dense_func as _scheduled
 from ..target import device_limits, is_cuda, resolve_target, shared_memory_per_block
-from ..transform.dispatch.cost_model import cost_params, uses_tensor_cores
+from ..transform.dispatch.cost_model import cost_params, uses_csr_vector, uses_tensor_cores
 from ..tuning.sparse_dense_space import sparse_dense_config
 
 logger = logging.getLogger(__name__)
@@ -220,11 +220,12 @@ def build_sparse_dense(
 def dispatched_config(weight: BSRWeight, m: int, target: Target) -> Any:
     """The config of the kernel the linear dispatch runs for ``weight`` and ``m`` rows on
     ``target``: the tensor-core kernel's default where the cost rule sends the layer to tensor
-    cores (float16, CUDA, ``m >= 16``), the CSR-vector kernel's for an unstructured weight it
-    takes on CUDA, else the block-sparse kernel's tuned record, shipped config or default."""
+    cores (float16, CUDA, ``m >= 16``), the CSR-vector kernel's on CUDA where
+    :func:`~tvm_sparse_rnn.transform.dispatch.cost_model.uses_csr_vector` sends the layer and the
+    kernel takes it, else the block-sparse kernel's tuned record, shipped config or default."""
     if uses_tensor_cores(cost_params(target.kind.name), m, weight.dtype):
         return default_config(m)
-    if is_cuda(target) and weight.block_size == (1, 1):
+    if is_cuda(target) and uses_csr_vector(weight.block_size, m, weight.dtype):
         try:
             check_supported(weight.shape[1], weight.dtype, m, shared_memory_per_block(target))
         except UnsupportedError as err:

@@ -415,6 +415,31 @@ def uses_tensor_cores(params: CostParams, rows: int | None, dtype: str) -> bool:
     return dtype == "float16" and minimum is not None and rows is not None and rows >= minimum
 
 
+#: Fewest rows of ``X`` at which a block-sparse weight runs on the CSR-vector kernel.
+CSR_VECTOR_MIN_BLOCK_ROWS = 4
+#: Most bytes of a nonzero's ``X`` values (rows x itemsize) at which a block-sparse weight runs
+#: on the CSR-vector kernel: one 16-byte shared-memory load per nonzero.
+CSR_VECTOR_MAX_BLOCK_ROW_BYTES = 16
+
+
+def uses_csr_vector(block_size: tuple[int, int], rows: int, dtype: str) -> bool:
+    """Whether a sparse layer on CUDA with ``block_size`` blocks and ``rows`` static rows of
+    ``dtype`` goes to the CSR-vector kernel (where that kernel takes it) rather than the
+    block-sparse one: always for an unstructured weight; for a block-sparse one from
+    :data:`CSR_VECTOR_MIN_BLOCK_ROWS` rows while a nonzero's ``X`` values are one 16-byte load.
+
+    H100, N = K = 4096, 90 %, us block kernel -> CSR-vector (session 17, a probe script):
+    float16 ``M = 4`` 4x4 6.55 -> 6.52, 1x16 9.90 -> 7.34, 16x16 14.70 -> 8.34; ``M = 8``
+    12.91 -> 9.96, 16.90 -> 12.55, 24.98 -> 14.71; float32 ``M = 4`` 10.33 -> 8.42, 12.53 ->
+    7.53, 15.46 -> 8.14. Not taken: ``M = 1`` 4x4 (3.19 vs 4.21 float16) and float32 ``M = 8``
+    4x4 (18.42 vs 21.42).
+    """
+    if block_size == (1, 1):
+        return True
+    itemsize = 2 if dtype == "float16" else 4
+    return rows >= CSR_VECTOR_MIN_BLOCK_ROWS and rows * itemsize <= CSR_VECTOR_MAX_BLOCK_ROW_BYTES
+
+
 def parse_block_size(block_size: str | tuple[int, int]) -> tuple[int, int]:
     """Parse ``"RxC"`` or ``(R, C)`` into a tuple of positive ints.
 

@@ -39,7 +39,13 @@ from ...ops.split_k import split_k_matmul, split_k_sum
 from ...target import device_limits, is_cuda, resolve_target
 from ...tuning.lookup import lookup_config
 from ...tuning.sparse_dense_space import sparse_dense_tune_task
-from .cost_model import cost_params, csr_row_group, plan_layer, uses_tensor_cores
+from .cost_model import (
+    cost_params,
+    csr_row_group,
+    plan_layer,
+    uses_csr_vector,
+    uses_tensor_cores,
+)
 from .decision import DispatchOptions, KernelDecision, KernelVariant
 from .linear_csr_vector import CsrVectorLinear
 from .linear_tensor_core import TensorCoreLinear
@@ -343,7 +349,7 @@ def _plan_variant(call: LinearCall, target: Target, options: DispatchOptions) ->
                 plan.reason,
             )
             return LinearLowering(decision, weight, None, None, target, tensor_core=tc)
-    if is_cuda(target) and static and stats.block_size == (1, 1):
+    if is_cuda(target) and static and uses_csr_vector(stats.block_size, rows, str(ty.dtype)):
         try:
             vector = CsrVectorLinear.plan(weight, rows, str(ty.dtype), target)
         except UnsupportedError as err:  # too many rows or columns: the block kernel runs
