@@ -813,6 +813,20 @@ def make_persistent_kernel(
                 )
 
     @T.macro
+    def register_pair_f16x2(acch, hw, h_words, wv, wi, t, bc, ui, g, m, k):
+        # pair_f16x2() of register slot 2*m + k of gate g's row of unit ui
+        pair_f16x2(
+            acch,
+            hw,
+            h_words,
+            t,
+            bc,
+            wv[(ui * gates + g) * nvr + m],
+            k,
+            column(wi, ui * gates + g, m, k),
+        )
+
+    @T.macro
     def flush_f16x2(acc, acch, a0):
         # acc[a0 + b] += the fp16 partial sums of acch (sample pairs), which restart at zero
         for j in T.unroll(width // 2):
@@ -829,26 +843,8 @@ def make_persistent_kernel(
         for j in T.unroll(width // 2):
             acch[j] = T.int32(0)
         for m in T.unroll(geo.register_slots // 2):
-            pair_f16x2(
-                acch,
-                hw,
-                h_words,
-                t,
-                bc,
-                wv[(ui * gates + g) * nvr + m],
-                0,
-                column(wi, ui * gates + g, m, 0),
-            )
-            pair_f16x2(
-                acch,
-                hw,
-                h_words,
-                t,
-                bc,
-                wv[(ui * gates + g) * nvr + m],
-                1,
-                column(wi, ui * gates + g, m, 1),
-            )
+            register_pair_f16x2(acch, hw, h_words, wv, wi, t, bc, ui, g, m, 0)
+            register_pair_f16x2(acch, hw, h_words, wv, wi, t, bc, ui, g, m, 1)
             if (m + 1) * 2 % chunk == 0:
                 if (m + 1) * 2 < lane_slots:
                     flush_f16x2(acc, acch, g * width)
