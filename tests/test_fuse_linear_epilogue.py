@@ -281,14 +281,21 @@ def test_cuda_kernel_source_applies_bias_and_relu_before_the_store():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("pruning", [(4, 4), (1, 1)], ids=["4x4", "unstructured"])
-def test_cuda_epilogue_matches_numpy_on_the_gpu(pruning, dtype):
+@pytest.mark.parametrize(
+    ("pruning", "rows", "kernel"),
+    [
+        ((4, 4), 2, KernelVariant.SPARSE_DENSE),
+        ((4, 4), 4, KernelVariant.CSR_VECTOR),  # block weights from 4 rows (cost model)
+        ((1, 1), 4, KernelVariant.CSR_VECTOR),
+    ],
+    ids=["4x4-block-kernel", "4x4-csr-vector", "unstructured"],
+)
+def test_cuda_epilogue_matches_numpy_on_the_gpu(pruning, rows, kernel, dtype):
     rng = np.random.default_rng(11)
     layers = _layers(rng, count=3, pruning=pruning)
-    executable, decisions = build(_mlp((4, K), layers), CUDA, dtype=dtype)
-    kernel = KernelVariant.CSR_VECTOR if pruning == (1, 1) else KernelVariant.SPARSE_DENSE
+    executable, decisions = build(_mlp((rows, K), layers), CUDA, dtype=dtype)
     assert any(d.variant is kernel for d in decisions)
-    x = rng.uniform(-1, 1, (4, K)).astype("float32")
+    x = rng.uniform(-1, 1, (rows, K)).astype("float32")
     vm = relax.VirtualMachine(executable, tvm.cuda())
     got = vm["main"](tvm.runtime.tensor(x, tvm.cuda())).numpy()
     ref = _reference(x, layers)
