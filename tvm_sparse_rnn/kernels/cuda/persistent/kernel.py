@@ -13,6 +13,10 @@ After Zhu et al., "Sparse Persistent RNNs: Squeezing Large Recurrent Networks On
 * 16-bit columns and fp16 values are unpacked with ``asm volatile`` helpers at every use:
   otherwise nvcc hoists the loop-invariant unpacking out of the time loop and holds two to four
   registers per pair instead of one (and spills);
+* fp16 plans with ``fp16_chunk`` multiply a pair with two samples of ``h`` in one
+  ``fma.rn.f16x2`` on the 32-bit word of ``h`` as it sits in shared memory, into packed-half
+  partial sums added into the fp32 accumulators every ``fp16_chunk`` pairs (no conversion of
+  ``h``; see ``docs/persistent_rnn.md`` for the speed and the error);
 * ``KS`` lanes share a row and combine their partial sums with a shuffle-xor butterfly; ``u_t``
   (prefetched before the barrier) and the activation are fused into the store of ``h_t``;
 * steps are separated by one of
