@@ -91,3 +91,20 @@ def test_inspect_puts_every_deepspeech2_gru_direction_on_the_persistent_kernel(
     assert all(" ".join(row).count("2 directions x ") == 1 for row in recurrent)  # one launch
     # batch 64 as slices of the batch on their own CTAs (replicas), still one launch
     assert all(("replicas x" in " ".join(row)) == (batch == 64) for row in recurrent)
+
+
+@pytest.mark.parametrize(("flags", "packed"), [([], True), (["--float32-accumulation"], False)])
+def test_inspect_float16_recurrences_sum_in_packed_halves_unless_asked(
+    flags, packed, tmp_path, capsys
+):
+    """``--dtype float16``: the persistent GRUs take packed-half FMA chunks
+    (``fp16_chunk``), ``--float32-accumulation`` keeps every product in float32 (CPU-visible)."""
+    from tvm_sparse_rnn.cli.main import main
+
+    path = tmp_path / "ds2.onnx"
+    path.write_bytes(build_deepspeech2(batch=1, seq_len=31).SerializeToString())
+    args = ["inspect", str(path), "--target", "cuda", "--dtype", "float16", *flags]
+    assert main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "persistent" in line]
+    assert len(rows) == 4 and all("float16" in row for row in rows)
+    assert all(("f16x2/16" in row) == packed for row in rows)

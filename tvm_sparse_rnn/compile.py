@@ -52,9 +52,10 @@ def _options(
     candidates: tuple[tuple[int, int], ...],
     params: CostParams | None,
     concurrent_directions: bool,
+    half_accumulation: bool,
 ) -> DispatchOptions:
     return DispatchOptions(
-        sparsity_threshold, block_size, candidates, params, concurrent_directions
+        sparsity_threshold, block_size, candidates, params, concurrent_directions, half_accumulation
     )
 
 
@@ -78,13 +79,16 @@ def plan_onnx(
     fold: bool = True,
     dtype: Precision | str = Precision.FLOAT32,
     concurrent_directions: bool = True,
+    half_accumulation: bool = True,
 ) -> list[KernelDecision]:
     """The kernel decisions :func:`build_onnx` takes for the model, without building it.
 
     Runs the same import and the same dispatch pass (``tvm-sparse-rnn inspect`` prints them).
     """
     model = load_onnx(model_or_path)
-    options = _options(sparsity_threshold, block_size, candidates, params, concurrent_directions)
+    options = _options(
+        sparsity_threshold, block_size, candidates, params, concurrent_directions, half_accumulation
+    )
     pipeline = sparse_pipeline(target, options, tuning_logs, dtype)
     mod = from_onnx(model, shape_dict=shape_dict, fold=fold)
     with pipeline.target:
@@ -107,11 +111,14 @@ def build_onnx_with_decisions(
     dtype: Precision | str = Precision.FLOAT32,
     cuda_graph: bool = True,
     concurrent_directions: bool = True,
+    half_accumulation: bool = True,
 ) -> tuple[tvm.runtime.Executable, list[TensorSpec], list[TensorSpec], list[KernelDecision]]:
     """:func:`build_onnx` plus the kernel decisions of the dispatch pass."""
     model = load_onnx(model_or_path)
     threshold = sparsity_threshold if sparse else 1.0
-    options = _options(threshold, block_size, candidates, params, concurrent_directions)
+    options = _options(
+        threshold, block_size, candidates, params, concurrent_directions, half_accumulation
+    )
     mod = from_onnx(model, shape_dict=shape_dict, fold=fold)
     executable, decisions = build(mod, target, options, tuning_logs, dtype, cuda_graph)
     inputs, outputs = model_signature(model, shape_dict)
@@ -139,7 +146,9 @@ def build_onnx(
         inputs and outputs keep the model's dtypes), ``cuda_graph`` (cuda: replay the model's
         kernels as CUDA graphs, :func:`tvm_sparse_rnn.pipeline.build`),
         ``concurrent_directions`` (cuda: both directions of a bidirectional recurrent layer in
-        one persistent launch where they fit, ``False``: one launch after the other).
+        one persistent launch where they fit, ``False``: one launch after the other),
+        ``half_accumulation`` (cuda, float16: persistent recurrences sum chunks of products in
+        packed halves, ``False``: every product in float32).
 
     Returns
     -------

@@ -16,7 +16,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,9 +31,9 @@ from .options import (
     add_compile_options,
     add_fold_option,
     check_output,
+    dispatch_kwargs,
     non_negative_int,
     positive_int,
-    shape_dict,
 )
 from .table import format_table
 
@@ -129,16 +129,12 @@ def benchmark_model(
     model_or_path: onnx.ModelProto | str | Path,
     *,
     target: str = "llvm",
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
-    sparsity_threshold: float = 0.5,
-    block_size: str | tuple[int, int] = "auto",
     warmup: int = 5,
     repeat: int = 50,
     dense: bool = True,
     seed: int = 1,
-    fold: bool = True,
     dtype: str = Precision.FLOAT32.value,
-    concurrent_directions: bool = True,
+    **build_options: object,
 ) -> BenchResult:
     """Build ``model`` sparse (and dense) with TVM, check both against onnxruntime, time all.
 
@@ -148,22 +144,18 @@ def benchmark_model(
         The pruned model.
     target : str
         ``"llvm"`` or ``"cuda"`` for the TVM builds.
-    shapes : mapping, optional
-        Static shapes for symbolic inputs.
-    sparsity_threshold, block_size
-        As in :func:`tvm_sparse_rnn.frontend.from_onnx`.
     warmup, repeat : int
         Discarded and timed calls per engine.
     dense : bool
         Also build and time the dense TVM model.
     seed : int
         Seed of the random inputs.
-    fold : bool
-        Fold constant shape subgraphs before import (:func:`tvm_sparse_rnn.frontend.from_onnx`).
     dtype : str
         ``"float32"`` or ``"float16"``: the dtype both TVM builds compute in.
-    concurrent_directions : bool
-        cuda: both directions of a bidirectional recurrent layer in one persistent launch.
+    **build_options
+        The other options of :func:`tvm_sparse_rnn.compile.build_onnx` (``shape_dict``,
+        ``sparsity_threshold``, ``block_size``, ``fold``, ``tuning_logs``,
+        ``concurrent_directions``, ``half_accumulation``), the same for both builds.
     """
     from ..compile import build_onnx, load_executable
     from ..demo import random_inputs
@@ -177,15 +169,7 @@ def benchmark_model(
     for name, sparse in ((SPARSE, True), (DENSE, False))[: 2 if dense else 1]:
         logger.info("building %s for %s", name, target)
         executable, inputs, outputs = build_onnx(
-            model,
-            target=target,
-            shape_dict=shapes,
-            sparsity_threshold=sparsity_threshold,
-            block_size=block_size,
-            sparse=sparse,
-            fold=fold,
-            dtype=dtype,
-            concurrent_directions=concurrent_directions,
+            model, target=target, sparse=sparse, dtype=dtype, **build_options
         )
         engines[name] = load_executable(executable, inputs, outputs, target).run
     feeds = random_inputs(inputs, seed)
@@ -249,14 +233,9 @@ def run(args: argparse.Namespace) -> int:
     result = benchmark_model(
         args.model,
         target=args.target,
-        shapes=shape_dict(args),
-        sparsity_threshold=args.sparsity_threshold,
-        block_size=args.block_size,
         warmup=args.warmup,
         repeat=args.repeat,
-        fold=args.fold,
-        dtype=args.dtype,
-        concurrent_directions=args.concurrent_directions,
+        **dispatch_kwargs(args),
     )
     print(format_result(result))
     if args.json:

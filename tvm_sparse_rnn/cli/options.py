@@ -112,7 +112,7 @@ def _shape(text: str) -> tuple[str, tuple[int, ...]]:
 
 def add_compile_options(parser: argparse.ArgumentParser) -> None:
     """``--target``, ``--dtype``, ``--sparsity-threshold``, ``--block-size``,
-    ``--sequential-directions``, ``--shape``."""
+    ``--sequential-directions``, ``--float32-accumulation``, ``--shape``."""
     parser.add_argument("--target", choices=("llvm", "cuda"), default="llvm", help="default llvm")
     parser.add_argument(
         "--dtype",
@@ -141,6 +141,14 @@ def add_compile_options(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="cuda: run the two directions of a bidirectional recurrent layer one after the "
         "other (default: both in one persistent launch, each on half of the SMs, where they fit)",
+    )
+    parser.add_argument(
+        "--float32-accumulation",
+        dest="half_accumulation",
+        action="store_false",
+        help="cuda, --dtype float16: persistent recurrences multiply and add every product in "
+        "float32 (default: chunks of 16 in packed halves first, faster, about twice the "
+        "rounding error)",
     )
     parser.add_argument(
         "--shape",
@@ -179,4 +187,5 @@ def dispatch_kwargs(args: argparse.Namespace) -> dict:
         "fold": getattr(args, "fold", True),
         "dtype": args.dtype,
         "concurrent_directions": args.concurrent_directions,
+        "half_accumulation": args.half_accumulation,
     }

@@ -29,9 +29,9 @@ from ..tuning.task import TuneTask
 from ..tuning.tune import TaskResult, tune
 from .options import (
     add_compile_options,
+    dispatch_kwargs,
     non_negative_int,
     positive_int,
-    shape_dict,
     unit_fraction,
 )
 from .table import format_table
@@ -114,15 +114,8 @@ def _tasks(args: argparse.Namespace) -> list[TuneTask]:
     from ..compile import plan_onnx  # onnx loads when a command runs, not on --help
 
     with collect_tasks() as found:  # the tasks whose configs the dispatch pass looks up
-        plan_onnx(
-            args.model,
-            target=target,
-            shape_dict=shape_dict(args),
-            sparsity_threshold=args.sparsity_threshold,
-            block_size=args.block_size,
-            dtype=args.dtype,
-            concurrent_directions=args.concurrent_directions,
-        )
+        options = dispatch_kwargs(args) | {"tuning_logs": None}  # defaults, not earlier records
+        plan_onnx(args.model, target=target, **options)
     return list(found.values())
 
 

@@ -77,6 +77,11 @@ class DispatchOptions:
         cuda: run both directions of a bidirectional layer in one persistent launch, each on
         half of the SMs, where a geometry fits (else, or when ``False``, one launch per
         direction, one after the other).
+    half_accumulation : bool
+        cuda, float16: persistent recurrences sum chunks of products in packed halves before
+        their float32 accumulators (:attr:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.
+        PersistentPlan.fp16_chunk`); ``False`` keeps every product in float32 (slower, less
+        rounding).
     """
 
     sparsity_threshold: float = 0.5
@@ -84,6 +89,7 @@ class DispatchOptions:
     candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES
     cost_params: CostParams | None = None
     concurrent_directions: bool = True
+    half_accumulation: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.sparsity_threshold) <= 1.0:

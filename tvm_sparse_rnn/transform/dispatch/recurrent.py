@@ -107,6 +107,8 @@ def persistent_choice(
         share = f" with {len(directions)} directions at once" if len(directions) > 1 else ""
         return None, "-", f"R does not fit on chip of {limits.name}{share}"
     (plan, barrier, vector, order), source = found
+    if not options.half_accumulation:
+        plan = dataclasses.replace(plan, fp16_chunk=0)
     return (
         PersistentChoice(cells[0], plan, barrier, vector, order),
         source,
