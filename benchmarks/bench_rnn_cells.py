@@ -27,6 +27,7 @@ Target (issue 4): ours >= 8x cuDNN fp32 at B = 4. Run on the GPU machine::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import json
@@ -109,8 +110,6 @@ def _plans(R, cell: str, batch: int, dtype: str, count: int) -> list:
 
 def _with_fp16_chunks(plans: list, args: argparse.Namespace) -> list:
     """Each float16 persistent plan once per ``--fp16-chunks`` value (0: float32 FMAs)."""
-    import dataclasses
-
     return [
         dataclasses.replace(plan, fp16_chunk=chunk)
         for plan in plans

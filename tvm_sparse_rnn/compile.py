@@ -55,7 +55,12 @@ def _options(
     half_accumulation: bool,
 ) -> DispatchOptions:
     return DispatchOptions(
-        sparsity_threshold, block_size, candidates, params, concurrent_directions, half_accumulation
+        sparsity_threshold=sparsity_threshold,
+        block_size=block_size,
+        candidates=candidates,
+        cost_params=params,
+        concurrent_directions=concurrent_directions,
+        half_accumulation=half_accumulation,
     )
 
 

@@ -147,8 +147,8 @@ def add_compile_options(parser: argparse.ArgumentParser) -> None:
         dest="half_accumulation",
         action="store_false",
         help="cuda, --dtype float16: persistent recurrences multiply and add every product in "
-        "float32 (default: chunks of 16 in packed halves first, faster, about twice the "
-        "rounding error)",
+        "float32 (default: chunks of 16 in packed halves first: faster; the tanh RNN's error "
+        "grew from 0.7e-3 to 1.0-1.3e-3, GRU / LSTM unchanged)",
     )
     parser.add_argument(
         "--shape",

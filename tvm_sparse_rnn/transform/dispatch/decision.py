@@ -79,9 +79,9 @@ class DispatchOptions:
         direction, one after the other).
     half_accumulation : bool
         cuda, float16: persistent recurrences sum chunks of products in packed halves before
-        their float32 accumulators (:attr:`~tvm_sparse_rnn.kernels.cuda.persistent.planner.
-        PersistentPlan.fp16_chunk`); ``False`` keeps every product in float32 (slower, less
-        rounding).
+        their float32 accumulators (``PersistentPlan.fp16_chunk``,
+        :mod:`tvm_sparse_rnn.kernels.cuda.persistent.planner`); ``False`` keeps every product
+        in float32 (slower, less rounding).
     """
 
     sparsity_threshold: float = 0.5
