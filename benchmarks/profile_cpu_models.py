@@ -56,6 +56,7 @@ TVM_PATTERNS = [
     ("sparse matmul", r"sparse_dense|bsr|csr_spmm"),
     ("recurrent", r"gru|lstm|rnn|recurrent"),
     ("conv1d", r"conv1d|conv"),
+    ("batch matmul", r"attention_scores|attention_context"),
     ("matmul", r"matmul|dense"),
     ("layernorm", r"layer_norm"),
     ("softmax", r"softmax"),

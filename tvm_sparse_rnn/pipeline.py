@@ -14,7 +14,8 @@ One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
                                   legalize (+ fusion after CanonicalizeBindings; on cuda
                                   ScheduleMatmulCUDA, dense float16 matmuls on tensor cores,
                                   then dlight),
-                                  dataflow lowering, finalization; on llvm FastMath and
+                                  dataflow lowering, finalization; on llvm CancelTransposes,
+                                  FeatureMajorAttention, FoldLayoutChains, FastMath and
                                   VectorLayerNorm before legalize, ScheduleDenseCPU and
                                   ScheduleRemainderCPU after
 
@@ -55,6 +56,8 @@ from .transform import (
     DispatchKernels,
     DispatchOptions,
     FastMath,
+    FeatureMajorAttention,
+    FoldLayoutChains,
     FuseLinearEpilogue,
     Precision,
     ScheduleDenseCPU,
@@ -127,6 +130,8 @@ def _default_passes(target: Target) -> list[tvm.transform.Pass]:
         lanes = vector_lanes(target, 32)
         legalize = [
             CancelTransposes,
+            FeatureMajorAttention(lanes),
+            FoldLayoutChains,
             FastMath(lanes),
             VectorLayerNorm(lanes),
             *legalize,

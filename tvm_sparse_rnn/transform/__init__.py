@@ -8,6 +8,8 @@ from .conv1d_to_linear import Conv1dToLinear
 from .dense_to_sparse import DenseToSparse
 from .dispatch import DispatchKernels, DispatchOptions, KernelDecision, KernelVariant
 from .fast_math import FastMath
+from .feature_major_attention import FeatureMajorAttention
+from .fold_layout_chains import FoldLayoutChains
 from .fuse_linear_epilogue import FuseLinearEpilogue
 from .schedule_dense_cpu import ScheduleDenseCPU
 from .schedule_matmul_cuda import ScheduleMatmulCUDA
@@ -24,6 +26,8 @@ __all__ = [
     "DispatchKernels",
     "DispatchOptions",
     "FastMath",
+    "FeatureMajorAttention",
+    "FoldLayoutChains",
     "FuseLinearEpilogue",
     "KernelDecision",
     "KernelVariant",

@@ -16,7 +16,7 @@ import tvm
 from tvm import relax, topi
 
 from ..kernels.opaque import opaque_kernel
-from ..kernels.x86.softmax import make_softmax
+from ..kernels.x86.softmax import make_column_softmax, make_softmax
 from .mutate import mutate_relax_functions
 from .shapes import tensor_shape
 from .to_float16 import Precision
@@ -30,8 +30,8 @@ _SOFTMAX = "relax.nn.softmax"
 @relax.expr_functor.mutator
 class _FastMathMutator(relax.PyExprMutator):
     """Replaces float32 ``exp``/``erf``/``tanh``/softmax calls by their TOPI approximations;
-    a softmax over a static last axis that divides by ``lanes`` by the vector kernel of
-    :mod:`~tvm_sparse_rnn.kernels.x86.softmax`."""
+    a softmax over the last or the second-to-last axis of a static shape whose last axis
+    divides by ``lanes`` by a vector kernel of :mod:`~tvm_sparse_rnn.kernels.x86.softmax`."""
 
     def __init__(self, mod: tvm.IRModule, lanes: int | None) -> None:
         super().__init__(mod)
@@ -41,11 +41,12 @@ class _FastMathMutator(relax.PyExprMutator):
         dims = tensor_shape(call)
         if self.lanes is None or dims is None or len(dims) < 2 or dims[-1] % self.lanes:
             return None
-        if int(call.attrs.axis) not in (-1, len(dims) - 1):
+        axis = int(call.attrs.axis) % len(dims)
+        make = {len(dims) - 1: make_softmax, len(dims) - 2: make_column_softmax}.get(axis)
+        if make is None:
             return None
         dtype = str(call.ty.dtype)
-        func = make_softmax(dims, dtype, self.lanes)
-        func = opaque_kernel(func)
+        func = opaque_kernel(make(dims, dtype, self.lanes))
         gv = self.builder_.add_func(func, "softmax_vector")
         return relax.call_tir(gv, [call.args[0]], relax.TensorType(dims, dtype))
 
@@ -71,8 +72,8 @@ class FastMath:
     Parameters
     ----------
     lanes : int, optional
-        Vector lanes of the target (float32); given, a last-axis softmax whose length divides
-        by it runs the vector kernel.
+        Vector lanes of the target (float32); given, a softmax over the last (or second-to-last)
+        axis of a shape whose last axis divides by it runs the row (or column) vector kernel.
     """
 
     def __init__(self, lanes: int | None = None) -> None:

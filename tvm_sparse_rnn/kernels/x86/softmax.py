@@ -1,4 +1,5 @@
-"""Softmax over the last axis for x86: every stage a vector loop, rows in parallel.
+"""Softmax for x86 over the last axis (rows) or the one before it (columns): every stage a
+vector loop.
 
 TOPI's ``fast_softmax`` reduces the row max and the row sum with a scalar loop, and dlight's CPU
 reduction rule keeps them scalar. Here both are the two-step row reductions of
@@ -12,6 +13,17 @@ then a tree fold)::
         psum[l]  = sum_g e[g * lanes + l]             (vector)
         s        = sum_l psum[l]
         y[r, c]  = e[c] * (1 / s)                     (vector)
+
+A softmax over the second-to-last axis (the attention of
+:class:`~tvm_sparse_rnn.transform.FeatureMajorAttention`, scores stored ``(heads, keys,
+queries)``) needs no lane folding: its reductions run down the columns, a vector of the last
+axis at a time::
+
+    for h, strip in parallel(heads, columns / lanes):     (c: the strip's lanes)
+        cmax[c]  = max_r x[h, r, c]                 (vector over c, r outer)
+        e[r, c]  = fast_exp((x[h, r, c] - cmax[c]) * scale)   (vector)
+        csum[c]  = sum_r e[r, c]                    (vector over c, r outer)
+        y[h, r, c] = e[r, c] * (1 / csum[c])        (vector)
 
 Profile with ``python benchmarks/profile_cpu_models.py bert_unstructured --top 8``.
 """
@@ -65,4 +77,79 @@ def make_softmax(shape: tuple[int, ...], dtype: str, lanes: int) -> tirx.PrimFun
     exp = sch.get_sblock("T_fast_exp")
     sch.set_scope(exp, 0, "global")
     sch.vectorize(sch.split(sch.get_loops(exp)[-1], [None, lanes])[1])
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def column_softmax_compute(x: te.Tensor, scale: float = 1.0) -> te.Tensor:
+    """``softmax(scale * x, axis=-2)`` for a ``scale > 0`` (the column max of ``x`` scaled is
+    that of ``scale * x``)."""
+    *lead, rows, cols = x.shape
+    r = te.reduce_axis((0, rows), "r")
+    col_max = te.compute(
+        (*lead, cols), lambda *i: te.max(x[(*i[:-1], r, i[-1])], axis=r), name="col_max"
+    )
+    shifted = te.compute(
+        x.shape,
+        lambda *i: (x[i] - col_max[(*i[:-2], i[-1])]) * tirx.const(scale, x.dtype),
+        name="shifted",
+    )
+    e = topi.fast_exp(shifted)
+    s = te.reduce_axis((0, rows), "s")
+    col_sum = te.compute(
+        (*lead, cols), lambda *i: te.sum(e[(*i[:-1], s, i[-1])], axis=s), name="col_sum"
+    )
+    inverse = te.compute(col_sum.shape, lambda *i: 1.0 / col_sum[i], name="col_inverse")
+    return te.compute(x.shape, lambda *i: e[i] * inverse[(*i[:-2], i[-1])], name="softmax")
+
+
+def make_column_softmax(
+    shape: tuple[int, ...], dtype: str, lanes: int, scale: float = 1.0
+) -> tirx.PrimFunc:
+    """The scheduled ``main(x, y)``: ``y = softmax(scale * x, axis=-2)`` for a ``shape`` whose
+    last dimension divides by ``lanes``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Static shape, rank >= 2.
+    dtype : str
+        ``"float32"``.
+    lanes : int
+        Vector lanes of the target (:func:`~tvm_sparse_rnn.kernels.x86.vector.vector_lanes`).
+    scale : float
+        Positive factor of ``x`` (an attention's ``1 / sqrt(D)``), applied after the max.
+
+    Raises
+    ------
+    ValueError
+        If ``scale`` is not positive.
+
+    Returns
+    -------
+    tirx.PrimFunc
+        With ``tirx.is_scheduled=True``: strips of ``lanes`` columns in parallel (over the
+        leading axes too), every stage computed per strip as vectors of its columns.
+    """
+    if not scale > 0:
+        raise ValueError(f"column softmax: scale must be positive, got {scale}")
+    x = te.placeholder(shape, dtype, "x")
+    sch = s_tir.Schedule(te.create_prim_func([x, column_softmax_compute(x, scale)]))
+    sch.compute_inline(sch.get_sblock("shifted"))
+    *lead, row, col = sch.get_loops(sch.get_sblock("softmax"))
+    strip, col_lanes = sch.split(col, [None, lanes])
+    sch.reorder(strip, row, col_lanes)
+    outer = sch.fuse(*lead, strip)
+    sch.parallel(outer)
+    sch.vectorize(col_lanes)
+    for name in ("col_inverse", "col_sum", "T_fast_exp", "col_max"):  # consumers first
+        block = sch.get_sblock(name)
+        sch.compute_at(block, outer)
+        sch.set_scope(block, 0, "global")
+        if name in ("col_sum", "col_max"):  # (lanes, rows) -> rows outside, lanes a vector
+            lane, rows = sch.get_loops(block)[-2:]
+            sch.reorder(rows, lane)
+            sch.vectorize(lane)
+            sch.decompose_reduction(block, rows)
+        else:
+            sch.vectorize(sch.get_loops(block)[-1])
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
