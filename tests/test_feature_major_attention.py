@@ -103,6 +103,18 @@ def test_fold_layout_chains_makes_in_place_chains_one_reshape(steps, folded):
     np.testing.assert_array_equal(outs[0].numpy(), outs[1].numpy())
 
 
+def test_fold_layout_chains_keeps_a_slice_of_the_first_elements():
+    """A slice of the root's leading elements keeps them in place but not all of them: not a
+    reshape of the root."""
+    steps = [
+        lambda e: op.reshape(e, [4, 16, 8]),
+        lambda e: op.strided_slice(e, [0], [0], [1]),
+        lambda e: op.reshape(e, [16, 8]),
+    ]
+    mod, _ = _chain_module((1, 4, 16, 8), steps)
+    assert "strided_slice" in FoldLayoutChains(mod)["main"].script()
+
+
 @pytest.mark.parametrize("shape", [(12, 128, 128), (3, 16, 32), (2, 5, 7, 16)])
 @pytest.mark.parametrize("scale", [1.0, 0.125])
 def test_column_softmax_matches_scipy(shape, scale):

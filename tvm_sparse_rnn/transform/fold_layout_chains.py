@@ -4,9 +4,9 @@ After :class:`~tvm_sparse_rnn.transform.FeatureMajorAttention` the attention out
 next CSR kernel as ``permute_dims`` -> ``reshape`` -> ``permute_dims`` -> ... whose composition
 keeps every element in place (the heads' ``(H, D, S)`` output is the ``(H * D, S)`` input the
 kernel reads). Each ``permute_dims`` of such a chain would still be a copy kernel. This pass
-binds every layout call whose chain (:func:`~.layout_chain.trace_chain`) maps each element to
-the same flat position as its root to ``reshape(root)``; the operators in between are left to
-dead-code elimination.
+binds every layout call whose chain (:func:`~.layout_chain.trace_chain`) keeps every element
+of its root at the same flat position to ``reshape(root)``; the operators in between are left
+to dead-code elimination.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ class _ChainFolder(relax.PyExprMutator):
         index = chain.index_map() if len(chain.ops) > 1 else None
         if index is None or shape is None:
             return None
-        if not np.array_equal(index.reshape(-1), np.arange(index.size)):
-            return None
+        root_size = int(np.prod(tensor_shape(chain.root)))
+        if index.size != root_size or not np.array_equal(index.reshape(-1), np.arange(root_size)):
+            return None  # moves elements, or keeps only part of them (a slice)
         return relax.op.reshape(self.visit_expr(chain.root), shape)
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:

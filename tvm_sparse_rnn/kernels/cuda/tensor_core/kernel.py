@@ -81,10 +81,13 @@ KNOB_CHOICES: dict[str, tuple[int, ...]] = {
 
 def default_config(m: int) -> TensorCoreConfig:
     """The shipped config for ``m`` rows of ``X``: 16-row tiles of ``W``, 8 warps, ``m_tile``
-    16 up to 64 rows, else 64. In a sweep over :data:`KNOB_CHOICES` (warps 4 and 8) at
-    N = K = 4096, 90 % unstructured, on the H100 these were within 3 % of the fastest at
-    ``M = 16`` (11.5 vs 11.2 us) and the fastest at ``M = 128`` (59.5 us)."""
-    return TensorCoreConfig(m_tile=16 if m <= 64 else 64)
+    16 below 64 rows, else 64. In a sweep over :data:`KNOB_CHOICES` at N = K = 4096, 90 %,
+    float16, on the H100 (session 18; us, unstructured / 16x16 blocks): ``M = 16`` 11.6 / 8.8
+    (fastest 11.2 / 8.4); ``M = 64`` 33.3 / 24.0 (``m_tile`` 16 before: 38.3 / 28.2; fastest,
+    4 warps: 27.9 / 19.2); ``M = 128`` 58.4 / 43.6 (fastest 58.4 / 35.9, 4 warps). cuBLAS took
+    8.7-10.0 us for all of them: no knob value makes this kernel competitive from ``M = 64``
+    (each CTA re-reads its ``X`` tile for every 16 rows of ``W``)."""
+    return TensorCoreConfig(m_tile=16 if m < 64 else 64)
 
 
 def padded_rows(m: int, m_tile: int) -> int:
