@@ -150,14 +150,17 @@ FORCED_PARAMS = replace(COST_PARAMS["llvm"], break_even=float("inf"))
 def test_encoder_attention_runs_feature_major_and_matches_onnxruntime(batch, rewritten):
     """A pruned encoder whose projections run on the CSR kernel: at batch 1 each layer's
     attention reads the QKV projection's rows (no head split or merge kernels, the softmax over
-    the keys); at batch 2 torch orders the tokens sequence-major, which the pass leaves alone.
-    Both match onnxruntime."""
+    the keys), and the residual stream -- adds and layer norms -- stays feature-major
+    (CancelTransposes): one transpose in, one out, for two layers. At batch 2 torch orders the
+    tokens sequence-major, which FeatureMajorAttention leaves alone. Both match onnxruntime."""
     model = _sparse_encoder(batch)
     pipeline = sparse_pipeline("llvm", DispatchOptions(cost_params=FORCED_PARAMS))
     names = [gv.name_hint for gv in pipeline(from_onnx(model)).get_global_vars()]
     assert any(n.startswith("csr") for n in names), names
     assert any("attention_scores" in n for n in names) is rewritten
     assert any("strided_slice" in n for n in names) is not rewritten
+    if rewritten:
+        assert sum("transpose" in n for n in names) == 2, names
     executable, inputs, outputs = build_onnx(model, target="llvm", params=FORCED_PARAMS)
     feeds = random_inputs(inputs)
     got = load_executable(executable, inputs, outputs, "llvm").run(feeds)[outputs[0].name]

@@ -15,7 +15,8 @@ One pipeline serves ``compile``, the CLI, the tuner and the benchmarks::
                                   ScheduleMatmulCUDA, dense float16 matmuls on tensor cores,
                                   then dlight),
                                   dataflow lowering, finalization; on llvm CancelTransposes,
-                                  FeatureMajorAttention, FoldLayoutChains, FastMath and
+                                  FeatureMajorAttention, FoldLayoutChains (then common
+                                  subexpressions merged: two transposes of the input), FastMath and
                                   VectorLayerNorm before legalize, ScheduleDenseCPU and
                                   ScheduleRemainderCPU after
 
@@ -132,6 +133,7 @@ def _default_passes(target: Target) -> list[tvm.transform.Pass]:
             CancelTransposes,
             FeatureMajorAttention(lanes),
             FoldLayoutChains,
+            relax.transform.EliminateCommonSubexpr(),
             FastMath(lanes),
             VectorLayerNorm(lanes),
             *legalize,

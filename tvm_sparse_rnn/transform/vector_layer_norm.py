@@ -1,23 +1,28 @@
-"""``VectorLayerNorm``: a last-axis float32 layer norm on the vector kernel (llvm).
+"""``VectorLayerNorm``: float32 layer norms on the vector kernels (llvm).
 
 Replaces each ``relax.nn.layer_norm`` over the last axis of a static float32 tensor whose length
 divides by the target's vector lanes (with its scale and offset) by a ``call_tir`` of
-:func:`~tvm_sparse_rnn.kernels.x86.layer_norm.make_layer_norm`: dlight's CPU reduction rule
-leaves the row mean and variance scalar loops. On the 2-core VM the BERT-like encoder's
-``128 x 768`` layer norm took 20.5 us as the vector kernel (``time_evaluator``); the profile
-of the model before put its four layer norms at 471 us
-(``python benchmarks/profile_cpu_models.py bert_4x4 --runs 20``).
+:func:`~tvm_sparse_rnn.kernels.x86.layer_norm.make_layer_norm`, and one over the second-to-last
+axis (the feature-major hidden states of :class:`~tvm_sparse_rnn.transform.CancelTransposes`)
+by :func:`~tvm_sparse_rnn.kernels.x86.layer_norm.make_column_layer_norm`: dlight's CPU
+reduction rule leaves the mean and variance scalar loops. A layer norm of ``add(a, b)`` (two
+tensors of its shape: a transformer's residual connection) reads ``a`` and ``b`` itself, as
+onnxruntime's ``SkipLayerNormalization`` does, instead of a kernel writing their sum first.
+On the 2-core VM the BERT-like encoder's ``128 x 768`` layer norm took 20.5 us as the vector
+kernel (``time_evaluator``); the profile of the model before put its four layer norms at
+471 us (``python benchmarks/profile_cpu_models.py bert_4x4 --runs 20``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import tvm
-from tvm import relax
+from tvm import relax, tirx
 
 from ..kernels.opaque import opaque_kernel
-from ..kernels.x86.layer_norm import make_layer_norm
+from ..kernels.x86.layer_norm import make_column_layer_norm, make_layer_norm
 from .mutate import mutate_relax_functions
 from .shapes import tensor_shape
 from .to_float16 import Precision
@@ -34,28 +39,55 @@ class _VectorLayerNormMutator(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, lanes: int) -> None:
         super().__init__(mod)
         self.lanes = lanes
+        self.var2val: dict[relax.Var, relax.Expr] = {}
 
-    def _takes(self, call: relax.Call) -> tuple[int, ...] | None:
-        """The static shape of ``call``'s input where the vector kernel takes it, else None."""
+    def visit_function_(self, func: relax.Function) -> relax.Expr:
+        self.var2val = dict(relax.analysis.get_var2val(func))
+        return super().visit_function_(func)
+
+    def _residual_operands(self, x: relax.Expr, dims: tuple[int, ...]) -> list[relax.Expr]:
+        """``[a, b]`` if ``x`` is ``add(a, b)`` of two tensors of ``dims`` (no broadcast), else
+        ``[x]``."""
+        value = self.var2val.get(x) if isinstance(x, relax.Var) else None
+        if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
+            return [x]
+        if value.op.name != "relax.add":
+            return [x]
+        if any(
+            tensor_shape(arg) != dims or isinstance(arg, tvm.ir.expr.Constant) for arg in value.args
+        ):
+            return [x]
+        return [self.visit_expr(arg) for arg in value.args]
+
+    def _kernel(self, call: relax.Call) -> Callable[..., tirx.PrimFunc] | None:
+        """The factory of the vector kernel that takes ``call`` (over the last axis: rows,
+        the one before: columns), else None."""
         dims = tensor_shape(call)
         if dims is None or len(dims) < 2 or dims[-1] % self.lanes:
             return None
-        if str(call.ty.dtype) != Precision.FLOAT32:
-            return None
         attrs = call.attrs
-        axes = [int(a) for a in attrs.axes]
-        return dims if axes in ([-1], [len(dims) - 1]) and attrs.center and attrs.scale else None
+        if str(call.ty.dtype) != Precision.FLOAT32 or not (attrs.center and attrs.scale):
+            return None
+        axes = [int(a) % len(dims) for a in attrs.axes]
+        return {(len(dims) - 1,): make_layer_norm, (len(dims) - 2,): make_column_layer_norm}.get(
+            tuple(axes)
+        )
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name == _LAYER_NORM):
             return call
-        dims = self._takes(call)
-        if dims is None:
+        make = self._kernel(call)
+        if make is None:
             return call
-        func = make_layer_norm(dims, Precision.FLOAT32, float(call.attrs.epsilon), self.lanes)
+        dims = tensor_shape(call)
+        x, gamma, beta = call.args
+        inputs = self._residual_operands(x, dims)
+        epsilon = float(call.attrs.epsilon)
+        func = make(dims, Precision.FLOAT32, epsilon, self.lanes, residual=len(inputs) == 2)
         gv = self.builder_.add_func(opaque_kernel(func), "layer_norm_vector")
-        return relax.call_tir(gv, list(call.args), relax.TensorType(dims, Precision.FLOAT32))
+        args = [*inputs, gamma, beta]
+        return relax.call_tir(gv, args, relax.TensorType(dims, Precision.FLOAT32))
 
 
 @tvm.transform.module_pass(opt_level=0, name="VectorLayerNorm")
@@ -72,5 +104,7 @@ class VectorLayerNorm:
         self.lanes = lanes
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        """The module with the vector layer norms in place."""
-        return mutate_relax_functions(_VectorLayerNormMutator(mod, self.lanes), mod)
+        """The module with the vector layer norms in place (residual adds they absorbed left
+        to dead-code elimination)."""
+        mod = mutate_relax_functions(_VectorLayerNormMutator(mod, self.lanes), mod)
+        return relax.transform.DeadCodeElimination()(mod)

@@ -1,4 +1,5 @@
-"""Layer normalization over the last axis for x86: every stage a vector loop, rows in parallel.
+"""Layer normalization for x86 over the last axis (rows) or the one before it (columns): every
+stage a vector loop.
 
 dlight's CPU reduction rule keeps the row mean and variance scalar loops (a float sum over the
 reduction axis does not vectorize without an ``rfactor``): 768 dependent adds twice per row.
@@ -12,6 +13,15 @@ partial sums (one per vector lane, over the ``C / lanes`` column groups), then f
         inv     = rsqrt(sum_l pvar[l] / C + eps)
         y[r, c] = (x[r, c] - mean) * inv * gamma[c] + beta[c]     (vector)
 
+A layer norm over the second-to-last axis (the feature-major hidden states of
+:class:`~tvm_sparse_rnn.transform.CancelTransposes`, ``(features, tokens)``) reduces down the
+columns, a vector of tokens at a time, strips of ``lanes`` tokens in parallel::
+
+    for strip in parallel(tokens / lanes):          (c: the strip's lanes)
+        mean[c] = sum_r x[r, c] / R                 (vector over c, r outer)
+        var[c]  = sum_r (x[r, c] - mean[c]) ** 2 / R
+        y[r, c] = (x[r, c] - mean[c]) * rsqrt(var[c] + eps) * gamma[r] + beta[r]
+
 Profile with ``python benchmarks/profile_cpu_models.py bert_4x4 --runs 20``.
 """
 
@@ -22,9 +32,17 @@ import operator
 
 from tvm import s_tir, te, tirx
 
-from .row_reduction import fold_lanes, lane_partials, schedule_row_stages
+from .row_reduction import (
+    fold_lanes,
+    lane_partials,
+    schedule_column_stages,
+    schedule_row_stages,
+)
 
 logger = logging.getLogger(__name__)
+
+#: Name of the residual add's stage (inlined where it is read).
+_RESIDUAL_SUM = "residual_sum"
 
 
 def layer_norm_compute(
@@ -52,11 +70,23 @@ def layer_norm_compute(
     )
 
 
+def _normalized_input(
+    shape: tuple[int, ...], dtype: str, residual: bool
+) -> tuple[list[te.Tensor], te.Tensor]:
+    """The kernel's input placeholders and what it normalizes: ``x``, or ``x + r`` (a residual
+    add, as onnxruntime's ``SkipLayerNormalization``) computed where it is read."""
+    x = te.placeholder(shape, dtype, "x")
+    if not residual:
+        return [x], x
+    r = te.placeholder(shape, dtype, "r")
+    return [x, r], te.compute(shape, lambda *i: x[i] + r[i], name=_RESIDUAL_SUM)
+
+
 def make_layer_norm(
-    shape: tuple[int, ...], dtype: str, epsilon: float, lanes: int
+    shape: tuple[int, ...], dtype: str, epsilon: float, lanes: int, residual: bool = False
 ) -> tirx.PrimFunc:
-    """The scheduled ``main(x, gamma, beta, y)``: ``y = layer_norm(x, gamma, beta)`` over the
-    last axis of a static ``shape`` whose last dimension divides by ``lanes``.
+    """The scheduled ``main(x, [r,] gamma, beta, y)``: ``y = layer_norm(x [+ r], gamma, beta)``
+    over the last axis of a static ``shape`` whose last dimension divides by ``lanes``.
 
     Parameters
     ----------
@@ -68,20 +98,93 @@ def make_layer_norm(
         Added to the variance.
     lanes : int
         Vector lanes of the target (:func:`~tvm_sparse_rnn.kernels.x86.vector.vector_lanes`).
+    residual : bool
+        Normalize ``x + r`` (a second input of the same shape): the add of a residual
+        connection, in the same passes over the data instead of a kernel of its own.
 
     Returns
     -------
     tirx.PrimFunc
         With ``tirx.is_scheduled=True``.
     """
-    x = te.placeholder(shape, dtype, "x")
+    inputs, x = _normalized_input(shape, dtype, residual)
     gamma = te.placeholder(shape[-1:], dtype, "gamma")
     beta = te.placeholder(shape[-1:], dtype, "beta")
     y = layer_norm_compute(x, gamma, beta, epsilon, lanes)
-    sch = s_tir.Schedule(te.create_prim_func([x, gamma, beta, y]))
-    for name in ("squares", "centered"):
+    sch = s_tir.Schedule(te.create_prim_func([*inputs, gamma, beta, y]))
+    for name in ("squares", "centered", *([_RESIDUAL_SUM] if residual else [])):
         sch.compute_inline(sch.get_sblock(name))
     variance = ("row_inverse", "row_var_mean", "row_var", "partial_row_var")
     stages = (*variance, "row_sum_mean", "row_sum", "partial_row_sum")  # consumers first
     schedule_row_stages(sch, "layer_norm", stages, lanes, with_partials=shape[-1] > lanes)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def column_layer_norm_compute(
+    x: te.Tensor, gamma: te.Tensor, beta: te.Tensor, epsilon: float
+) -> te.Tensor:
+    """``layer_norm(x, gamma, beta)`` over the second-to-last axis (``gamma``, ``beta`` along
+    it)."""
+    *lead, rows, cols = x.shape
+
+    def column_mean(t: te.Tensor, name: str) -> te.Tensor:
+        r = te.reduce_axis((0, rows), "r")
+        total = te.compute(
+            (*lead, cols), lambda *i: te.sum(t[(*i[:-1], r, i[-1])], axis=r), name=name
+        )
+        return te.compute(total.shape, lambda *i: total[i] / rows, name=f"{name}_mean")
+
+    def column(t: te.Tensor, i: tuple) -> tirx.PrimExpr:
+        return t[(*i[:-2], i[-1])]
+
+    mean = column_mean(x, "col_sum")
+    centered = te.compute(x.shape, lambda *i: x[i] - column(mean, i), name="centered")
+    squares = te.compute(x.shape, lambda *i: centered[i] * centered[i], name="squares")
+    variance = column_mean(squares, "col_var")
+    inverse = te.compute(
+        variance.shape, lambda *i: te.rsqrt(variance[i] + epsilon), name="col_inverse"
+    )
+    return te.compute(
+        x.shape,
+        lambda *i: centered[i] * column(inverse, i) * gamma[i[-2]] + beta[i[-2]],
+        name="layer_norm",
+    )
+
+
+def make_column_layer_norm(
+    shape: tuple[int, ...], dtype: str, epsilon: float, lanes: int, residual: bool = False
+) -> tirx.PrimFunc:
+    """The scheduled ``main(x, [r,] gamma, beta, y)``: ``y = layer_norm(x [+ r], gamma, beta)``
+    over the second-to-last axis of a static ``shape`` whose last dimension divides by
+    ``lanes``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Static shape of ``x``, rank >= 2; ``gamma`` and ``beta`` are ``(shape[-2],)``.
+    dtype : str
+        ``"float32"``.
+    epsilon : float
+        Added to the variance.
+    lanes : int
+        Vector lanes of the target (:func:`~tvm_sparse_rnn.kernels.x86.vector.vector_lanes`).
+    residual : bool
+        Normalize ``x + r`` (a second input of the same shape): the add of a residual
+        connection, in the same passes over the data instead of a kernel of its own.
+
+    Returns
+    -------
+    tirx.PrimFunc
+        With ``tirx.is_scheduled=True``: strips of ``lanes`` columns in parallel (over the
+        leading axes too), every stage computed per strip as vectors of its columns.
+    """
+    inputs, x = _normalized_input(shape, dtype, residual)
+    gamma = te.placeholder(shape[-2:-1], dtype, "gamma")
+    beta = te.placeholder(shape[-2:-1], dtype, "beta")
+    y = column_layer_norm_compute(x, gamma, beta, epsilon)
+    sch = s_tir.Schedule(te.create_prim_func([*inputs, gamma, beta, y]))
+    for name in ("squares", "centered", *([_RESIDUAL_SUM] if residual else [])):
+        sch.compute_inline(sch.get_sblock(name))
+    stages = ("col_inverse", "col_var_mean", "col_var", "col_sum_mean", "col_sum")
+    schedule_column_stages(sch, "layer_norm", stages, lanes)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -1,5 +1,6 @@
 """Row reductions over the last axis as vector loops, shared by the x86 row kernels
-(:mod:`~tvm_sparse_rnn.kernels.x86.softmax`, :mod:`~tvm_sparse_rnn.kernels.x86.layer_norm`).
+(:mod:`~tvm_sparse_rnn.kernels.x86.softmax`, :mod:`~tvm_sparse_rnn.kernels.x86.layer_norm`), and
+the schedule of their column variants (reductions over the second-to-last axis).
 
 dlight's CPU reduction rule keeps a reduction over the last axis a scalar loop (vectorizing a
 reduction axis needs an ``rfactor``). Here a row reduction runs in two steps: ``lanes`` partial
@@ -70,3 +71,32 @@ def schedule_row_stages(
         sch.reorder(group, lane)
         sch.vectorize(lane)
         sch.decompose_reduction(block, group)
+
+
+def schedule_column_stages(
+    sch: s_tir.Schedule, out: str, stages: tuple[str, ...], lanes: int
+) -> None:
+    """Strips of ``lanes`` columns of ``out`` in parallel (fused with its leading axes), each a
+    loop over the rows of one vector; ``stages`` (consumers first) computed per strip. Stages
+    with a reduction over the rows (a column reduction) keep the rows outside and the strip's
+    columns as a vector (spatial, so the vector loop needs no ``rfactor``); the others are
+    vectorized along their last axis. Per-strip buffers take the "global" scope (see
+    :func:`schedule_row_stages`)."""
+    *lead, row, col = sch.get_loops(sch.get_sblock(out))
+    strip, col_lanes = sch.split(col, [None, lanes])
+    sch.reorder(strip, row, col_lanes)
+    outer = sch.fuse(*lead, strip)
+    sch.parallel(outer)
+    sch.vectorize(col_lanes)
+    for name in stages:
+        block = sch.get_sblock(name)
+        sch.compute_at(block, outer)
+        sch.set_scope(block, 0, "global")
+        loops = sch.get_loops(block)
+        if any(var.iter_type == tirx.IterVar.CommReduce for var in sch.get(block).iter_vars):
+            lane, rows = loops[-2:]
+            sch.reorder(rows, lane)
+            sch.vectorize(lane)
+            sch.decompose_reduction(block, rows)
+        else:
+            sch.vectorize(loops[-1])

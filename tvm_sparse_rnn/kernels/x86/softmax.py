@@ -35,7 +35,12 @@ import operator
 
 from tvm import s_tir, te, tirx, topi
 
-from .row_reduction import fold_lanes, lane_partials, schedule_row_stages
+from .row_reduction import (
+    fold_lanes,
+    lane_partials,
+    schedule_column_stages,
+    schedule_row_stages,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -135,21 +140,6 @@ def make_column_softmax(
     x = te.placeholder(shape, dtype, "x")
     sch = s_tir.Schedule(te.create_prim_func([x, column_softmax_compute(x, scale)]))
     sch.compute_inline(sch.get_sblock("shifted"))
-    *lead, row, col = sch.get_loops(sch.get_sblock("softmax"))
-    strip, col_lanes = sch.split(col, [None, lanes])
-    sch.reorder(strip, row, col_lanes)
-    outer = sch.fuse(*lead, strip)
-    sch.parallel(outer)
-    sch.vectorize(col_lanes)
-    for name in ("col_inverse", "col_sum", "T_fast_exp", "col_max"):  # consumers first
-        block = sch.get_sblock(name)
-        sch.compute_at(block, outer)
-        sch.set_scope(block, 0, "global")
-        if name in ("col_sum", "col_max"):  # (lanes, rows) -> rows outside, lanes a vector
-            lane, rows = sch.get_loops(block)[-2:]
-            sch.reorder(rows, lane)
-            sch.vectorize(lane)
-            sch.decompose_reduction(block, rows)
-        else:
-            sch.vectorize(sch.get_loops(block)[-1])
+    stages = ("col_inverse", "col_sum", "T_fast_exp", "col_max")  # consumers first
+    schedule_column_stages(sch, "softmax", stages, lanes)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
