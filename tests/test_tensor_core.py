@@ -10,6 +10,7 @@ import tvm
 from tvm_sparse_rnn.compile import build_onnx_with_decisions, load_executable
 from tvm_sparse_rnn.demo import build_demo_model, random_inputs
 from tvm_sparse_rnn.errors import UnsupportedError
+from tvm_sparse_rnn.kernels.cuda.csr_vector.kernel import CsrVectorConfig
 from tvm_sparse_rnn.kernels.cuda.sparse_dense import CudaConfig
 from tvm_sparse_rnn.kernels.cuda.tensor_core.kernel import (
     ROW_STRIDE,
@@ -176,10 +177,11 @@ def test_gpu_float16_model_on_tensor_cores_matches_onnxruntime(shape):
 @pytest.mark.gpu
 def test_gpu_build_sparse_dense_takes_tensor_cores_from_16_rows():
     """The public ``build_sparse_dense``: float16 from 16 rows on runs the tensor-core kernel
-    (X padded to whole tiles and chunks), below it the CUDA-core one."""
+    (X padded to whole tiles and chunks); below it 4x4 blocks take the CSR-vector kernel from 4
+    rows (a nonzero's 8 rows of X are one 16-byte load) and the block kernel at 1 row."""
     weight = random_bsr(256, 200, (4, 4), 0.1, "float16", seed=5)
     rng = np.random.default_rng(6)
-    for m, kind in ((37, TensorCoreConfig), (8, CudaConfig)):
+    for m, kind in ((37, TensorCoreConfig), (8, CsrVectorConfig), (1, CudaConfig)):
         kernel = build_sparse_dense(weight, m, "cuda")
         assert isinstance(kernel.config, kind)
         x = rng.uniform(-1, 1, (m, 200)).astype(np.float16)
