@@ -14,7 +14,8 @@ from tvm.relax import op
 from tvm_sparse_rnn.compile import build_onnx, load_executable
 from tvm_sparse_rnn.demo import random_inputs
 from tvm_sparse_rnn.frontend import from_onnx
-from tvm_sparse_rnn.kernels.x86.softmax import make_column_softmax
+from tvm_sparse_rnn.kernels.x86.row_reduction import ReducedAxis
+from tvm_sparse_rnn.kernels.x86.softmax import make_softmax
 from tvm_sparse_rnn.pipeline import build, sparse_pipeline
 from tvm_sparse_rnn.transform import DispatchOptions, FoldLayoutChains
 from tvm_sparse_rnn.transform.dispatch.cost_model import COST_PARAMS
@@ -118,7 +119,8 @@ def test_fold_layout_chains_keeps_a_slice_of_the_first_elements():
 @pytest.mark.parametrize("shape", [(12, 128, 128), (3, 16, 32), (2, 5, 7, 16)])
 @pytest.mark.parametrize("scale", [1.0, 0.125])
 def test_column_softmax_matches_scipy(shape, scale):
-    func = make_column_softmax(shape, "float32", 16, scale).with_attr("global_symbol", "main")
+    func = make_softmax(shape, "float32", 16, ReducedAxis.SECOND_LAST, scale)
+    func = func.with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
     data = np.random.default_rng(3).standard_normal(shape).astype("float32") * 4
     out = tvm.runtime.tensor(np.zeros(shape, "float32"))
@@ -129,7 +131,7 @@ def test_column_softmax_matches_scipy(shape, scale):
 
 def test_column_softmax_rejects_a_non_positive_scale():
     with pytest.raises(ValueError, match="scale must be positive"):
-        make_column_softmax((2, 16, 16), "float32", 16, -1.0)
+        make_softmax((2, 16, 16), "float32", 16, ReducedAxis.SECOND_LAST, -1.0)
 
 
 def _sparse_encoder(batch: int):

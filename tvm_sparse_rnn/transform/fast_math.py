@@ -16,7 +16,8 @@ import tvm
 from tvm import relax, topi
 
 from ..kernels.opaque import opaque_kernel
-from ..kernels.x86.softmax import make_column_softmax, make_softmax
+from ..kernels.x86.row_reduction import ReducedAxis
+from ..kernels.x86.softmax import make_softmax
 from .mutate import mutate_relax_functions
 from .shapes import tensor_shape
 from .to_float16 import Precision
@@ -41,12 +42,11 @@ class _FastMathMutator(relax.PyExprMutator):
         dims = tensor_shape(call)
         if self.lanes is None or dims is None or len(dims) < 2 or dims[-1] % self.lanes:
             return None
-        axis = int(call.attrs.axis) % len(dims)
-        make = {len(dims) - 1: make_softmax, len(dims) - 2: make_column_softmax}.get(axis)
-        if make is None:
+        axis = ReducedAxis.of(int(call.attrs.axis), len(dims))
+        if axis is None:
             return None
         dtype = str(call.ty.dtype)
-        func = opaque_kernel(make(dims, dtype, self.lanes))
+        func = opaque_kernel(make_softmax(dims, dtype, self.lanes, axis))
         gv = self.builder_.add_func(func, "softmax_vector")
         return relax.call_tir(gv, [call.args[0]], relax.TensorType(dims, dtype))
 

@@ -31,7 +31,8 @@ import tvm
 from tvm import relax
 
 from ..kernels.opaque import opaque_kernel
-from ..kernels.x86.softmax import make_column_softmax
+from ..kernels.x86.row_reduction import ReducedAxis
+from ..kernels.x86.softmax import make_softmax
 from ..ops.attention import HeadLayout, feature_major_context, feature_major_scores
 from .layout_chain import LayoutChain, op_name, trace_chain
 from .mutate import mutate_relax_functions
@@ -152,7 +153,7 @@ class _AttentionRewriter(relax.PyExprMutator):
     def _column_softmax(self, scores: relax.Expr, scale: float) -> relax.Expr:
         """``softmax(scale * scores, axis=-2)`` on the column kernel."""
         shape = tensor_shape(scores)
-        func = make_column_softmax(shape, Precision.FLOAT32, self.lanes, scale)
+        func = make_softmax(shape, Precision.FLOAT32, self.lanes, ReducedAxis.SECOND_LAST, scale)
         gv = self.builder_.add_func(opaque_kernel(func), "attention_softmax")
         return self.builder_.emit(
             relax.call_tir(gv, [scores], relax.TensorType(shape, Precision.FLOAT32))

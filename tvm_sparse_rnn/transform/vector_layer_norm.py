@@ -4,7 +4,7 @@ Replaces each ``relax.nn.layer_norm`` over the last axis of a static float32 ten
 divides by the target's vector lanes (with its scale and offset) by a ``call_tir`` of
 :func:`~tvm_sparse_rnn.kernels.x86.layer_norm.make_layer_norm`, and one over the second-to-last
 axis (the feature-major hidden states of :class:`~tvm_sparse_rnn.transform.CancelTransposes`)
-by :func:`~tvm_sparse_rnn.kernels.x86.layer_norm.make_column_layer_norm`: dlight's CPU
+by its column variant (``axis=ReducedAxis.SECOND_LAST``): dlight's CPU
 reduction rule leaves the mean and variance scalar loops. A layer norm of ``add(a, b)`` (two
 tensors of its shape: a transformer's residual connection) reads ``a`` and ``b`` itself, as
 onnxruntime's ``SkipLayerNormalization`` does, instead of a kernel writing their sum first.
@@ -16,13 +16,13 @@ kernel (``time_evaluator``); the profile of the model before put its four layer 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import tvm
-from tvm import relax, tirx
+from tvm import relax
 
 from ..kernels.opaque import opaque_kernel
-from ..kernels.x86.layer_norm import make_column_layer_norm, make_layer_norm
+from ..kernels.x86.layer_norm import make_layer_norm
+from ..kernels.x86.row_reduction import ReducedAxis
 from .mutate import mutate_relax_functions
 from .shapes import tensor_shape
 from .to_float16 import Precision
@@ -59,32 +59,32 @@ class _VectorLayerNormMutator(relax.PyExprMutator):
             return [x]
         return [self.visit_expr(arg) for arg in value.args]
 
-    def _kernel(self, call: relax.Call) -> Callable[..., tirx.PrimFunc] | None:
-        """The factory of the vector kernel that takes ``call`` (over the last axis: rows,
-        the one before: columns), else None."""
+    def _axis(self, call: relax.Call) -> ReducedAxis | None:
+        """The axis of a layer norm a vector kernel takes (over the last axis: rows, the one
+        before: columns), else None."""
         dims = tensor_shape(call)
         if dims is None or len(dims) < 2 or dims[-1] % self.lanes:
             return None
         attrs = call.attrs
         if str(call.ty.dtype) != Precision.FLOAT32 or not (attrs.center and attrs.scale):
             return None
-        axes = [int(a) % len(dims) for a in attrs.axes]
-        return {(len(dims) - 1,): make_layer_norm, (len(dims) - 2,): make_column_layer_norm}.get(
-            tuple(axes)
-        )
+        axes = [int(a) for a in attrs.axes]
+        return ReducedAxis.of(axes[0], len(dims)) if len(axes) == 1 else None
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name == _LAYER_NORM):
             return call
-        make = self._kernel(call)
-        if make is None:
+        axis = self._axis(call)
+        if axis is None:
             return call
         dims = tensor_shape(call)
         x, gamma, beta = call.args
         inputs = self._residual_operands(x, dims)
         epsilon = float(call.attrs.epsilon)
-        func = make(dims, Precision.FLOAT32, epsilon, self.lanes, residual=len(inputs) == 2)
+        func = make_layer_norm(
+            dims, Precision.FLOAT32, epsilon, self.lanes, axis, residual=len(inputs) == 2
+        )
         gv = self.builder_.add_func(opaque_kernel(func), "layer_norm_vector")
         args = [*inputs, gamma, beta]
         return relax.call_tir(gv, args, relax.TensorType(dims, Precision.FLOAT32))

@@ -33,6 +33,7 @@ import operator
 from tvm import s_tir, te, tirx
 
 from .row_reduction import (
+    ReducedAxis,
     fold_lanes,
     lane_partials,
     schedule_column_stages,
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 _RESIDUAL_SUM = "residual_sum"
 
 
-def layer_norm_compute(
+def _row_layer_norm(
     x: te.Tensor, gamma: te.Tensor, beta: te.Tensor, epsilon: float, lanes: int
 ) -> te.Tensor:
     """``layer_norm(x, gamma, beta)`` over the last axis with lane-wise partial sums; ``C``
@@ -82,45 +83,7 @@ def _normalized_input(
     return [x, r], te.compute(shape, lambda *i: x[i] + r[i], name=_RESIDUAL_SUM)
 
 
-def make_layer_norm(
-    shape: tuple[int, ...], dtype: str, epsilon: float, lanes: int, residual: bool = False
-) -> tirx.PrimFunc:
-    """The scheduled ``main(x, [r,] gamma, beta, y)``: ``y = layer_norm(x [+ r], gamma, beta)``
-    over the last axis of a static ``shape`` whose last dimension divides by ``lanes``.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Static shape of ``x``, rank >= 2; ``gamma`` and ``beta`` are ``(shape[-1],)``.
-    dtype : str
-        ``"float32"``.
-    epsilon : float
-        Added to the variance.
-    lanes : int
-        Vector lanes of the target (:func:`~tvm_sparse_rnn.kernels.x86.vector.vector_lanes`).
-    residual : bool
-        Normalize ``x + r`` (a second input of the same shape): the add of a residual
-        connection, in the same passes over the data instead of a kernel of its own.
-
-    Returns
-    -------
-    tirx.PrimFunc
-        With ``tirx.is_scheduled=True``.
-    """
-    inputs, x = _normalized_input(shape, dtype, residual)
-    gamma = te.placeholder(shape[-1:], dtype, "gamma")
-    beta = te.placeholder(shape[-1:], dtype, "beta")
-    y = layer_norm_compute(x, gamma, beta, epsilon, lanes)
-    sch = s_tir.Schedule(te.create_prim_func([*inputs, gamma, beta, y]))
-    for name in ("squares", "centered", *([_RESIDUAL_SUM] if residual else [])):
-        sch.compute_inline(sch.get_sblock(name))
-    variance = ("row_inverse", "row_var_mean", "row_var", "partial_row_var")
-    stages = (*variance, "row_sum_mean", "row_sum", "partial_row_sum")  # consumers first
-    schedule_row_stages(sch, "layer_norm", stages, lanes, with_partials=shape[-1] > lanes)
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
-
-
-def column_layer_norm_compute(
+def _column_layer_norm(
     x: te.Tensor, gamma: te.Tensor, beta: te.Tensor, epsilon: float
 ) -> te.Tensor:
     """``layer_norm(x, gamma, beta)`` over the second-to-last axis (``gamma``, ``beta`` along
@@ -151,23 +114,30 @@ def column_layer_norm_compute(
     )
 
 
-def make_column_layer_norm(
-    shape: tuple[int, ...], dtype: str, epsilon: float, lanes: int, residual: bool = False
+def make_layer_norm(
+    shape: tuple[int, ...],
+    dtype: str,
+    epsilon: float,
+    lanes: int,
+    axis: ReducedAxis = ReducedAxis.LAST,
+    residual: bool = False,
 ) -> tirx.PrimFunc:
     """The scheduled ``main(x, [r,] gamma, beta, y)``: ``y = layer_norm(x [+ r], gamma, beta)``
-    over the second-to-last axis of a static ``shape`` whose last dimension divides by
-    ``lanes``.
+    over ``axis`` of a static ``shape`` whose last dimension divides by ``lanes``.
 
     Parameters
     ----------
     shape : tuple of int
-        Static shape of ``x``, rank >= 2; ``gamma`` and ``beta`` are ``(shape[-2],)``.
+        Static shape of ``x``, rank >= 2; ``gamma`` and ``beta`` are ``(shape[axis],)``.
     dtype : str
         ``"float32"``.
     epsilon : float
         Added to the variance.
     lanes : int
         Vector lanes of the target (:func:`~tvm_sparse_rnn.kernels.x86.vector.vector_lanes`).
+    axis : ReducedAxis
+        The last axis (rows in parallel) or the second-to-last (strips of ``lanes`` columns in
+        parallel).
     residual : bool
         Normalize ``x + r`` (a second input of the same shape): the add of a residual
         connection, in the same passes over the data instead of a kernel of its own.
@@ -175,16 +145,23 @@ def make_column_layer_norm(
     Returns
     -------
     tirx.PrimFunc
-        With ``tirx.is_scheduled=True``: strips of ``lanes`` columns in parallel (over the
-        leading axes too), every stage computed per strip as vectors of its columns.
+        With ``tirx.is_scheduled=True``.
     """
     inputs, x = _normalized_input(shape, dtype, residual)
-    gamma = te.placeholder(shape[-2:-1], dtype, "gamma")
-    beta = te.placeholder(shape[-2:-1], dtype, "beta")
-    y = column_layer_norm_compute(x, gamma, beta, epsilon)
+    gamma = te.placeholder((shape[axis.value],), dtype, "gamma")
+    beta = te.placeholder((shape[axis.value],), dtype, "beta")
+    if axis is ReducedAxis.LAST:
+        y = _row_layer_norm(x, gamma, beta, epsilon, lanes)
+        variance = ("row_inverse", "row_var_mean", "row_var", "partial_row_var")
+        stages = (*variance, "row_sum_mean", "row_sum", "partial_row_sum")  # consumers first
+    else:
+        y = _column_layer_norm(x, gamma, beta, epsilon)
+        stages = ("col_inverse", "col_var_mean", "col_var", "col_sum_mean", "col_sum")
     sch = s_tir.Schedule(te.create_prim_func([*inputs, gamma, beta, y]))
     for name in ("squares", "centered", *([_RESIDUAL_SUM] if residual else [])):
         sch.compute_inline(sch.get_sblock(name))
-    stages = ("col_inverse", "col_var_mean", "col_var", "col_sum_mean", "col_sum")
-    schedule_column_stages(sch, "layer_norm", stages, lanes)
+    if axis is ReducedAxis.LAST:
+        schedule_row_stages(sch, "layer_norm", stages, lanes, with_partials=shape[-1] > lanes)
+    else:
+        schedule_column_stages(sch, "layer_norm", stages, lanes)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -11,11 +11,28 @@ operations.
 
 from __future__ import annotations
 
+import enum
 import logging
 
 from tvm import s_tir, te, tirx
 
 logger = logging.getLogger(__name__)
+
+
+class ReducedAxis(enum.Enum):
+    """The axis a row kernel (softmax, layer norm) reduces over: the last one (rows, vectors
+    of partial results folded at the end) or the second-to-last (columns, vectors along the
+    last axis)."""
+
+    LAST = -1
+    SECOND_LAST = -2
+
+    @classmethod
+    def of(cls, axis: int, rank: int) -> ReducedAxis | None:
+        """``axis`` of a tensor of ``rank`` (negative counts from the end) as a member, or
+        ``None`` for any other axis."""
+        from_end = axis % rank - rank
+        return next((member for member in cls if member.value == from_end), None)
 
 
 def lane_partials(t: te.Tensor, op, name: str, lanes: int) -> te.Tensor:

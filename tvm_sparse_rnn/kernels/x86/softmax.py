@@ -36,6 +36,7 @@ import operator
 from tvm import s_tir, te, tirx, topi
 
 from .row_reduction import (
+    ReducedAxis,
     fold_lanes,
     lane_partials,
     schedule_column_stages,
@@ -45,72 +46,46 @@ from .row_reduction import (
 logger = logging.getLogger(__name__)
 
 
-def softmax_compute(x: te.Tensor, lanes: int) -> te.Tensor:
-    """``softmax(x, axis=-1)`` with lane-wise partial reductions; ``C`` must divide by
+def _row_softmax(x: te.Tensor, lanes: int, scale: tirx.PrimExpr) -> te.Tensor:
+    """``softmax(scale * x, axis=-1)`` with lane-wise partial reductions; ``C`` must divide by
     ``lanes``."""
     row_max = fold_lanes(lane_partials(x, te.max, "partial_max", lanes), tirx.Max, "row_max")
-    shifted = te.compute(x.shape, lambda *i: x[i] - row_max[i[:-1]], name="shifted")
+    shifted = te.compute(x.shape, lambda *i: (x[i] - row_max[i[:-1]]) * scale, name="shifted")
     e = topi.fast_exp(shifted)
     row_sum = fold_lanes(lane_partials(e, te.sum, "partial_sum", lanes), operator.add, "row_sum")
     inverse = te.compute(row_sum.shape, lambda *i: 1.0 / row_sum[i], name="row_inverse")
     return te.compute(x.shape, lambda *i: e[i] * inverse[i[:-1]], name="softmax")
 
 
-def make_softmax(shape: tuple[int, ...], dtype: str, lanes: int) -> tirx.PrimFunc:
-    """The scheduled ``main(x, y)``: ``y = softmax(x, axis=-1)`` for a ``shape`` whose last
-    dimension divides by ``lanes``.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Static shape, rank >= 2.
-    dtype : str
-        ``"float32"``.
-    lanes : int
-        Vector lanes of the target (:func:`~tvm_sparse_rnn.kernels.x86.vector.vector_lanes`).
-
-    Returns
-    -------
-    tirx.PrimFunc
-        With ``tirx.is_scheduled=True``.
-    """
-    x = te.placeholder(shape, dtype, "x")
-    sch = s_tir.Schedule(te.create_prim_func([x, softmax_compute(x, lanes)]))
-    sch.compute_inline(sch.get_sblock("shifted"))
-    stages = ("row_inverse", "row_sum", "partial_sum", "T_fast_exp", "row_max", "partial_max")
-    schedule_row_stages(sch, "softmax", stages, lanes, with_partials=shape[-1] > lanes)
-    exp = sch.get_sblock("T_fast_exp")
-    sch.set_scope(exp, 0, "global")
-    sch.vectorize(sch.split(sch.get_loops(exp)[-1], [None, lanes])[1])
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
-
-
-def column_softmax_compute(x: te.Tensor, scale: float = 1.0) -> te.Tensor:
-    """``softmax(scale * x, axis=-2)`` for a ``scale > 0`` (the column max of ``x`` scaled is
-    that of ``scale * x``)."""
+def _column_softmax(x: te.Tensor, scale: tirx.PrimExpr) -> te.Tensor:
+    """``softmax(scale * x, axis=-2)``."""
     *lead, rows, cols = x.shape
+
+    def column(t: te.Tensor, i: tuple) -> tirx.PrimExpr:
+        return t[(*i[:-2], i[-1])]
+
     r = te.reduce_axis((0, rows), "r")
     col_max = te.compute(
         (*lead, cols), lambda *i: te.max(x[(*i[:-1], r, i[-1])], axis=r), name="col_max"
     )
-    shifted = te.compute(
-        x.shape,
-        lambda *i: (x[i] - col_max[(*i[:-2], i[-1])]) * tirx.const(scale, x.dtype),
-        name="shifted",
-    )
+    shifted = te.compute(x.shape, lambda *i: (x[i] - column(col_max, i)) * scale, name="shifted")
     e = topi.fast_exp(shifted)
     s = te.reduce_axis((0, rows), "s")
     col_sum = te.compute(
         (*lead, cols), lambda *i: te.sum(e[(*i[:-1], s, i[-1])], axis=s), name="col_sum"
     )
     inverse = te.compute(col_sum.shape, lambda *i: 1.0 / col_sum[i], name="col_inverse")
-    return te.compute(x.shape, lambda *i: e[i] * inverse[(*i[:-2], i[-1])], name="softmax")
+    return te.compute(x.shape, lambda *i: e[i] * column(inverse, i), name="softmax")
 
 
-def make_column_softmax(
-    shape: tuple[int, ...], dtype: str, lanes: int, scale: float = 1.0
+def make_softmax(
+    shape: tuple[int, ...],
+    dtype: str,
+    lanes: int,
+    axis: ReducedAxis = ReducedAxis.LAST,
+    scale: float = 1.0,
 ) -> tirx.PrimFunc:
-    """The scheduled ``main(x, y)``: ``y = softmax(scale * x, axis=-2)`` for a ``shape`` whose
+    """The scheduled ``main(x, y)``: ``y = softmax(scale * x, axis)`` for a ``shape`` whose
     last dimension divides by ``lanes``.
 
     Parameters
@@ -121,8 +96,12 @@ def make_column_softmax(
         ``"float32"``.
     lanes : int
         Vector lanes of the target (:func:`~tvm_sparse_rnn.kernels.x86.vector.vector_lanes`).
+    axis : ReducedAxis
+        The last axis (rows in parallel) or the second-to-last (strips of ``lanes`` columns in
+        parallel).
     scale : float
-        Positive factor of ``x`` (an attention's ``1 / sqrt(D)``), applied after the max.
+        Positive factor of ``x`` (an attention's ``1 / sqrt(D)``), applied after the max (the
+        max of ``x`` scaled is that of ``scale * x``).
 
     Raises
     ------
@@ -132,14 +111,25 @@ def make_column_softmax(
     Returns
     -------
     tirx.PrimFunc
-        With ``tirx.is_scheduled=True``: strips of ``lanes`` columns in parallel (over the
-        leading axes too), every stage computed per strip as vectors of its columns.
+        With ``tirx.is_scheduled=True``.
     """
     if not scale > 0:
-        raise ValueError(f"column softmax: scale must be positive, got {scale}")
+        raise ValueError(f"softmax: scale must be positive, got {scale}")
     x = te.placeholder(shape, dtype, "x")
-    sch = s_tir.Schedule(te.create_prim_func([x, column_softmax_compute(x, scale)]))
+    factor = tirx.const(scale, dtype)
+    if axis is ReducedAxis.LAST:
+        y = _row_softmax(x, lanes, factor)
+        stages = ("row_inverse", "row_sum", "partial_sum", "T_fast_exp", "row_max", "partial_max")
+    else:
+        y = _column_softmax(x, factor)
+        stages = ("col_inverse", "col_sum", "T_fast_exp", "col_max")  # consumers first
+    sch = s_tir.Schedule(te.create_prim_func([x, y]))
     sch.compute_inline(sch.get_sblock("shifted"))
-    stages = ("col_inverse", "col_sum", "T_fast_exp", "col_max")  # consumers first
-    schedule_column_stages(sch, "softmax", stages, lanes)
+    if axis is ReducedAxis.SECOND_LAST:
+        schedule_column_stages(sch, "softmax", stages, lanes)
+        return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    schedule_row_stages(sch, "softmax", stages, lanes, with_partials=shape[-1] > lanes)
+    exp = sch.get_sblock("T_fast_exp")
+    sch.set_scope(exp, 0, "global")
+    sch.vectorize(sch.split(sch.get_loops(exp)[-1], [None, lanes])[1])
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
