@@ -147,9 +147,7 @@ class _Canceller(relax.PyExprMutator):
         shape = tensor_shape(chain.root)
         if not chain.ops or not shape or shape[-1] != n or int(np.prod(shape[:-1])) != m:
             return None
-        index = chain.index_map()
-        in_place = index is not None and np.array_equal(index.reshape(-1), np.arange(n * m))
-        return chain.root if in_place else None
+        return chain.root if chain.in_place() else None
 
     def _rebuild_layer_norm(
         self, call: relax.Call, shape: tuple[int, ...], n: int, m: int

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import tvm
 from tvm import relax
 
@@ -39,17 +38,13 @@ class _ChainFolder(relax.PyExprMutator):
 
     def _folded(self, value: relax.Expr) -> relax.Expr | None:
         """``reshape(root)`` if ``value`` ends a chain of two or more layout operators that
-        moves no element, else ``None``."""
+        keeps every element of its root in place, else ``None``."""
         if op_name(value) not in LAYOUT_OPS:
             return None
         chain = trace_chain(value, self.var2val)
         shape = tensor_shape(value)
-        index = chain.index_map() if len(chain.ops) > 1 else None
-        if index is None or shape is None:
+        if len(chain.ops) < 2 or shape is None or not chain.in_place():
             return None
-        root_size = int(np.prod(tensor_shape(chain.root)))
-        if index.size != root_size or not np.array_equal(index.reshape(-1), np.arange(root_size)):
-            return None  # moves elements, or keeps only part of them (a slice)
         return relax.op.reshape(self.visit_expr(chain.root), shape)
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:

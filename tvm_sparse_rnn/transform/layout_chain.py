@@ -74,6 +74,13 @@ class LayoutChain:
                 return None
         return index
 
+    def in_place(self) -> bool:
+        """Whether the chain keeps every element of its root at the same flat position (a
+        reshape in effect); ``False`` where :meth:`index_map` is ``None``."""
+        index = self.index_map()
+        size = int(np.prod(tensor_shape(self.root))) if index is not None else -1
+        return index is not None and np.array_equal(index.reshape(-1), np.arange(size))
+
 
 def _ints(expr: relax.Expr) -> list[int] | None:
     """The integers of a tuple of constant integers (``IntImm`` or ``PrimValue`` fields)."""
