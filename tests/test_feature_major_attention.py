@@ -19,7 +19,7 @@ from tvm_sparse_rnn.kernels.x86.softmax import make_softmax
 from tvm_sparse_rnn.pipeline import build, sparse_pipeline
 from tvm_sparse_rnn.transform import DispatchOptions, FoldLayoutChains
 from tvm_sparse_rnn.transform.dispatch.cost_model import COST_PARAMS
-from tvm_sparse_rnn.transform.layout_chain import trace_chain
+from tvm_sparse_rnn.transform.layout_chain import block_value, op_name, trace_chain
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -59,7 +59,7 @@ def test_index_map_of_a_layout_chain_matches_numpy():
     mod, x = _chain_module((1, 12, 8), SLICE_CHAIN)
     func = mod["main"]
     var2val = relax.analysis.get_var2val(func)
-    out = func.body.blocks[0].bindings[-1].var
+    out = func.body.blocks[0].bindings[-1].value  # the dataflow variable gv holds
     chain = trace_chain(out, dict(var2val))
     assert chain.root.same_as(x) and len(chain.ops) == len(SLICE_CHAIN)
     data = np.random.default_rng(0).standard_normal((1, 12, 8))
@@ -74,7 +74,7 @@ def test_trace_chain_collects_scalar_factors():
     ]
     mod, x = _chain_module((4, 8), steps)
     func = mod["main"]
-    out = func.body.blocks[0].bindings[-1].var
+    out = func.body.blocks[0].bindings[-1].value  # the dataflow variable gv holds
     chain = trace_chain(out, dict(relax.analysis.get_var2val(func)), with_scales=True)
     assert chain.root.same_as(x) and chain.scale == pytest.approx(0.125)
     assert len(trace_chain(out, dict(relax.analysis.get_var2val(func))).ops) == 0
@@ -114,6 +114,20 @@ def test_fold_layout_chains_keeps_a_slice_of_the_first_elements():
     ]
     mod, _ = _chain_module((1, 4, 16, 8), steps)
     assert "strided_slice" in FoldLayoutChains(mod)["main"].script()
+
+
+def test_chains_look_through_dataflow_variables_only():
+    """A block's output variable stands for itself (what binds it may sit in another block):
+    trace_chain and block_value look through dataflow variables only."""
+    mod, x = _chain_module((1, 12, 8), SLICE_CHAIN)
+    func = mod["main"]
+    var2val = dict(relax.analysis.get_var2val(func))
+    binding = func.body.blocks[0].bindings[-1]  # gv = <dataflow variable>
+    assert not isinstance(binding.var, relax.DataflowVar)
+    assert block_value(binding.var, var2val).same_as(binding.var)
+    assert trace_chain(binding.var, var2val).root.same_as(binding.var)
+    assert op_name(block_value(binding.value, var2val)) == "relax.strided_slice"
+    assert trace_chain(binding.value, var2val).root.same_as(x)
 
 
 @pytest.mark.parametrize("shape", [(12, 128, 128), (3, 16, 32), (2, 5, 7, 16)])

@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .layout_chain import LAYOUT_OPS, trace_chain
+from .layout_chain import LAYOUT_OPS, block_value, trace_chain
 from .mutate import mutate_relax_functions
 from .shapes import tensor_shape
 
@@ -64,22 +64,26 @@ class _Canceller(relax.PyExprMutator):
         # (expr, n, m) -> (expr feature-major, CSR outputs it reaches)
         self.memo: dict[tuple[relax.Expr, int, int], tuple[relax.Expr, int]] = {}
         self.sources = 0  # CSR outputs the chain being rebuilt reached
+        self.outputs: set[relax.Var] = set()  # what the function returns
         self.cancelled = 0
         self.emitted = False  # bindings of a chain that then failed are dead code
 
     def visit_function_(self, func: relax.Function) -> relax.Expr:
         self.var2val = dict(relax.analysis.get_var2val(func))
-        self.memo = {}
+        returned = func.body.body
+        self.outputs = set(returned.fields if isinstance(returned, relax.Tuple) else [returned])
         return super().visit_function_(func)
 
+    def visit_dataflow_block_(self, block: relax.DataflowBlock) -> relax.DataflowBlock:
+        self.memo = {}  # what a block emitted is not visible outside it
+        return super().visit_dataflow_block_(block)
+
+    def visit_binding_block_(self, block: relax.BindingBlock) -> relax.BindingBlock:
+        self.memo = {}
+        return super().visit_binding_block_(block)
+
     def _value(self, expr: relax.Expr) -> relax.Expr:
-        """``expr`` with var-to-var aliases followed to a bound value."""
-        while isinstance(expr, relax.Var) and expr in self.var2val:
-            value = self.var2val[expr]
-            if not isinstance(value, relax.Var):
-                return value
-            expr = value
-        return expr
+        return block_value(expr, self.var2val)
 
     def _source(self, expr: relax.Expr, n: int, m: int) -> relax.Expr | None:
         """``yt`` (``(1, n, m)``) if ``expr`` is a layout chain (:mod:`.layout_chain`) that
@@ -199,7 +203,7 @@ class _Canceller(relax.PyExprMutator):
             if rebuilt is None:  # a transpose of a plain tensor: later chains reuse it
                 self.memo.setdefault((reshape.args[0], n, m), (binding.var, 0))
             return rebuilt
-        if isinstance(binding.var, relax.DataflowVar):
+        if binding.var not in self.outputs:
             return None
         shape = tensor_shape(binding.var)
         if not shape or len(shape) < 2:

@@ -34,7 +34,7 @@ from ..kernels.opaque import opaque_kernel
 from ..kernels.x86.row_reduction import ReducedAxis
 from ..kernels.x86.softmax import make_softmax
 from ..ops.attention import HeadLayout, feature_major_context, feature_major_scores
-from .layout_chain import LayoutChain, op_name, trace_chain
+from .layout_chain import LayoutChain, block_value, op_name, trace_chain
 from .mutate import mutate_relax_functions
 from .shapes import tensor_shape
 from .to_float16 import Precision
@@ -87,9 +87,7 @@ class _AttentionRewriter(relax.PyExprMutator):
         return super().visit_function_(func)
 
     def _value(self, expr: relax.Expr) -> relax.Expr:
-        while isinstance(expr, relax.Var) and expr in self.var2val:
-            expr = self.var2val[expr]
-        return expr
+        return block_value(expr, self.var2val)
 
     def _operands(self, value: relax.Expr) -> tuple[relax.Expr, relax.Expr, relax.Expr] | None:
         """``(q, k, v)`` of ``matmul(softmax(matmul(q, k), -1), v)``, else ``None``."""

@@ -82,6 +82,15 @@ class LayoutChain:
         return index is not None and np.array_equal(index.reshape(-1), np.arange(size))
 
 
+def block_value(expr: relax.Expr, var2val: dict[relax.Var, relax.Expr]) -> relax.Expr:
+    """The value bound to ``expr``, aliases followed, looking only through dataflow variables:
+    a block's output or a parameter stands for itself (what defines it may sit in another
+    block, out of reach of the block that reads it)."""
+    while isinstance(expr, relax.DataflowVar) and expr in var2val:
+        expr = var2val[expr]
+    return expr
+
+
 def _ints(expr: relax.Expr) -> list[int] | None:
     """The integers of a tuple of constant integers (``IntImm`` or ``PrimValue`` fields)."""
     fields = getattr(expr, "fields", None)
@@ -134,7 +143,8 @@ def trace_chain(
     Parameters
     ----------
     expr : relax.Expr
-        Where the chain ends: a variable, or a call (a binding's value).
+        Where the chain ends: a variable, or a call (a binding's value). The walk stays inside
+        the dataflow block (:func:`block_value`).
     var2val : dict
         The function's bindings (``relax.analysis.get_var2val``).
     with_scales : bool
@@ -149,10 +159,9 @@ def trace_chain(
     ops: list[relax.Call] = []
     scale = 1.0
     while True:
-        value = var2val.get(expr) if isinstance(expr, relax.Var) else expr
-        if isinstance(value, relax.Var):
-            expr = value
-            continue
+        value = block_value(expr, var2val)
+        if isinstance(value, relax.Var):  # a parameter or another block's output
+            return LayoutChain(value, tuple(reversed(ops)), scale)
         name = op_name(value)
         if name in LAYOUT_OPS:
             ops.append(value)

@@ -23,6 +23,7 @@ from tvm import relax
 from ..kernels.opaque import opaque_kernel
 from ..kernels.x86.layer_norm import make_layer_norm
 from ..kernels.x86.row_reduction import ReducedAxis
+from .layout_chain import block_value
 from .mutate import mutate_relax_functions
 from .shapes import tensor_shape
 from .to_float16 import Precision
@@ -48,7 +49,7 @@ class _VectorLayerNormMutator(relax.PyExprMutator):
     def _residual_operands(self, x: relax.Expr, dims: tuple[int, ...]) -> list[relax.Expr]:
         """``[a, b]`` if ``x`` is ``add(a, b)`` of two tensors of ``dims`` (no broadcast), else
         ``[x]``."""
-        value = self.var2val.get(x) if isinstance(x, relax.Var) else None
+        value = block_value(x, self.var2val)
         if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
             return [x]
         if value.op.name != "relax.add":
