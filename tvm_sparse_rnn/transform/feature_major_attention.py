@@ -65,9 +65,9 @@ def head_layout(
     d = np.arange(head_dim).reshape((1, -1, 1) if features_first else (1, 1, -1))
     t = np.arange(seq).reshape((1, 1, -1) if features_first else (1, -1, 1))
     first = int(row.reshape(-1)[0])
-    if not np.array_equal(row, first + (leads % heads) * head_dim + d + 0 * t):
-        return None
-    if not np.array_equal(col, (leads // heads) * seq + t + 0 * d):
+    rows = np.broadcast_to(first + (leads % heads) * head_dim + d, row.shape)
+    tokens_at = np.broadcast_to((leads // heads) * seq + t, col.shape)
+    if not (np.array_equal(row, rows) and np.array_equal(col, tokens_at)):
         return None
     return HeadLayout(first, batch, heads, seq, head_dim)
 
