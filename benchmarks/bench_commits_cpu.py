@@ -30,8 +30,10 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 #: Run by each commit's interpreter: export the given ONNX file's library for llvm.
-EXPORT = "import sys; from tvm_sparse_rnn.compile import compile_onnx; " \
-    "compile_onnx(sys.argv[1], sys.argv[2], target='llvm')"  # fmt: skip
+EXPORT = (
+    "import sys; from tvm_sparse_rnn.compile import compile_onnx; "
+    "compile_onnx(sys.argv[1], sys.argv[2], target='llvm')"
+)
 
 
 def export(revision: str, model: Path, library: Path, workdir: Path) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .layout_chain import LAYOUT_OPS, block_value, trace_chain
+from .layout_chain import LAYOUT_OPS, block_value, op_name, trace_chain
 from .mutate import mutate_relax_functions
 from .shapes import tensor_shape
 
@@ -45,13 +45,6 @@ ELEMENTWISE = frozenset(
         "minimum",
     )
 )  # fmt: skip
-
-
-def _op(expr: relax.Expr, name: str | None = None) -> bool:
-    """Whether ``expr`` is a call of an operator (named ``name``, if given)."""
-    if not isinstance(expr, relax.Call) or not isinstance(expr.op, tvm.ir.Op):
-        return False
-    return name is None or expr.op.name == name
 
 
 @relax.expr_functor.mutator
@@ -130,13 +123,13 @@ class _Canceller(relax.PyExprMutator):
             self.sources += 1
             return self._emit(relax.op.reshape(yt, [n, m]))
         value = self._value(expr)
-        if _op(value) and value.op.name in LAYOUT_OPS:
+        if op_name(value) in LAYOUT_OPS:
             root = self._in_place_root(expr, n, m)
             if root is not None:  # a reshape, in effect: rebuild what it reshapes
                 return self._rebuild(root, tensor_shape(root), n, m)
-        if _op(value, _LAYER_NORM):
+        if op_name(value) == _LAYER_NORM:
             return self._rebuild_layer_norm(value, shape, n, m)
-        if _op(value) and value.op.name in ELEMENTWISE:
+        if op_name(value) in ELEMENTWISE:
             args = [self._rebuild(arg, shape, n, m) for arg in value.args]
             if any(a is None for a in args):
                 return None
@@ -192,7 +185,10 @@ class _Canceller(relax.PyExprMutator):
         """For ``xt = permute_dims(reshape(chain, [M, N]), [1, 0])``: the chain feature-major;
         for the function's output: its chain feature-major, transposed back."""
         value = binding.value
-        if _op(value, "relax.permute_dims") and _op(self._value(value.args[0]), "relax.reshape"):
+        if (
+            op_name(value) == "relax.permute_dims"
+            and op_name(self._value(value.args[0])) == "relax.reshape"
+        ):
             axes = value.attrs.axes
             reshape = self._value(value.args[0])
             flat = tensor_shape(reshape)

@@ -4,7 +4,7 @@ The x86 CSR kernel computes ``Y^T``, so in a pruned transformer the fused QKV pr
 produces ``(3 * H * D, S)`` and the output projection wants ``(H * D, S)``. Exported from torch,
 the attention in between splits the heads with ``permute_dims`` / ``reshape`` /
 ``strided_slice`` chains and merges them back the same way: on the 2-core VM five copy kernels
-a layer, 197 us of the BERT-like 4x4 encoder's 3.35 ms
+a layer, 197 us (summed) of the BERT-like 4x4 encoder's 3.35 ms
 (``python benchmarks/profile_cpu_models.py bert_4x4 --top 30``). This pass matches
 
     o = matmul(softmax(matmul(q, k), axis=-1), v)

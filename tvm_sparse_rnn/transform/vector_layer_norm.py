@@ -23,7 +23,7 @@ from tvm import relax
 from ..kernels.opaque import opaque_kernel
 from ..kernels.x86.layer_norm import make_layer_norm
 from ..kernels.x86.row_reduction import ReducedAxis
-from .layout_chain import block_value
+from .layout_chain import block_value, op_name
 from .mutate import mutate_relax_functions
 from .shapes import tensor_shape
 from .to_float16 import Precision
@@ -50,9 +50,7 @@ class _VectorLayerNormMutator(relax.PyExprMutator):
         """``[a, b]`` if ``x`` is ``add(a, b)`` of two tensors of ``dims`` (no broadcast), else
         ``[x]``."""
         value = block_value(x, self.var2val)
-        if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)):
-            return [x]
-        if value.op.name != "relax.add":
+        if op_name(value) != "relax.add":
             return [x]
         if any(
             tensor_shape(arg) != dims or isinstance(arg, tvm.ir.expr.Constant) for arg in value.args
@@ -74,7 +72,7 @@ class _VectorLayerNormMutator(relax.PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
-        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == _LAYER_NORM):
+        if op_name(call) != _LAYER_NORM:
             return call
         axis = self._axis(call)
         if axis is None:
