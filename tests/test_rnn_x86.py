@@ -10,6 +10,7 @@ from tvm_sparse_rnn.kernels.x86.recurrent import (
     UNROLL,
     RecurrentConfig,
     default_recurrent_config,
+    entries_in_lanes,
     pack_row_groups,
     pack_weight,
     padded_columns,
@@ -98,6 +99,28 @@ def test_one_sample_vectorizes_the_gate_math_over_16_units(hidden, batch, block,
     assert recurrent_knob_choices(8, hidden, batch, cores=2)["unit_block"] == choices
 
 
+@pytest.mark.parametrize(
+    ("batch", "accumulators", "dense", "lanes"),
+    [
+        (1, UNROLL, False, True),
+        (2, UNROLL, False, False),
+        (1, 2, False, False),
+        (1, UNROLL, True, False),
+    ],
+)
+def test_one_sample_mat_vec_reads_index_words_into_vector_lanes(batch, accumulators, dense, lanes):
+    """At ``N = 1`` with one accumulator per entry a packed row's four uint16 indices are read
+    as one int64 word and its four entries multiply as one vector; other cases keep the loop
+    of scalar (or batch-vector) FMAs."""
+    cfg = CellConfig("GRU", 64, linear_before_reset=True)
+    w = sp.random(192, 64, density=0.2, random_state=0, dtype=np.float32)
+    packed = pack_weight(w, 3, dense)
+    assert entries_in_lanes(packed, batch, accumulators) == lanes
+    config = RecurrentConfig(accumulators, 1, 1)
+    script = recurrent_prim_func(cfg, 0, 4, batch, packed, config).script()
+    assert ('"int64"' in script and "T.Shuffle" in script) == lanes
+
+
 def test_x86_targets_build_no_vector_gathers():
     """LLVM would SLP-vectorize the mat-vec's scalar accumulators into slow ``vgatherdps``; the
     package's x86 targets carry ``+prefer-no-gather``."""
@@ -125,6 +148,8 @@ def test_x86_targets_build_no_vector_gathers():
         (RecurrentConfig(4, 2, 4), 3),
         (RecurrentConfig(4, 2, 4, unit_block=7), 1),  # gate math of 7 units in one vector
         (RecurrentConfig(4, 1, 1, unit_block=3), 3),  # 3 units x 3 samples
+        (RecurrentConfig(4, 1, 1), 1),  # a row's four entries as the lanes of one FMA
+        (RecurrentConfig(2, 1, 1), 1),  # one sample, scalar FMAs
     ],
     ids=str,
 )
