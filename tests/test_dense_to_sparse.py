@@ -362,6 +362,31 @@ def test_unstructured_layers_use_the_csr_kernel_and_match_float64(x_shape, n):
 
 
 @pytest.mark.parametrize(
+    ("x_shape", "panels"), [((128, 300), True), ((2, 64, 300), True), ((16, 300), False)]
+)
+def test_unstructured_layers_over_wide_inputs_run_in_k_panels(x_shape, panels):
+    """From 64 rows of ``X`` (a multiple of the tile) an unstructured layer's CSR kernel runs
+    in K panels (``K`` = 300: a narrower last panel), with its bias; at 16 rows it does not."""
+    rng = np.random.default_rng(15)
+    w = pruned_weight(rng, (72, x_shape[-1]), 0.9)
+    w[3] = 0
+    b = rng.standard_normal(72).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.linear(x, relax.const(w), relax.const(b)))
+        bb.emit_func_output(out)
+    after, dispatch = _dispatch(bb.get(), cost_params=WORK_ONLY_CSR)
+    (decision,) = dispatch.decisions
+    assert decision.variant is KernelVariant.CSR_SPMM
+    assert ("K panels of 128" in decision.detail) == panels
+    xv = rng.standard_normal(x_shape).astype("float32")
+    ref = xv.astype(np.float64) @ w.T.astype(np.float64) + b
+    np.testing.assert_allclose(_run(after, xv), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
     ("block", "most", "group"), [((4, 4), 8, 4), ((8, 1), 4, 4), ((2, 2), 8, 2), ((1, 1), 8, 1)]
 )
 def test_csr_row_group_follows_the_rows_pruned_together(block, most, group):

@@ -32,7 +32,7 @@ Design (the CPU counterpart of the sparse persistent RNN, Zhu et al., ICLR 2018)
 * ``U``'s step stride is padded to an odd number of cache lines (:func:`step_rows`): the
   projection stores a row's tile across steps, which at a 4 KB-multiple stride all hit one L1
   set.
-* Scratch buffers are stack allocations (:func:`_stack_buffer`), never per-iteration workspace
+* Scratch buffers are stack allocations (:func:`stack_buffer`), never per-iteration workspace
   calls.
 
 :func:`projection_prim_func` computes the input projection ``X @ W^T + Wb`` for all steps before
@@ -370,7 +370,7 @@ def _prefetch(buffer: tirx.Buffer, index: tirx.PrimExpr) -> None:
     T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, read, keep, data))
 
 
-def _stack_buffer(shape: tuple[int, ...]) -> tirx.Buffer:
+def stack_buffer(shape: tuple[int, ...]) -> tirx.Buffer:
     """A small per-iteration scratch buffer that LLVM keeps on the stack (in registers).
 
     ``scope="global"`` is deliberate: in TVM 0.27 ``LowerTVMBuiltin`` turns small constant-size
@@ -593,8 +593,8 @@ def recurrent_prim_func(
                     start, end = 0, Hp // UNROLL
                 else:
                     start, end = ptr[r] // UNROLL, ptr[r + 1] // UNROLL
-                part = _stack_buffer((acc_n, N))
-                total = _stack_buffer((N,))
+                part = stack_buffer((acc_n, N))
+                total = stack_buffer((N,))
                 with T.unroll(0, acc_n) as a:
                     with T.vectorized(0, N) as b:
                         T.buffer_store(part, zero, [a, b])
@@ -657,9 +657,9 @@ def recurrent_prim_func(
                     vectorized over their ``ub * N`` lanes (``xs``/``rs``: gate -> value at the
                     lane, ``scratch`` a ``(2, ub * N)`` stack buffer)."""
                     with phase(), loop(0, H // ub) as jb:
-                        inputs = _stack_buffer((G, ub * N))
-                        sums = _stack_buffer((len(gates), ub * N))
-                        scratch = _stack_buffer((2, ub * N))
+                        inputs = stack_buffer((G, ub * N))
+                        sums = stack_buffer((len(gates), ub * N))
+                        scratch = stack_buffer((2, ub * N))
                         with T.serial(0, ub) as jj:
                             j = jb * ub + jj
                             with T.vectorized(0, N) as b:
@@ -872,7 +872,7 @@ def projection_prim_func(
             U = _arg("U", (seq_len, step_rows(rows, seq_len, batch), batch))
             with loop(0, rows // rg) as g:
                 with T.serial(0, m_pad // tile) as mo:
-                    acc = _stack_buffer((chains * rg, tile))
+                    acc = stack_buffer((chains * rg, tile))
                     with T.unroll(0, chains * rg) as c:
                         with T.vectorized(0, tile) as mi:
                             T.buffer_store(acc, tirx.const(0.0, _F32), [c, mi])

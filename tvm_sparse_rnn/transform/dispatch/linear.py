@@ -25,6 +25,13 @@ from ...kernels.cuda.matmul_mma import MIN_EXTENT, VECTOR_HALVES, plan_split_k
 from ...kernels.cuda.tensor_core.kernel import default_config
 from ...kernels.opaque import opaque_kernel
 from ...kernels.sparse_dense import SparseDenseLayout, sparse_dense_func
+from ...kernels.x86.panel_spmm import (
+    K_PANEL,
+    PanelWeight,
+    pack_k_panels,
+    panel_spmm_prim_func,
+    uses_k_panels,
+)
 from ...kernels.x86.recurrent import (
     PackedWeight,
     pack_row_groups,
@@ -151,8 +158,9 @@ class LinearLowering:
         The sparse kernel's schedule config.
     target : Target
         The resolved target.
-    csr : PackedWeight or None
-        The CSR weight of the CSR variant (x86, unstructured).
+    csr : PackedWeight or PanelWeight or None
+        The CSR weight of the CSR variant (x86, unstructured), in K panels where
+        :func:`~tvm_sparse_rnn.kernels.x86.panel_spmm.uses_k_panels`.
     tensor_core : TensorCoreLinear or None
         The packed weight of the tensor-core variant (CUDA, float16).
     csr_vector : CsrVectorLinear or None
@@ -167,7 +175,7 @@ class LinearLowering:
     bsr: BSRWeight | None
     config: object
     target: Target
-    csr: PackedWeight | None = None
+    csr: PackedWeight | PanelWeight | None = None
     tensor_core: TensorCoreLinear | None = None
     csr_vector: CsrVectorLinear | None = None
     split_k: int = 1
@@ -257,7 +265,10 @@ class LinearLowering:
             self._consts.extend(relax.const(a) for a in self.csr.arrays())
         bias = relax.const(bias if bias is not None else np.zeros(n, np.float32))
         xt = bb.emit(pad_columns(op.permute_dims(op.reshape(x, [m, k]), [1, 0]), m, tile))
-        func = projection_prim_func(self.csr, 1, m, tile=tile)
+        if isinstance(self.csr, PanelWeight):
+            func = panel_spmm_prim_func(self.csr, m, tile)
+        else:
+            func = projection_prim_func(self.csr, 1, m, tile=tile)
         gv = bb.add_func(opaque_kernel(func), "csr_spmm")
         out = relax.TensorType((1, n, m), "float32")
         yt = bb.emit(relax.call_tir(gv, [xt, *self._consts, bias], out))  # Y^T as (1, N, M)
@@ -324,13 +335,17 @@ def _plan_variant(call: LinearCall, target: Target, options: DispatchOptions) ->
         decision = KernelDecision(call.name, KernelVariant.DENSE, detail, "-", plan.reason)
         return LinearLowering(decision, weight, None, None, target, split_k=split_k)
     if plan.csr and str(ty.dtype) == "float32":
-        group = csr_row_group(weight, projection_row_group(projection_tile(rows)))
+        tile = projection_tile(rows)
+        group = csr_row_group(weight, projection_row_group(tile))
+        detail = f"W {'x'.join(map(str, plan.shape))}, sparsity {plan.sparsity:.1%}, CSR"
         if group > 1:  # rows pruned together share one load of X^T per column
             csr = pack_row_groups(weight, group)
+            detail += f", rows in groups of {group}"
+        elif uses_k_panels(rows, tile, group):
+            csr = pack_k_panels(weight)
+            detail += f", K panels of {K_PANEL}"
         else:
             csr = pack_weight(weight, 1, dense=False, row_multiple=1)
-        detail = f"W {'x'.join(map(str, plan.shape))}, sparsity {plan.sparsity:.1%}, CSR"
-        detail += f", rows in groups of {group}" if group > 1 else ""
         decision = KernelDecision(call.name, KernelVariant.CSR_SPMM, detail, "-", plan.reason)
         return LinearLowering(decision, weight, None, None, target, csr)
     params = options.cost_params or cost_params(target.kind.name)

@@ -1,0 +1,81 @@
+"""The x86 CSR kernel in K panels (unstructured linear layers over wide inputs) vs float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from tvm_sparse_rnn.kernels.x86.panel_spmm import (
+    K_PANEL,
+    MIN_PANEL_TILE,
+    ROW_BLOCK,
+    pack_k_panels,
+    panel_spmm_prim_func,
+    uses_k_panels,
+)
+
+
+def _weight(n: int, k: int, seed: int) -> np.ndarray:
+    w = sp.random(n, k, density=0.1, random_state=seed, dtype=np.float32).toarray()
+    w[1] = 0  # an empty row
+    w[2, :K_PANEL] = 0  # a row empty in the first panel only
+    return w
+
+
+@pytest.mark.parametrize(("n", "k"), [(10, 300), (40, 128), (7, 1)])
+def test_pack_k_panels_round_trips(n, k):
+    w = _weight(n, k, 0) if k > 1 else np.ones((n, k), np.float32)
+    w[0, 0] = 0.0
+    packed = pack_k_panels(w)
+    assert packed.panels == -(-k // K_PANEL) and packed.offsets.dtype == np.uint8
+    rebuilt = np.zeros((n, k), np.float32)
+    for p in range(packed.panels):
+        for r in range(n):
+            lo, hi = packed.indptr[p, r], packed.indptr[p, r + 1]
+            cols = p * K_PANEL + packed.offsets[lo:hi].astype(int)
+            assert np.all(np.diff(cols) > 0)
+            rebuilt[r, cols] = packed.values[lo:hi]
+    np.testing.assert_array_equal(rebuilt, w)
+    assert packed.indptr[-1, -1] == np.count_nonzero(w)
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "m", "tile"),
+    [(300, 300, 64, 64), (ROW_BLOCK + 9, 129, 128, 128), (72, 1000, 192, 64), (5, 64, 64, 64)],
+)
+def test_panel_kernel_matches_float64(n, k, m, tile):
+    """Row blocks with a partial last one, a narrower last panel, several column tiles, empty
+    rows; the bias enters at the first panel."""
+    import tvm
+
+    rng = np.random.default_rng(3)
+    w = _weight(n, k, 1)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    packed = pack_k_panels(w)
+    kernel = tvm.compile(panel_spmm_prim_func(packed, m, tile), target="llvm")
+    out = np.zeros((1, n, m), np.float32)
+    args = [tvm.runtime.tensor(a) for a in (np.ascontiguousarray(x.T), *packed.arrays(), b, out)]
+    kernel(*args)
+    ref = w.astype(np.float64) @ x.T.astype(np.float64) + b[:, None]
+    np.testing.assert_allclose(args[-1].numpy()[0], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_panel_kernel_rejects_columns_off_its_tile():
+    with pytest.raises(ValueError, match="m = 96 columns must be a multiple of the tile 64"):
+        panel_spmm_prim_func(pack_k_panels(_weight(8, 64, 2)), 96, 64)
+
+
+@pytest.mark.parametrize(
+    ("m", "tile", "row_group", "panels"),
+    [
+        (128, 64, 1, True),
+        (64, MIN_PANEL_TILE, 1, True),
+        (128, 64, 4, False),
+        (16, 16, 1, False),
+        (96, 64, 1, False),
+    ],
+)
+def test_uses_k_panels(m, tile, row_group, panels):
+    assert uses_k_panels(m, tile, row_group) == panels

@@ -1,0 +1,169 @@
+"""x86 (llvm) CSR kernel of unstructured sparse linear layers over wide inputs, in K panels.
+
+``Y^T = W X^T + b`` like the linear layers' CSR kernel
+(:func:`~tvm_sparse_rnn.kernels.x86.recurrent.projection_prim_func`: every nonzero ``W[n, k]``
+times the contiguous row ``X^T[k, :]``; Elsen et al., "Fast Sparse ConvNets", CVPR 2020), with
+``W`` cut into panels of :data:`K_PANEL` columns. An unstructured weight shares no load of
+``X^T`` between rows, so with ``K x tile`` floats of ``X^T`` (192-768 KB for BERT's layers at a
+tile of 64 columns) every nonzero streams its ``tile`` floats from L2. Panel by panel, the
+panel's slice of ``X^T`` (``K_PANEL x tile`` floats, 32 KB) stays in L1 while all rows of a
+block accumulate their nonzeros of the panel into their ``Y^T`` tiles (kept in L2 between
+panels); column offsets within a panel fit one byte, so a nonzero is 5 bytes.
+
+Measured on the 2-core AMD EPYC VM (an ad-hoc ``time_evaluator`` script, 90 % unstructured,
+``M`` = 128 at a tile of 64, interleaved, GFLOPS): ``3072 x 768`` 107 -> 130, ``768 x 3072`` 80-96
+-> 116-130, ``4096 x 4096`` 77 -> 120; ``M`` = 64: 118 -> 142 and 92 -> 137; ``M`` = 16 (tile 16)
+loses (91 -> 71: ``X^T`` is small, and a row's accumulator is one vector), hence
+:func:`uses_k_panels`. Panels of 64 or 256 columns measured slower than 128.
+
+Profile with ``python benchmarks/bench_cpu_kernels.py`` (the ``tvm`` column of unstructured rows).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T  # noqa: N812 - TVMScript convention
+
+from .recurrent import stack_buffer
+
+logger = logging.getLogger(__name__)
+
+#: Columns of ``W`` per panel: the panel's ``X^T`` slice (``K_PANEL x tile`` floats) fits L1 and
+#: a column offset within it fits a uint8.
+K_PANEL = 128
+#: Narrowest accumulator tile (columns of ``X^T``) the panel kernel runs with.
+MIN_PANEL_TILE = 64
+#: Rows per parallel task: their ``Y^T`` tiles stay in L2 across the panels.
+ROW_BLOCK = 256
+_F32 = "float32"
+
+
+@dataclass(frozen=True)
+class PanelWeight:
+    """An ``(N, K)`` weight as CSR per panel of :data:`K_PANEL` columns.
+
+    Attributes
+    ----------
+    values : numpy.ndarray
+        ``(nnz,)`` float32, panel by panel, rows in order within a panel.
+    offsets : numpy.ndarray
+        ``(nnz,)`` uint8: the column of each value minus its panel's first column.
+    indptr : numpy.ndarray
+        ``(P, N + 1)`` int32: row ``r``'s nonzeros of panel ``p`` are
+        ``values[indptr[p, r]:indptr[p, r + 1]]``.
+    shape : tuple of int
+        ``(N, K)``.
+    """
+
+    values: np.ndarray
+    offsets: np.ndarray
+    indptr: np.ndarray
+    shape: tuple[int, int]
+
+    @property
+    def panels(self) -> int:
+        """``P``: panels of :data:`K_PANEL` columns (the last one may be narrower)."""
+        return int(self.indptr.shape[0])
+
+    @property
+    def entries(self) -> int:
+        """Length of :attr:`values` (at least 1: TVM buffers can't be empty)."""
+        return int(self.values.size)
+
+    def arrays(self) -> list[np.ndarray]:
+        """The kernel's weight arguments, in parameter order."""
+        return [self.values, self.offsets, self.indptr]
+
+
+def pack_k_panels(w: np.ndarray | sp.sparray) -> PanelWeight:
+    """Pack an ``(N, K)`` linear weight for :func:`panel_spmm_prim_func` (explicit zeros
+    dropped)."""
+    csr = sp.csr_array(w, dtype=np.float32)
+    csr.eliminate_zeros()
+    csr.sort_indices()
+    n, k = csr.shape
+    panel_of = csr.indices // K_PANEL
+    rows = np.repeat(np.arange(n), np.diff(csr.indptr))
+    order = np.lexsort((csr.indices, rows, panel_of))  # panel, then row, then column
+    panels = -(-k // K_PANEL)
+    counts = np.zeros((panels, n), np.int64)
+    np.add.at(counts, (panel_of, rows), 1)
+    indptr = np.zeros((panels, n + 1), np.int64)
+    np.cumsum(counts, axis=1, out=indptr[:, 1:])
+    indptr += np.concatenate([[0], np.cumsum(counts.sum(axis=1))[:-1]])[:, None]
+    values = np.zeros(max(csr.nnz, 1), np.float32)
+    offsets = np.zeros(values.size, np.uint8)
+    values[: csr.nnz] = csr.data[order]
+    offsets[: csr.nnz] = (csr.indices[order] % K_PANEL).astype(np.uint8)
+    return PanelWeight(values, offsets, indptr.astype(np.int32), (n, k))
+
+
+def uses_k_panels(m: int, tile: int, row_group: int) -> bool:
+    """Whether an x86 CSR layer over ``m`` columns of ``X^T`` at accumulator ``tile`` runs in K
+    panels: unstructured (``row_group == 1``: no shared ``X^T`` loads between rows), a tile of
+    at least :data:`MIN_PANEL_TILE` columns, and ``m`` a multiple of it (the kernel accumulates
+    into ``Y^T`` in place)."""
+    return row_group == 1 and tile >= MIN_PANEL_TILE and m % tile == 0
+
+
+def panel_spmm_prim_func(packed: PanelWeight, m: int, tile: int) -> tirx.PrimFunc:
+    """``Y^T[0, n, :] = W[n, :] @ X^T + b[n]`` over the K panels of ``packed``.
+
+    Parameters
+    ----------
+    packed : PanelWeight
+        ``W`` (:func:`pack_k_panels`); only its shapes are baked in.
+    m : int
+        Columns of ``X^T`` (rows of ``X``), a multiple of ``tile``.
+    tile : int
+        Accumulator columns per row (vector registers).
+
+    Returns
+    -------
+    tvm.tirx.PrimFunc
+        ``main(XT (K, m), W_values, W_offsets, W_indptr, b (N,), Y (1, N, m))``, the same
+        parameters as the CSR kernel's for one step.
+
+    Raises
+    ------
+    ValueError
+        If ``m`` is not a multiple of ``tile``.
+    """
+    n, k = packed.shape
+    if m % tile:
+        raise ValueError(f"panel kernel: m = {m} columns must be a multiple of the tile {tile}")
+    panels = packed.panels
+    blocks = -(-n // ROW_BLOCK)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("panel_spmm_x86")
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            XT = T.arg("XT", T.buffer((k, m), _F32))
+            vals = T.arg("W_values", T.buffer((packed.entries,), _F32))
+            offs = T.arg("W_offsets", T.buffer((packed.entries,), "uint8"))
+            ptr = T.arg("W_indptr", T.buffer((panels, n + 1), "int32"))
+            bias = T.arg("Wb", T.buffer((n,), _F32))
+            Y = T.arg("U", T.buffer((1, n, m), _F32))
+            with T.parallel(0, blocks) as block:
+                with T.serial(0, m // tile) as mo, T.serial(0, panels) as p:
+                    rows = tirx.min(ROW_BLOCK, n - block * ROW_BLOCK)
+                    with T.serial(0, rows) as rr:
+                        r = block * ROW_BLOCK + rr
+                        acc = stack_buffer((tile,))
+                        with T.vectorized(0, tile) as mi:
+                            start = tirx.if_then_else(p == 0, bias[r], Y[0, r, mo * tile + mi])
+                            T.buffer_store(acc, start, [mi])
+                        with T.serial(ptr[p, r], ptr[p, r + 1]) as e:
+                            col = p * K_PANEL + tirx.Cast("int32", offs[e])
+                            with T.vectorized(0, tile) as mi:
+                                x = XT[col, mo * tile + mi]
+                                T.buffer_store(acc, acc[mi] + vals[e] * x, [mi])
+                        with T.vectorized(0, tile) as mi:
+                            T.buffer_store(Y, acc[mi], [0, r, mo * tile + mi])
+    return ib.get()
