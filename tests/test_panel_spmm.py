@@ -12,6 +12,7 @@ from tvm_sparse_rnn.kernels.x86.panel_spmm import (
     ROW_BLOCK,
     pack_k_panels,
     panel_spmm_prim_func,
+    row_blocks,
     uses_k_panels,
 )
 
@@ -41,10 +42,15 @@ def test_pack_k_panels_round_trips(n, k):
 
 
 @pytest.mark.parametrize(
-    ("n", "k", "m", "tile"),
-    [(300, 300, 64, 64), (ROW_BLOCK + 9, 129, 128, 128), (72, 1000, 192, 64), (5, 64, 64, 64)],
+    ("n", "k", "m", "tile", "threads"),
+    [
+        (300, 300, 64, 64, 2),
+        (ROW_BLOCK + 9, 129, 128, 128, 1),
+        (72, 1000, 192, 64, 2),
+        (4, 64, 64, 64, 3),  # 3 blocks of 2 rows: the last one empty
+    ],
 )
-def test_panel_kernel_matches_float64(n, k, m, tile):
+def test_panel_kernel_matches_float64(n, k, m, tile, threads):
     """Row blocks with a partial last one, a narrower last panel, several column tiles, empty
     rows; the bias enters at the first panel."""
     import tvm
@@ -54,7 +60,7 @@ def test_panel_kernel_matches_float64(n, k, m, tile):
     x = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32)
     packed = pack_k_panels(w)
-    kernel = tvm.compile(panel_spmm_prim_func(packed, m, tile), target="llvm")
+    kernel = tvm.compile(panel_spmm_prim_func(packed, m, tile, threads), target="llvm")
     out = np.zeros((1, n, m), np.float32)
     args = [tvm.runtime.tensor(a) for a in (np.ascontiguousarray(x.T), *packed.arrays(), b, out)]
     kernel(*args)
@@ -62,9 +68,18 @@ def test_panel_kernel_matches_float64(n, k, m, tile):
     np.testing.assert_allclose(args[-1].numpy()[0], ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("rows", "threads", "blocks", "block_rows"),
+    [(768, 2, 4, 192), (3072, 2, 12, 256), (2304, 2, 10, 231), (5, 3, 3, 2)],
+)
+def test_row_blocks_split_evenly_over_the_threads(rows, threads, blocks, block_rows):
+    assert row_blocks(rows, threads) == (blocks, block_rows)
+    assert blocks % threads == 0 and block_rows <= ROW_BLOCK and blocks * block_rows >= rows
+
+
 def test_panel_kernel_rejects_columns_off_its_tile():
     with pytest.raises(ValueError, match="m = 96 columns must be a multiple of the tile 64"):
-        panel_spmm_prim_func(pack_k_panels(_weight(8, 64, 2)), 96, 64)
+        panel_spmm_prim_func(pack_k_panels(_weight(8, 64, 2)), 96, 64, 2)
 
 
 @pytest.mark.parametrize(

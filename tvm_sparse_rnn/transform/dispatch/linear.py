@@ -20,6 +20,7 @@ from tvm import relax, tirx
 from tvm.target import Target
 
 from ...bsr import BSRWeight
+from ...cpu_threads import pool_threads
 from ...errors import UnsupportedError
 from ...kernels.cuda.matmul_mma import MIN_EXTENT, VECTOR_HALVES, plan_split_k
 from ...kernels.cuda.tensor_core.kernel import default_config
@@ -266,7 +267,7 @@ class LinearLowering:
         bias = relax.const(bias if bias is not None else np.zeros(n, np.float32))
         xt = bb.emit(pad_columns(op.permute_dims(op.reshape(x, [m, k]), [1, 0]), m, tile))
         if isinstance(self.csr, PanelWeight):
-            func = panel_spmm_prim_func(self.csr, m, tile)
+            func = panel_spmm_prim_func(self.csr, m, tile, pool_threads())
         else:
             func = projection_prim_func(self.csr, 1, m, tile=tile)
         gv = bb.add_func(opaque_kernel(func), "csr_spmm")
