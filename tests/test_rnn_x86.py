@@ -18,6 +18,7 @@ from tvm_sparse_rnn.kernels.x86.recurrent import (
     projection_prefetch,
     projection_prim_func,
     projection_row_group,
+    projection_row_multiple,
     projection_tile,
     recurrent_knob_choices,
     recurrent_prim_func,
@@ -119,6 +120,28 @@ def test_one_sample_mat_vec_reads_index_words_into_vector_lanes(batch, accumulat
     config = RecurrentConfig(accumulators, 1, 1)
     script = recurrent_prim_func(cfg, 0, 4, batch, packed, config).script()
     assert ('"int64"' in script and "T.Shuffle" in script) == lanes
+
+
+@pytest.mark.parametrize(("m", "lanes"), [(1, True), (4, False)])
+def test_one_column_projection_reads_index_words_into_vector_lanes(m, lanes):
+    """A linear layer over one row of ``X`` pads ``W``'s rows to four entries and multiplies
+    them as the lanes of one vector; from two rows the tile's columns are the lanes."""
+    import tvm
+
+    w = sp.random(40, 64, density=0.2, random_state=0, dtype=np.float32).toarray()
+    w[3] = 0
+    tile = projection_tile(m)
+    packed = pack_weight(w, 1, False, row_multiple=projection_row_multiple(tile))
+    func = projection_prim_func(packed, 1, m, tile=tile)
+    script = func.script()
+    assert ('"int64"' in script and "T.Shuffle" in script) == lanes
+    x = np.random.default_rng(1).standard_normal((64, padded_columns(m, tile))).astype("float32")
+    bias = np.arange(40, dtype="float32")
+    args = [x, *packed.arrays(), bias, np.zeros((1, 40, m), "float32")]
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    tvm.compile(func, "llvm")(*tensors)
+    want = w.astype(np.float64) @ x[:, :m].astype(np.float64) + bias[:, None]
+    np.testing.assert_allclose(tensors[-1].numpy()[0], want, rtol=RTOL, atol=ATOL)
 
 
 def test_x86_targets_build_no_vector_gathers():

@@ -444,11 +444,12 @@ def default_recurrent_config(
     return RecurrentConfig(UNROLL, 1, 1, block)
 
 
-def entries_in_lanes(packed: PackedWeight | PackedLayout, batch: int, accumulators: int) -> bool:
-    """Whether :func:`recurrent_prim_func` runs the mat-vec of ``packed`` with a row's
-    :data:`UNROLL` entries as the lanes of one vector FMA: at ``N = 1``, with one accumulator
-    per entry and 16-bit column indices (:data:`UNROLL` of them read as one 64-bit word,
-    :func:`_word_index`), where the scalar loop spends three loads per entry.
+def entries_in_lanes(packed: PackedWeight | PackedLayout, columns: int, accumulators: int) -> bool:
+    """Whether a mat-vec over ``packed`` (:func:`recurrent_prim_func`'s at ``N = columns``,
+    :func:`projection_prim_func`'s at a tile of ``columns``) runs with a row's :data:`UNROLL`
+    entries as the lanes of one vector FMA: one column, one accumulator per entry, rows padded
+    to :data:`UNROLL` entries and 16-bit column indices (:data:`UNROLL` of them read as one
+    64-bit word, :func:`_word_index`), where the scalar loop spends three loads per entry.
 
     Measured on the 2-core AMD EPYC VM (an ad-hoc ``time_evaluator`` script, one core, the
     ``1536 x 1024`` rows at 10 % one core holds of DeepSpeech2's GRU, variants interleaved):
@@ -457,11 +458,34 @@ def entries_in_lanes(packed: PackedWeight | PackedLayout, batch: int, accumulato
     AVX-512 gathers 75. The whole GRU recurrence (T = 95, two cores): 6.95 -> 5.06 ms.
     """
     return (
-        batch == 1
+        columns == 1
         and accumulators == UNROLL
         and not packed.dense
+        and packed.row_group == 1
+        and packed.row_multiple % UNROLL == 0
         and packed.index_dtype == np.dtype(np.uint16).name
     )
+
+
+def _lane_fma(
+    acc: tirx.Buffer,
+    vals: tirx.Buffer,
+    words: tirx.Buffer,
+    word: tirx.PrimExpr,
+    x_of_column: Callable[[tirx.PrimExpr], tirx.PrimExpr],
+) -> None:
+    """``acc[0:UNROLL] += vals[entries] * x(columns)`` for the :data:`UNROLL` entries of index
+    word ``word`` (:func:`entries_in_lanes`); ``acc`` is an :data:`UNROLL`-float stack buffer."""
+    cols = [_word_index(words[word], u) for u in range(UNROLL)]
+    x_lanes = tirx.Shuffle([x_of_column(col) for col in cols], list(range(UNROLL)))
+    lanes = tirx.Ramp(0, 1, UNROLL)
+    flat = T.decl_buffer((UNROLL,), _F32, data=acc.data)
+    T.buffer_store(flat, flat[lanes] + vals[tirx.Ramp(word * UNROLL, 1, UNROLL)] * x_lanes, [lanes])
+
+
+def _index_words(packed: PackedWeight | PackedLayout, indices: tirx.Buffer) -> tirx.Buffer:
+    """``indices`` (uint16) viewed as int64 words of :data:`UNROLL` indices."""
+    return T.decl_buffer((packed.entries // UNROLL,), "int64", data=indices.data)
 
 
 def _word_index(word: tirx.PrimExpr, lane: int) -> tirx.PrimExpr:
@@ -583,8 +607,8 @@ def recurrent_prim_func(
                 zs = T.alloc_buffer((H, N), _F32)  # update gate z of the step
                 rh = T.alloc_buffer((Hp, N), _F32)  # reset * h_prev, input of the h-gate mat-vec
 
-            if lanes_of_entries:  # the uint16 indices, read a 64-bit word (UNROLL of them) at once
-                words = T.decl_buffer((packed.entries // UNROLL,), "int64", data=idx.data)
+            if lanes_of_entries:
+                words = _index_words(packed, idx)
 
             def mat_vec(j: tirx.PrimExpr, g: int, src: Callable) -> tirx.Buffer:
                 """Local ``(N,)`` buffer with ``sum_c R[g*H + j, c] * src(c, b)``."""
@@ -600,12 +624,7 @@ def recurrent_prim_func(
                         T.buffer_store(part, zero, [a, b])
                 with T.serial(start, end) as kk:
                     if lanes_of_entries:  # entry u of the word is lane u of one vector FMA
-                        cols = [_word_index(words[kk], u) for u in range(UNROLL)]
-                        h_lanes = tirx.Shuffle([src(col, 0) for col in cols], list(range(UNROLL)))
-                        lanes = tirx.Ramp(0, 1, UNROLL)
-                        product = vals[tirx.Ramp(kk * UNROLL, 1, UNROLL)] * h_lanes
-                        flat = T.decl_buffer((UNROLL,), _F32, data=part.data)
-                        T.buffer_store(flat, flat[lanes] + product, [lanes])
+                        _lane_fma(part, vals, words, kk, lambda col: src(col, 0))
                     for u in range(0 if lanes_of_entries else UNROLL):  # entry u: acc u % acc_n
                         if packed.dense:
                             k, col = r * Hp + kk * UNROLL + u, kk * UNROLL + u
@@ -749,6 +768,13 @@ def projection_chains(tile: int, row_group: int = 1) -> int:
     return max(1, min(4, PROJECTION_CHAIN_FLOATS // (tile * row_group)))
 
 
+def projection_row_multiple(tile: int) -> int:
+    """Entries a sparse ``W``'s rows are padded to a multiple of for :func:`projection_prim_func`
+    at ``tile`` columns: :data:`UNROLL` for one column (a row's entries then multiply as vector
+    lanes, :func:`entries_in_lanes`), else 1 (no padding)."""
+    return UNROLL if tile == 1 else 1
+
+
 def projection_row_group(tile: int) -> int:
     """The most rows per column list (:func:`pack_row_groups`) whose accumulators
     (``row_group * tile`` floats) fit :data:`PROJECTION_GROUP_FLOATS`: a power of two, at most
@@ -856,6 +882,7 @@ def projection_prim_func(
     m_pad = padded_columns(m, tile)
     chains = chains or projection_chains(tile, rg)
     prefetch = projection_prefetch(tile, packed) if prefetch is None else prefetch
+    lanes_of_entries = entries_in_lanes(packed, tile, chains)
     if parallel is None:
         parallel = packed.entries * rg * m >= MIN_PARALLEL_WORK
     loop = T.parallel if parallel else T.serial
@@ -870,6 +897,8 @@ def projection_prim_func(
                 ptr = _arg("W_indptr", (rows // rg + 1,), "int32")
             Wb = _arg("Wb", (rows,))
             U = _arg("U", (seq_len, step_rows(rows, seq_len, batch), batch))
+            if lanes_of_entries:
+                words = _index_words(packed, idx)
             with loop(0, rows // rg) as g:
                 with T.serial(0, m_pad // tile) as mo:
                     acc = stack_buffer((chains * rg, tile))
@@ -901,8 +930,12 @@ def projection_prim_func(
                             ahead = start + group * chains + prefetch
                             _prefetch(vals, ahead * rg)
                             _prefetch(idx, ahead)
-                        with T.unroll(0, chains) as c:
-                            accumulate(start + group * chains + c, c)
+                        if lanes_of_entries:
+                            word = start // UNROLL + group
+                            _lane_fma(acc, vals, words, word, lambda col: XT[col, mo])
+                        else:
+                            with T.unroll(0, chains) as c:
+                                accumulate(start + group * chains + c, c)
                     with T.serial(start + (end - start) // chains * chains, end) as k:
                         accumulate(k, 0)
                     for j in range(rg):

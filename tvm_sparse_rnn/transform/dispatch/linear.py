@@ -39,6 +39,7 @@ from ...kernels.x86.recurrent import (
     pack_weight,
     projection_prim_func,
     projection_row_group,
+    projection_row_multiple,
     projection_tile,
 )
 from ...ops.epilogue import IDENTITY, Activation, Epilogue
@@ -346,7 +347,7 @@ def _plan_variant(call: LinearCall, target: Target, options: DispatchOptions) ->
             csr = pack_k_panels(weight)
             detail += f", K panels of {K_PANEL}"
         else:
-            csr = pack_weight(weight, 1, dense=False, row_multiple=1)
+            csr = pack_weight(weight, 1, dense=False, row_multiple=projection_row_multiple(tile))
         decision = KernelDecision(call.name, KernelVariant.CSR_SPMM, detail, "-", plan.reason)
         return LinearLowering(decision, weight, None, None, target, csr)
     params = options.cost_params or cost_params(target.kind.name)
