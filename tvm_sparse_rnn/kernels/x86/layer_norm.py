@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import operator
+from collections.abc import Callable
 
 from tvm import s_tir, te, tirx
 
@@ -46,6 +47,33 @@ logger = logging.getLogger(__name__)
 _RESIDUAL_SUM = "residual_sum"
 
 
+def _normalize(
+    x: te.Tensor,
+    gamma: te.Tensor,
+    beta: te.Tensor,
+    epsilon: float,
+    mean_of: Callable[[te.Tensor, str], te.Tensor],
+    at: Callable[[te.Tensor, tuple], tirx.PrimExpr],
+    feature: Callable[[tuple], tirx.PrimExpr],
+    prefix: str,
+) -> te.Tensor:
+    """The layer-norm stages over one axis of ``x``: ``mean_of(t, name)`` reduces ``t`` over it,
+    ``at(stat, i)`` reads a reduced tensor at ``x``'s index ``i``, ``feature(i)`` indexes
+    ``gamma`` / ``beta``; stage names start with ``prefix``."""
+    mean = mean_of(x, f"{prefix}_sum")
+    centered = te.compute(x.shape, lambda *i: x[i] - at(mean, i), name="centered")
+    squares = te.compute(x.shape, lambda *i: centered[i] * centered[i], name="squares")
+    variance = mean_of(squares, f"{prefix}_var")
+    inverse = te.compute(
+        variance.shape, lambda *i: te.rsqrt(variance[i] + epsilon), name=f"{prefix}_inverse"
+    )
+    return te.compute(
+        x.shape,
+        lambda *i: centered[i] * at(inverse, i) * gamma[feature(i)] + beta[feature(i)],
+        name="layer_norm",
+    )
+
+
 def _row_layer_norm(
     x: te.Tensor, gamma: te.Tensor, beta: te.Tensor, epsilon: float, lanes: int
 ) -> te.Tensor:
@@ -57,17 +85,8 @@ def _row_layer_norm(
         total = fold_lanes(lane_partials(t, te.sum, f"partial_{name}", lanes), operator.add, name)
         return te.compute(total.shape, lambda *i: total[i] / c, name=f"{name}_mean")
 
-    mean = row_mean(x, "row_sum")
-    centered = te.compute(x.shape, lambda *i: x[i] - mean[i[:-1]], name="centered")
-    squares = te.compute(x.shape, lambda *i: centered[i] * centered[i], name="squares")
-    variance = row_mean(squares, "row_var")
-    inverse = te.compute(
-        variance.shape, lambda *i: te.rsqrt(variance[i] + epsilon), name="row_inverse"
-    )
-    return te.compute(
-        x.shape,
-        lambda *i: centered[i] * inverse[i[:-1]] * gamma[i[-1]] + beta[i[-1]],
-        name="layer_norm",
+    return _normalize(
+        x, gamma, beta, epsilon, row_mean, lambda t, i: t[i[:-1]], lambda i: i[-1], "row"
     )
 
 
@@ -100,18 +119,7 @@ def _column_layer_norm(
     def column(t: te.Tensor, i: tuple) -> tirx.PrimExpr:
         return t[(*i[:-2], i[-1])]
 
-    mean = column_mean(x, "col_sum")
-    centered = te.compute(x.shape, lambda *i: x[i] - column(mean, i), name="centered")
-    squares = te.compute(x.shape, lambda *i: centered[i] * centered[i], name="squares")
-    variance = column_mean(squares, "col_var")
-    inverse = te.compute(
-        variance.shape, lambda *i: te.rsqrt(variance[i] + epsilon), name="col_inverse"
-    )
-    return te.compute(
-        x.shape,
-        lambda *i: centered[i] * column(inverse, i) * gamma[i[-2]] + beta[i[-2]],
-        name="layer_norm",
-    )
+    return _normalize(x, gamma, beta, epsilon, column_mean, column, lambda i: i[-2], "col")
 
 
 def make_layer_norm(

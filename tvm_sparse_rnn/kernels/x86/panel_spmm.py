@@ -16,7 +16,8 @@ Measured on the 2-core AMD EPYC VM (an ad-hoc ``time_evaluator`` script, 90 % un
 loses (91 -> 71: ``X^T`` is small, and a row's accumulator is one vector), hence
 :func:`uses_k_panels`. Panels of 64 or 256 columns measured slower than 128.
 
-Profile with ``python benchmarks/bench_cpu_kernels.py`` (the ``tvm`` column of unstructured rows).
+Profile with ``python benchmarks/bench_cpu_kernels.py`` (its ``ours-model`` column of the
+unstructured rows, ``M`` >= 64) or ``python benchmarks/profile_cpu_models.py bert_unstructured``.
 """
 
 from __future__ import annotations

@@ -38,18 +38,18 @@ Design (the CPU counterpart of the sparse persistent RNN, Zhu et al., ICLR 2018)
 :func:`projection_prim_func` computes the input projection ``X @ W^T + Wb`` for all steps before
 the recurrence with the same packing (sparse or dense ``W``), one nonzero times a contiguous row of
 ``X^T``. Measured on the shared 2-vCPU KVM Xeon (Emerald Rapids, noisy), H=1792 B=4 10 %: the
-recurrent mat-vec costs 0.65-0.85 ns (~2 cycles) per stored entry on one core whether ``R`` fits
-in L2 or not (index, value and ``h``-row loads plus one 128-bit FMA per entry; 8-wide unrolling,
-64-bit index loads and 64-bit addressing measured no faster), plus ~28 ns per unit and step for
-the gate math and loop overheads; two cores run it 1.9-2.1x faster. At ``N = 1`` a row's entries
-are the lanes of one vector FMA, their indices read four at a time (:func:`entries_in_lanes`;
-0.22 ns an entry on the AMD EPYC VM instead of 0.32). ``U`` is step-major so a step streams one
-contiguous slice (unit-major rows of one step would be read
-``G*1 KB`` apart, a cache miss per gate and unit: 6-17 % slower for LSTM). The projection is
-bound by L2 bandwidth for wide tiles (a 128-256 B row slice of ``X^T`` per nonzero and tile);
-narrow tiles (``M`` = 4 .. 16) are bound by the FMA latency of one accumulator chain unless the
-nonzeros go to several chains (:func:`projection_chains`: 4096 x 4096 at 10 %, ``M = 4``: 0.77
--> 0.34 ms with 4 chains on the 2-core VM; 16 columns 0.86 -> 0.45 ms; 64 columns gain nothing).
+recurrent mat-vec costs 0.65-0.85 ns (~2 cycles) per stored entry on one core whether ``R`` fits in
+L2 or not (index, value and ``h``-row loads plus one 128-bit FMA per entry; 8-wide unrolling,
+64-bit index loads and 64-bit addressing measured no faster), plus ~28 ns per unit and step for the
+gate math and loop overheads; two cores run it 1.9-2.1x faster. At ``N = 1`` a row's entries are
+the lanes of one vector FMA, their indices read four at a time (:func:`entries_in_lanes`; 0.22 ns
+an entry on the AMD EPYC VM instead of 0.32). ``U`` is step-major so a step streams one contiguous
+slice (unit-major rows of one step would be read ``G*1 KB`` apart, a cache miss per gate and unit:
+6-17 % slower for LSTM). The projection is bound by L2 bandwidth for wide tiles (a 128-256 B row
+slice of ``X^T`` per nonzero and tile); narrow tiles (``M`` = 4 .. 16) are bound by the FMA latency
+of one accumulator chain unless the nonzeros go to several chains (:func:`projection_chains`: 4096
+x 4096 at 10 %, ``M = 4``: 0.77 -> 0.34 ms with 4 chains on the 2-core VM; 16 columns 0.86 -> 0.45
+ms; 64 columns gain nothing).
 
 Profile with ``perf record -g python benchmarks/bench_rnn_cpu.py`` (the kernel shows up as the
 ``*_compute_`` closures of ``recurrent_x86``).
@@ -455,7 +455,8 @@ def entries_in_lanes(packed: PackedWeight | PackedLayout, columns: int, accumula
     ``1536 x 1024`` rows at 10 % one core holds of DeepSpeech2's GRU, variants interleaved):
     50.1 -> 34.9 us a mat-vec (0.32 -> 0.22 ns an entry); the indices as an int32 vector
     extracted lane by lane 57.7 us, the word with four scalar FMAs 49.8, eight lanes 39.3,
-    AVX-512 gathers 75. The whole GRU recurrence (T = 95, two cores): 6.95 -> 5.06 ms.
+    AVX-512 gathers 75. The whole GRU recurrence (T = 95, two cores): 6.95 -> 5.06 ms (two
+    runs; the unchanged two-accumulator build took 10.63 and 10.45 ms in them).
     """
     return (
         columns == 1
@@ -625,14 +626,17 @@ def recurrent_prim_func(
                 with T.serial(start, end) as kk:
                     if lanes_of_entries:  # entry u of the word is lane u of one vector FMA
                         _lane_fma(part, vals, words, kk, lambda col: src(col, 0))
-                    for u in range(0 if lanes_of_entries else UNROLL):  # entry u: acc u % acc_n
-                        if packed.dense:
-                            k, col = r * Hp + kk * UNROLL + u, kk * UNROLL + u
-                        else:
-                            k, col = kk * UNROLL + u, tirx.Cast("int32", idx[kk * UNROLL + u])
-                        a = u % acc_n
-                        with T.vectorized(0, N) as b:
-                            T.buffer_store(part, part[a, b] + vals[k] * src(col, b), [a, b])
+                    else:
+                        for u in range(UNROLL):  # unrolled; entry u feeds accumulator u % acc_n
+                            if packed.dense:
+                                k, col = r * Hp + kk * UNROLL + u, kk * UNROLL + u
+                            else:
+                                k = kk * UNROLL + u
+                                col = tirx.Cast("int32", idx[k])
+                            a = u % acc_n
+                            with T.vectorized(0, N) as b:
+                                value = part[a, b] + vals[k] * src(col, b)
+                                T.buffer_store(part, value, [a, b])
                 with T.vectorized(0, N) as b:
                     acc = part[0, b]
                     for a in range(1, acc_n):
