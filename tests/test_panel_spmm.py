@@ -8,10 +8,10 @@ import scipy.sparse as sp
 
 from tvm_sparse_rnn.kernels.x86.panel_spmm import (
     K_PANEL,
-    MIN_PANEL_TILE,
     ROW_BLOCK,
     pack_k_panels,
     panel_spmm_prim_func,
+    panel_tile,
     row_blocks,
     uses_k_panels,
 )
@@ -83,14 +83,18 @@ def test_panel_kernel_rejects_columns_off_its_tile():
 
 
 @pytest.mark.parametrize(
-    ("m", "tile", "row_group", "panels"),
+    ("m", "row_group", "tile"),
     [
-        (128, 64, 1, True),
-        (64, MIN_PANEL_TILE, 1, True),
-        (128, 64, 4, False),
-        (16, 16, 1, False),
-        (96, 64, 1, False),
+        (128, 1, 128),
+        (256, 1, 128),
+        (192, 1, 64),
+        (64, 1, 64),
+        (128, 4, None),
+        (16, 1, None),
+        (96, 1, None),
     ],
 )
-def test_uses_k_panels(m, tile, row_group, panels):
-    assert uses_k_panels(m, tile, row_group) == panels
+def test_uses_k_panels_at_the_widest_dividing_tile(m, row_group, tile):
+    assert uses_k_panels(m, row_group) == (tile is not None)
+    if row_group == 1:
+        assert panel_tile(m) == tile

@@ -14,7 +14,11 @@ Measured on the 2-core AMD EPYC VM (an ad-hoc ``time_evaluator`` script, 90 % un
 ``M`` = 128 at a tile of 64, interleaved, GFLOPS): ``3072 x 768`` 107 -> 130, ``768 x 3072`` 80-96
 -> 116-130, ``4096 x 4096`` 77 -> 120; ``M`` = 64: 118 -> 142 and 92 -> 137; ``M`` = 16 (tile 16)
 loses (91 -> 71: ``X^T`` is small, and a row's accumulator is one vector), hence
-:func:`uses_k_panels`. Panels of 64 or 256 columns measured slower than 128.
+:func:`uses_k_panels`. Panels of 64 or 256 columns measured slower than 128. A tile of 128
+columns reads ``W`` once per call instead of twice at ``M`` = 128 and gives every nonzero 8
+independent FMAs (4 at 64, one FMA latency apart): with 8 weights called in turn (a model's
+weights come from L3 or DRAM; ``.old`` probe, session 20) ``768 x 3072`` 110 -> 122 GFLOPS,
+``3072 x 768`` 93 -> 108, ``2304 x 768`` 106 -> 118.
 
 Profile with ``python benchmarks/bench_cpu_kernels.py`` (its ``ours-model`` column of the
 unstructured rows, ``M`` >= 64) or ``python benchmarks/profile_cpu_models.py bert_unstructured``.
@@ -38,8 +42,8 @@ logger = logging.getLogger(__name__)
 #: Columns of ``W`` per panel: the panel's ``X^T`` slice (``K_PANEL x tile`` floats) fits L1 and
 #: a column offset within it fits a uint8.
 K_PANEL = 128
-#: Narrowest accumulator tile (columns of ``X^T``) the panel kernel runs with.
-MIN_PANEL_TILE = 64
+#: Accumulator tiles (columns of ``X^T``) of the panel kernel, the first dividing ``M`` is used.
+PANEL_TILES = (128, 64)
 #: Most rows per parallel task: their ``Y^T`` tiles stay in L2 across the panels.
 ROW_BLOCK = 256
 _F32 = "float32"
@@ -105,12 +109,18 @@ def pack_k_panels(w: np.ndarray | sp.sparray) -> PanelWeight:
     return PanelWeight(values, offsets, indptr.astype(np.int32), (n, k))
 
 
-def uses_k_panels(m: int, tile: int, row_group: int) -> bool:
-    """Whether an x86 CSR layer over ``m`` columns of ``X^T`` at accumulator ``tile`` runs in K
-    panels: unstructured (``row_group == 1``: no shared ``X^T`` loads between rows), a tile of
-    at least :data:`MIN_PANEL_TILE` columns, and ``m`` a multiple of it (the kernel accumulates
-    into ``Y^T`` in place)."""
-    return row_group == 1 and tile >= MIN_PANEL_TILE and m % tile == 0
+def panel_tile(m: int) -> int | None:
+    """The accumulator tile of the panel kernel over ``m`` columns of ``X^T``: the widest of
+    :data:`PANEL_TILES` that divides ``m`` (the kernel accumulates into ``Y^T`` in place, so no
+    padded columns), ``None`` if none does."""
+    return next((tile for tile in PANEL_TILES if m % tile == 0), None)
+
+
+def uses_k_panels(m: int, row_group: int) -> bool:
+    """Whether an x86 CSR layer over ``m`` columns of ``X^T`` runs in K panels: unstructured
+    (``row_group == 1``: no shared ``X^T`` loads between rows) and ``m`` a multiple of a panel
+    tile (:func:`panel_tile`)."""
+    return row_group == 1 and panel_tile(m) is not None
 
 
 def row_blocks(rows: int, threads: int) -> tuple[int, int]:

@@ -31,6 +31,7 @@ from ...kernels.x86.panel_spmm import (
     PanelWeight,
     pack_k_panels,
     panel_spmm_prim_func,
+    panel_tile,
     uses_k_panels,
 )
 from ...kernels.x86.recurrent import (
@@ -262,12 +263,13 @@ class LinearLowering:
         n, k = self.csr.shape
         lead = ty.shape.values[:-1]
         m = math.prod(int(d) for d in lead)
-        tile = projection_tile(m)
+        panels = isinstance(self.csr, PanelWeight)
+        tile = panel_tile(m) if panels else projection_tile(m)
         if not self._consts:
             self._consts.extend(relax.const(a) for a in self.csr.arrays())
         bias = relax.const(bias if bias is not None else np.zeros(n, np.float32))
         xt = bb.emit(pad_columns(op.permute_dims(op.reshape(x, [m, k]), [1, 0]), m, tile))
-        if isinstance(self.csr, PanelWeight):
+        if panels:
             func = panel_spmm_prim_func(self.csr, m, tile, pool_threads())
         else:
             func = projection_prim_func(self.csr, 1, m, tile=tile)
@@ -343,7 +345,7 @@ def _plan_variant(call: LinearCall, target: Target, options: DispatchOptions) ->
         if group > 1:  # rows pruned together share one load of X^T per column
             csr = pack_row_groups(weight, group)
             detail += f", rows in groups of {group}"
-        elif uses_k_panels(rows, tile, group):
+        elif uses_k_panels(rows, group):
             csr = pack_k_panels(weight)
             detail += f", K panels of {K_PANEL}"
         else:
