@@ -1,4 +1,5 @@
-"""FuseLinearEpilogue: bias add, ReLU and cast folded into linear layers; kernels applying them."""
+"""FuseLinearEpilogue: bias add, ReLU / GELU and cast folded into linear layers; kernels applying
+them."""
 
 from __future__ import annotations
 
@@ -33,8 +34,25 @@ WORK_ONLY = CostParams(block_overhead=16.0, break_even=0.45, csr_factor=2.0)
 N, K = 48, 64
 
 
-def _mlp(x_shape, layers, dtype="float32", relu=True, cast=None, bias_shape=None):
-    """``main(x)``: per ``(W, b)`` layer ``relu(x @ W.T + b)``; optionally cast at the end."""
+def _torch_gelu(bb, h):
+    """GELU as torch exports it to ONNX: ``h * (erf(h / sqrt 2) + 1) * 0.5``."""
+    op, dtype = relax.op, h.ty.dtype
+    erf = bb.emit(op.erf(bb.emit(op.divide(h, relax.const(np.sqrt(2), dtype)))))
+    product = bb.emit(op.multiply(h, bb.emit(op.add(erf, relax.const(1.0, dtype)))))
+    return bb.emit(op.multiply(product, relax.const(0.5, dtype)))
+
+
+def _half_first_gelu(bb, h):
+    """GELU grouped the other way: ``0.5 * (h * (1 + erf(h * (1 / sqrt 2))))``."""
+    op, dtype = relax.op, h.ty.dtype
+    erf = bb.emit(op.erf(bb.emit(op.multiply(relax.const(np.sqrt(0.5), dtype), h))))
+    product = bb.emit(op.multiply(bb.emit(op.add(relax.const(1.0, dtype), erf)), h))
+    return bb.emit(op.multiply(relax.const(0.5, dtype), product))
+
+
+def _mlp(x_shape, layers, dtype="float32", relu=True, cast=None, bias_shape=None, act=None):
+    """``main(x)``: per ``(W, b)`` layer ``relu(x @ W.T + b)`` (or ``act(bb, x @ W.T + b)``);
+    optionally cast at the end."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(x_shape, dtype))
     with bb.function("main", [x]):
@@ -44,7 +62,9 @@ def _mlp(x_shape, layers, dtype="float32", relu=True, cast=None, bias_shape=None
                 h = bb.emit(relax.op.matmul(h, relax.const(np.ascontiguousarray(w.T))))
                 bias = b if bias_shape is None else np.broadcast_to(b, bias_shape).copy()
                 h = bb.emit(relax.op.add(relax.const(bias), h))
-                if relu:
+                if act is not None:
+                    h = act(bb, h)
+                elif relu:
                     h = bb.emit(relax.op.nn.relu(h))
             if cast is not None:
                 h = bb.emit(relax.op.astype(h, cast))
@@ -64,11 +84,10 @@ def _layers(rng, count=2, pruning=(4, 4), dtype="float32", sparsity=0.9):
     ]
 
 
-def _reference(x, layers, relu=True):
+def _reference(x, layers, activation=Activation.RELU):
     h = x.astype("float64")
     for w, b in layers:
-        h = h @ w.astype("float64").T + b
-        h = np.maximum(h, 0) if relu else h
+        h = activation.reference(h @ w.astype("float64").T + b)
     return h
 
 
@@ -161,6 +180,42 @@ def test_a_bias_after_the_activation_stays_an_add():
     assert "relax.add" in _ops(mod)
 
 
+@pytest.mark.parametrize("gelu", [_torch_gelu, _half_first_gelu], ids=["torch", "half-first"])
+def test_erf_gelu_folds_into_each_layer(gelu):
+    layers = _layers(np.random.default_rng(13))
+    mod = _fused(_mlp((4, K), layers, act=gelu))
+    calls = _placeholders(mod)
+    assert [c.epilogue for c in calls] == [Epilogue(bias=True, activation=Activation.GELU)] * 2
+    assert not {"relax.erf", "relax.multiply", "relax.divide"} & set(_ops(mod))
+
+
+def test_a_gelu_whose_input_is_used_elsewhere_is_not_folded():
+    """``y * (1 + erf(y / sqrt 2)) * 0.5 + y``: ``y`` has a third use, the GELU stays."""
+    w, b = _layers(np.random.default_rng(14), count=1)[0]
+
+    def gelu_plus_input(bb, h):
+        return bb.emit(relax.op.add(_torch_gelu(bb, h), h))
+
+    mod = _fused(_mlp((4, K), [(w, b)], act=gelu_plus_input))
+    (call,) = _placeholders(mod)
+    assert call.epilogue == Epilogue(bias=True)
+    assert "relax.erf" in _ops(mod)
+
+
+def test_a_product_that_is_not_a_gelu_is_not_folded():
+    """``y * (1 + erf(y / sqrt 2)) * 0.25``: not GELU's factor one half."""
+    w, b = _layers(np.random.default_rng(15), count=1)[0]
+
+    def quarter_gelu(bb, h):
+        op = relax.op
+        erf = bb.emit(op.erf(bb.emit(op.divide(h, relax.const(np.sqrt(2), "float32")))))
+        product = bb.emit(op.multiply(h, bb.emit(op.add(erf, relax.const(1.0, "float32")))))
+        return bb.emit(op.multiply(product, relax.const(0.25, "float32")))
+
+    (call,) = _placeholders(_fused(_mlp((4, K), [(w, b)], act=quarter_gelu)))
+    assert call.epilogue == Epilogue(bias=True)
+
+
 def test_placeholder_round_trips_its_epilogue():
     w, b = _layers(np.random.default_rng(5), count=1)[0]
     x = relax.Var("x", relax.TensorType((4, K), "float32"))
@@ -210,6 +265,36 @@ def test_every_variant_applies_the_epilogue(pruning, sparsity, block, variant):
     np.testing.assert_allclose(got, _reference(x, layers), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("pruning", "rows", "block", "detail"),
+    [
+        ((4, 4), 8, (4, 4), "block 4x4"),
+        ((1, 1), 8, "auto", "CSR, epilogue"),
+        ((4, 4), 8, "auto", "CSR, rows in groups of 4"),
+        ((1, 1), 128, "auto", "CSR, K panels"),
+    ],
+    ids=["bsr", "csr", "csr-row-groups", "csr-k-panels"],
+)
+def test_every_sparse_kernel_applies_a_gelu_in_its_store(pruning, rows, block, detail):
+    """A GELU after each layer runs in the kernel (no erf op left in the model) and matches
+    float64 with scipy's erf (``topi.fast_erf``'s approximation: a few 1e-7)."""
+    rng = np.random.default_rng(16)
+    layers = _layers(rng, pruning=pruning)
+    options = DispatchOptions(block_size=block, cost_params=WORK_ONLY)
+    mod = _mlp((rows, K), layers, act=_torch_gelu)
+    with LLVM:
+        lowered = sparse_pipeline(LLVM, options).front()(mod)
+    assert "relax.erf" not in _ops(lowered)
+    executable, decisions = build(mod, LLVM, options)
+    assert detail in decisions[0].detail
+    assert all("epilogue bias + gelu (in the kernel)" in d.detail for d in decisions)
+    x = rng.uniform(-1, 1, (rows, K)).astype("float32")
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    ref = _reference(x, layers, Activation.GELU)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_a_symbolic_batch_gets_the_epilogue_too():
     rng = np.random.default_rng(7)
     layers = _layers(rng)
@@ -230,8 +315,9 @@ def test_a_symbolic_batch_gets_the_epilogue_too():
         Epilogue(bias=True),
         Epilogue(activation=Activation.RELU),
         Epilogue(bias=True, activation=Activation.RELU, out_dtype="float32"),
+        Epilogue(bias=True, activation=Activation.GELU),
     ],
-    ids=["bias", "relu", "bias-relu-f32"],
+    ids=["bias", "relu", "bias-relu-f32", "bias-gelu"],
 )
 def test_kernel_epilogue_matches_numpy_on_x86(epilogue, dtype):
     weight = random_bsr(N, K, (4, 4), 0.2, dtype=dtype, seed=8)

@@ -9,13 +9,15 @@ order:
 
 * ``R.add(y, C)`` (either operand order) with ``C`` a constant of ``y``'s dtype whose shape is
   ``(N,)`` or ``(1, ..., 1, N)`` and does not broadcast ``y``: the epilogue's bias;
-* ``R.nn.relu(y)``: its activation;
+* ``R.nn.relu(y)`` or the erf GELU ``y * (1 + erf(y / sqrt 2)) * 0.5`` as torch exports it (the
+  product's factors in any order and grouping, ``y / sqrt 2`` also as ``y * (1 / sqrt 2)``):
+  its activation;
 * ``R.astype(y, dtype)`` to float32 or float16: its output dtype.
 
 The kernels that apply an epilogue in their store (``sparse_dense``) do so; the dispatch emits
 the same ops after the other variants, so folding never changes what is computed (the fused
 kernel adds the bias to the float32 sum before rounding, which is closer to float64). A layer
-output used more than once is left alone. Runs after
+output used more than once (the GELU's two uses aside) is left alone. Runs after
 :class:`~tvm_sparse_rnn.transform.DenseToSparse` and before
 :class:`~tvm_sparse_rnn.transform.DispatchKernels`.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections import Counter
 
 import numpy as np
@@ -42,8 +45,23 @@ logger = logging.getLogger(__name__)
 _ADD = Op.get("relax.add")
 _RELU = Op.get("relax.nn.relu")
 _ASTYPE = Op.get("relax.astype")
+_MULTIPLY = Op.get("relax.multiply")
+_DIVIDE = Op.get("relax.divide")
+_ERF = Op.get("relax.erf")
 #: Output dtypes an epilogue may cast to.
 CAST_DTYPES = ("float32", "float16")
+#: Relative tolerance of a GELU's scalar constants (``0.5``, ``1``, ``sqrt 2``): float16 ones too.
+GELU_CONSTANT_RTOL = 1e-3
+
+
+def _is_scalar(expr: relax.Expr, value: float) -> bool:
+    """Whether ``expr`` is a constant holding one element close to ``value``."""
+    array = constant_value(expr)
+    return (
+        array is not None
+        and array.size == 1
+        and math.isclose(float(array.reshape(())), value, rel_tol=GELU_CONSTANT_RTOL)
+    )
 
 
 @relax.expr_functor.visitor
@@ -70,16 +88,49 @@ class _EpilogueMutator(relax.PyExprMutator):
         self.uses = uses
         self.count = 0
 
-    def _sole_linear(self, expr: relax.Expr) -> LinearCall | None:
-        """The linear placeholder behind ``expr`` (through aliases), if nothing else uses it."""
+    def _sole_linear(self, expr: relax.Expr, uses: int = 1) -> LinearCall | None:
+        """The linear placeholder behind ``expr`` (through aliases), if nothing else uses it:
+        ``expr`` itself ``uses`` times, the aliases once."""
         while isinstance(expr, relax.Var):
-            if self.uses.get(expr, 1) != 1:  # vars made by this pass have a single use
+            if self.uses.get(expr, 1) != uses:  # vars made by this pass have a single use
                 return None
             bound = self.lookup_binding(expr)
             if bound is None:
                 return None
-            expr = bound
+            expr, uses = bound, 1
         return LinearCall.match(expr)
+
+    def _sole_call(self, expr: relax.Expr, op: Op) -> relax.Call | None:
+        """The ``op`` call bound to ``expr``, if ``expr`` is a variable used once."""
+        if not isinstance(expr, relax.Var) or self.uses.get(expr, 1) != 1:
+            return None
+        bound = self.lookup_binding(expr)
+        return bound if isinstance(bound, relax.Call) and bound.op == op else None
+
+    def _product_factors(self, expr: relax.Expr) -> list[relax.Expr]:
+        """The factors of a product: multiplies bound to variables used once, flattened."""
+        call = expr if isinstance(expr, relax.Call) else self._sole_call(expr, _MULTIPLY)
+        if call is None or call.op != _MULTIPLY:
+            return [expr]
+        return [f for arg in call.args for f in self._product_factors(arg)]
+
+    def _erf_gelu_input(self, expr: relax.Expr) -> relax.Expr | None:
+        """``y`` of a factor ``1 + erf(y / sqrt 2)`` (or ``erf(y * (1 / sqrt 2)) + 1``)."""
+        add = self._sole_call(expr, _ADD)
+        if add is None:
+            return None
+        for one, erf_var in (add.args, list(add.args)[::-1]):
+            erf = self._sole_call(erf_var, _ERF)
+            if not _is_scalar(one, 1.0) or erf is None:
+                continue
+            scaled = self._sole_call(erf.args[0], _DIVIDE)
+            if scaled is not None and _is_scalar(scaled.args[1], math.sqrt(2)):
+                return scaled.args[0]
+            scaled = self._sole_call(erf.args[0], _MULTIPLY)
+            for y, c in (scaled.args, list(scaled.args)[::-1]) if scaled is not None else ():
+                if _is_scalar(c, 1 / math.sqrt(2)):
+                    return y
+        return None
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
@@ -90,6 +141,8 @@ class _EpilogueMutator(relax.PyExprMutator):
             folded = self._fold_relu(call)
         elif call.op == _ASTYPE:
             folded = self._fold_cast(call)
+        elif call.op == _MULTIPLY:
+            folded = self._fold_gelu(call)
         if folded is None:
             return call
         self.count += 1
@@ -122,6 +175,27 @@ class _EpilogueMutator(relax.PyExprMutator):
             return None
         epilogue = dataclasses.replace(epi, activation=Activation.RELU)
         return dataclasses.replace(linear, epilogue=epilogue)
+
+    def _fold_gelu(self, call: relax.Call) -> LinearCall | None:
+        factors = self._product_factors(call)
+        if len(factors) != 3:
+            return None
+        half = [f for f in factors if _is_scalar(f, 0.5)]
+        inputs = [y for f in factors if (y := self._erf_gelu_input(f)) is not None]
+        if len(half) != 1 or len(inputs) != 1:
+            return None
+        (y,) = [f for f in factors if f is not half[0] and self._erf_gelu_input(f) is None]
+        if not (isinstance(y, relax.Var) and y.same_as(inputs[0])):
+            return None
+        linear = self._sole_linear(y, uses=2)
+        epi = linear.epilogue if linear is not None else None
+        if epi is None or epi.activation is not Activation.NONE or epi.out_dtype is not None:
+            return None
+        if not tvm_ffi.structural_equal(call.ty, linear.output_type()):
+            return None
+        return dataclasses.replace(
+            linear, epilogue=dataclasses.replace(epi, activation=Activation.GELU)
+        )
 
     def _fold_cast(self, call: relax.Call) -> LinearCall | None:
         linear = self._sole_linear(call.args[0])

@@ -35,6 +35,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T  # noqa: N812 - TVMScript convention
 
+from ...ops.epilogue import Activation
 from .recurrent import stack_buffer
 
 logger = logging.getLogger(__name__)
@@ -132,8 +133,14 @@ def row_blocks(rows: int, threads: int) -> tuple[int, int]:
     return blocks, -(-rows // blocks)
 
 
-def panel_spmm_prim_func(packed: PanelWeight, m: int, tile: int, threads: int) -> tirx.PrimFunc:
-    """``Y^T[0, n, :] = W[n, :] @ X^T + b[n]`` over the K panels of ``packed``.
+def panel_spmm_prim_func(
+    packed: PanelWeight,
+    m: int,
+    tile: int,
+    threads: int,
+    activation: Activation = Activation.NONE,
+) -> tirx.PrimFunc:
+    """``Y^T[0, n, :] = activation(W[n, :] @ X^T + b[n])`` over the K panels of ``packed``.
 
     Parameters
     ----------
@@ -145,6 +152,8 @@ def panel_spmm_prim_func(packed: PanelWeight, m: int, tile: int, threads: int) -
         Accumulator columns per row (vector registers).
     threads : int
         Threads of TVM's pool the row blocks are split over (:func:`row_blocks`).
+    activation : Activation
+        Applied to the sums in the last panel's store.
 
     Returns
     -------
@@ -186,6 +195,25 @@ def panel_spmm_prim_func(packed: PanelWeight, m: int, tile: int, threads: int) -
                             with T.vectorized(0, tile) as mi:
                                 x = XT[col, mo * tile + mi]
                                 T.buffer_store(acc, acc[mi] + vals[e] * x, [mi])
-                        with T.vectorized(0, tile) as mi:
-                            T.buffer_store(Y, acc[mi], [0, r, mo * tile + mi])
+                        if activation is Activation.NONE:
+                            _store(Y, acc, r, mo * tile, tile, Activation.NONE)
+                        else:
+                            with T.If(p == panels - 1):
+                                with T.Then():
+                                    _store(Y, acc, r, mo * tile, tile, activation)
+                                with T.Else():
+                                    _store(Y, acc, r, mo * tile, tile, Activation.NONE)
     return ib.get()
+
+
+def _store(
+    y: tirx.Buffer,
+    acc: tirx.Buffer,
+    row: tirx.PrimExpr,
+    first: tirx.PrimExpr,
+    tile: int,
+    activation: Activation,
+) -> None:
+    """``Y[0, row, first:first + tile] = activation(acc)``, one vector."""
+    with T.vectorized(0, tile) as mi:
+        T.buffer_store(y, activation.apply(acc[mi]), [0, row, first + mi])

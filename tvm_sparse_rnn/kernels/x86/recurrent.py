@@ -76,6 +76,7 @@ from ...ops.cells import (
     rnn_cell,
     unit_major_order,
 )
+from ...ops.epilogue import Activation
 
 logger = logging.getLogger(__name__)
 
@@ -841,8 +842,10 @@ def projection_prim_func(
     chains: int | None = None,
     reverse: bool = False,
     prefetch: int | None = None,
+    activation: Activation = Activation.NONE,
 ) -> tirx.PrimFunc:
-    """The input projection ``U[t, r, :] = W[r, :] @ X[t]^T + Wb[r]`` for all steps at once.
+    """The input projection ``U[t, r, :] = activation(W[r, :] @ X[t]^T + Wb[r])`` for all steps
+    at once.
 
     ``XT`` is ``X`` transposed to ``(I, T*N)`` and zero-padded to a multiple of the tile
     (:func:`padded_columns`), so one nonzero ``W[r, c]`` multiplies the contiguous row
@@ -871,6 +874,8 @@ def projection_prim_func(
     prefetch : int, optional
         Software-prefetch the row's values and columns this many entries ahead (``0``: none);
         ``None``: :func:`projection_prefetch`.
+    activation : Activation
+        Applied to the sums before the store (a linear layer's fused activation).
 
     Returns
     -------
@@ -948,7 +953,7 @@ def projection_prim_func(
                             total = Wb[r]
                             for c in range(chains):
                                 total = total + acc[c * rg + j, mi]
-                            T.buffer_store(acc, total, [j, mi])
+                            T.buffer_store(acc, activation.apply(total), [j, mi])
                         with T.serial(0, tile) as mi:
                             column = mo * tile + mi
                             step = column // batch

@@ -136,6 +136,8 @@ def emit_epilogue_ops(
         y = bb.emit(op.add(y, relax.const(bias)))
     if epilogue.activation is Activation.RELU:
         y = bb.emit(op.nn.relu(y))
+    elif epilogue.activation is Activation.GELU:
+        y = _emit_erf_gelu(bb, y)
     dtype = epilogue.output_dtype(str(y.ty.dtype))
     return y if dtype == str(y.ty.dtype) else bb.emit(op.astype(y, dtype))
 
@@ -193,14 +195,15 @@ class LinearLowering:
     ) -> relax.Expr:
         """Emit ``epilogue(x @ W.T, bias)`` (``x`` of rank >= 2) for the decided variant: the
         block-sparse and CSR-vector kernels apply the epilogue in their store, the CSR kernel
-        adds the bias, Relax ops after the kernel do the rest."""
+        the bias and activation, Relax ops after the kernel do the rest."""
         if self.csr_vector is not None:
             return self.csr_vector.emit(bb, x, epilogue, bias)
         if self.tensor_core is not None:
             return emit_epilogue_ops(bb, self.tensor_core.emit(bb, x), epilogue, bias)
         if self.csr is not None:
-            y = self._emit_csr(bb, x, bias)
-            return emit_epilogue_ops(bb, y, dataclasses.replace(epilogue, bias=False), None)
+            y = self._emit_csr(bb, x, bias, epilogue.activation)
+            in_kernel = dataclasses.replace(epilogue, bias=False, activation=Activation.NONE)
+            return emit_epilogue_ops(bb, y, in_kernel, None)
         if self.bsr is None:
             return emit_epilogue_ops(bb, self._emit_dense(bb, x), epilogue, bias)
         ty = x.ty
@@ -253,11 +256,15 @@ class LinearLowering:
         return bb.emit(op.reshape(y, [*lead, y.ty.shape.values[-1]]))
 
     def _emit_csr(
-        self, bb: relax.BlockBuilder, x: relax.Expr, bias: np.ndarray | None
+        self,
+        bb: relax.BlockBuilder,
+        x: relax.Expr,
+        bias: np.ndarray | None,
+        activation: Activation,
     ) -> relax.Expr:
-        """``Y^T = W X^T + bias`` with the CSR kernel: every nonzero ``W[n, k]`` times the
-        contiguous row ``X^T[k, :]`` (Elsen et al., "Fast Sparse ConvNets", CVPR 2020; XNNPACK's
-        SpMM)."""
+        """``Y^T = activation(W X^T + bias)`` with the CSR kernel: every nonzero ``W[n, k]``
+        times the contiguous row ``X^T[k, :]`` (Elsen et al., "Fast Sparse ConvNets", CVPR 2020;
+        XNNPACK's SpMM)."""
         op = relax.op
         ty = x.ty
         n, k = self.csr.shape
@@ -270,14 +277,24 @@ class LinearLowering:
         bias = relax.const(bias if bias is not None else np.zeros(n, np.float32))
         xt = bb.emit(pad_columns(op.permute_dims(op.reshape(x, [m, k]), [1, 0]), m, tile))
         if panels:
-            func = panel_spmm_prim_func(self.csr, m, tile, pool_threads())
+            func = panel_spmm_prim_func(self.csr, m, tile, pool_threads(), activation)
         else:
-            func = projection_prim_func(self.csr, 1, m, tile=tile)
+            func = projection_prim_func(self.csr, 1, m, tile=tile, activation=activation)
         gv = bb.add_func(opaque_kernel(func), "csr_spmm")
         out = relax.TensorType((1, n, m), "float32")
         yt = bb.emit(relax.call_tir(gv, [xt, *self._consts, bias], out))  # Y^T as (1, N, M)
         y = op.reshape(op.permute_dims(yt, [0, 2, 1]), [m, n])
         return bb.emit(op.reshape(y, [*lead, n]))
+
+
+def _emit_erf_gelu(bb: relax.BlockBuilder, y: relax.Expr) -> relax.Expr:
+    """``y * (1 + erf(y / sqrt 2)) * 0.5`` as the Relax ops torch exports (``relax.op.nn.gelu``
+    would legalize to a libm ``erf`` that :class:`~tvm_sparse_rnn.transform.FastMath` misses)."""
+    op = relax.op
+    dtype = str(y.ty.dtype)
+    scaled = bb.emit(op.divide(y, relax.const(math.sqrt(2), dtype)))
+    one_plus_erf = bb.emit(op.add(bb.emit(op.erf(scaled)), relax.const(1, dtype)))
+    return bb.emit(op.multiply(bb.emit(op.multiply(y, one_plus_erf)), relax.const(0.5, dtype)))
 
 
 def _dense_split_k(weight: np.ndarray, rows: int | None, dtype: str, target: Target) -> int:
@@ -300,8 +317,8 @@ def plan_linear(call: LinearCall, target: Target, options: DispatchOptions) -> L
     variant = lowering.decision.variant
     in_kernel = variant in (KernelVariant.SPARSE_DENSE, KernelVariant.CSR_VECTOR)
     where = "in the kernel" if in_kernel else "after it"
-    if variant is KernelVariant.CSR_SPMM and call.epilogue.bias:
-        where = "bias in the kernel"
+    if variant is KernelVariant.CSR_SPMM:  # bias and activation in the kernel, a cast after
+        where = "in the kernel" if call.epilogue.out_dtype is None else "cast after it"
     detail = f"{lowering.decision.detail}, epilogue {call.epilogue.describe()} ({where})"
     lowering.decision = dataclasses.replace(lowering.decision, detail=detail)
     return lowering
