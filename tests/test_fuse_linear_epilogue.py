@@ -354,6 +354,18 @@ def test_float16_cuda_build_has_no_elementwise_kernel_after_the_layers():
     assert "cast" in cast
 
 
+def test_cuda_kernel_source_applies_a_gelu_without_libm_erf():
+    """The block kernel's GELU is ``fast_erf``'s rational function: no ``erff`` call."""
+    weight = random_bsr(256, 512, (4, 4), 0.1, dtype="float16", seed=17)
+    epilogue = Epilogue(bias=True, activation=Activation.GELU)
+    func = sparse_dense_func(SparseDenseLayout.of(weight), 4, CUDA, CudaConfig(), epilogue)
+    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), CUDA)
+    (cuda,) = [m for m in ex.mod.imports if m.kind == "cuda"]
+    source = cuda.inspect_source()
+    assert not re.search(r"\berff?\(", source)
+    assert "-2.726142e-10" in source and "-1.456607e-05" in source
+
+
 def test_cuda_kernel_source_applies_bias_and_relu_before_the_store():
     weight = random_bsr(256, 512, (4, 4), 0.1, dtype="float16", seed=12)
     epilogue = Epilogue(bias=True, activation=Activation.RELU)
@@ -376,14 +388,17 @@ def test_cuda_kernel_source_applies_bias_and_relu_before_the_store():
     ],
     ids=["4x4-block-kernel", "4x4-csr-vector", "unstructured"],
 )
-def test_cuda_epilogue_matches_numpy_on_the_gpu(pruning, rows, kernel, dtype):
+@pytest.mark.parametrize("activation", [Activation.RELU, Activation.GELU], ids=["relu", "gelu"])
+def test_cuda_epilogue_matches_numpy_on_the_gpu(pruning, rows, kernel, dtype, activation):
     rng = np.random.default_rng(11)
     layers = _layers(rng, count=3, pruning=pruning)
-    executable, decisions = build(_mlp((rows, K), layers), CUDA, dtype=dtype)
+    act = _torch_gelu if activation is Activation.GELU else None
+    executable, decisions = build(_mlp((rows, K), layers, act=act), CUDA, dtype=dtype)
     assert any(d.variant is kernel for d in decisions)
+    assert all(activation.value in d.detail for d in decisions)
     x = rng.uniform(-1, 1, (rows, K)).astype("float32")
     vm = relax.VirtualMachine(executable, tvm.cuda())
     got = vm["main"](tvm.runtime.tensor(x, tvm.cuda())).numpy()
-    ref = _reference(x, layers)
+    ref = _reference(x, layers, activation)
     rtol = 1e-5 if dtype == "float32" else 2e-2
     assert np.abs(got - ref).max() / np.abs(ref).max() < rtol
