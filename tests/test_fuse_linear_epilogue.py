@@ -354,25 +354,26 @@ def test_float16_cuda_build_has_no_elementwise_kernel_after_the_layers():
     assert "cast" in cast
 
 
-def test_cuda_kernel_source_applies_a_gelu_without_libm_erf():
-    """The block kernel's GELU is ``fast_erf``'s rational function: no ``erff`` call."""
-    weight = random_bsr(256, 512, (4, 4), 0.1, dtype="float16", seed=17)
-    epilogue = Epilogue(bias=True, activation=Activation.GELU)
+def _block_kernel_cuda_source(activation, seed):
+    """CUDA source of the float16 block kernel (4x4, 10 %, 4 rows) with a bias and
+    ``activation`` in its epilogue."""
+    weight = random_bsr(256, 512, (4, 4), 0.1, dtype="float16", seed=seed)
+    epilogue = Epilogue(bias=True, activation=activation)
     func = sparse_dense_func(SparseDenseLayout.of(weight), 4, CUDA, CudaConfig(), epilogue)
     ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), CUDA)
     (cuda,) = [m for m in ex.mod.imports if m.kind == "cuda"]
-    source = cuda.inspect_source()
+    return cuda.inspect_source()
+
+
+def test_cuda_kernel_source_applies_a_gelu_without_libm_erf():
+    """The block kernel's GELU is ``fast_erf``'s rational function: no ``erff`` call."""
+    source = _block_kernel_cuda_source(Activation.GELU, seed=17)
     assert not re.search(r"\berff?\(", source)
     assert "-2.726142e-10" in source and "-1.456607e-05" in source
 
 
 def test_cuda_kernel_source_applies_bias_and_relu_before_the_store():
-    weight = random_bsr(256, 512, (4, 4), 0.1, dtype="float16", seed=12)
-    epilogue = Epilogue(bias=True, activation=Activation.RELU)
-    func = sparse_dense_func(SparseDenseLayout.of(weight), 4, CUDA, CudaConfig(), epilogue)
-    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), CUDA)
-    (cuda,) = [m for m in ex.mod.imports if m.kind == "cuda"]
-    source = cuda.inspect_source()
+    source = _block_kernel_cuda_source(Activation.RELU, seed=12)
     store = r"sparse_dense_output\w*\[.*\] = \(\(half\)max\(\(red_buf0\w*\[0\] \+ \(\(float\)bias"
     assert re.search(store, source), source[-1500:]
 
