@@ -24,6 +24,7 @@ from tvm_sparse_rnn.transform import (
     DispatchOptions,
     FuseLinearEpilogue,
     KernelVariant,
+    ToFloat16,
 )
 from tvm_sparse_rnn.transform.dispatch.cost_model import CostParams
 
@@ -187,6 +188,15 @@ def test_erf_gelu_folds_into_each_layer(gelu):
     calls = _placeholders(mod)
     assert [c.epilogue for c in calls] == [Epilogue(bias=True, activation=Activation.GELU)] * 2
     assert not {"relax.erf", "relax.multiply", "relax.divide"} & set(_ops(mod))
+
+
+def test_erf_gelu_folds_after_the_float16_cast():
+    """``ToFloat16`` turns the GELU's scalars into casts of float32 constants: still a GELU."""
+    layers = _layers(np.random.default_rng(13))
+    mod = FuseLinearEpilogue()(DenseToSparse()(ToFloat16()(_mlp((4, K), layers, act=_torch_gelu))))
+    calls = _placeholders(mod)
+    assert [c.epilogue.activation for c in calls] == [Activation.GELU] * 2
+    assert "relax.erf" not in _ops(mod)
 
 
 def test_a_gelu_whose_input_is_used_elsewhere_is_not_folded():

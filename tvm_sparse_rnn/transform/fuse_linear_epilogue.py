@@ -10,8 +10,8 @@ order:
 * ``R.add(y, C)`` (either operand order) with ``C`` a constant of ``y``'s dtype whose shape is
   ``(N,)`` or ``(1, ..., 1, N)`` and does not broadcast ``y``: the epilogue's bias;
 * ``R.nn.relu(y)`` or the erf GELU ``y * (1 + erf(y / sqrt 2)) * 0.5`` as torch exports it (the
-  product's factors in any order and grouping, ``y / sqrt 2`` also as ``y * (1 / sqrt 2)``):
-  its activation;
+  product's factors in any order and grouping, ``y / sqrt 2`` also as ``y * (1 / sqrt 2)``,
+  its scalars constants or casts of constants as ``ToFloat16`` leaves them): its activation;
 * ``R.astype(y, dtype)`` to float32 or float16: its output dtype.
 
 The kernels that apply an epilogue in their store (``sparse_dense``) do so; the dispatch emits
@@ -54,16 +54,6 @@ CAST_DTYPES = ("float32", "float16")
 GELU_CONSTANT_RTOL = 1e-3
 
 
-def _is_scalar(expr: relax.Expr, value: float) -> bool:
-    """Whether ``expr`` is a constant holding one element close to ``value``."""
-    array = constant_value(expr)
-    return (
-        array is not None
-        and array.size == 1
-        and math.isclose(float(array.reshape(())), value, rel_tol=GELU_CONSTANT_RTOL)
-    )
-
-
 @relax.expr_functor.visitor
 class _UseCounter(relax.PyExprVisitor):
     """Counts the uses of every variable of the visited functions."""
@@ -100,6 +90,20 @@ class _EpilogueMutator(relax.PyExprMutator):
             expr, uses = bound, 1
         return LinearCall.match(expr)
 
+    def _is_scalar(self, expr: relax.Expr, value: float) -> bool:
+        """Whether ``expr`` holds one element close to ``value``: a constant, or a variable
+        bound to a cast of one (``ToFloat16`` casts a float16 model's scalars so)."""
+        if isinstance(expr, relax.Var):
+            bound = self.lookup_binding(expr)
+            if isinstance(bound, relax.Call) and bound.op == _ASTYPE:
+                expr = bound.args[0]
+        array = constant_value(expr)
+        return (
+            array is not None
+            and array.size == 1
+            and math.isclose(float(array.reshape(())), value, rel_tol=GELU_CONSTANT_RTOL)
+        )
+
     def _sole_call(self, expr: relax.Expr, op: Op) -> relax.Call | None:
         """The ``op`` call bound to ``expr``, if ``expr`` is a variable used once."""
         if not isinstance(expr, relax.Var) or self.uses.get(expr, 1) != 1:
@@ -121,14 +125,14 @@ class _EpilogueMutator(relax.PyExprMutator):
             return None
         for one, erf_var in (add.args, list(add.args)[::-1]):
             erf = self._sole_call(erf_var, _ERF)
-            if not _is_scalar(one, 1.0) or erf is None:
+            if not self._is_scalar(one, 1.0) or erf is None:
                 continue
             scaled = self._sole_call(erf.args[0], _DIVIDE)
-            if scaled is not None and _is_scalar(scaled.args[1], math.sqrt(2)):
+            if scaled is not None and self._is_scalar(scaled.args[1], math.sqrt(2)):
                 return scaled.args[0]
             scaled = self._sole_call(erf.args[0], _MULTIPLY)
             for y, c in (scaled.args, list(scaled.args)[::-1]) if scaled is not None else ():
-                if _is_scalar(c, 1 / math.sqrt(2)):
+                if self._is_scalar(c, 1 / math.sqrt(2)):
                     return y
         return None
 
@@ -180,7 +184,7 @@ class _EpilogueMutator(relax.PyExprMutator):
         factors = self._product_factors(call)
         if len(factors) != 3:
             return None
-        half = [f for f in factors if _is_scalar(f, 0.5)]
+        half = [f for f in factors if self._is_scalar(f, 0.5)]
         inputs = [y for f in factors if (y := self._erf_gelu_input(f)) is not None]
         if len(half) != 1 or len(inputs) != 1:
             return None
