@@ -119,21 +119,23 @@ class _EpilogueMutator(relax.PyExprMutator):
         return [f for arg in call.args for f in self._product_factors(arg)]
 
     def _erf_gelu_input(self, expr: relax.Expr) -> relax.Expr | None:
-        """``y`` of a factor ``1 + erf(y / sqrt 2)`` (or ``erf(y * (1 / sqrt 2)) + 1``)."""
+        """``y`` of a factor ``1 + erf(y / sqrt 2)`` (either operand order)."""
         add = self._sole_call(expr, _ADD)
-        if add is None:
-            return None
-        for one, erf_var in (add.args, list(add.args)[::-1]):
+        for one, erf_var in (add.args, list(add.args)[::-1]) if add is not None else ():
             erf = self._sole_call(erf_var, _ERF)
-            if not self._is_scalar(one, 1.0) or erf is None:
-                continue
-            scaled = self._sole_call(erf.args[0], _DIVIDE)
-            if scaled is not None and self._is_scalar(scaled.args[1], math.sqrt(2)):
-                return scaled.args[0]
-            scaled = self._sole_call(erf.args[0], _MULTIPLY)
-            for y, c in (scaled.args, list(scaled.args)[::-1]) if scaled is not None else ():
-                if self._is_scalar(c, 1 / math.sqrt(2)):
-                    return y
+            if erf is not None and self._is_scalar(one, 1.0):
+                return self._over_sqrt2(erf.args[0])
+        return None
+
+    def _over_sqrt2(self, expr: relax.Expr) -> relax.Expr | None:
+        """``y`` of ``y / sqrt 2`` or ``y * (1 / sqrt 2)`` (either operand order)."""
+        divide = self._sole_call(expr, _DIVIDE)
+        if divide is not None and self._is_scalar(divide.args[1], math.sqrt(2)):
+            return divide.args[0]
+        multiply = self._sole_call(expr, _MULTIPLY)
+        for y, c in (multiply.args, list(multiply.args)[::-1]) if multiply is not None else ():
+            if self._is_scalar(c, 1 / math.sqrt(2)):
+                return y
         return None
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -173,33 +175,24 @@ class _EpilogueMutator(relax.PyExprMutator):
         return None
 
     def _fold_relu(self, call: relax.Call) -> LinearCall | None:
-        linear = self._sole_linear(call.args[0])
-        epi = linear.epilogue if linear is not None else None
-        if epi is None or epi.activation is not Activation.NONE or epi.out_dtype is not None:
-            return None
-        epilogue = dataclasses.replace(epi, activation=Activation.RELU)
-        return dataclasses.replace(linear, epilogue=epilogue)
+        return _with_activation(self._sole_linear(call.args[0]), Activation.RELU)
 
     def _fold_gelu(self, call: relax.Call) -> LinearCall | None:
         factors = self._product_factors(call)
         if len(factors) != 3:
             return None
-        half = [f for f in factors if self._is_scalar(f, 0.5)]
-        inputs = [y for f in factors if (y := self._erf_gelu_input(f)) is not None]
-        if len(half) != 1 or len(inputs) != 1:
+        halves = [f for f in factors if self._is_scalar(f, 0.5)]
+        gelus = [(f, y) for f in factors if (y := self._erf_gelu_input(f)) is not None]
+        if len(halves) != 1 or len(gelus) != 1:
             return None
-        (y,) = [f for f in factors if f is not half[0] and self._erf_gelu_input(f) is None]
-        if not (isinstance(y, relax.Var) and y.same_as(inputs[0])):
+        ((gelu, y_in_erf),) = gelus
+        (y,) = [f for f in factors if f is not halves[0] and f is not gelu]
+        if not (isinstance(y, relax.Var) and y.same_as(y_in_erf)):
             return None
         linear = self._sole_linear(y, uses=2)
-        epi = linear.epilogue if linear is not None else None
-        if epi is None or epi.activation is not Activation.NONE or epi.out_dtype is not None:
-            return None
-        if not tvm_ffi.structural_equal(call.ty, linear.output_type()):
-            return None
-        return dataclasses.replace(
-            linear, epilogue=dataclasses.replace(epi, activation=Activation.GELU)
-        )
+        if linear is None or not tvm_ffi.structural_equal(call.ty, linear.output_type()):
+            return None  # a scalar of higher rank broadcasts the output
+        return _with_activation(linear, Activation.GELU)
 
     def _fold_cast(self, call: relax.Call) -> LinearCall | None:
         linear = self._sole_linear(call.args[0])
@@ -211,6 +204,14 @@ class _EpilogueMutator(relax.PyExprMutator):
         return dataclasses.replace(
             linear, epilogue=dataclasses.replace(linear.epilogue, out_dtype=dtype)
         )
+
+
+def _with_activation(linear: LinearCall | None, activation: Activation) -> LinearCall | None:
+    """``linear`` with ``activation`` in its epilogue, if it has none yet and no cast."""
+    epi = linear.epilogue if linear is not None else None
+    if epi is None or epi.activation is not Activation.NONE or epi.out_dtype is not None:
+        return None
+    return dataclasses.replace(linear, epilogue=dataclasses.replace(epi, activation=activation))
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseLinearEpilogue")

@@ -17,7 +17,7 @@ loses (91 -> 71: ``X^T`` is small, and a row's accumulator is one vector), hence
 :func:`uses_k_panels`. Panels of 64 or 256 columns measured slower than 128. A tile of 128
 columns reads ``W`` once per call instead of twice at ``M`` = 128 and gives every nonzero 8
 independent FMAs (4 at 64, one FMA latency apart): with 8 weights called in turn (a model's
-weights come from L3 or DRAM; ``.old`` probe, session 20) ``768 x 3072`` 110 -> 122 GFLOPS,
+weights come from L3 or DRAM; an ad-hoc script, session 20) ``768 x 3072`` 110 -> 122 GFLOPS,
 ``3072 x 768`` 93 -> 108, ``2304 x 768`` 106 -> 118.
 
 Profile with ``python benchmarks/bench_cpu_kernels.py`` (its ``ours-model`` column of the
