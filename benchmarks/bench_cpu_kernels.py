@@ -8,7 +8,7 @@
 * ``ours-model`` -- the layer as a model gets it: a one-matmul Relax module built with the
   package's pipeline (:func:`tvm_sparse_rnn.build`), whose dispatch pass picks the kernel (the
   x86 CSR kernel along M for unstructured weights and from 16 rows, else the block kernel),
-  called through the Relax VM;
+  called as a compiled model is (``CompiledModel.run``: numpy in / out through the Relax VM);
 * ``mkl`` -- ``sparse_dot_mkl.dot_product_mkl(W_csr, X.T).T`` (MKL's own thread count);
 * ``torch-csr`` -- ``torch.sparse.mm(W_csr, X.T).T`` (torch's CPU threads);
 * ``dense`` -- ``x @ W.T`` in numpy (OpenBLAS), the dense reference.
@@ -45,7 +45,6 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tvm
 from common import (
     RESULTS_DIR,
     device_info,
@@ -58,7 +57,9 @@ from common import (
 from tvm import relax
 
 from tvm_sparse_rnn import BSRWeight, build, build_sparse_dense
+from tvm_sparse_rnn.compile import load_executable
 from tvm_sparse_rnn.demo import pruned_weight
+from tvm_sparse_rnn.signature import TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +126,10 @@ def model_call(x: np.ndarray, w: np.ndarray, notes: dict) -> Call:
         bb.emit_func_output(out)
     executable, (decision,) = build(bb.get(), "llvm")
     notes["model_kernel"] = decision.variant.value
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    return lambda: vm["main"](tvm.runtime.tensor(x)).numpy()
+    inputs = [TensorSpec("x", x.shape, "float32")]
+    outputs = [TensorSpec("y", (x.shape[0], w.shape[0]), "float32")]
+    model = load_executable(executable, inputs, outputs, "llvm")
+    return lambda: model.run({"x": x})["y"]
 
 
 def engines(x: np.ndarray, w: np.ndarray, block: tuple[int, int], notes: dict) -> dict[str, Call]:

@@ -9,11 +9,13 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from tvm_sparse_rnn.compile import compile_onnx
 from tvm_sparse_rnn.demo import build_demo_model, random_inputs
 from tvm_sparse_rnn.frontend.onnx import model_signature
+from tvm_sparse_rnn.runtime.compiled import load_compiled
 from tvm_sparse_rnn.testing import TOLERANCES
 
 _CHILD = """
@@ -62,3 +64,34 @@ def test_compiled_model_runs_with_the_runtime_library_only(tmp_path):
     with np.load(tmp_path / "out.npz") as got:
         for name, want in zip(names, session.run(None, feeds), strict=True):
             np.testing.assert_allclose(got[name], want, rtol=rtol, atol=atol)
+
+
+def test_run_returns_arrays_of_the_callers_own(tmp_path):
+    """``CompiledModel.run`` stages inputs in tensors it reuses: an output that is a view of an
+    input (a Reshape) and an output of an earlier call keep their values through the next call,
+    and changing a fed array after the call changes nothing."""
+    x_info = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 6])
+    outputs = [
+        onnx.helper.make_tensor_value_info("view", onnx.TensorProto.FLOAT, [3, 4]),
+        onnx.helper.make_tensor_value_info("double", onnx.TensorProto.FLOAT, [2, 6]),
+    ]
+    shape = onnx.numpy_helper.from_array(np.array([3, 4], np.int64), "shape")
+    nodes = [
+        onnx.helper.make_node("Reshape", ["x", "shape"], ["view"]),
+        onnx.helper.make_node("Add", ["x", "x"], ["double"]),
+    ]
+    graph = onnx.helper.make_graph(nodes, "views", [x_info], outputs, [shape])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    library, _ = compile_onnx(model, tmp_path / "views.so", target="llvm")
+    compiled = load_compiled(library)
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.standard_normal((2, 6)).astype(np.float32) for _ in range(2))
+    first = compiled.run({"x": x1})
+    x1_fed = x1.copy()
+    x1 += 1.0
+    second = compiled.run({"x": x2})
+    np.testing.assert_array_equal(first["view"], x1_fed.reshape(3, 4))
+    np.testing.assert_array_equal(first["double"], 2 * x1_fed)
+    np.testing.assert_array_equal(second["view"], x2.reshape(3, 4))
+    second["double"][:] = 0.0
+    np.testing.assert_array_equal(compiled.run({"x": x2})["double"], 2 * x2)

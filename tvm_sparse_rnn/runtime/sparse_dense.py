@@ -51,6 +51,7 @@ from ..kernels.sparse_dense import sparse_dense_func as _scheduled
 from ..target import device_limits, is_cuda, resolve_target, shared_memory_per_block
 from ..transform.dispatch.cost_model import cost_params, uses_csr_vector, uses_tensor_cores
 from ..tuning.sparse_dense_space import sparse_dense_config
+from .host_copy import copy_into, to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class SparseDenseKernel:
         self.executable = tvm.compile(tvm.IRModule({"main": func}), target=target)
         self.device = tvm.cuda(0) if is_cuda(target) else tvm.cpu(0)
         self._weight_args = [tvm.runtime.tensor(a, self.device) for a in arrays]
+        self._x = tvm.runtime.empty(self._padded, weight.dtype, self.device)
         out = np.zeros((self._padded[0], n), weight.dtype)
         self._out = tvm.runtime.tensor(out, self.device)
 
@@ -161,10 +163,10 @@ class SparseDenseKernel:
 
     def device_args(self, x: np.ndarray) -> list:
         """``[X, <weight arrays>, Y]`` on the device, for ``self.executable`` (``x`` is
-        validated, zero-padded to the kernel's tiles and uploaded; the weight and ``Y`` are the
-        kernel's own)."""
-        x_dev = tvm.runtime.tensor(self._check(x), self.device)
-        return [x_dev, *self._weight_args, self._out]
+        validated, zero-padded to the kernel's tiles and copied into the kernel's ``X``; the
+        weight and ``Y`` are the kernel's own)."""
+        copy_into(self._x, self._check(x))
+        return [self._x, *self._weight_args, self._out]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Return ``x @ W.T``.
@@ -180,7 +182,7 @@ class SparseDenseKernel:
             ``(m, N)`` of the weight's dtype.
         """
         self.executable(*self.device_args(x))
-        return self._out.numpy()[: self.m]
+        return to_numpy(self._out)[: self.m]
 
     def time(self, x: np.ndarray, number: int = 100, repeat: int = 5) -> list[float]:
         """Seconds per call, one mean over ``number`` calls per repeat (``time_evaluator``)."""
