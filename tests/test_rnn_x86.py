@@ -22,6 +22,7 @@ from tvm_sparse_rnn.kernels.x86.recurrent import (
     projection_tile,
     recurrent_knob_choices,
     recurrent_prim_func,
+    row_group_tile,
     step_rows,
     unit_major_order,
 )
@@ -316,6 +317,22 @@ def test_prefetching_projection_matches_numpy_and_prefetches():
     tensors.append(tvm.runtime.tensor(np.zeros((1, 24, 4), "float32")))
     ex(*tensors)
     np.testing.assert_allclose(tensors[-1].numpy()[0], w @ xt, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "row_group", "tile"),
+    [
+        (128, 768, 4, 32),  # BERT's QKV, FFN-in and output layers
+        (128, 2048, 2, 32),
+        (128, 3072, 4, 64),  # a long reduction keeps the projection tile
+        (128, 768, 1, 64),  # rows not grouped
+        (48, 768, 4, 32),
+        (16, 768, 4, 16),
+        (8, 768, 4, 8),
+    ],
+)
+def test_row_group_tile_is_narrow_for_short_grouped_rows(m, k, row_group, tile):
+    assert row_group_tile(m, k, row_group) == tile
 
 
 @pytest.mark.parametrize(("tile", "group"), [(16, 8), (32, 8), (64, 4), (128, 2), (256, 1)])

@@ -42,6 +42,7 @@ from ...kernels.x86.recurrent import (
     projection_row_group,
     projection_row_multiple,
     projection_tile,
+    row_group_tile,
 )
 from ...ops.epilogue import IDENTITY, Activation, Epilogue
 from ...ops.placeholders import LinearCall
@@ -271,7 +272,10 @@ class LinearLowering:
         lead = ty.shape.values[:-1]
         m = math.prod(int(d) for d in lead)
         panels = isinstance(self.csr, PanelWeight)
-        tile = panel_tile(m) if panels else projection_tile(m)
+        if panels:
+            tile = panel_tile(m)
+        else:
+            tile = row_group_tile(m, k, self.csr.row_group)
         if not self._consts:
             self._consts.extend(relax.const(a) for a in self.csr.arrays())
         bias = relax.const(bias if bias is not None else np.zeros(n, np.float32))
@@ -361,7 +365,8 @@ def _plan_variant(call: LinearCall, target: Target, options: DispatchOptions) ->
         detail = f"W {'x'.join(map(str, plan.shape))}, sparsity {plan.sparsity:.1%}, CSR"
         if group > 1:  # rows pruned together share one load of X^T per column
             csr = pack_row_groups(weight, group)
-            detail += f", rows in groups of {group}"
+            tile = row_group_tile(rows, plan.shape[1], group)
+            detail += f", rows in groups of {group}, tiles of {tile} columns"
         elif uses_k_panels(rows, group):
             csr = pack_k_panels(weight)
             detail += f", K panels of {K_PANEL}"
