@@ -775,11 +775,11 @@ def row_group_tile(m: int, k: int, row_group: int) -> int:
     row groups of ``row_group`` rows (:func:`pack_row_groups`) over ``m`` columns of ``X^T``.
 
     :func:`projection_tile`, except that grouped rows with ``k <=``
-    :data:`ROW_GROUP_NARROW_MAX_K` take 32 columns instead of 64 or 128 (no more padding): at
-    ``m`` = 64 and 128, 90 % 4x4 blocks in groups of 4, 32 columns ran 5-20 % faster than 64
-    for ``k`` = 768, 1024 and 1536 (BERT's QKV ``2304 x 768``: 184 vs 166 GFLOPS), the same
-    at 2048 and 3-10 % slower at 3072 (2-core AMD EPYC VM, an ad-hoc script timing four
-    weights in turn, session 21).
+    :data:`ROW_GROUP_NARROW_MAX_K` take 32 columns instead of 64 or 128 (no more padding): 90 %
+    4x4 blocks in groups of 4 ran 5-21 % faster with 32 columns than with 64 for ``k`` = 768
+    and 1024 (``m`` = 64 and 128; BERT's QKV ``2304 x 768``: 184 vs 166 GFLOPS) and 1536
+    (``m`` = 64; equal at 128), about the same at 2048 and 3-11 % slower at 3072 (2-core AMD
+    EPYC VM, an ad-hoc script timing four weights in turn, session 21).
     """
     tile = projection_tile(m)
     if row_group > 1 and k <= ROW_GROUP_NARROW_MAX_K and tile > _ROW_GROUP_NARROW_TILE:
