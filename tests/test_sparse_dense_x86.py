@@ -156,3 +156,46 @@ def test_kernel_validates_input_and_times():
     times = kernel.time(np.zeros((4, K), "float32"), number=2, repeat=3)
     assert len(times) == 3 and all(t > 0 for t in times)
     assert kernel.source is None
+
+
+@pytest.mark.parametrize(
+    ("block", "m", "packing"),
+    [
+        ((1, 1), 1, "rows, 1-column tiles"),
+        ((1, 1), 37, "rows, 64-column tiles"),
+        ((1, 1), 128, "K panels of 128"),
+        ((4, 4), 32, "rows in groups of 4, 32-column tiles"),
+        ((1, 16), 16, "rows, 16-column tiles"),
+    ],
+    ids=str,
+)
+def test_build_sparse_dense_runs_the_csr_kernel_where_the_dispatch_does(block, m, packing):
+    """On llvm ``build_sparse_dense`` runs the linear dispatch's CSR kernel (unstructured
+    weights, block-pruned ones from 16 rows): ``X @ W.T`` vs float64 as a C-contiguous
+    ``(m, N)`` array, twice with different inputs, and timed."""
+    from tvm_sparse_rnn.demo import pruned_weight
+    from tvm_sparse_rnn.transform.dispatch.linear_csr_x86 import CsrSpmmConfig
+
+    rng = np.random.default_rng(m)
+    w = pruned_weight(rng, (256, 256), 0.9, block).astype("float32")
+    kernel = build_sparse_dense(w, m)
+    assert isinstance(kernel.config, CsrSpmmConfig)
+    assert kernel._csr.detail() == packing
+    for _ in range(2):
+        x = rng.standard_normal((m, 256)).astype("float32")
+        y = kernel(x)
+        assert y.shape == (m, 256) and y.flags["C_CONTIGUOUS"]
+        want = x.astype(np.float64) @ w.T.astype(np.float64)
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    assert len(kernel.time(x, number=2, repeat=2)) == 2
+
+
+def test_build_sparse_dense_keeps_the_block_kernel_for_few_rows_of_blocks():
+    """A 4x4-pruned weight at 3 rows stays on the block-sparse kernel."""
+    from tvm_sparse_rnn.demo import pruned_weight
+
+    w = pruned_weight(np.random.default_rng(3), (256, 256), 0.9, (4, 4)).astype("float32")
+    kernel = build_sparse_dense(w, 3)
+    assert isinstance(kernel.config, X86Config)
+    x = np.random.default_rng(4).standard_normal((3, 256)).astype("float32")
+    np.testing.assert_allclose(kernel(x), x @ w.T, rtol=1e-5, atol=1e-5)

@@ -5,8 +5,11 @@
 * :func:`build_sparse_dense`: compile it into a callable :class:`SparseDenseKernel` (no Relax)
   running the kernel the linear dispatch would pick: on CUDA float16 from 16 rows on the
   tensor-core kernel (:mod:`tvm_sparse_rnn.kernels.cuda.tensor_core`), an unstructured weight
-  with few rows the CSR-vector kernel (:mod:`tvm_sparse_rnn.kernels.cuda.csr_vector`), else the
-  block-sparse one.
+  with few rows the CSR-vector kernel (:mod:`tvm_sparse_rnn.kernels.cuda.csr_vector`); on x86
+  float32 where the cost rule sends the layer there (unstructured weights; block-pruned ones
+  from 16 rows) the CSR kernel over ``X^T``
+  (:mod:`tvm_sparse_rnn.transform.dispatch.linear_csr_x86`: ``X`` is transposed on the way in,
+  ``Y^T`` on the way out); else the block-sparse one.
 
 Inside a Relax program use :func:`tvm_sparse_rnn.transform.dispatch.emit_sparse_dense`.
 
@@ -49,7 +52,13 @@ from ..kernels.cuda.tensor_core.packing import pack_tiled
 from ..kernels.sparse_dense import SparseDenseLayout
 from ..kernels.sparse_dense import sparse_dense_func as _scheduled
 from ..target import device_limits, is_cuda, resolve_target, shared_memory_per_block
-from ..transform.dispatch.cost_model import cost_params, uses_csr_vector, uses_tensor_cores
+from ..transform.dispatch.cost_model import (
+    cost_params,
+    plan_layer,
+    uses_csr_vector,
+    uses_tensor_cores,
+)
+from ..transform.dispatch.linear_csr_x86 import CsrSpmmConfig, CsrSpmmLinear
 from ..tuning.sparse_dense_space import sparse_dense_config
 from .host_copy import copy_into, to_numpy
 
@@ -112,6 +121,7 @@ class SparseDenseKernel:
         self.target = target
         self.config = config
         n, k = weight.shape
+        self._csr: CsrSpmmLinear | None = None
         if isinstance(config, TensorCoreConfig):
             packed = pack_tiled(weight.toarray(), config.row_frags, config.warps)
             self._padded = (padded_rows(m, config.m_tile), packed.layout.padded_k)
@@ -126,6 +136,11 @@ class SparseDenseKernel:
                 packed.layout, m, config, limits.num_sms, limits.smem_per_block
             )
             arrays = packed.arrays()
+        elif isinstance(config, CsrSpmmConfig):
+            self._csr = CsrSpmmLinear.plan(weight.toarray(), m)
+            self._padded = (m, k)
+            func = self._csr.prim_func()
+            arrays = [*self._csr.packed.arrays(), np.zeros(n, weight.dtype)]  # with a zero bias
         else:
             self._padded = (m, k)
             func = sparse_dense_func(weight, m, target, config)
@@ -134,9 +149,16 @@ class SparseDenseKernel:
         self.executable = tvm.compile(tvm.IRModule({"main": func}), target=target)
         self.device = tvm.cuda(0) if is_cuda(target) else tvm.cpu(0)
         self._weight_args = [tvm.runtime.tensor(a, self.device) for a in arrays]
-        self._x = tvm.runtime.empty(self._padded, weight.dtype, self.device)
-        out = np.zeros((self._padded[0], n), weight.dtype)
-        self._out = tvm.runtime.tensor(out, self.device)
+        if self._csr is None:
+            self._x_host = None
+            out_shape = (self._padded[0], n)
+        else:  # the CSR kernel reads X^T, zero-padded to whole tiles, and writes Y^T
+            self._x_host = np.zeros((k, self._csr.padded_rows), weight.dtype)
+            out_shape = (1, n, m)
+        self._x = tvm.runtime.empty(
+            self._padded if self._x_host is None else self._x_host.shape, weight.dtype, self.device
+        )
+        self._out = tvm.runtime.tensor(np.zeros(out_shape, weight.dtype), self.device)
 
     @property
     def source(self) -> str | None:
@@ -165,7 +187,11 @@ class SparseDenseKernel:
         """``[X, <weight arrays>, Y]`` on the device, for ``self.executable`` (``x`` is
         validated, zero-padded to the kernel's tiles and copied into the kernel's ``X``; the
         weight and ``Y`` are the kernel's own)."""
-        copy_into(self._x, self._check(x))
+        x = self._check(x)
+        if self._x_host is not None:
+            self._x_host[:, : self.m] = x.T
+            x = self._x_host
+        copy_into(self._x, x)
         return [self._x, *self._weight_args, self._out]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -182,7 +208,8 @@ class SparseDenseKernel:
             ``(m, N)`` of the weight's dtype.
         """
         self.executable(*self.device_args(x))
-        return to_numpy(self._out)[: self.m]
+        y = to_numpy(self._out)
+        return y[: self.m] if self._csr is None else np.ascontiguousarray(y[0].T)
 
     def time(self, x: np.ndarray, number: int = 100, repeat: int = 5) -> list[float]:
         """Seconds per call, one mean over ``number`` calls per repeat (``time_evaluator``)."""
@@ -205,7 +232,7 @@ def build_sparse_dense(
         Rows of ``X``.
     target : str, dict or Target
         ``"llvm"`` (this CPU), ``"cuda"`` (this machine's GPU, else the H200) or a TVM target.
-    config : X86Config, CudaConfig, TensorCoreConfig or CsrVectorConfig, optional
+    config : X86Config, CudaConfig, TensorCoreConfig, CsrVectorConfig or CsrSpmmConfig, optional
         Knobs (the config's class picks the kernel); ``None``: the kernel the linear dispatch
         picks (:func:`dispatched_config`).
 
@@ -222,11 +249,17 @@ def build_sparse_dense(
 def dispatched_config(weight: BSRWeight, m: int, target: Target) -> Any:
     """The config of the kernel the linear dispatch runs for ``weight`` and ``m`` rows on
     ``target``: the tensor-core kernel's default where the cost rule sends the layer to tensor
-    cores (float16, CUDA, ``m >= 16``), the CSR-vector kernel's on CUDA where
-    :func:`~tvm_sparse_rnn.transform.dispatch.cost_model.uses_csr_vector` sends the layer and the
-    kernel takes it, else the block-sparse kernel's tuned record, shipped config or default."""
+    cores (float16, CUDA, ``m >= 16``), the x86 CSR kernel where it sends a float32 layer there
+    (:attr:`~tvm_sparse_rnn.transform.dispatch.cost_model.LayerPlan.csr`), the CSR-vector
+    kernel's on CUDA where :func:`~tvm_sparse_rnn.transform.dispatch.cost_model.uses_csr_vector`
+    sends the layer and the kernel takes it, else the block-sparse kernel's tuned record,
+    shipped config or default."""
     if uses_tensor_cores(cost_params(target.kind.name), m, weight.dtype):
         return default_config(m)
+    if not is_cuda(target) and weight.dtype == "float32":
+        plan = plan_layer(weight.toarray(), target.kind.name, rows=m)
+        if plan.csr:
+            return CsrSpmmConfig()
     if is_cuda(target) and uses_csr_vector(weight.block_size, m, weight.dtype):
         try:
             check_supported(weight.shape[1], weight.dtype, m, shared_memory_per_block(target))

@@ -1,10 +1,12 @@
-"""Dispatch of a linear placeholder: the block-sparse kernel, or the dense matmul.
+"""Dispatch of a linear placeholder: dense, block-sparse, or one of the sparse variants.
 
 The cost rule (:func:`~tvm_sparse_rnn.transform.dispatch.cost_model.plan_layer`) picks the block
-size and decides sparse or dense for the target; a sparse layer is emitted with the config the
-tuning lookup gives (tuned record, shipped config, default) as one ``call_tir`` of
-:func:`~tvm_sparse_rnn.kernels.sparse_dense.sparse_dense_func` with the BSR arrays as Relax
-constants; leading dimensions of ``x`` are flattened to ``[M, K]`` around it.
+size and decides sparse or dense for the target. A sparse layer runs the x86 CSR kernel where the
+rule says so (:mod:`.linear_csr_x86`), the tensor-core kernel (:mod:`.linear_tensor_core`) or the
+CSR-vector kernel (:mod:`.linear_csr_vector`) on CUDA where they take it, else the block-sparse
+kernel with the config the tuning lookup gives (tuned record, shipped config, default): one
+``call_tir`` of :func:`~tvm_sparse_rnn.kernels.sparse_dense.sparse_dense_func` with the BSR
+arrays as Relax constants, leading dimensions of ``x`` flattened to ``[M, K]`` around it.
 """
 
 from __future__ import annotations
@@ -20,30 +22,10 @@ from tvm import relax, tirx
 from tvm.target import Target
 
 from ...bsr import BSRWeight
-from ...cpu_threads import pool_threads
 from ...errors import UnsupportedError
 from ...kernels.cuda.matmul_mma import MIN_EXTENT, VECTOR_HALVES, plan_split_k
 from ...kernels.cuda.tensor_core.kernel import default_config
-from ...kernels.opaque import opaque_kernel
 from ...kernels.sparse_dense import SparseDenseLayout, sparse_dense_func
-from ...kernels.x86.panel_spmm import (
-    K_PANEL,
-    PanelWeight,
-    pack_k_panels,
-    panel_spmm_prim_func,
-    panel_tile,
-    uses_k_panels,
-)
-from ...kernels.x86.recurrent import (
-    PackedWeight,
-    pack_row_groups,
-    pack_weight,
-    projection_prim_func,
-    projection_row_group,
-    projection_row_multiple,
-    projection_tile,
-    row_group_tile,
-)
 from ...ops.epilogue import IDENTITY, Activation, Epilogue
 from ...ops.placeholders import LinearCall
 from ...ops.split_k import split_k_matmul, split_k_sum
@@ -52,15 +34,14 @@ from ...tuning.lookup import lookup_config
 from ...tuning.sparse_dense_space import sparse_dense_tune_task
 from .cost_model import (
     cost_params,
-    csr_row_group,
     plan_layer,
     uses_csr_vector,
     uses_tensor_cores,
 )
 from .decision import DispatchOptions, KernelDecision, KernelVariant
 from .linear_csr_vector import CsrVectorLinear
+from .linear_csr_x86 import CsrSpmmLinear
 from .linear_tensor_core import TensorCoreLinear
-from .projection_x86 import pad_columns
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +145,8 @@ class LinearLowering:
         The sparse kernel's schedule config.
     target : Target
         The resolved target.
-    csr : PackedWeight or PanelWeight or None
-        The CSR weight of the CSR variant (x86, unstructured), in K panels where
-        :func:`~tvm_sparse_rnn.kernels.x86.panel_spmm.uses_k_panels`.
+    csr : CsrSpmmLinear or None
+        The packed weight of the CSR variant (x86, static rows; :mod:`.linear_csr_x86`).
     tensor_core : TensorCoreLinear or None
         The packed weight of the tensor-core variant (CUDA, float16).
     csr_vector : CsrVectorLinear or None
@@ -181,7 +161,7 @@ class LinearLowering:
     bsr: BSRWeight | None
     config: object
     target: Target
-    csr: PackedWeight | PanelWeight | None = None
+    csr: CsrSpmmLinear | None = None
     tensor_core: TensorCoreLinear | None = None
     csr_vector: CsrVectorLinear | None = None
     split_k: int = 1
@@ -202,7 +182,7 @@ class LinearLowering:
         if self.tensor_core is not None:
             return emit_epilogue_ops(bb, self.tensor_core.emit(bb, x), epilogue, bias)
         if self.csr is not None:
-            y = self._emit_csr(bb, x, bias, epilogue.activation)
+            y = self.csr.emit(bb, x, bias, epilogue.activation)
             in_kernel = dataclasses.replace(epilogue, bias=False, activation=Activation.NONE)
             return emit_epilogue_ops(bb, y, in_kernel, None)
         if self.bsr is None:
@@ -255,40 +235,6 @@ class LinearLowering:
         partial = bb.emit_te(split_k_matmul, x3, self._consts[0], primfunc_name_hint="split_k")
         y = bb.emit_te(split_k_sum, partial, str(x.ty.dtype), primfunc_name_hint="split_k_sum")
         return bb.emit(op.reshape(y, [*lead, y.ty.shape.values[-1]]))
-
-    def _emit_csr(
-        self,
-        bb: relax.BlockBuilder,
-        x: relax.Expr,
-        bias: np.ndarray | None,
-        activation: Activation,
-    ) -> relax.Expr:
-        """``Y^T = activation(W X^T + bias)`` with the CSR kernel: every nonzero ``W[n, k]``
-        times the contiguous row ``X^T[k, :]`` (Elsen et al., "Fast Sparse ConvNets", CVPR 2020;
-        XNNPACK's SpMM)."""
-        op = relax.op
-        ty = x.ty
-        n, k = self.csr.shape
-        lead = ty.shape.values[:-1]
-        m = math.prod(int(d) for d in lead)
-        panels = isinstance(self.csr, PanelWeight)
-        if panels:
-            tile = panel_tile(m)
-        else:
-            tile = row_group_tile(m, k, self.csr.row_group)
-        if not self._consts:
-            self._consts.extend(relax.const(a) for a in self.csr.arrays())
-        bias = relax.const(bias if bias is not None else np.zeros(n, np.float32))
-        xt = bb.emit(pad_columns(op.permute_dims(op.reshape(x, [m, k]), [1, 0]), m, tile))
-        if panels:
-            func = panel_spmm_prim_func(self.csr, m, tile, pool_threads(), activation)
-        else:
-            func = projection_prim_func(self.csr, 1, m, tile=tile, activation=activation)
-        gv = bb.add_func(opaque_kernel(func), "csr_spmm")
-        out = relax.TensorType((1, n, m), "float32")
-        yt = bb.emit(relax.call_tir(gv, [xt, *self._consts, bias], out))  # Y^T as (1, N, M)
-        y = op.reshape(op.permute_dims(yt, [0, 2, 1]), [m, n])
-        return bb.emit(op.reshape(y, [*lead, n]))
 
 
 def _emit_erf_gelu(bb: relax.BlockBuilder, y: relax.Expr) -> relax.Expr:
@@ -360,19 +306,11 @@ def _plan_variant(call: LinearCall, target: Target, options: DispatchOptions) ->
         decision = KernelDecision(call.name, KernelVariant.DENSE, detail, "-", plan.reason)
         return LinearLowering(decision, weight, None, None, target, split_k=split_k)
     if plan.csr and str(ty.dtype) == "float32":
-        tile = projection_tile(rows)
-        group = csr_row_group(weight, projection_row_group(tile))
+        csr = CsrSpmmLinear.plan(weight, rows)
         detail = f"W {'x'.join(map(str, plan.shape))}, sparsity {plan.sparsity:.1%}, CSR"
-        if group > 1:  # rows pruned together share one load of X^T per column
-            csr = pack_row_groups(weight, group)
-            tile = row_group_tile(rows, plan.shape[1], group)
-            detail += f", rows in groups of {group}, tiles of {tile} columns"
-        elif uses_k_panels(rows, group):
-            csr = pack_k_panels(weight)
-            detail += f", K panels of {K_PANEL}"
-        else:
-            csr = pack_weight(weight, 1, dense=False, row_multiple=projection_row_multiple(tile))
-        decision = KernelDecision(call.name, KernelVariant.CSR_SPMM, detail, "-", plan.reason)
+        decision = KernelDecision(
+            call.name, KernelVariant.CSR_SPMM, f"{detail}, {csr.detail()}", "-", plan.reason
+        )
         return LinearLowering(decision, weight, None, None, target, csr)
     params = options.cost_params or cost_params(target.kind.name)
     if uses_tensor_cores(params, rows, str(ty.dtype)) and not plan.starved:

@@ -1,0 +1,152 @@
+"""Lowering of a sparse linear layer with a static row count to the x86 CSR kernels.
+
+``Y^T = activation(W X^T + bias)``: every nonzero ``W[n, k]`` times the contiguous row
+``X^T[k, :]`` (Elsen et al., "Fast Sparse ConvNets", CVPR 2020; XNNPACK's SpMM). The weight is
+packed in one of three ways: rows in groups where they were pruned together (one load of
+``X^T[k, :]`` for the group, :func:`~tvm_sparse_rnn.kernels.x86.recurrent.pack_row_groups`), in K
+panels for unstructured weights over wide inputs
+(:mod:`~tvm_sparse_rnn.kernels.x86.panel_spmm`), else plain CSR rows
+(:func:`~tvm_sparse_rnn.kernels.x86.recurrent.pack_weight`). The model dispatch
+(:mod:`.linear`) and the standalone ``sparse_dense`` kernel
+(:class:`~tvm_sparse_rnn.runtime.sparse_dense.SparseDenseKernel`) share this plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from tvm import relax, tirx
+
+from ...cpu_threads import pool_threads
+from ...errors import UnsupportedError
+from ...kernels.opaque import opaque_kernel
+from ...kernels.x86.panel_spmm import (
+    K_PANEL,
+    PanelWeight,
+    pack_k_panels,
+    panel_spmm_prim_func,
+    panel_tile,
+    uses_k_panels,
+)
+from ...kernels.x86.recurrent import (
+    PackedWeight,
+    pack_row_groups,
+    pack_weight,
+    padded_columns,
+    projection_prim_func,
+    projection_row_group,
+    projection_row_multiple,
+    projection_tile,
+    row_group_tile,
+)
+from ...ops.epilogue import Activation
+from .cost_model import csr_row_group
+from .projection_x86 import pad_columns
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CsrSpmmConfig:
+    """Selects the x86 CSR kernel in
+    :func:`~tvm_sparse_rnn.runtime.sparse_dense.build_sparse_dense` (no knobs:
+    :meth:`CsrSpmmLinear.plan` derives the packing and the tile from the weight and the rows)."""
+
+
+@dataclass
+class CsrSpmmLinear:
+    """One linear layer on the x86 CSR kernel for :attr:`rows` rows of ``X``; :meth:`emit` may
+    run for several inputs of the same type, which then share the weight's constants.
+
+    Attributes
+    ----------
+    packed : PackedWeight or PanelWeight
+        The packed weight (row groups or plain rows; K panels).
+    rows : int
+        Rows ``M`` of ``X`` the kernel takes.
+    tile : int
+        Columns of ``X^T`` per accumulator tile.
+    """
+
+    packed: PackedWeight | PanelWeight
+    rows: int
+    tile: int
+    _consts: list[relax.Expr] = field(default_factory=list)
+
+    @classmethod
+    def plan(cls, weight: np.ndarray, rows: int) -> CsrSpmmLinear:
+        """Pack ``weight`` (``N x K`` float32) for ``rows`` rows of ``X``."""
+        tile = projection_tile(rows)
+        group = csr_row_group(weight, projection_row_group(tile))
+        if group > 1:  # rows pruned together share one load of X^T per column
+            return cls(
+                pack_row_groups(weight, group), rows, row_group_tile(rows, weight.shape[1], group)
+            )
+        if uses_k_panels(rows, group):
+            return cls(pack_k_panels(weight), rows, panel_tile(rows))
+        packed = pack_weight(weight, 1, dense=False, row_multiple=projection_row_multiple(tile))
+        return cls(packed, rows, tile)
+
+    @property
+    def panels(self) -> bool:
+        """Whether the weight is in K panels."""
+        return isinstance(self.packed, PanelWeight)
+
+    @property
+    def padded_rows(self) -> int:
+        """Columns of the kernel's ``X^T``: :attr:`rows` padded to whole tiles."""
+        return padded_columns(self.rows, self.tile)
+
+    def detail(self) -> str:
+        """The packing, for the dispatch decision."""
+        if self.panels:
+            return f"K panels of {K_PANEL}"
+        group = self.packed.row_group
+        if group > 1:
+            return f"rows in groups of {group}, {self.tile}-column tiles"
+        return f"rows, {self.tile}-column tiles"
+
+    def prim_func(self, activation: Activation = Activation.NONE) -> tirx.PrimFunc:
+        """The kernel ``main(XT (K, padded_rows), <weight arrays>, b (N,), Y^T (1, N, rows))``
+        with ``activation`` applied to the sums."""
+        if self.panels:
+            return panel_spmm_prim_func(
+                self.packed, self.rows, self.tile, pool_threads(), activation
+            )
+        return projection_prim_func(
+            self.packed, 1, self.rows, tile=self.tile, activation=activation
+        )
+
+    def emit(
+        self,
+        bb: relax.BlockBuilder,
+        x: relax.Expr,
+        bias: np.ndarray | None,
+        activation: Activation,
+    ) -> relax.Expr:
+        """Emit ``activation(x @ W.T + bias)`` for ``x`` of rank >= 2 with static leading
+        dimensions of :attr:`rows` rows in all.
+
+        Raises
+        ------
+        UnsupportedError
+            If ``x`` does not have :attr:`rows` rows.
+        """
+        op = relax.op
+        n, k = self.packed.shape
+        lead = x.ty.shape.values[:-1]
+        m = math.prod(int(d) for d in lead)
+        if m != self.rows:
+            raise UnsupportedError(f"csr_spmm: planned for {self.rows} rows of X, got {m}")
+        if not self._consts:
+            self._consts.extend(relax.const(a) for a in self.packed.arrays())
+        bias = relax.const(bias if bias is not None else np.zeros(n, np.float32))
+        xt = bb.emit(pad_columns(op.permute_dims(op.reshape(x, [m, k]), [1, 0]), m, self.tile))
+        gv = bb.add_func(opaque_kernel(self.prim_func(activation)), "csr_spmm")
+        out = relax.TensorType((1, n, m), "float32")
+        yt = bb.emit(relax.call_tir(gv, [xt, *self._consts, bias], out))  # Y^T as (1, N, M)
+        y = op.reshape(op.permute_dims(yt, [0, 2, 1]), [m, n])
+        return bb.emit(op.reshape(y, [*lead, n]))
