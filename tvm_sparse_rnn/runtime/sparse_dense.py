@@ -145,19 +145,23 @@ class SparseDenseKernel:
             self._padded = (m, k)
             func = sparse_dense_func(weight, m, target, config)
             arrays = weight.kernel_arrays()
-        func = func.with_attr("global_symbol", "main")
-        self.executable = tvm.compile(tvm.IRModule({"main": func}), target=target)
+        funcs = {"main": func.with_attr("global_symbol", "main")}
+        if self._csr is not None:  # the CSR kernel reads X^T (whole tiles) and writes Y^T
+            x_layout, y_layout = self._csr.layout_funcs(target)
+            funcs["x_layout"] = x_layout.with_attr("global_symbol", "x_layout")
+            funcs["y_layout"] = y_layout.with_attr("global_symbol", "y_layout")
+        self.executable = tvm.compile(tvm.IRModule(funcs), target=target)
+        self._layouts = [self.executable[name] for name in funcs if name != "main"]
         self.device = tvm.cuda(0) if is_cuda(target) else tvm.cpu(0)
         self._weight_args = [tvm.runtime.tensor(a, self.device) for a in arrays]
+        self._x = tvm.runtime.empty(self._padded, weight.dtype, self.device)
         if self._csr is None:
-            self._x_host = None
+            self._kernel_x = self._x
             out_shape = (self._padded[0], n)
-        else:  # the CSR kernel reads X^T, zero-padded to whole tiles, and writes Y^T
-            self._x_host = np.zeros((k, self._csr.padded_rows), weight.dtype)
+        else:
+            self._kernel_x = tvm.runtime.empty((k, self._csr.padded_rows), weight.dtype)
+            self._y = tvm.runtime.empty((m, n), weight.dtype, self.device)
             out_shape = (1, n, m)
-        self._x = tvm.runtime.empty(
-            self._padded if self._x_host is None else self._x_host.shape, weight.dtype, self.device
-        )
         self._out = tvm.runtime.tensor(np.zeros(out_shape, weight.dtype), self.device)
 
     @property
@@ -187,12 +191,10 @@ class SparseDenseKernel:
         """``[X, <weight arrays>, Y]`` on the device, for ``self.executable`` (``x`` is
         validated, zero-padded to the kernel's tiles and copied into the kernel's ``X``; the
         weight and ``Y`` are the kernel's own)."""
-        x = self._check(x)
-        if self._x_host is not None:
-            self._x_host[:, : self.m] = x.T
-            x = self._x_host
-        copy_into(self._x, x)
-        return [self._x, *self._weight_args, self._out]
+        copy_into(self._x, self._check(x))
+        if self._csr is not None:
+            self._layouts[0](self._x, self._kernel_x)
+        return [self._kernel_x, *self._weight_args, self._out]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Return ``x @ W.T``.
@@ -208,8 +210,10 @@ class SparseDenseKernel:
             ``(m, N)`` of the weight's dtype.
         """
         self.executable(*self.device_args(x))
-        y = to_numpy(self._out)
-        return y[: self.m] if self._csr is None else np.ascontiguousarray(y[0].T)
+        if self._csr is None:
+            return to_numpy(self._out)[: self.m]
+        self._layouts[1](self._out, self._y)
+        return to_numpy(self._y)
 
     def time(self, x: np.ndarray, number: int = 100, repeat: int = 5) -> list[float]:
         """Seconds per call, one mean over ``number`` calls per repeat (``time_evaluator``)."""
