@@ -279,7 +279,7 @@ def test_every_variant_applies_the_epilogue(pruning, sparsity, block, variant):
     ("pruning", "rows", "block", "detail"),
     [
         ((4, 4), 8, (4, 4), "block 4x4"),
-        ((1, 1), 8, "auto", "CSR, epilogue"),
+        ((1, 1), 8, "auto", "CSR, rows, 8-column tiles, epilogue"),
         ((4, 4), 8, "auto", "CSR, rows in groups of 4"),
         ((1, 1), 128, "auto", "CSR, K panels"),
     ],
