@@ -145,13 +145,11 @@ class SparseDenseKernel:
             self._padded = (m, k)
             func = sparse_dense_func(weight, m, target, config)
             arrays = weight.kernel_arrays()
-        funcs = {"main": func.with_attr("global_symbol", "main")}
+        funcs = {"main": func}
         if self._csr is not None:  # the CSR kernel reads X^T (whole tiles) and writes Y^T
-            x_layout, y_layout = self._csr.layout_funcs(target)
-            funcs["x_layout"] = x_layout.with_attr("global_symbol", "x_layout")
-            funcs["y_layout"] = y_layout.with_attr("global_symbol", "y_layout")
+            funcs["x_layout"], funcs["y_layout"] = self._csr.layout_funcs(target)
+        funcs = {name: f.with_attr("global_symbol", name) for name, f in funcs.items()}
         self.executable = tvm.compile(tvm.IRModule(funcs), target=target)
-        self._layouts = [self.executable[name] for name in funcs if name != "main"]
         self.device = tvm.cuda(0) if is_cuda(target) else tvm.cpu(0)
         self._weight_args = [tvm.runtime.tensor(a, self.device) for a in arrays]
         self._x = tvm.runtime.empty(self._padded, weight.dtype, self.device)
@@ -159,7 +157,10 @@ class SparseDenseKernel:
             self._kernel_x = self._x
             out_shape = (self._padded[0], n)
         else:
-            self._kernel_x = tvm.runtime.empty((k, self._csr.padded_rows), weight.dtype)
+            self._x_layout = self.executable["x_layout"]
+            self._y_layout = self.executable["y_layout"]
+            xt_shape = (k, self._csr.padded_rows)
+            self._kernel_x = tvm.runtime.empty(xt_shape, weight.dtype, self.device)
             self._y = tvm.runtime.empty((m, n), weight.dtype, self.device)
             out_shape = (1, n, m)
         self._out = tvm.runtime.tensor(np.zeros(out_shape, weight.dtype), self.device)
@@ -193,7 +194,7 @@ class SparseDenseKernel:
         weight and ``Y`` are the kernel's own)."""
         copy_into(self._x, self._check(x))
         if self._csr is not None:
-            self._layouts[0](self._x, self._kernel_x)
+            self._x_layout(self._x, self._kernel_x)
         return [self._kernel_x, *self._weight_args, self._out]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -212,7 +213,7 @@ class SparseDenseKernel:
         self.executable(*self.device_args(x))
         if self._csr is None:
             return to_numpy(self._out)[: self.m]
-        self._layouts[1](self._out, self._y)
+        self._y_layout(self._out, self._y)
         return to_numpy(self._y)
 
     def time(self, x: np.ndarray, number: int = 100, repeat: int = 5) -> list[float]:
