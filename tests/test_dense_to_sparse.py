@@ -326,19 +326,24 @@ def test_cpu_pipeline_schedules_dense_layers(x_shape, n):
 
 
 @pytest.mark.parametrize(
-    ("rows", "cols", "lanes", "tile"),
+    ("rows", "cols", "lanes", "registers", "tile"),
     [
-        (95, 512, 16, (14, 2)),  # nothing but 1 divides 95: pad to 98
-        (128, 768, 16, (8, 2)),  # 8 divides: no padding copies (12 would model 4 % less work)
-        (100, 64, 16, (4, 2)),
-        (1, 29, 16, (1, 2)),
-        (4, 16, 16, (4, 1)),
+        (95, 512, 16, 32, (14, 2)),  # nothing but 1 divides 95: pad to 98
+        (128, 768, 16, 32, (8, 2)),  # 8 divides: no padding copies (12 would model 4 % less work)
+        (100, 64, 16, 32, (4, 2)),
+        (1, 29, 16, 32, (1, 2)),
+        (4, 16, 16, 32, (4, 1)),
+        (95, 512, 8, 16, (6, 2)),  # AVX2: 6 x 2 accumulators + 2 weight vectors + 1 broadcast
+        (128, 768, 8, 16, (4, 2)),
     ],
 )
-def test_dense_tile_trades_padding_for_reuse(rows, cols, lanes, tile):
-    chosen = choose_tile(rows, cols, lanes)
+def test_dense_tile_trades_padding_for_reuse_within_the_registers(
+    rows, cols, lanes, registers, tile
+):
+    chosen = choose_tile(rows, cols, lanes, registers)
     assert (chosen.rows, chosen.vectors) == tile
     assert chosen.cols == lanes * tile[1]
+    assert chosen.rows * chosen.vectors + chosen.vectors + 1 <= registers
 
 
 # ----------------------------------------------------------------------------- CSR kernel (x86)

@@ -14,7 +14,8 @@ register-blocked GEMM (the BLIS micro-kernel shape):
 * loops become ``(row_outer, col_outer) parallel -> k -> row_inner, col_vector unrolled ->
   lane vectorized``: each step of ``k`` loads two vectors of the ``(K, N)`` weight and does
   ``2 x rows`` FMAs with them into an accumulator tile held in registers (``cache_write`` to
-  ``local``; 14 x 2 accumulators + 2 weight vectors fill AVX-512's 32 registers);
+  ``local``; 14 x 2 accumulators + 2 weight vectors fill AVX-512's 32 registers, 6 x 2 + 2
+  AVX2's 16: :func:`max_row_tile`);
 * fused epilogues (bias add, ReLU, ...) are computed at the parallel loop.
 
 On the 2-core AVX-512 VM it took the DeepSpeech2-like model's im2col convolution
@@ -38,7 +39,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from ...target import host_target
-from .vector import vector_lanes
+from .vector import vector_lanes, vector_registers
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +81,20 @@ class DenseTile:
         return self.lanes * self.vectors
 
 
-def choose_row_tile(rows: int) -> int:
+def max_row_tile(registers: int) -> int:
+    """Tallest row tile whose accumulators, weight vectors and a row broadcast fit
+    ``registers`` vector registers (14 of AVX-512's 32, 6 of AVX2's 16: BERT's attention
+    products at 12 rows ran 2-3x slower than onnxruntime's on the 2-core AVX2 VM, spilling)."""
+    return (registers - _WEIGHT_LOADS - 1) // _COL_VECTORS
+
+
+def choose_row_tile(rows: int, registers: int) -> int:
     """The row tile with the least work per useful row: padding ``rows`` up to a multiple of
     the tile against the weight-vector loads a shorter tile shares among fewer rows (ties go to
-    the taller tile). A tile dividing ``rows`` is preferred unless it costs more than
-    :data:`PAD_PENALTY` times the best padded one: padding copies the operands outside the
-    tile loop."""
+    the taller tile), at most :func:`max_row_tile` of ``registers``. A tile dividing ``rows`` is
+    preferred unless it costs more than :data:`PAD_PENALTY` times the best padded one: padding
+    copies the operands outside the tile loop."""
+    tiles = tuple(t for t in _ROW_TILES if t <= max_row_tile(registers))
 
     def cost(tile: int) -> float:
         return math.ceil(rows / tile) * (tile + _WEIGHT_LOADS) / rows
@@ -93,15 +102,15 @@ def choose_row_tile(rows: int) -> int:
     def best(tiles: tuple[int, ...]) -> int:
         return min(tiles, key=lambda tile: (cost(tile), -tile))
 
-    padded = best(_ROW_TILES)
-    dividing = best(tuple(t for t in _ROW_TILES if rows % t == 0))  # 1 always divides
+    padded = best(tiles)
+    dividing = best(tuple(t for t in tiles if rows % t == 0))  # 1 always divides
     return dividing if cost(dividing) <= PAD_PENALTY * cost(padded) else padded
 
 
-def choose_tile(rows: int, cols: int, lanes: int) -> DenseTile:
-    """Tile of a ``rows x cols`` output for vectors of ``lanes`` elements."""
+def choose_tile(rows: int, cols: int, lanes: int, registers: int) -> DenseTile:
+    """Tile of a ``rows x cols`` output for ``registers`` vectors of ``lanes`` elements."""
     vectors = _COL_VECTORS if cols > lanes else 1
-    return DenseTile(choose_row_tile(rows), lanes, vectors)
+    return DenseTile(choose_row_tile(rows, registers), lanes, vectors)
 
 
 def _int_extent(sch: s_tir.Schedule, loop: s_tir.LoopRV) -> int | None:
@@ -122,14 +131,16 @@ def _merge_unit_rows(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
     sch.transform_block_layout(block, tirx.IndexMap.from_func(merged, ndim=len(loops)))
 
 
-def _pad_to_tile(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> DenseTile:
+def _pad_to_tile(
+    sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int, registers: int
+) -> DenseTile:
     """Pad the rows and columns of ``block`` to the tile chosen for them; no padding (one row,
     one vector where it divides the columns) for symbolic extents."""
     *spatial, rows, cols, _ = sch.get_loops(block)
     n_rows, n_cols = _int_extent(sch, rows), _int_extent(sch, cols)
     if n_rows is None or n_cols is None:
         return DenseTile(1, lanes if n_cols is not None and n_cols % lanes == 0 else 1, 1)
-    tile = choose_tile(n_rows, n_cols, lanes)
+    tile = choose_tile(n_rows, n_cols, lanes, registers)
     if n_rows % tile.rows or n_cols % tile.cols:
         sch.pad_einsum(block, [1] * len(spatial) + [tile.rows, tile.cols, 1])
     return tile
@@ -188,7 +199,8 @@ def schedule_dense_func(func: tirx.PrimFunc, target: Target | None = None) -> ti
         try:
             if merge_rows:
                 _merge_unit_rows(sch, block)
-            tile = _pad_to_tile(sch, block, vector_lanes(target, dtype_bits))
+            lanes = vector_lanes(target, dtype_bits)
+            tile = _pad_to_tile(sch, block, lanes, vector_registers(target))
             _tile_loops(sch, block, tile)
         except s_tir.ScheduleError as err:
             logger.debug("dense schedule (merge_rows=%s) failed: %s", merge_rows, err)
