@@ -20,6 +20,7 @@ from tvm_sparse_rnn.kernels.x86.sparse_dense import (
 )
 from tvm_sparse_rnn.ops.sparse_dense import sparse_dense_prim_func
 from tvm_sparse_rnn.runtime.sparse_dense import build_sparse_dense, sparse_dense_func
+from tvm_sparse_rnn.target import cpu_isa_family, resolve_target
 from tvm_sparse_rnn.testing import TOLERANCES, random_bsr, reference_sparse_dense
 from tvm_sparse_rnn.transform.dispatch import emit_sparse_dense
 
@@ -158,21 +159,42 @@ def test_kernel_validates_input_and_times():
     assert kernel.source is None
 
 
+_PANELS = ", X^T in tile panels"
+
+
 @pytest.mark.parametrize(
     ("block", "m", "packing"),
     [
-        ((1, 1), 1, "rows, 1-column tiles"),
-        ((1, 1), 37, "rows, 64-column tiles"),
-        ((1, 1), 128, "K panels of 128"),
-        ((4, 4), 32, "rows in groups of 4, 32-column tiles"),
-        ((1, 16), 16, "rows, 16-column tiles"),
+        ((1, 1), 1, {"avx512": "rows, 1-column tiles", "avx2": "rows, 1-column tiles"}),
+        (
+            (1, 1),
+            37,
+            {"avx512": "rows, 64-column tiles", "avx2": "rows, 32-column tiles" + _PANELS},
+        ),
+        (
+            (1, 1),
+            128,
+            {
+                "avx512": "K panels of 128, 128-column tiles",
+                "avx2": "K panels of 128, 64-column tiles" + _PANELS,
+            },
+        ),
+        (
+            (4, 4),
+            32,
+            {
+                "avx512": "rows in groups of 4, 32-column tiles",
+                "avx2": "rows in groups of 4, 16-column tiles" + _PANELS,
+            },
+        ),
+        ((1, 16), 16, {"avx512": "rows, 16-column tiles", "avx2": "rows, 16-column tiles"}),
     ],
     ids=str,
 )
 def test_build_sparse_dense_runs_the_csr_kernel_where_the_dispatch_does(block, m, packing):
     """On llvm ``build_sparse_dense`` runs the linear dispatch's CSR kernel (unstructured
-    weights, block-pruned ones from 16 rows): ``X @ W.T`` vs float64 as a C-contiguous
-    ``(m, N)`` array, twice with different inputs, and timed."""
+    weights, block-pruned ones from 16 rows) with the host ISA family's tiling: ``X @ W.T`` vs
+    float64 as a C-contiguous ``(m, N)`` array, twice with different inputs, and timed."""
     from tvm_sparse_rnn.demo import pruned_weight
     from tvm_sparse_rnn.transform.dispatch.linear_csr_x86 import CsrSpmmConfig
 
@@ -180,7 +202,8 @@ def test_build_sparse_dense_runs_the_csr_kernel_where_the_dispatch_does(block, m
     w = pruned_weight(rng, (256, 256), 0.9, block).astype("float32")
     kernel = build_sparse_dense(w, m)
     assert isinstance(kernel.config, CsrSpmmConfig)
-    assert kernel._csr.detail() == packing
+    family = cpu_isa_family(resolve_target("llvm"))
+    assert kernel._csr.detail() == packing[family or "avx2"]
     for _ in range(2):
         x = rng.standard_normal((m, 256)).astype("float32")
         y = kernel(x)

@@ -51,6 +51,7 @@ from ..kernels.cuda.tensor_core.kernel import (
 from ..kernels.cuda.tensor_core.packing import pack_tiled
 from ..kernels.sparse_dense import SparseDenseLayout
 from ..kernels.sparse_dense import sparse_dense_func as _scheduled
+from ..kernels.x86.csr_tiling import csr_tiling
 from ..target import device_limits, is_cuda, resolve_target, shared_memory_per_block
 from ..transform.dispatch.cost_model import (
     cost_params,
@@ -137,7 +138,7 @@ class SparseDenseKernel:
             )
             arrays = packed.arrays()
         elif isinstance(config, CsrSpmmConfig):
-            self._csr = CsrSpmmLinear.plan(weight.toarray(), m)
+            self._csr = CsrSpmmLinear.plan(weight.toarray(), m, csr_tiling(target))
             self._padded = (m, k)
             func = self._csr.prim_func()
             arrays = [*self._csr.packed.arrays(), np.zeros(n, weight.dtype)]  # with a zero bias
@@ -159,8 +160,7 @@ class SparseDenseKernel:
         else:
             self._x_layout = self.executable["x_layout"]
             self._y_layout = self.executable["y_layout"]
-            xt_shape = (k, self._csr.padded_rows)
-            self._kernel_x = tvm.runtime.empty(xt_shape, weight.dtype, self.device)
+            self._kernel_x = tvm.runtime.empty(self._csr.x_shape, weight.dtype, self.device)
             self._y = tvm.runtime.empty((m, n), weight.dtype, self.device)
             out_shape = (1, n, m)
         self._out = tvm.runtime.tensor(np.zeros(out_shape, weight.dtype), self.device)

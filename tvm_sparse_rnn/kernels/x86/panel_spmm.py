@@ -36,14 +36,15 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T  # noqa: N812 - TVMScript convention
 
 from ...ops.epilogue import Activation
-from .recurrent import stack_buffer
+from .recurrent import stack_buffer, x_operand_shape
 
 logger = logging.getLogger(__name__)
 
 #: Columns of ``W`` per panel: the panel's ``X^T`` slice (``K_PANEL x tile`` floats) fits L1 and
 #: a column offset within it fits a uint8.
 K_PANEL = 128
-#: Accumulator tiles (columns of ``X^T``) of the panel kernel, the first dividing ``M`` is used.
+#: Accumulator tiles (columns of ``X^T``) of the panel kernel on AVX-512, the first dividing
+#: ``M`` is used (:class:`~tvm_sparse_rnn.kernels.x86.csr_tiling.CsrTiling` has each family's).
 PANEL_TILES = (128, 64)
 #: Most rows per parallel task: their ``Y^T`` tiles stay in L2 across the panels.
 ROW_BLOCK = 256
@@ -110,18 +111,18 @@ def pack_k_panels(w: np.ndarray | sp.sparray) -> PanelWeight:
     return PanelWeight(values, offsets, indptr.astype(np.int32), (n, k))
 
 
-def panel_tile(m: int) -> int | None:
-    """The accumulator tile of the panel kernel over ``m`` columns of ``X^T``: the widest of
-    :data:`PANEL_TILES` that divides ``m`` (the kernel accumulates into ``Y^T`` in place, so no
-    padded columns), ``None`` if none does."""
-    return next((tile for tile in PANEL_TILES if m % tile == 0), None)
+def panel_tile(m: int, tiles: tuple[int, ...] = PANEL_TILES) -> int | None:
+    """The accumulator tile of the panel kernel over ``m`` columns of ``X^T``: the first of
+    ``tiles`` that divides ``m`` (the kernel accumulates into ``Y^T`` in place, so no padded
+    columns), ``None`` if none does."""
+    return next((tile for tile in tiles if m % tile == 0), None)
 
 
-def uses_k_panels(m: int, row_group: int) -> bool:
+def uses_k_panels(m: int, row_group: int, tiles: tuple[int, ...] = PANEL_TILES) -> bool:
     """Whether an x86 CSR layer over ``m`` columns of ``X^T`` runs in K panels: unstructured
-    (``row_group == 1``: no shared ``X^T`` loads between rows) and ``m`` a multiple of a panel
-    tile (:func:`panel_tile`)."""
-    return row_group == 1 and panel_tile(m) is not None
+    (``row_group == 1``: no shared ``X^T`` loads between rows) and ``m`` a multiple of one of
+    ``tiles`` (:func:`panel_tile`)."""
+    return row_group == 1 and panel_tile(m, tiles) is not None
 
 
 def row_blocks(rows: int, threads: int) -> tuple[int, int]:
@@ -139,6 +140,7 @@ def panel_spmm_prim_func(
     tile: int,
     threads: int,
     activation: Activation = Activation.NONE,
+    x_panels: bool = False,
 ) -> tirx.PrimFunc:
     """``Y^T[0, n, :] = activation(W[n, :] @ X^T + b[n])`` over the K panels of ``packed``.
 
@@ -154,6 +156,9 @@ def panel_spmm_prim_func(
         Threads of TVM's pool the row blocks are split over (:func:`row_blocks`).
     activation : Activation
         Applied to the sums in the last panel's store.
+    x_panels : bool
+        Read ``XT`` as one panel per tile, ``(m / tile, K, tile)``
+        (:func:`~tvm_sparse_rnn.kernels.x86.recurrent.x_operand_shape`).
 
     Returns
     -------
@@ -175,7 +180,7 @@ def panel_spmm_prim_func(
         with T.prim_func():
             T.func_name("panel_spmm_x86")
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            XT = T.arg("XT", T.buffer((k, m), _F32))
+            XT = T.arg("XT", T.buffer(x_operand_shape(k, m, tile, x_panels), _F32))
             vals = T.arg("W_values", T.buffer((packed.entries,), _F32))
             offs = T.arg("W_offsets", T.buffer((packed.entries,), "uint8"))
             ptr = T.arg("W_indptr", T.buffer((panels, n + 1), "int32"))
@@ -193,7 +198,7 @@ def panel_spmm_prim_func(
                         with T.serial(ptr[p, r], ptr[p, r + 1]) as e:
                             col = p * K_PANEL + tirx.Cast("int32", offs[e])
                             with T.vectorized(0, tile) as mi:
-                                x = XT[col, mo * tile + mi]
+                                x = XT[mo, col, mi] if x_panels else XT[col, mo * tile + mi]
                                 T.buffer_store(acc, acc[mi] + vals[e] * x, [mi])
                         if activation is Activation.NONE:
                             _store(Y, acc, r, mo * tile, tile, Activation.NONE)

@@ -522,6 +522,22 @@ def _parallel_region(threads: int) -> tuple[Callable, Callable, Callable]:
     )
 
 
+def x_operand_shape(k: int, m_pad: int, tile: int, x_panels: bool) -> tuple[int, ...]:
+    """Shape of the CSR kernels' ``XT`` operand for ``k`` rows and ``m_pad`` columns: ``(k,
+    m_pad)``, or one panel per ``tile`` columns, ``(m_pad / tile, k, tile)``."""
+    return (m_pad // tile, k, tile) if x_panels else (k, m_pad)
+
+
+def _group_and_tile(
+    task: tirx.PrimExpr, groups: int, tiles: int, tiles_outer: bool
+) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+    """``(row group, column tile)`` of one task of the fused parallel loop: the groups in the
+    outer order (each group's entries once per tile, ``XT`` read at random) or the tiles."""
+    if tiles_outer:
+        return task % groups, task // groups
+    return task // tiles, task % tiles
+
+
 def _arg(name: str, shape: tuple[int, ...], dtype: str = _F32) -> tirx.Buffer:
     return T.arg(name, T.buffer(shape, dtype))
 
@@ -801,12 +817,12 @@ def projection_row_multiple(tile: int) -> int:
     return UNROLL if tile == 1 else 1
 
 
-def projection_row_group(tile: int) -> int:
+def projection_row_group(tile: int, group_floats: int = PROJECTION_GROUP_FLOATS) -> int:
     """The most rows per column list (:func:`pack_row_groups`) whose accumulators
-    (``row_group * tile`` floats) fit :data:`PROJECTION_GROUP_FLOATS`: a power of two, at most
+    (``row_group * tile`` floats) fit ``group_floats``: a power of two, at most
     :data:`PROJECTION_MAX_GROUP`."""
     group = 1
-    while 2 * group <= PROJECTION_MAX_GROUP and 2 * group * tile <= PROJECTION_GROUP_FLOATS:
+    while 2 * group <= PROJECTION_MAX_GROUP and 2 * group * tile <= group_floats:
         group *= 2
     return group
 
@@ -864,6 +880,7 @@ def projection_prim_func(
     reverse: bool = False,
     prefetch: int | None = None,
     activation: Activation = Activation.NONE,
+    x_panels: bool = False,
 ) -> tirx.PrimFunc:
     """The input projection ``U[t, r, :] = activation(W[r, :] @ X[t]^T + Wb[r])`` for all steps
     at once.
@@ -897,6 +914,9 @@ def projection_prim_func(
         ``None``: :func:`projection_prefetch`.
     activation : Activation
         Applied to the sums before the store (a linear layer's fused activation).
+    x_panels : bool
+        Read ``XT`` as panels of one tile, ``(padded_columns(m, tile) / tile, I, tile)``, and
+        run the tiles in the outer loop (:data:`X_PANELS_NOTE`).
 
     Returns
     -------
@@ -920,7 +940,7 @@ def projection_prim_func(
         with T.prim_func():
             T.func_name("projection_x86")
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            XT = _arg("XT", (k_in, m_pad))
+            XT = _arg("XT", x_operand_shape(k_in, m_pad, tile, x_panels))
             vals = _arg("W_values", (packed.entries * rg,))
             if not packed.dense:
                 idx = _arg("W_indices", (packed.entries,), packed.index_dtype)
@@ -929,59 +949,62 @@ def projection_prim_func(
             U = _arg("U", (seq_len, step_rows(rows, seq_len, batch), batch))
             if lanes_of_entries:
                 words = _index_words(packed, idx)
-            with loop(0, rows // rg) as g:
-                with T.serial(0, m_pad // tile) as mo:
-                    acc = stack_buffer((chains * rg, tile))
-                    with T.unroll(0, chains * rg) as c:
-                        with T.vectorized(0, tile) as mi:
-                            T.buffer_store(acc, tirx.const(0.0, _F32), [c, mi])
+            with loop(0, rows // rg * (m_pad // tile)) as task:
+                g, mo = _group_and_tile(task, rows // rg, m_pad // tile, x_panels)
+                acc = stack_buffer((chains * rg, tile))
+                with T.unroll(0, chains * rg) as c:
+                    with T.vectorized(0, tile) as mi:
+                        T.buffer_store(acc, tirx.const(0.0, _F32), [c, mi])
 
-                    def accumulate(k: tirx.PrimExpr, chain: int | tirx.PrimExpr) -> None:
-                        if packed.dense:
-                            col = k
-                        else:
-                            col = tirx.Cast("int32", idx[k])
-                        with T.vectorized(0, tile) as mi:
-                            x = XT[col, mo * tile + mi]  # one load for the group's rows
-                            for j in range(rg):
-                                if packed.dense:
-                                    w_val = vals[g * packed.padded_cols + k]
-                                else:
-                                    w_val = vals[k * rg + j]
-                                value = acc[chain * rg + j, mi] + w_val * x
-                                T.buffer_store(acc, value, [chain * rg + j, mi])
+                def x_at(col: tirx.PrimExpr, mi: tirx.PrimExpr) -> tirx.PrimExpr:
+                    return XT[mo, col, mi] if x_panels else XT[col, mo * tile + mi]
 
+                def accumulate(k: tirx.PrimExpr, chain: int | tirx.PrimExpr) -> None:
                     if packed.dense:
-                        start, end = 0, k_in
+                        col = k
                     else:
-                        start, end = ptr[g], ptr[g + 1]
-                    with T.serial(0, (end - start) // chains) as group:
-                        if prefetch:
-                            ahead = start + group * chains + prefetch
-                            _prefetch(vals, ahead * rg)
-                            _prefetch(idx, ahead)
-                        if lanes_of_entries:
-                            word = start // UNROLL + group
-                            _lane_fma(acc, vals, words, word, lambda col: XT[col, mo])
-                        else:
-                            with T.unroll(0, chains) as c:
-                                accumulate(start + group * chains + c, c)
-                    with T.serial(start + (end - start) // chains * chains, end) as k:
-                        accumulate(k, 0)
-                    for j in range(rg):
-                        r = g * rg + j
-                        with T.vectorized(0, tile) as mi:
-                            total = Wb[r]
-                            for c in range(chains):
-                                total = total + acc[c * rg + j, mi]
-                            T.buffer_store(acc, activation.apply(total), [j, mi])
-                        with T.serial(0, tile) as mi:
-                            column = mo * tile + mi
-                            step = column // batch
-                            step = seq_len - 1 - step if reverse else step
-                            if m_pad == m:
-                                T.buffer_store(U, acc[j, mi], [step, r, column % batch])
+                        col = tirx.Cast("int32", idx[k])
+                    with T.vectorized(0, tile) as mi:
+                        x = x_at(col, mi)  # one load for the group's rows
+                        for j in range(rg):
+                            if packed.dense:
+                                w_val = vals[g * packed.padded_cols + k]
                             else:
-                                with T.If(column < m), T.Then():
-                                    T.buffer_store(U, acc[j, mi], [step, r, column % batch])
+                                w_val = vals[k * rg + j]
+                            value = acc[chain * rg + j, mi] + w_val * x
+                            T.buffer_store(acc, value, [chain * rg + j, mi])
+
+                if packed.dense:
+                    start, end = 0, k_in
+                else:
+                    start, end = ptr[g], ptr[g + 1]
+                with T.serial(0, (end - start) // chains) as group:
+                    if prefetch:
+                        ahead = start + group * chains + prefetch
+                        _prefetch(vals, ahead * rg)
+                        _prefetch(idx, ahead)
+                    if lanes_of_entries:
+                        word = start // UNROLL + group
+                        _lane_fma(acc, vals, words, word, lambda col: x_at(col, 0))
+                    else:
+                        with T.unroll(0, chains) as c:
+                            accumulate(start + group * chains + c, c)
+                with T.serial(start + (end - start) // chains * chains, end) as k:
+                    accumulate(k, 0)
+                for j in range(rg):
+                    r = g * rg + j
+                    with T.vectorized(0, tile) as mi:
+                        total = Wb[r]
+                        for c in range(chains):
+                            total = total + acc[c * rg + j, mi]
+                        T.buffer_store(acc, activation.apply(total), [j, mi])
+                    with T.serial(0, tile) as mi:
+                        column = mo * tile + mi
+                        step = column // batch
+                        step = seq_len - 1 - step if reverse else step
+                        if m_pad == m:
+                            T.buffer_store(U, acc[j, mi], [step, r, column % batch])
+                        else:
+                            with T.If(column < m), T.Then():
+                                T.buffer_store(U, acc[j, mi], [step, r, column % batch])
     return ib.get()

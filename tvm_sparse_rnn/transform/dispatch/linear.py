@@ -26,6 +26,7 @@ from ...errors import UnsupportedError
 from ...kernels.cuda.matmul_mma import MIN_EXTENT, VECTOR_HALVES, plan_split_k
 from ...kernels.cuda.tensor_core.kernel import default_config
 from ...kernels.sparse_dense import SparseDenseLayout, sparse_dense_func
+from ...kernels.x86.csr_tiling import csr_tiling
 from ...ops.epilogue import IDENTITY, Activation, Epilogue
 from ...ops.placeholders import LinearCall
 from ...ops.split_k import split_k_matmul, split_k_sum
@@ -306,7 +307,7 @@ def _plan_variant(call: LinearCall, target: Target, options: DispatchOptions) ->
         decision = KernelDecision(call.name, KernelVariant.DENSE, detail, "-", plan.reason)
         return LinearLowering(decision, weight, None, None, target, split_k=split_k)
     if plan.csr and str(ty.dtype) == "float32":
-        csr = CsrSpmmLinear.plan(weight, rows)
+        csr = CsrSpmmLinear.plan(weight, rows, csr_tiling(target))
         detail = f"W {'x'.join(map(str, plan.shape))}, sparsity {plan.sparsity:.1%}, CSR"
         decision = KernelDecision(
             call.name, KernelVariant.CSR_SPMM, f"{detail}, {csr.detail()}", "-", plan.reason

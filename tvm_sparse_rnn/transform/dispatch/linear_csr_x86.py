@@ -24,6 +24,7 @@ from tvm.target import Target
 from ...cpu_threads import pool_threads
 from ...errors import UnsupportedError
 from ...kernels.opaque import opaque_kernel
+from ...kernels.x86.csr_tiling import CsrTiling
 from ...kernels.x86.injective import InjectiveCPU
 from ...kernels.x86.panel_spmm import (
     K_PANEL,
@@ -43,6 +44,7 @@ from ...kernels.x86.recurrent import (
     projection_row_multiple,
     projection_tile,
     row_group_tile,
+    x_operand_shape,
 )
 from ...ops.epilogue import Activation
 from .cost_model import csr_row_group
@@ -71,26 +73,36 @@ class CsrSpmmLinear:
         Rows ``M`` of ``X`` the kernel takes.
     tile : int
         Columns of ``X^T`` per accumulator tile.
+    x_panels : bool
+        ``X^T`` in panels of one tile (:func:`~tvm_sparse_rnn.kernels.x86.recurrent.
+        x_operand_shape`), else row-major.
     """
 
     packed: PackedWeight | PanelWeight
     rows: int
     tile: int
+    x_panels: bool = False
     _consts: list[relax.Expr] = field(default_factory=list)
 
     @classmethod
-    def plan(cls, weight: np.ndarray, rows: int) -> CsrSpmmLinear:
-        """Pack ``weight`` (``N x K`` float32) for ``rows`` rows of ``X``."""
-        tile = projection_tile(rows)
-        group = csr_row_group(weight, projection_row_group(tile))
+    def plan(cls, weight: np.ndarray, rows: int, tiling: CsrTiling) -> CsrSpmmLinear:
+        """Pack ``weight`` (``N x K`` float32) for ``rows`` rows of ``X`` with the register
+        ``tiling`` of the target's ISA family
+        (:func:`~tvm_sparse_rnn.kernels.x86.csr_tiling.csr_tiling`)."""
+        tile = min(projection_tile(rows), tiling.max_tile)
+        group_tile = min(tile, tiling.group_tile or tile)
+        group = csr_row_group(weight, projection_row_group(group_tile, tiling.group_floats))
         if group > 1:  # rows pruned together share one load of X^T per column
-            return cls(
-                pack_row_groups(weight, group), rows, row_group_tile(rows, weight.shape[1], group)
-            )
-        if uses_k_panels(rows, group):
-            return cls(pack_k_panels(weight), rows, panel_tile(rows))
-        packed = pack_weight(weight, 1, dense=False, row_multiple=projection_row_multiple(tile))
-        return cls(packed, rows, tile)
+            if tiling.group_tile is None:
+                group_tile = row_group_tile(rows, weight.shape[1], group)
+            packed, tile = pack_row_groups(weight, group), group_tile
+        elif uses_k_panels(rows, group, tiling.panel_tiles):
+            packed, tile = pack_k_panels(weight), panel_tile(rows, tiling.panel_tiles)
+        else:
+            row_multiple = projection_row_multiple(tile)
+            packed = pack_weight(weight, 1, dense=False, row_multiple=row_multiple)
+        panels = tiling.x_panels and padded_columns(rows, tile) > tile  # one tile: the same
+        return cls(packed, rows, tile, panels)
 
     @property
     def panels(self) -> bool:
@@ -104,41 +116,55 @@ class CsrSpmmLinear:
 
     def detail(self) -> str:
         """The packing, for the dispatch decision."""
+        x_layout = ", X^T in tile panels" if self.x_panels else ""
         if self.panels:
-            return f"K panels of {K_PANEL}"
+            return f"K panels of {K_PANEL}, {self.tile}-column tiles{x_layout}"
         group = self.packed.row_group
         if group > 1:
-            return f"rows in groups of {group}, {self.tile}-column tiles"
-        return f"rows, {self.tile}-column tiles"
+            return f"rows in groups of {group}, {self.tile}-column tiles{x_layout}"
+        return f"rows, {self.tile}-column tiles{x_layout}"
 
     def prim_func(self, activation: Activation = Activation.NONE) -> tirx.PrimFunc:
-        """The kernel ``main(XT (K, padded_rows), <weight arrays>, b (N,), Y^T (1, N, rows))``
-        with ``activation`` applied to the sums."""
+        """The kernel ``main(XT, <weight arrays>, b (N,), Y^T (1, N, rows))`` with
+        ``activation`` applied to the sums; ``XT`` of :attr:`x_shape`."""
         if self.panels:
             return panel_spmm_prim_func(
-                self.packed, self.rows, self.tile, pool_threads(), activation
+                self.packed, self.rows, self.tile, pool_threads(), activation, self.x_panels
             )
         return projection_prim_func(
-            self.packed, 1, self.rows, tile=self.tile, activation=activation
+            self.packed,
+            1,
+            self.rows,
+            tile=self.tile,
+            activation=activation,
+            x_panels=self.x_panels,
         )
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """Shape of the kernel's ``XT``: ``(K, padded_rows)``, or ``(padded_rows / tile, K,
+        tile)`` in panels."""
+        return x_operand_shape(self.packed.shape[1], self.padded_rows, self.tile, self.x_panels)
 
     def layout_funcs(self, target: Target) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
         """Scheduled ``(x_to_kernel, kernel_to_y)`` for running :meth:`prim_func` on its own:
-        ``X (rows, K) -> X^T (K, padded_rows)`` (zero columns past :attr:`rows`) and
+        ``X (rows, K) -> XT`` (:attr:`x_shape`; zero columns past :attr:`rows`) and
         ``Y^T (1, N, rows) -> Y (rows, N)`` (numpy's transposing copies of a ``64 x 1024`` ``X``
         took ~200 us on the 2-core VM, ten times the kernel TVM builds)."""
         n, k = self.packed.shape
         x = te.placeholder((self.rows, k), "float32", name="X")
-        if self.padded_rows == self.rows:
-            xt = te.compute((k, self.rows), lambda c, j: x[j, c], name="XT")
+        zero = tirx.const(0.0, "float32")
+        last = self.rows - 1
+
+        def x_at(row: tirx.PrimExpr, col: tirx.PrimExpr) -> tirx.PrimExpr:
+            if self.padded_rows == self.rows:
+                return x[row, col]
+            return tirx.if_then_else(row <= last, x[tirx.min(row, last), col], zero)
+
+        if self.x_panels:
+            xt = te.compute(self.x_shape, lambda t, c, j: x_at(t * self.tile + j, c), name="XT")
         else:
-            zero = tirx.const(0.0, "float32")
-            last = self.rows - 1
-            xt = te.compute(
-                (k, self.padded_rows),
-                lambda c, j: tirx.if_then_else(j <= last, x[tirx.min(j, last), c], zero),
-                name="XT",
-            )
+            xt = te.compute(self.x_shape, lambda c, j: x_at(j, c), name="XT")
         yt = te.placeholder((1, n, self.rows), "float32", name="YT")
         y = te.compute((self.rows, n), lambda i, j: yt[0, j, i], name="Y")
         rule = InjectiveCPU()
@@ -146,6 +172,16 @@ class CsrSpmmLinear:
             rule.apply(te.create_prim_func(args), target, False).mod["main"]
             for args in ([x, xt], [yt, y])
         )
+
+    def _x_operand(self, x: relax.Expr) -> relax.Expr:
+        """The kernel's ``XT`` (:attr:`x_shape`) of ``x (rows, K)``."""
+        op = relax.op
+        if not self.x_panels:
+            return pad_columns(op.permute_dims(x, [1, 0]), self.rows, self.tile)
+        extra = self.padded_rows - self.rows
+        x = op.nn.pad(x, [0, extra, 0, 0]) if extra else x
+        panels = op.reshape(x, [self.padded_rows // self.tile, self.tile, self.packed.shape[1]])
+        return op.permute_dims(panels, [0, 2, 1])
 
     def emit(
         self,
@@ -171,7 +207,7 @@ class CsrSpmmLinear:
         if not self._consts:
             self._consts.extend(relax.const(a) for a in self.packed.arrays())
         bias = relax.const(bias if bias is not None else np.zeros(n, np.float32))
-        xt = bb.emit(pad_columns(op.permute_dims(op.reshape(x, [m, k]), [1, 0]), m, self.tile))
+        xt = bb.emit(self._x_operand(op.reshape(x, [m, k])))
         gv = bb.add_func(opaque_kernel(self.prim_func(activation)), "csr_spmm")
         out = relax.TensorType((1, n, m), "float32")
         yt = bb.emit(relax.call_tir(gv, [xt, *self._consts, bias], out))  # Y^T as (1, N, M)
