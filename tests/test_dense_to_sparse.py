@@ -333,8 +333,9 @@ def test_cpu_pipeline_schedules_dense_layers(x_shape, n):
         (100, 64, 16, 32, (4, 2)),
         (1, 29, 16, 32, (1, 2)),
         (4, 16, 16, 32, (4, 1)),
-        (95, 512, 8, 16, (6, 2)),  # AVX2: 6 x 2 accumulators + 2 weight vectors + 1 broadcast
-        (128, 768, 8, 16, (4, 2)),
+        (95, 512, 8, 16, (8, 1)),  # AVX2: at most 8 x 1 accumulators; 95 padded to 96
+        (128, 768, 8, 16, (8, 1)),
+        (6, 768, 8, 16, (6, 1)),
     ],
 )
 def test_dense_tile_trades_padding_for_reuse_within_the_registers(

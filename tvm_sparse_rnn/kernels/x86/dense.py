@@ -14,8 +14,8 @@ register-blocked GEMM (the BLIS micro-kernel shape):
 * loops become ``(row_outer, col_outer) parallel -> k -> row_inner, col_vector unrolled ->
   lane vectorized``: each step of ``k`` loads two vectors of the ``(K, N)`` weight and does
   ``2 x rows`` FMAs with them into an accumulator tile held in registers (``cache_write`` to
-  ``local``; 14 x 2 accumulators + 2 weight vectors fill AVX-512's 32 registers, 6 x 2 + 2
-  AVX2's 16: :func:`max_row_tile`);
+  ``local``; 14 x 2 accumulators + 2 weight vectors fill AVX-512's 32 registers; AVX2's 16
+  take 8 x 1: :func:`tile_limits`);
 * fused epilogues (bias add, ReLU, ...) are computed at the parallel loop.
 
 On the 2-core AVX-512 VM it took the DeepSpeech2-like model's im2col convolution
@@ -39,18 +39,19 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from ...target import host_target
-from .vector import vector_lanes, vector_registers
+from .vector import AVX512_REGISTERS, BASE_REGISTERS, vector_lanes, vector_registers
 
 logger = logging.getLogger(__name__)
 
 _MATMUL_BLOCK = "matmul"
-#: Row tiles tried; the accumulator tile is ``rows x COL_VECTORS`` vector registers.
+#: Row tiles tried; the accumulator tile is ``rows x vectors`` vector registers.
 _ROW_TILES = (14, 12, 8, 6, 4, 2, 1)
-#: Vector registers of columns per tile.
-_COL_VECTORS = 2
-#: Vector loads per ``k`` step besides the row broadcasts (the weight vectors), the overhead a
-#: taller tile amortizes.
-_WEIGHT_LOADS = _COL_VECTORS
+#: ``(tallest row tile, column vectors)`` per vector register count. AVX-512 (32): 14 x 2
+#: accumulators + 2 weight vectors. AVX2 (16): 8 x 1 -- BERT's attention products (12 heads x
+#: 128 x 128 x 64) ran at 82-104 GFLOPS with 8 x 1 tiles, 58-77 with 4 x 2, 65-72 with 8 x 2
+#: and 16 x 1 (spilling), the dense layers ``95 x 1771 x 512`` / ``128 x 768 x 768`` at 97 / 110
+#: with 8 x 1 and 76-97 with the others (2-core Zen 3 VM, ``time_evaluator``, session 22).
+_TILE_LIMITS = {AVX512_REGISTERS: (14, 2), BASE_REGISTERS: (8, 1)}
 #: How much more modelled work a row tile dividing the rows may cost than a padded one: BERT's
 #: attention matmuls (12 x 128 x 64 x 128 and 12 x 128 x 128 x 64) took 113 and 140 us with
 #: the padded 12-row tile, 81 and 74 us with the 8-row tile (2-core AVX-512 VM, median of 3).
@@ -81,23 +82,23 @@ class DenseTile:
         return self.lanes * self.vectors
 
 
-def max_row_tile(registers: int) -> int:
-    """Tallest row tile whose accumulators, weight vectors and a row broadcast fit
-    ``registers`` vector registers (14 of AVX-512's 32, 6 of AVX2's 16: BERT's attention
-    products at 12 rows ran 2-3x slower than onnxruntime's on the 2-core AVX2 VM, spilling)."""
-    return (registers - _WEIGHT_LOADS - 1) // _COL_VECTORS
+def tile_limits(registers: int) -> tuple[int, int]:
+    """``(tallest row tile, column vectors)`` of the micro-kernel for ``registers`` vector
+    registers (:data:`_TILE_LIMITS`; 16 for any count below 32)."""
+    return _TILE_LIMITS[AVX512_REGISTERS if registers >= AVX512_REGISTERS else BASE_REGISTERS]
 
 
 def choose_row_tile(rows: int, registers: int) -> int:
     """The row tile with the least work per useful row: padding ``rows`` up to a multiple of
     the tile against the weight-vector loads a shorter tile shares among fewer rows (ties go to
-    the taller tile), at most :func:`max_row_tile` of ``registers``. A tile dividing ``rows`` is
+    the taller tile), at most the tallest of :func:`tile_limits`. A tile dividing ``rows`` is
     preferred unless it costs more than :data:`PAD_PENALTY` times the best padded one: padding
     copies the operands outside the tile loop."""
-    tiles = tuple(t for t in _ROW_TILES if t <= max_row_tile(registers))
+    tallest, weight_loads = tile_limits(registers)
+    tiles = tuple(t for t in _ROW_TILES if t <= tallest)
 
     def cost(tile: int) -> float:
-        return math.ceil(rows / tile) * (tile + _WEIGHT_LOADS) / rows
+        return math.ceil(rows / tile) * (tile + weight_loads) / rows
 
     def best(tiles: tuple[int, ...]) -> int:
         return min(tiles, key=lambda tile: (cost(tile), -tile))
@@ -109,7 +110,7 @@ def choose_row_tile(rows: int, registers: int) -> int:
 
 def choose_tile(rows: int, cols: int, lanes: int, registers: int) -> DenseTile:
     """Tile of a ``rows x cols`` output for ``registers`` vectors of ``lanes`` elements."""
-    vectors = _COL_VECTORS if cols > lanes else 1
+    vectors = tile_limits(registers)[1] if cols > lanes else 1
     return DenseTile(choose_row_tile(rows, registers), lanes, vectors)
 
 
