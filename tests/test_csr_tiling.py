@@ -8,7 +8,12 @@ import scipy.sparse as sp
 from tvm.target import Target
 
 from tvm_sparse_rnn.kernels.x86.csr_tiling import CSR_TILINGS, csr_tiling
-from tvm_sparse_rnn.kernels.x86.recurrent import x_operand_shape
+from tvm_sparse_rnn.kernels.x86.recurrent import (
+    pack_row_groups,
+    pack_weight,
+    padded_columns,
+    projection_prim_func,
+)
 from tvm_sparse_rnn.kernels.x86.vector import vector_registers
 from tvm_sparse_rnn.testing import TOLERANCES
 from tvm_sparse_rnn.transform.dispatch.linear_csr_x86 import CsrSpmmLinear
@@ -50,26 +55,24 @@ def _unstructured(n: int, k: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize(
     ("family", "weight", "rows", "detail"),
     [
-        ("avx2", "4x4", 128, "rows in groups of 4, 16-column tiles, X^T in tile panels"),
+        ("avx2", "4x4", 128, "rows in groups of 4, 16-column tiles, X^T packed in tile panels"),
         ("avx512", "4x4", 128, "rows in groups of 4, 32-column tiles"),
-        ("avx2", "4x4", 37, "rows in groups of 4, 16-column tiles, X^T in tile panels"),
-        ("avx2", "unstructured", 128, "K panels of 128, 64-column tiles, X^T in tile panels"),
+        ("avx2", "4x4", 37, "rows in groups of 4, 16-column tiles, X^T packed in tile panels"),
+        ("avx2", "unstructured", 128, "K panels of 128, 64-column tiles"),
         ("avx512", "unstructured", 128, "K panels of 128, 128-column tiles"),
-        ("avx2", "unstructured", 37, "rows, 32-column tiles, X^T in tile panels"),
+        ("avx2", "unstructured", 37, "rows, 32-column tiles, X^T packed in tile panels"),
         ("avx2", "unstructured", 3, "rows, 3-column tiles"),
     ],
 )
 def test_csr_layer_plans_by_family_and_matches_float64(family, weight, rows, detail):
     """Each family's plan runs as the standalone kernel does: ``X`` to the kernel's ``XT``
-    (row-major or tile panels, padded columns zero), the CSR kernel, ``Y^T`` back to ``Y``."""
+    (padded columns zero), the CSR kernel (packing tiles of ``XT`` or not), ``Y^T`` to ``Y``."""
     import tvm
 
     n, k = 64, 256
     w = _blocks_4x4(n, k, rows) if weight == "4x4" else _unstructured(n, k, rows)
     layer = CsrSpmmLinear.plan(w, rows, CSR_TILINGS[family])
     assert layer.detail() == detail
-    tile = layer.tile
-    assert layer.x_shape == x_operand_shape(k, layer.padded_rows, tile, layer.x_panels)
     x_layout, y_layout = layer.layout_funcs(tvm.target.Target("llvm"))
     funcs = {"main": layer.prim_func(), "x_layout": x_layout, "y_layout": y_layout}
     mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
@@ -77,7 +80,7 @@ def test_csr_layer_plans_by_family_and_matches_float64(family, weight, rows, det
     rng = np.random.default_rng(7)
     x = rng.standard_normal((rows, k)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
-    xt = tvm.runtime.empty(layer.x_shape, "float32")
+    xt = tvm.runtime.empty((k, layer.padded_rows), "float32")
     lib["x_layout"](tvm.runtime.tensor(x), xt)
     yt = tvm.runtime.tensor(np.full((1, n, rows), np.nan, np.float32))
     weights = [tvm.runtime.tensor(a) for a in layer.packed.arrays()]
@@ -86,3 +89,26 @@ def test_csr_layer_plans_by_family_and_matches_float64(family, weight, rows, det
     lib["y_layout"](yt, y)
     want = x.astype(np.float64) @ w.T.astype(np.float64) + bias
     np.testing.assert_allclose(y.numpy(), want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("row_group", [1, 4])
+@pytest.mark.parametrize(("m", "tasks"), [(37, 1), (37, 3), (128, 2), (64, 5)])
+def test_packed_x_panels_match_float64(row_group, m, tasks):
+    """The CSR kernel with the column tiles outer and each tile of ``XT`` packed into a panel:
+    1-5 tasks of row groups per tile (more tasks than groups of a tile included), a padded last
+    tile, an empty row group."""
+    import tvm
+
+    n, k = 48, 200
+    w = _blocks_4x4(n, k, m) if row_group > 1 else _unstructured(n, k, m)
+    packed = pack_row_groups(w, row_group) if row_group > 1 else pack_weight(w, 1, False, 1)
+    tile = 16
+    func = projection_prim_func(packed, 1, m, tile=tile, panel_tasks=tasks)
+    rng = np.random.default_rng(tasks)
+    xt = np.zeros((k, padded_columns(m, tile)), np.float32)
+    xt[:, :m] = rng.standard_normal((k, m))
+    bias = rng.standard_normal(n).astype(np.float32)
+    args = [tvm.runtime.tensor(a) for a in (xt, *packed.arrays(), bias, np.zeros((1, n, m), "f4"))]
+    tvm.compile(func, target="llvm")(*args)
+    want = w.astype(np.float64) @ xt[:, :m].astype(np.float64) + bias[:, None]
+    np.testing.assert_allclose(args[-1].numpy()[0], want, rtol=RTOL, atol=ATOL)

@@ -160,7 +160,8 @@ class SparseDenseKernel:
         else:
             self._x_layout = self.executable["x_layout"]
             self._y_layout = self.executable["y_layout"]
-            self._kernel_x = tvm.runtime.empty(self._csr.x_shape, weight.dtype, self.device)
+            xt_shape = (k, self._csr.padded_rows)
+            self._kernel_x = tvm.runtime.empty(xt_shape, weight.dtype, self.device)
             self._y = tvm.runtime.empty((m, n), weight.dtype, self.device)
             out_shape = (1, n, m)
         self._out = tvm.runtime.tensor(np.zeros(out_shape, weight.dtype), self.device)

@@ -10,13 +10,17 @@ shapes, ``M`` = 16-128, session 21 on Zen 4 / AVX-512, session 22 on Zen 3 / AVX
 * AVX-512: 64- or 128-column tiles, 32 for row groups of ``K <= 2048``, up to 256
   accumulator floats a row group (16 registers); ``X^T`` row-major.
 * AVX2: 32-column tiles, 16 for row groups, up to 64 accumulator floats a row group (8
-  registers), 64 columns in the K-panel kernel; ``X^T`` in panels of one tile
-  (:func:`~tvm_sparse_rnn.kernels.x86.recurrent.x_operand_shape`) with the tiles in the outer
-  loop. With a row-major ``X^T`` of 128 columns a tile of 16 read 64 bytes of every 512-byte row,
-  each from another line and page: 4x4 blocks in row groups of 4 at ``M`` = 128 ran at 49-91
-  GFLOPS, 88-114 from panels (same run); the spilling AVX-512 tiling 44-56.
+  registers), 64 columns in the K-panel kernel; the CSR kernel runs the column tiles in the
+  outer loop and packs each tile of ``X^T`` into a contiguous panel first (``panel_tasks`` of
+  :func:`~tvm_sparse_rnn.kernels.x86.recurrent.projection_prim_func`). Read in place, a 16-float
+  tile of a row-major ``X^T`` of 128 columns is one 64-byte line every 512 bytes, and the reads
+  fall on an eighth of L2's sets: 4x4 blocks in row groups of 4 at ``M`` = 128 (BERT's ``2304 x
+  768`` / ``768 x 3072`` / ``3072 x 768``) ran at 80 / 49 / 91 GFLOPS in place, 114 / 88 / 105
+  from panels (same run); the spilling AVX-512 tiling 56 / 44 / 56.
 
-The AVX-512 tiling keeps its row-major ``X^T``: the panel layout was not measured there.
+The packing keeps the kernel's operands as they are (``X^T`` row-major), so that layers feeding
+each other in the feature-major layout still do with no copy in between. The AVX-512 tiling
+reads ``X^T`` in place: the panels were not measured there.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class CsrTiling:
     panel_tiles : tuple of int
         Tiles of the K-panel kernel, preferred first (the first dividing ``M`` is used).
     x_panels : bool
-        ``X^T`` in panels of one tile, tiles in the outer loop.
+        The CSR kernel packs tiles of ``X^T`` into panels, the tiles in the outer loop.
     """
 
     max_tile: int

@@ -36,7 +36,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T  # noqa: N812 - TVMScript convention
 
 from ...ops.epilogue import Activation
-from .recurrent import stack_buffer, x_operand_shape
+from .recurrent import stack_buffer
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,6 @@ def panel_spmm_prim_func(
     tile: int,
     threads: int,
     activation: Activation = Activation.NONE,
-    x_panels: bool = False,
 ) -> tirx.PrimFunc:
     """``Y^T[0, n, :] = activation(W[n, :] @ X^T + b[n])`` over the K panels of ``packed``.
 
@@ -156,9 +155,6 @@ def panel_spmm_prim_func(
         Threads of TVM's pool the row blocks are split over (:func:`row_blocks`).
     activation : Activation
         Applied to the sums in the last panel's store.
-    x_panels : bool
-        Read ``XT`` as one panel per tile, ``(m / tile, K, tile)``
-        (:func:`~tvm_sparse_rnn.kernels.x86.recurrent.x_operand_shape`).
 
     Returns
     -------
@@ -180,7 +176,7 @@ def panel_spmm_prim_func(
         with T.prim_func():
             T.func_name("panel_spmm_x86")
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            XT = T.arg("XT", T.buffer(x_operand_shape(k, m, tile, x_panels), _F32))
+            XT = T.arg("XT", T.buffer((k, m), _F32))
             vals = T.arg("W_values", T.buffer((packed.entries,), _F32))
             offs = T.arg("W_offsets", T.buffer((packed.entries,), "uint8"))
             ptr = T.arg("W_indptr", T.buffer((panels, n + 1), "int32"))
@@ -198,7 +194,7 @@ def panel_spmm_prim_func(
                         with T.serial(ptr[p, r], ptr[p, r + 1]) as e:
                             col = p * K_PANEL + tirx.Cast("int32", offs[e])
                             with T.vectorized(0, tile) as mi:
-                                x = XT[mo, col, mi] if x_panels else XT[col, mo * tile + mi]
+                                x = XT[col, mo * tile + mi]
                                 T.buffer_store(acc, acc[mi] + vals[e] * x, [mi])
                         if activation is Activation.NONE:
                             _store(Y, acc, r, mo * tile, tile, Activation.NONE)

@@ -522,22 +522,6 @@ def _parallel_region(threads: int) -> tuple[Callable, Callable, Callable]:
     )
 
 
-def x_operand_shape(k: int, m_pad: int, tile: int, x_panels: bool) -> tuple[int, ...]:
-    """Shape of the CSR kernels' ``XT`` operand for ``k`` rows and ``m_pad`` columns: ``(k,
-    m_pad)``, or one panel per ``tile`` columns, ``(m_pad / tile, k, tile)``."""
-    return (m_pad // tile, k, tile) if x_panels else (k, m_pad)
-
-
-def _group_and_tile(
-    task: tirx.PrimExpr, groups: int, tiles: int, tiles_outer: bool
-) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
-    """``(row group, column tile)`` of one task of the fused parallel loop: the groups in the
-    outer order (each group's entries once per tile, ``XT`` read at random) or the tiles."""
-    if tiles_outer:
-        return task % groups, task // groups
-    return task // tiles, task % tiles
-
-
 def _arg(name: str, shape: tuple[int, ...], dtype: str = _F32) -> tirx.Buffer:
     return T.arg(name, T.buffer(shape, dtype))
 
@@ -880,7 +864,7 @@ def projection_prim_func(
     reverse: bool = False,
     prefetch: int | None = None,
     activation: Activation = Activation.NONE,
-    x_panels: bool = False,
+    panel_tasks: int = 0,
 ) -> tirx.PrimFunc:
     """The input projection ``U[t, r, :] = activation(W[r, :] @ X[t]^T + Wb[r])`` for all steps
     at once.
@@ -914,9 +898,13 @@ def projection_prim_func(
         ``None``: :func:`projection_prefetch`.
     activation : Activation
         Applied to the sums before the store (a linear layer's fused activation).
-    x_panels : bool
-        Read ``XT`` as panels of one tile, ``(padded_columns(m, tile) / tile, I, tile)``, and
-        run the tiles in the outer loop (:data:`X_PANELS_NOTE`).
+    panel_tasks : int
+        ``0``: the row groups in the outer loop, ``XT`` read in place. ``n > 0``: the column
+        tiles in the outer loop, each split in ``n`` tasks of row groups, and each task first
+        copies its tile of ``XT`` into a contiguous ``(I, tile)`` panel (the packing of a GEMM
+        micro-kernel): a tile of a row-major ``XT`` of ``2^k`` columns is one line per row,
+        ``2^k`` floats apart, and the reads fall on a fraction of the cache's sets (see
+        :mod:`~tvm_sparse_rnn.kernels.x86.csr_tiling`).
 
     Returns
     -------
@@ -940,7 +928,7 @@ def projection_prim_func(
         with T.prim_func():
             T.func_name("projection_x86")
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            XT = _arg("XT", x_operand_shape(k_in, m_pad, tile, x_panels))
+            XT = _arg("XT", (k_in, m_pad))
             vals = _arg("W_values", (packed.entries * rg,))
             if not packed.dense:
                 idx = _arg("W_indices", (packed.entries,), packed.index_dtype)
@@ -949,15 +937,14 @@ def projection_prim_func(
             U = _arg("U", (seq_len, step_rows(rows, seq_len, batch), batch))
             if lanes_of_entries:
                 words = _index_words(packed, idx)
-            with loop(0, rows // rg * (m_pad // tile)) as task:
-                g, mo = _group_and_tile(task, rows // rg, m_pad // tile, x_panels)
+
+            def row_group(g: tirx.PrimExpr, mo: tirx.PrimExpr, x_at: Callable) -> None:
+                """Accumulate and store row group ``g`` over column tile ``mo``; ``x_at(col,
+                mi)`` reads ``X^T[col, mo * tile + mi]``."""
                 acc = stack_buffer((chains * rg, tile))
                 with T.unroll(0, chains * rg) as c:
                     with T.vectorized(0, tile) as mi:
                         T.buffer_store(acc, tirx.const(0.0, _F32), [c, mi])
-
-                def x_at(col: tirx.PrimExpr, mi: tirx.PrimExpr) -> tirx.PrimExpr:
-                    return XT[mo, col, mi] if x_panels else XT[col, mo * tile + mi]
 
                 def accumulate(k: tirx.PrimExpr, chain: int | tirx.PrimExpr) -> None:
                     if packed.dense:
@@ -1007,4 +994,21 @@ def projection_prim_func(
                         else:
                             with T.If(column < m), T.Then():
                                 T.buffer_store(U, acc[j, mi], [step, r, column % batch])
+
+            n_groups, n_tiles = rows // rg, m_pad // tile
+            if panel_tasks:  # tiles outer; each task reads its tile of XT from a packed panel
+                per_task = -(-n_groups // panel_tasks)
+                with loop(0, n_tiles * panel_tasks) as task:
+                    mo, first = task // panel_tasks, task % panel_tasks * per_task
+                    panel = T.alloc_buffer((k_in, tile), _F32, scope="global")
+                    with T.serial(0, k_in) as c:
+                        with T.vectorized(0, tile) as mi:
+                            T.buffer_store(panel, XT[c, mo * tile + mi], [c, mi])
+                    count = tirx.max(tirx.min(per_task, n_groups - first), 0)
+                    with T.serial(0, count) as g:
+                        row_group(first + g, mo, lambda col, mi: panel[col, mi])
+            else:
+                with loop(0, n_groups * n_tiles) as task:
+                    g, mo = task // n_tiles, task % n_tiles
+                    row_group(g, mo, lambda col, mi, mo=mo: XT[col, mo * tile + mi])
     return ib.get()

@@ -44,13 +44,18 @@ from ...kernels.x86.recurrent import (
     projection_row_multiple,
     projection_tile,
     row_group_tile,
-    x_operand_shape,
 )
 from ...ops.epilogue import Activation
 from .cost_model import csr_row_group
 from .projection_x86 import pad_columns
 
 logger = logging.getLogger(__name__)
+
+
+def panel_tasks(tiles: int, threads: int) -> int:
+    """Tasks per column tile of a kernel packing ``X^T`` in panels: 1 (each tile's panel packed
+    once) where the ``tiles`` split evenly over the ``threads``, else ``threads``."""
+    return 1 if tiles % threads == 0 else threads
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,8 @@ class CsrSpmmLinear:
     tile : int
         Columns of ``X^T`` per accumulator tile.
     x_panels : bool
-        ``X^T`` in panels of one tile (:func:`~tvm_sparse_rnn.kernels.x86.recurrent.
-        x_operand_shape`), else row-major.
+        The kernel packs each tile of ``X^T`` into a panel and runs the tiles in the outer loop
+        (``panel_tasks`` of :func:`~tvm_sparse_rnn.kernels.x86.recurrent.projection_prim_func`).
     """
 
     packed: PackedWeight | PanelWeight
@@ -97,11 +102,11 @@ class CsrSpmmLinear:
                 group_tile = row_group_tile(rows, weight.shape[1], group)
             packed, tile = pack_row_groups(weight, group), group_tile
         elif uses_k_panels(rows, group, tiling.panel_tiles):
-            packed, tile = pack_k_panels(weight), panel_tile(rows, tiling.panel_tiles)
+            return cls(pack_k_panels(weight), rows, panel_tile(rows, tiling.panel_tiles))
         else:
             row_multiple = projection_row_multiple(tile)
             packed = pack_weight(weight, 1, dense=False, row_multiple=row_multiple)
-        panels = tiling.x_panels and padded_columns(rows, tile) > tile  # one tile: the same
+        panels = tiling.x_panels and padded_columns(rows, tile) > tile  # one tile: in place
         return cls(packed, rows, tile, panels)
 
     @property
@@ -116,7 +121,7 @@ class CsrSpmmLinear:
 
     def detail(self) -> str:
         """The packing, for the dispatch decision."""
-        x_layout = ", X^T in tile panels" if self.x_panels else ""
+        x_layout = ", X^T packed in tile panels" if self.x_panels else ""
         if self.panels:
             return f"K panels of {K_PANEL}, {self.tile}-column tiles{x_layout}"
         group = self.packed.row_group
@@ -125,46 +130,37 @@ class CsrSpmmLinear:
         return f"rows, {self.tile}-column tiles{x_layout}"
 
     def prim_func(self, activation: Activation = Activation.NONE) -> tirx.PrimFunc:
-        """The kernel ``main(XT, <weight arrays>, b (N,), Y^T (1, N, rows))`` with
-        ``activation`` applied to the sums; ``XT`` of :attr:`x_shape`."""
+        """The kernel ``main(XT (K, padded_rows), <weight arrays>, b (N,), Y^T (1, N, rows))``
+        with ``activation`` applied to the sums."""
+        threads = pool_threads()
         if self.panels:
-            return panel_spmm_prim_func(
-                self.packed, self.rows, self.tile, pool_threads(), activation, self.x_panels
-            )
+            return panel_spmm_prim_func(self.packed, self.rows, self.tile, threads, activation)
         return projection_prim_func(
             self.packed,
             1,
             self.rows,
             tile=self.tile,
             activation=activation,
-            x_panels=self.x_panels,
+            panel_tasks=panel_tasks(self.padded_rows // self.tile, threads) if self.x_panels else 0,
         )
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        """Shape of the kernel's ``XT``: ``(K, padded_rows)``, or ``(padded_rows / tile, K,
-        tile)`` in panels."""
-        return x_operand_shape(self.packed.shape[1], self.padded_rows, self.tile, self.x_panels)
 
     def layout_funcs(self, target: Target) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
         """Scheduled ``(x_to_kernel, kernel_to_y)`` for running :meth:`prim_func` on its own:
-        ``X (rows, K) -> XT`` (:attr:`x_shape`; zero columns past :attr:`rows`) and
+        ``X (rows, K) -> X^T (K, padded_rows)`` (zero columns past :attr:`rows`) and
         ``Y^T (1, N, rows) -> Y (rows, N)`` (numpy's transposing copies of a ``64 x 1024`` ``X``
         took ~200 us on the 2-core VM, ten times the kernel TVM builds)."""
         n, k = self.packed.shape
         x = te.placeholder((self.rows, k), "float32", name="X")
-        zero = tirx.const(0.0, "float32")
-        last = self.rows - 1
-
-        def x_at(row: tirx.PrimExpr, col: tirx.PrimExpr) -> tirx.PrimExpr:
-            if self.padded_rows == self.rows:
-                return x[row, col]
-            return tirx.if_then_else(row <= last, x[tirx.min(row, last), col], zero)
-
-        if self.x_panels:
-            xt = te.compute(self.x_shape, lambda t, c, j: x_at(t * self.tile + j, c), name="XT")
+        if self.padded_rows == self.rows:
+            xt = te.compute((k, self.rows), lambda c, j: x[j, c], name="XT")
         else:
-            xt = te.compute(self.x_shape, lambda c, j: x_at(j, c), name="XT")
+            zero = tirx.const(0.0, "float32")
+            last = self.rows - 1
+            xt = te.compute(
+                (k, self.padded_rows),
+                lambda c, j: tirx.if_then_else(j <= last, x[tirx.min(j, last), c], zero),
+                name="XT",
+            )
         yt = te.placeholder((1, n, self.rows), "float32", name="YT")
         y = te.compute((self.rows, n), lambda i, j: yt[0, j, i], name="Y")
         rule = InjectiveCPU()
@@ -172,16 +168,6 @@ class CsrSpmmLinear:
             rule.apply(te.create_prim_func(args), target, False).mod["main"]
             for args in ([x, xt], [yt, y])
         )
-
-    def _x_operand(self, x: relax.Expr) -> relax.Expr:
-        """The kernel's ``XT`` (:attr:`x_shape`) of ``x (rows, K)``."""
-        op = relax.op
-        if not self.x_panels:
-            return pad_columns(op.permute_dims(x, [1, 0]), self.rows, self.tile)
-        extra = self.padded_rows - self.rows
-        x = op.nn.pad(x, [0, extra, 0, 0]) if extra else x
-        panels = op.reshape(x, [self.padded_rows // self.tile, self.tile, self.packed.shape[1]])
-        return op.permute_dims(panels, [0, 2, 1])
 
     def emit(
         self,
@@ -207,7 +193,7 @@ class CsrSpmmLinear:
         if not self._consts:
             self._consts.extend(relax.const(a) for a in self.packed.arrays())
         bias = relax.const(bias if bias is not None else np.zeros(n, np.float32))
-        xt = bb.emit(self._x_operand(op.reshape(x, [m, k])))
+        xt = bb.emit(pad_columns(op.permute_dims(op.reshape(x, [m, k]), [1, 0]), m, self.tile))
         gv = bb.add_func(opaque_kernel(self.prim_func(activation)), "csr_spmm")
         out = relax.TensorType((1, n, m), "float32")
         yt = bb.emit(relax.call_tir(gv, [xt, *self._consts, bias], out))  # Y^T as (1, N, M)
