@@ -16,7 +16,9 @@ shapes, ``M`` = 16-128, session 21 on Zen 4 / AVX-512, session 22 on Zen 3 / AVX
   tile of a row-major ``X^T`` of 128 columns is one 64-byte line every 512 bytes, and the reads
   fall on an eighth of L2's sets: 4x4 blocks in row groups of 4 at ``M`` = 128 (BERT's ``2304 x
   768`` / ``768 x 3072`` / ``3072 x 768``) ran at 80 / 49 / 91 GFLOPS in place, 114 / 88 / 105
-  from panels (same run); the spilling AVX-512 tiling 56 / 44 / 56.
+  from panels laid out outside the kernel (same run), the spilling AVX-512 tiling 56 / 44 / 56;
+  packed by the kernel 132-147 / 89-112 / 92-96 against 68-108 / 60-63 / 73 in place (another
+  probe, two rounds).
 
 The packing keeps the kernel's operands as they are (``X^T`` row-major), so that layers feeding
 each other in the feature-major layout still do with no copy in between. The AVX-512 tiling
