@@ -48,9 +48,10 @@ _MATMUL_BLOCK = "matmul"
 _ROW_TILES = (14, 12, 8, 6, 4, 2, 1)
 #: ``(tallest row tile, column vectors)`` per vector register count. AVX-512 (32): 14 x 2
 #: accumulators + 2 weight vectors. AVX2 (16): 8 x 1 -- BERT's attention products (12 heads x
-#: 128 x 128 x 64) ran at 82-104 GFLOPS with 8 x 1 tiles, 58-77 with 4 x 2, 65-72 with 8 x 2
-#: and 16 x 1 (spilling), the dense layers ``95 x 1771 x 512`` / ``128 x 768 x 768`` at 97 / 110
-#: with 8 x 1 and 76-97 with the others (2-core Zen 3 VM, ``time_evaluator``, session 22).
+#: 128 x 128 x 64) ran at 82-105 GFLOPS with 8 x 1 tiles, 58-77 with 4 x 2, 65-73 with 8 x 2
+#: and 16 x 1 (spilling); the dense layers ``95 x 1771 x 512`` / ``128 x 768 x 768`` / ``16 x
+#: 1024 x 1024`` at 97 / 110 / 87 with 8 x 1, 76-97 / 74-111 / 56-76 with 6 x 2, 4 x 2, 2 x 2,
+#: 4 x 1 and 3 x 2 (2-core Zen 3 VM, ``time_evaluator``, session 22).
 _TILE_LIMITS = {AVX512_REGISTERS: (14, 2), BASE_REGISTERS: (8, 1)}
 #: How much more modelled work a row tile dividing the rows may cost than a padded one: BERT's
 #: attention matmuls (12 x 128 x 64 x 128 and 12 x 128 x 128 x 64) took 113 and 140 us with
