@@ -58,7 +58,7 @@ def _unstructured(n: int, k: int, seed: int) -> np.ndarray:
         ("avx2", "4x4", 128, "rows in groups of 4, 16-column tiles, X^T packed in tile panels"),
         ("avx512", "4x4", 128, "rows in groups of 4, 32-column tiles"),
         ("avx2", "4x4", 37, "rows in groups of 4, 16-column tiles, X^T packed in tile panels"),
-        ("avx2", "unstructured", 128, "K panels of 128, 64-column tiles"),
+        ("avx2", "unstructured", 128, "K panels of 128, 64-column tiles, X^T copied tile-major"),
         ("avx512", "unstructured", 128, "K panels of 128, 128-column tiles"),
         ("avx2", "unstructured", 37, "rows, 32-column tiles, X^T packed in tile panels"),
         ("avx2", "unstructured", 3, "rows, 3-column tiles"),
@@ -71,7 +71,7 @@ def test_csr_layer_plans_by_family_and_matches_float64(family, weight, rows, det
 
     n, k = 64, 256
     w = _blocks_4x4(n, k, rows) if weight == "4x4" else _unstructured(n, k, rows)
-    layer = CsrSpmmLinear.plan(w, rows, CSR_TILINGS[family])
+    layer = CsrSpmmLinear.plan(w, rows, CSR_TILINGS[family], threads=2)
     assert layer.detail() == detail
     x_layout, y_layout = layer.layout_funcs(tvm.target.Target("llvm"))
     funcs = {"main": layer.prim_func(), "x_layout": x_layout, "y_layout": y_layout}

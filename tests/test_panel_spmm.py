@@ -24,21 +24,38 @@ def _weight(n: int, k: int, seed: int) -> np.ndarray:
     return w
 
 
-@pytest.mark.parametrize(("n", "k"), [(10, 300), (40, 128), (7, 1)])
-def test_pack_k_panels_round_trips(n, k):
+@pytest.mark.parametrize(("n", "k", "threads"), [(10, 300, 2), (40, 128, 1), (7, 1, 3)])
+def test_pack_k_panels_round_trips(n, k, threads):
     w = _weight(n, k, 0) if k > 1 else np.ones((n, k), np.float32)
     w[0, 0] = 0.0
-    packed = pack_k_panels(w)
+    packed = pack_k_panels(w, threads)
     assert packed.panels == -(-k // K_PANEL) and packed.offsets.dtype == np.uint8
     rebuilt = np.zeros((n, k), np.float32)
     for p in range(packed.panels):
-        for r in range(n):
-            lo, hi = packed.indptr[p, r], packed.indptr[p, r + 1]
+        for at, r in enumerate(packed.order[p]):
+            lo, hi = packed.indptr[p, at], packed.indptr[p, at + 1]
             cols = p * K_PANEL + packed.offsets[lo:hi].astype(int)
             assert np.all(np.diff(cols) > 0)
             rebuilt[r, cols] = packed.values[lo:hi]
     np.testing.assert_array_equal(rebuilt, w)
     assert packed.indptr[-1, -1] == np.count_nonzero(w)
+
+
+def test_rows_run_by_count_within_each_block_and_panel():
+    """Each block's rows, and only those, in order of their nonzero count in the panel."""
+    rng = np.random.default_rng(5)
+    w = (rng.random((700, 300)) < rng.random((700, 1)) * 0.3).astype(np.float32)
+    packed = pack_k_panels(w, threads=2)
+    assert (packed.blocks, packed.block_rows) == row_blocks(700, 2)
+    for p in range(packed.panels):
+        counts = np.diff(packed.indptr[p])
+        for b in range(packed.blocks):
+            at = slice(b * packed.block_rows, (b + 1) * packed.block_rows)
+            rows = packed.order[p, at]
+            np.testing.assert_array_equal(np.sort(rows), np.arange(700)[at])
+            assert np.all(np.diff(counts[at]) >= 0)
+            panel = w[rows, p * K_PANEL : (p + 1) * K_PANEL]
+            np.testing.assert_array_equal(counts[at], np.count_nonzero(panel, axis=1))
 
 
 @pytest.mark.parametrize(
@@ -51,16 +68,16 @@ def test_pack_k_panels_round_trips(n, k):
     ],
 )
 def test_panel_kernel_matches_float64(n, k, m, tile, threads):
-    """Row blocks with a partial last one, a narrower last panel, several column tiles, empty
-    rows; the bias enters at the first panel."""
+    """Row blocks with a partial last one, a narrower last panel, several column tiles (``X^T``
+    copied tile-major), empty rows; the bias enters at the first panel."""
     import tvm
 
     rng = np.random.default_rng(3)
     w = _weight(n, k, 1)
     x = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32)
-    packed = pack_k_panels(w)
-    kernel = tvm.compile(panel_spmm_prim_func(packed, m, tile, threads), target="llvm")
+    packed = pack_k_panels(w, threads)
+    kernel = tvm.compile(panel_spmm_prim_func(packed, m, tile), target="llvm")
     out = np.zeros((1, n, m), np.float32)
     args = [tvm.runtime.tensor(a) for a in (np.ascontiguousarray(x.T), *packed.arrays(), b, out)]
     kernel(*args)
@@ -79,7 +96,7 @@ def test_row_blocks_split_evenly_over_the_threads(rows, threads, blocks, block_r
 
 def test_panel_kernel_rejects_columns_off_its_tile():
     with pytest.raises(ValueError, match="m = 96 columns must be a multiple of the tile 64"):
-        panel_spmm_prim_func(pack_k_panels(_weight(8, 64, 2)), 96, 64, 2)
+        panel_spmm_prim_func(pack_k_panels(_weight(8, 64, 2), 2), 96, 64)
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from tvm import tirx
 from tvm.target import Target
 
 from ..bsr import BSRWeight
+from ..cpu_threads import pool_threads
 from ..errors import UnsupportedError
 from ..kernels.cuda.csr_vector.kernel import (
     CsrVectorConfig,
@@ -138,7 +139,7 @@ class SparseDenseKernel:
             )
             arrays = packed.arrays()
         elif isinstance(config, CsrSpmmConfig):
-            self._csr = CsrSpmmLinear.plan(weight.toarray(), m, csr_tiling(target))
+            self._csr = CsrSpmmLinear.plan(weight.toarray(), m, csr_tiling(target), pool_threads())
             self._padded = (m, k)
             func = self._csr.prim_func()
             arrays = [*self._csr.packed.arrays(), np.zeros(n, weight.dtype)]  # with a zero bias

@@ -22,6 +22,7 @@ from tvm import relax, tirx
 from tvm.target import Target
 
 from ...bsr import BSRWeight
+from ...cpu_threads import pool_threads
 from ...errors import UnsupportedError
 from ...kernels.cuda.matmul_mma import MIN_EXTENT, VECTOR_HALVES, plan_split_k
 from ...kernels.cuda.tensor_core.kernel import default_config
@@ -307,7 +308,7 @@ def _plan_variant(call: LinearCall, target: Target, options: DispatchOptions) ->
         decision = KernelDecision(call.name, KernelVariant.DENSE, detail, "-", plan.reason)
         return LinearLowering(decision, weight, None, None, target, split_k=split_k)
     if plan.csr and str(ty.dtype) == "float32":
-        csr = CsrSpmmLinear.plan(weight, rows, csr_tiling(target))
+        csr = CsrSpmmLinear.plan(weight, rows, csr_tiling(target), pool_threads())
         detail = f"W {'x'.join(map(str, plan.shape))}, sparsity {plan.sparsity:.1%}, CSR"
         decision = KernelDecision(
             call.name, KernelVariant.CSR_SPMM, f"{detail}, {csr.detail()}", "-", plan.reason

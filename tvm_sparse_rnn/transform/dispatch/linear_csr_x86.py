@@ -21,7 +21,6 @@ import numpy as np
 from tvm import relax, te, tirx
 from tvm.target import Target
 
-from ...cpu_threads import pool_threads
 from ...errors import UnsupportedError
 from ...kernels.opaque import opaque_kernel
 from ...kernels.x86.csr_tiling import CsrTiling
@@ -78,6 +77,8 @@ class CsrSpmmLinear:
         Rows ``M`` of ``X`` the kernel takes.
     tile : int
         Columns of ``X^T`` per accumulator tile.
+    threads : int
+        Threads of TVM's pool the kernel's parallel loop is split over.
     x_panels : bool
         The kernel packs each tile of ``X^T`` into a panel and runs the tiles in the outer loop
         (``panel_tasks`` of :func:`~tvm_sparse_rnn.kernels.x86.recurrent.projection_prim_func`).
@@ -86,14 +87,16 @@ class CsrSpmmLinear:
     packed: PackedWeight | PanelWeight
     rows: int
     tile: int
+    threads: int
     x_panels: bool = False
     _consts: list[relax.Expr] = field(default_factory=list)
 
     @classmethod
-    def plan(cls, weight: np.ndarray, rows: int, tiling: CsrTiling) -> CsrSpmmLinear:
+    def plan(cls, weight: np.ndarray, rows: int, tiling: CsrTiling, threads: int) -> CsrSpmmLinear:
         """Pack ``weight`` (``N x K`` float32) for ``rows`` rows of ``X`` with the register
         ``tiling`` of the target's ISA family
-        (:func:`~tvm_sparse_rnn.kernels.x86.csr_tiling.csr_tiling`)."""
+        (:func:`~tvm_sparse_rnn.kernels.x86.csr_tiling.csr_tiling`), for a kernel run on
+        ``threads`` threads."""
         tile = min(projection_tile(rows), tiling.max_tile)
         group_tile = min(tile, tiling.group_tile or tile)
         group = csr_row_group(weight, projection_row_group(group_tile, tiling.group_floats))
@@ -102,12 +105,13 @@ class CsrSpmmLinear:
                 group_tile = row_group_tile(rows, weight.shape[1], group)
             packed, tile = pack_row_groups(weight, group), group_tile
         elif uses_k_panels(rows, group, tiling.panel_tiles):
-            return cls(pack_k_panels(weight), rows, panel_tile(rows, tiling.panel_tiles))
+            tile = panel_tile(rows, tiling.panel_tiles)
+            return cls(pack_k_panels(weight, threads), rows, tile, threads)
         else:
             row_multiple = projection_row_multiple(tile)
             packed = pack_weight(weight, 1, dense=False, row_multiple=row_multiple)
         panels = tiling.x_panels and padded_columns(rows, tile) > tile  # one tile: in place
-        return cls(packed, rows, tile, panels)
+        return cls(packed, rows, tile, threads, panels)
 
     @property
     def panels(self) -> bool:
@@ -123,7 +127,8 @@ class CsrSpmmLinear:
         """The packing, for the dispatch decision."""
         x_layout = ", X^T packed in tile panels" if self.x_panels else ""
         if self.panels:
-            return f"K panels of {K_PANEL}, {self.tile}-column tiles{x_layout}"
+            tile_major = ", X^T copied tile-major" if self.rows > self.tile else ""
+            return f"K panels of {K_PANEL}, {self.tile}-column tiles{tile_major}"
         group = self.packed.row_group
         if group > 1:
             return f"rows in groups of {group}, {self.tile}-column tiles{x_layout}"
@@ -132,16 +137,17 @@ class CsrSpmmLinear:
     def prim_func(self, activation: Activation = Activation.NONE) -> tirx.PrimFunc:
         """The kernel ``main(XT (K, padded_rows), <weight arrays>, b (N,), Y^T (1, N, rows))``
         with ``activation`` applied to the sums."""
-        threads = pool_threads()
         if self.panels:
-            return panel_spmm_prim_func(self.packed, self.rows, self.tile, threads, activation)
+            return panel_spmm_prim_func(self.packed, self.rows, self.tile, activation)
         return projection_prim_func(
             self.packed,
             1,
             self.rows,
             tile=self.tile,
             activation=activation,
-            panel_tasks=panel_tasks(self.padded_rows // self.tile, threads) if self.x_panels else 0,
+            panel_tasks=panel_tasks(self.padded_rows // self.tile, self.threads)
+            if self.x_panels
+            else 0,
         )
 
     def layout_funcs(self, target: Target) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
