@@ -11,7 +11,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm_sparse_rnn.bsr import BSRWeight
 from tvm_sparse_rnn.demo import pruned_weight
 from tvm_sparse_rnn.errors import UnsupportedError
-from tvm_sparse_rnn.kernels.x86.dense import choose_tile
+from tvm_sparse_rnn.kernels.x86.dense import choose_tile, schedule_dense_func
 from tvm_sparse_rnn.pipeline import build, sparse_pipeline
 from tvm_sparse_rnn.target import resolve_target
 from tvm_sparse_rnn.testing import TOLERANCES
@@ -333,9 +333,10 @@ def test_cpu_pipeline_schedules_dense_layers(x_shape, n):
         (100, 64, 16, 32, (4, 2)),
         (1, 29, 16, 32, (1, 2)),
         (4, 16, 16, 32, (4, 1)),
-        (95, 512, 8, 16, (8, 1)),  # AVX2: at most 8 x 1 accumulators; 95 padded to 96
-        (128, 768, 8, 16, (8, 1)),
-        (6, 768, 8, 16, (6, 1)),
+        (95, 512, 8, 16, (6, 2)),  # AVX2: at most 6 x 2 accumulators; 95 padded to 96
+        (128, 768, 8, 16, (6, 2)),  # padded to 132: 4 x 2 models 9 % more work and runs slower
+        (16, 1024, 8, 16, (6, 2)),  # 4 x 2 models as much work
+        (4, 16, 8, 16, (4, 2)),
     ],
 )
 def test_dense_tile_trades_padding_for_reuse_within_the_registers(
@@ -345,6 +346,44 @@ def test_dense_tile_trades_padding_for_reuse_within_the_registers(
     assert (chosen.rows, chosen.vectors) == tile
     assert chosen.cols == lanes * tile[1]
     assert chosen.rows * chosen.vectors + chosen.vectors + 1 <= registers
+
+
+def _attention_scores(heads: int, seq: int, dim: int) -> tvm.tirx.PrimFunc:
+    """``S^T[h, j, i] = sum_d K[h * dim + d, j] Q[h * dim + d, i]`` on feature-major sources."""
+    from tvm import te
+
+    keys = te.placeholder((heads * dim, seq), "float32", name="k")
+    queries = te.placeholder((heads * dim, seq), "float32", name="q")
+    d = te.reduce_axis((0, dim), "d")
+    scores = te.compute(
+        (heads, seq, seq),
+        lambda h, j, i: te.sum(keys[h * dim + d, j] * queries[h * dim + d, i], axis=d),
+        name="matmul",
+    )
+    return te.create_prim_func([keys, queries, scores])
+
+
+@pytest.mark.parametrize(("mcpu", "rows"), [("znver3", 4), ("znver4", 8), (None, None)])
+def test_heads_read_in_place_take_a_tile_dividing_the_rows(mcpu, rows):
+    """Attention scores read at ``h * D + d`` (``pad_einsum`` cannot pad them): 64 keys take a
+    4-row tile on AVX2 instead of the padded 6 (AVX-512 models its dividing 8 as cheap as a
+    padded 14), and match float64 (this CPU's tile)."""
+    heads, seq, dim = 2, 64, 16
+    target = resolve_target("llvm")
+    if mcpu is not None:
+        target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
+    func = schedule_dense_func(_attention_scores(heads, seq, dim), target)
+    assert func is not None
+    if mcpu is not None:
+        assert f"T.unroll({rows})" in func.script()
+        return
+    rng = np.random.default_rng(2)
+    k, q = (rng.standard_normal((heads * dim, seq)).astype(np.float32) for _ in range(2))
+    out = tvm.runtime.tensor(np.zeros((heads, seq, seq), np.float32))
+    tvm.compile(func, target=target)(tvm.runtime.tensor(k), tvm.runtime.tensor(q), out)
+    k3, q3 = (a.reshape(heads, dim, seq).astype(np.float64) for a in (k, q))
+    want = np.einsum("hdj,hdi->hji", k3, q3)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- CSR kernel (x86)

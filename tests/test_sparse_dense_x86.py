@@ -176,7 +176,7 @@ _PANELS = ", X^T packed in tile panels"
             128,
             {
                 "avx512": "K panels of 128, 128-column tiles",
-                "avx2": "K panels of 128, 64-column tiles",
+                "avx2": "K panels of 128, 64-column tiles, X^T copied tile-major",
             },
         ),
         (

@@ -15,7 +15,7 @@ register-blocked GEMM (the BLIS micro-kernel shape):
   lane vectorized``: each step of ``k`` loads two vectors of the ``(K, N)`` weight and does
   ``2 x rows`` FMAs with them into an accumulator tile held in registers (``cache_write`` to
   ``local``; 14 x 2 accumulators + 2 weight vectors fill AVX-512's 32 registers; AVX2's 16
-  take 8 x 1: :func:`tile_limits`);
+  take 6 x 2: :func:`tile_limits`);
 * fused epilogues (bias add, ReLU, ...) are computed at the parallel loop.
 
 On the 2-core AVX-512 VM it took the DeepSpeech2-like model's im2col convolution
@@ -47,16 +47,22 @@ _MATMUL_BLOCK = "matmul"
 #: Row tiles tried; the accumulator tile is ``rows x vectors`` vector registers.
 _ROW_TILES = (14, 12, 8, 6, 4, 2, 1)
 #: ``(tallest row tile, column vectors)`` per vector register count. AVX-512 (32): 14 x 2
-#: accumulators + 2 weight vectors. AVX2 (16): 8 x 1 -- BERT's attention products (12 heads x
-#: 128 x 128 x 64) ran at 82-105 GFLOPS with 8 x 1 tiles, 58-77 with 4 x 2, 65-73 with 8 x 2
-#: and 16 x 1 (spilling); the dense layers ``95 x 1771 x 512`` / ``128 x 768 x 768`` / ``16 x
-#: 1024 x 1024`` at 97 / 110 / 87 with 8 x 1, 76-97 / 74-111 / 56-76 with 6 x 2, 4 x 2, 2 x 2,
-#: 4 x 1 and 3 x 2 (2-core Zen 3 VM, ``time_evaluator``, session 22).
-_TILE_LIMITS = {AVX512_REGISTERS: (14, 2), BASE_REGISTERS: (8, 1)}
-#: How much more modelled work a row tile dividing the rows may cost than a padded one: BERT's
-#: attention matmuls (12 x 128 x 64 x 128 and 12 x 128 x 128 x 64) took 113 and 140 us with
-#: the padded 12-row tile, 81 and 74 us with the 8-row tile (2-core AVX-512 VM, median of 3).
-PAD_PENALTY = 1.5
+#: accumulators + 2 weight vectors. AVX2 (16): 6 x 2, 12 accumulators (BLIS's Haswell SGEMM
+#: shape): one thread of the Zen 3 VM (``time_evaluator``, best of 10, two rounds; git-ignored
+#: ``.old/s23/dense_tile_probe.py``), GFLOPS at 8 x 1 / 6 x 2 / 4 x 2 / 4 x 3 / 5 x 2:
+#: ``95 x 1771 x 512`` 41 / 64-68 / 40-48 / 45-52 / 50-62, ``128 x 768 x 768`` 42-50 / 60-61 /
+#: 42 / 56-57 / 49, ``16 x 1024 x 1024`` 31-33 / 44-49 / 31 / 34-44 / 37-38. BERT's attention
+#: products (12 x 128 x 128 x 64, heads read in place: rows that cannot be padded) 4 x 2
+#: 58-59 / 71-73, 8 x 1 37-38 / 37-42, and 8 x 2 (16 accumulators, which the 512-bit width TVM
+#: reported for every x86 CPU had made the "8 x 1" tile) 44-45 / 47-48.
+_TILE_LIMITS = {AVX512_REGISTERS: (14, 2), BASE_REGISTERS: (6, 2)}
+#: How much more modelled work a row tile dividing the rows may cost than a padded one, per
+#: vector register count. AVX-512: BERT's attention matmuls (12 x 128 x 64 x 128 and 12 x 128 x
+#: 128 x 64) took 113 and 140 us with the padded 12-row tile, 81 and 74 us with the 8-row tile
+#: (2-core AVX-512 VM, median of 3). AVX2: below 1, the padded 6-row tile wins even where a
+#: 4-row one models as much work (``16 x 1024 x 1024``; ``128 x 768 x 768``: see
+#: :data:`_TILE_LIMITS`): 8 accumulators are just the FMAs two pipes keep in flight.
+PAD_PENALTY = {AVX512_REGISTERS: 1.5, BASE_REGISTERS: 0.95}
 
 
 @dataclass(frozen=True)
@@ -89,12 +95,13 @@ def tile_limits(registers: int) -> tuple[int, int]:
     return _TILE_LIMITS[AVX512_REGISTERS if registers >= AVX512_REGISTERS else BASE_REGISTERS]
 
 
-def choose_row_tile(rows: int, registers: int) -> int:
+def choose_row_tile(rows: int, registers: int, pad: bool = True) -> int:
     """The row tile with the least work per useful row: padding ``rows`` up to a multiple of
     the tile against the weight-vector loads a shorter tile shares among fewer rows (ties go to
     the taller tile), at most the tallest of :func:`tile_limits`. A tile dividing ``rows`` is
-    preferred unless it costs more than :data:`PAD_PENALTY` times the best padded one: padding
-    copies the operands outside the tile loop."""
+    preferred unless it costs more than :data:`PAD_PENALTY` (of the register count) times the
+    best padded one: padding copies the operands outside the tile loop. ``pad=False``: the best
+    dividing tile."""
     tallest, weight_loads = tile_limits(registers)
     tiles = tuple(t for t in _ROW_TILES if t <= tallest)
 
@@ -106,13 +113,19 @@ def choose_row_tile(rows: int, registers: int) -> int:
 
     padded = best(tiles)
     dividing = best(tuple(t for t in tiles if rows % t == 0))  # 1 always divides
-    return dividing if cost(dividing) <= PAD_PENALTY * cost(padded) else padded
+    if not pad:
+        return dividing
+    penalty = PAD_PENALTY[AVX512_REGISTERS if registers >= AVX512_REGISTERS else BASE_REGISTERS]
+    return dividing if cost(dividing) <= penalty * cost(padded) else padded
 
 
-def choose_tile(rows: int, cols: int, lanes: int, registers: int) -> DenseTile:
-    """Tile of a ``rows x cols`` output for ``registers`` vectors of ``lanes`` elements."""
+def choose_tile(rows: int, cols: int, lanes: int, registers: int, pad: bool = True) -> DenseTile:
+    """Tile of a ``rows x cols`` output for ``registers`` vectors of ``lanes`` elements;
+    ``pad=False``: one that divides the rows and, where whole vectors do, the columns."""
     vectors = tile_limits(registers)[1] if cols > lanes else 1
-    return DenseTile(choose_row_tile(rows, registers), lanes, vectors)
+    if not pad and cols % (lanes * vectors):
+        vectors = 1
+    return DenseTile(choose_row_tile(rows, registers, pad), lanes, vectors)
 
 
 def _int_extent(sch: s_tir.Schedule, loop: s_tir.LoopRV) -> int | None:
@@ -136,15 +149,24 @@ def _merge_unit_rows(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> None:
 def _pad_to_tile(
     sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int, registers: int
 ) -> DenseTile:
-    """Pad the rows and columns of ``block`` to the tile chosen for them; no padding (one row,
-    one vector where it divides the columns) for symbolic extents."""
+    """Pad the rows and columns of ``block`` to the tile chosen for them, or take a tile that
+    needs no padding where ``pad_einsum`` cannot pad the block (its operands read at index
+    expressions such as the attention heads' ``h * D + d``); no padding (one row, one vector
+    where it divides the columns) for symbolic extents."""
     *spatial, rows, cols, _ = sch.get_loops(block)
     n_rows, n_cols = _int_extent(sch, rows), _int_extent(sch, cols)
     if n_rows is None or n_cols is None:
         return DenseTile(1, lanes if n_cols is not None and n_cols % lanes == 0 else 1, 1)
     tile = choose_tile(n_rows, n_cols, lanes, registers)
-    if n_rows % tile.rows or n_cols % tile.cols:
+    if n_rows % tile.rows == 0 and n_cols % tile.cols == 0:
+        return tile
+    try:
         sch.pad_einsum(block, [1] * len(spatial) + [tile.rows, tile.cols, 1])
+    except s_tir.ScheduleError as err:
+        logger.debug("dense schedule: no padding to %s (%s); a dividing tile", tile, err)
+        tile = choose_tile(n_rows, n_cols, lanes, registers, pad=False)
+        if n_rows % tile.rows or n_cols % tile.cols:
+            raise
     return tile
 
 
