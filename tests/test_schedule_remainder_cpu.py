@@ -15,7 +15,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 from tvm_sparse_rnn.frontend import from_onnx
 from tvm_sparse_rnn.kernels.x86.layer_norm import make_layer_norm
-from tvm_sparse_rnn.kernels.x86.row_reduction import ReducedAxis
+from tvm_sparse_rnn.kernels.x86.row_reduction import ReducedAxis, column_strip
 from tvm_sparse_rnn.kernels.x86.softmax import make_softmax
 from tvm_sparse_rnn.kernels.x86.vector import vector_lanes
 from tvm_sparse_rnn.pipeline import build, sparse_pipeline
@@ -159,6 +159,7 @@ def _softmax_module(shape: tuple[int, ...], axis: int) -> tvm.IRModule:
         ((4, 36), -1, False),  # 36 does not divide by the lanes: TOPI's fast_softmax
         ((12, 128, 128), -2, True),  # feature-major attention: over the keys, axis -2
         ((16, 8, 32), 1, True),
+        ((4, 6, 48), -2, True),  # 48 columns: strips of one vector, not 32 columns
         ((2, 8, 32), 0, False),  # neither of the last two axes
         ((3, 8, 36), 1, False),  # columns of 36 do not divide by the lanes
     ],
@@ -336,3 +337,10 @@ def test_residual_adds_run_inside_the_layer_norms():
     calls = [line for line in mod["main"].script().splitlines() if "layer_norm_vector(" in line]
     # x, residual, gamma, beta, output
     assert [line.count(",") + 1 for line in calls] == [5, 5], calls
+
+
+@pytest.mark.parametrize(
+    ("columns", "lanes", "strip"), [(128, 8, 32), (128, 16, 32), (48, 8, 8), (64, 64, 64)]
+)
+def test_column_kernels_span_two_cache_lines_where_they_divide(columns, lanes, strip):
+    assert column_strip(columns, lanes) == strip

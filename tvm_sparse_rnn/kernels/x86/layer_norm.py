@@ -15,9 +15,10 @@ partial sums (one per vector lane, over the ``C / lanes`` column groups), then f
 
 A layer norm over the second-to-last axis (the feature-major hidden states of
 :class:`~tvm_sparse_rnn.transform.CancelTransposes`, ``(features, tokens)``) reduces down the
-columns, a vector of tokens at a time, strips of ``lanes`` tokens in parallel::
+columns, a strip of 32 tokens (two cache lines) at a time, strips in parallel
+(:func:`~tvm_sparse_rnn.kernels.x86.row_reduction.column_strip`)::
 
-    for strip in parallel(tokens / lanes):          (c: the strip's lanes)
+    for strip in parallel(tokens / 32):             (c: the strip's tokens)
         mean[c] = sum_r x[r, c] / R                 (vector over c, r outer)
         var[c]  = sum_r (x[r, c] - mean[c]) ** 2 / R
         y[r, c] = (x[r, c] - mean[c]) * rsqrt(var[c] + eps) * gamma[r] + beta[r]
@@ -144,8 +145,8 @@ def make_layer_norm(
     lanes : int
         Vector lanes of the target (:func:`~tvm_sparse_rnn.kernels.x86.vector.vector_lanes`).
     axis : ReducedAxis
-        The last axis (rows in parallel) or the second-to-last (strips of ``lanes`` columns in
-        parallel).
+        The last axis (rows in parallel) or the second-to-last (strips of columns in
+        parallel, :func:`~tvm_sparse_rnn.kernels.x86.row_reduction.column_strip`).
     residual : bool
         Normalize ``x + r`` (a second input of the same shape): the add of a residual
         connection, in the same passes over the data instead of a kernel of its own.

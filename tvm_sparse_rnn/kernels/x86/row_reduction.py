@@ -90,17 +90,35 @@ def schedule_row_stages(
         sch.decompose_reduction(block, group)
 
 
+#: Columns of a strip of the column kernels (float32: two 64-byte cache lines). Strips of one
+#: AVX2 vector (8 columns) read half a line per row and per pass, each line twice; BERT's
+#: feature-major layer norm (``768 x 128`` with its residual) / attention softmax (``12 x 128 x
+#: 128``, axis -2) took 42-66 / 117-167 us at 8 columns, 48-52 / 87-130 at 16, 32-47 / 58-96 at
+#: 32, 37-51 / 67-119 at 64 (2-core Zen 3 VM, ``time_evaluator``, three rounds; git-ignored
+#: ``.old/s23/norm_probe.py``).
+COLUMN_STRIP = 32
+
+
+def column_strip(columns: int, lanes: int) -> int:
+    """Columns a strip of :func:`schedule_column_stages` spans over a last axis of ``columns``
+    (a multiple of ``lanes``): :data:`COLUMN_STRIP` (or ``lanes`` if wider) where it divides
+    ``columns``, else ``lanes``."""
+    strip = max(COLUMN_STRIP, lanes)
+    return strip if columns % strip == 0 else lanes
+
+
 def schedule_column_stages(
     sch: s_tir.Schedule, out: str, stages: tuple[str, ...], lanes: int
 ) -> None:
-    """Strips of ``lanes`` columns of ``out`` in parallel (fused with its leading axes), each a
-    loop over the rows of one vector; ``stages`` (consumers first) computed per strip. Stages
-    with a reduction over the rows (a column reduction) keep the rows outside and the strip's
-    columns as a vector (spatial, so the vector loop needs no ``rfactor``); the others are
-    vectorized along their last axis. Per-strip buffers take the "global" scope (see
-    :func:`schedule_row_stages`)."""
+    """Strips of :func:`column_strip` columns of ``out`` in parallel (fused with its leading
+    axes), each a loop over the rows of one strip of vectors; ``stages`` (consumers first)
+    computed per strip. Stages with a reduction over the rows (a column reduction) keep the rows
+    outside and the strip's columns as vectors (spatial, so the vector loop needs no
+    ``rfactor``); the others are vectorized along their last axis. Per-strip buffers take the
+    "global" scope (see :func:`schedule_row_stages`)."""
     *lead, row, col = sch.get_loops(sch.get_sblock(out))
-    strip, col_lanes = sch.split(col, [None, lanes])
+    width = column_strip(int(sch.get(col).extent), lanes)
+    strip, col_lanes = sch.split(col, [None, width])
     sch.reorder(strip, row, col_lanes)
     outer = sch.fuse(*lead, strip)
     sch.parallel(outer)

@@ -17,9 +17,10 @@ then a tree fold)::
 A softmax over the second-to-last axis (the attention of
 :class:`~tvm_sparse_rnn.transform.FeatureMajorAttention`, scores stored ``(heads, keys,
 queries)``) needs no lane folding: its reductions run down the columns, a vector of the last
-axis at a time::
+axis at a time (a strip of 32 columns, two cache lines:
+:func:`~tvm_sparse_rnn.kernels.x86.row_reduction.column_strip`)::
 
-    for h, strip in parallel(heads, columns / lanes):     (c: the strip's lanes)
+    for h, strip in parallel(heads, columns / 32):        (c: the strip's columns)
         cmax[c]  = max_r x[h, r, c]                 (vector over c, r outer)
         e[r, c]  = fast_exp((x[h, r, c] - cmax[c]) * scale)   (vector)
         csum[c]  = sum_r e[r, c]                    (vector over c, r outer)
@@ -97,8 +98,8 @@ def make_softmax(
     lanes : int
         Vector lanes of the target (:func:`~tvm_sparse_rnn.kernels.x86.vector.vector_lanes`).
     axis : ReducedAxis
-        The last axis (rows in parallel) or the second-to-last (strips of ``lanes`` columns in
-        parallel).
+        The last axis (rows in parallel) or the second-to-last (strips of columns in
+        parallel, :func:`~tvm_sparse_rnn.kernels.x86.row_reduction.column_strip`).
     scale : float
         Positive factor of ``x`` (an attention's ``1 / sqrt(D)``), applied after the max (the
         max of ``x`` scaled is that of ``scale * x``).
