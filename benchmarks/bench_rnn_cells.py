@@ -109,7 +109,10 @@ def _plans(R, cell: str, batch: int, dtype: str, count: int) -> list:
 
 
 def _with_fp16_chunks(plans: list, args: argparse.Namespace) -> list:
-    """Each float16 persistent plan once per ``--fp16-chunks`` value (0: float32 FMAs)."""
+    """Each float16 persistent plan once per ``--fp16-chunks`` value (0: float32 FMAs); the
+    planner's plans as they are without the option."""
+    if args.fp16_chunks is None:
+        return plans
     return [
         dataclasses.replace(plan, fp16_chunk=chunk)
         for plan in plans
@@ -341,8 +344,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "--fp16-chunks",
         type=int,
         nargs="+",
-        default=[0],
-        help="float16 plans: pairs per packed-half FMA chunk to try (0: float32 FMAs)",
+        default=None,
+        help="float16 plans: pairs per packed-half FMA chunk to try (0: float32 FMAs); default:"
+        " the planner's (packed halves, what a float16 build runs)",
     )
     ap.add_argument(
         "--barriers",
