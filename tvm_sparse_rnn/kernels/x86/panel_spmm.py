@@ -182,9 +182,9 @@ def panel_spmm_prim_func(
     """``Y^T[0, n, :] = activation(W[n, :] @ X^T + b[n])`` over the K panels of ``packed``.
 
     Over more than one column tile, ``X^T`` is first copied tile by tile into a
-    ``(m / tile, K, tile)`` scratch buffer, so that a panel's slice of a tile is 32 contiguous
-    KB: read in place, the slice of a 64-column tile of BERT's 128-column ``X^T`` is 256 bytes
-    every 512 and falls on half of L1's sets.
+    ``(m / tile, K, tile)`` scratch buffer, so that a panel's slice of a tile is contiguous (32
+    KB at a tile of 64): read in place, the slice of a 64-column tile of BERT's 128-column
+    ``X^T`` is 256 bytes every 512 and falls on half of L1's sets.
 
     Parameters
     ----------
