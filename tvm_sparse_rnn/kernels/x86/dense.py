@@ -89,10 +89,16 @@ class DenseTile:
         return self.lanes * self.vectors
 
 
+def _register_file(registers: int) -> int:
+    """The key of :data:`_TILE_LIMITS` and :data:`PAD_PENALTY` for ``registers`` vector
+    registers: AVX-512's 32, else 16."""
+    return AVX512_REGISTERS if registers >= AVX512_REGISTERS else BASE_REGISTERS
+
+
 def tile_limits(registers: int) -> tuple[int, int]:
     """``(tallest row tile, column vectors)`` of the micro-kernel for ``registers`` vector
     registers (:data:`_TILE_LIMITS`; 16 for any count below 32)."""
-    return _TILE_LIMITS[AVX512_REGISTERS if registers >= AVX512_REGISTERS else BASE_REGISTERS]
+    return _TILE_LIMITS[_register_file(registers)]
 
 
 def choose_row_tile(rows: int, registers: int, pad: bool = True) -> int:
@@ -115,7 +121,7 @@ def choose_row_tile(rows: int, registers: int, pad: bool = True) -> int:
     dividing = best(tuple(t for t in tiles if rows % t == 0))  # 1 always divides
     if not pad:
         return dividing
-    penalty = PAD_PENALTY[AVX512_REGISTERS if registers >= AVX512_REGISTERS else BASE_REGISTERS]
+    penalty = PAD_PENALTY[_register_file(registers)]
     return dividing if cost(dividing) <= penalty * cost(padded) else padded
 
 

@@ -24,9 +24,10 @@ On the Zen 3 VM (AVX2, 64-column tiles; one thread, best of 15 ``time_evaluator`
 rounds; git-ignored ``.old/s23/sort_probe.py``), ``M`` = 128, BERT's ``2304 x 768`` / ``768 x
 768`` / ``3072 x 768`` / ``768 x 3072``: 42-43 / 44-46 / 42 / 41 GFLOPS as above; each block's
 rows run by their count in the panel (:class:`PanelWeight`) 46-49 / 49-50 / 48-49 / 48; and
-``X^T`` copied tile-major too 54-55 / 50-53 / 54-55 / 51-52. At ``M`` = 64 (one tile, no copy)
-49-51 / 58-59 / 50 / 47-48 -> 56-57 / 55-56 / 56-57 / 51-53. Panels of 64 columns (copied
-tile-major) 41-49, of 32 37-39, of 192 or 256 50-54.
+``X^T`` copied tile-major too 54-55 / 50-53 / 54-55 / 51-52. At ``M`` = 64 (one tile: the
+kernel reads it in place, the probe copied it) 49-51 / 58-59 / 50 / 47-48 -> 56-57 / 55-56 /
+56-57 / 51-53. Panels of 64 columns (copied tile-major) 41-49, of 32 37-39, of 192 50-54, of
+256 50-53 (one run 37).
 
 Profile with ``python benchmarks/bench_cpu_kernels.py`` (its ``ours-model`` column of the
 unstructured rows, ``M`` >= 64) or ``python benchmarks/profile_cpu_models.py bert_unstructured``.
