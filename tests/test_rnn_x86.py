@@ -302,6 +302,17 @@ def test_projection_prefetches_where_it_streams_a_large_weight(shape, m, dense, 
     assert projection_prefetch(projection_tile(m), packed) == ahead
 
 
+@pytest.mark.parametrize("row_group", [1, 4])
+def test_projection_entry_loop_counts_in_64_bits(row_group):
+    """The loop over a row group's entries runs on 64-bit bounds and reads 64-bit columns, so
+    the value and ``XT`` addresses need no sign extension per entry."""
+    w = sp.random(32, 64, density=0.2, random_state=0, dtype=np.float32)
+    packed = pack_row_groups(w, row_group) if row_group > 1 else pack_weight(w, 1, False, 1)
+    script = projection_prim_func(packed, 1, 32, tile=16).script()
+    assert 'range(T.Cast("int64", W_indptr[' in script
+    assert 'XT[T.Cast("int64", W_indices[' in script
+
+
 def test_prefetching_projection_matches_numpy_and_prefetches():
     """Prefetches reach past the last row's entries (they do not fault) and change nothing."""
     import tvm
