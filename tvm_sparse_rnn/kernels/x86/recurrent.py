@@ -963,10 +963,11 @@ def projection_prim_func(
 
                 if packed.dense:
                     start, end = 0, k_in
-                else:  # 64-bit entry and column math: no sign extensions in the loop (4x4
-                    # blocks in row groups of 4, M = 128, one thread: 3072 x 768 76-77 -> 80-82
-                    # GFLOPS, 768 x 3072 47-65 -> 66-68; see docs/results, session 24)
-                    start, end = (tirx.Cast("int64", ptr[g + i]) for i in (0, 1))
+                else:
+                    # 64-bit entry and column math: no sign extensions in the loop (4x4 blocks in
+                    # row groups of 4, M = 128, one thread: 3072 x 768 76-77 -> 80-82 GFLOPS,
+                    # 768 x 3072 47-65 -> 66-68; see docs/results, session 24)
+                    start, end = tirx.Cast("int64", ptr[g]), tirx.Cast("int64", ptr[g + 1])
                 with T.serial(0, (end - start) // chains) as group:
                     if prefetch:
                         ahead = start + group * chains + prefetch
