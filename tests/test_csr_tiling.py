@@ -19,6 +19,7 @@ from tvm_sparse_rnn.testing import TOLERANCES
 from tvm_sparse_rnn.transform.dispatch.linear_csr_x86 import CsrSpmmLinear
 
 RTOL, ATOL = TOLERANCES["float32"]
+_PANELS = ", X^T packed in tile panels"
 
 
 def _x86(mcpu: str) -> Target:
@@ -46,6 +47,13 @@ def _blocks_4x4(n: int, k: int, seed: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
+def _blocks_1x16(n: int, k: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = np.kron(rng.random((n, k // 16)) < 0.15, np.ones((1, 16))) * rng.uniform(-1, 1, (n, k))
+    w[2] = 0
+    return w.astype(np.float32)
+
+
 def _unstructured(n: int, k: int, seed: int) -> np.ndarray:
     w = sp.random(n, k, density=0.1, random_state=seed, dtype=np.float32).toarray()
     w[1] = 0
@@ -55,13 +63,19 @@ def _unstructured(n: int, k: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize(
     ("family", "weight", "rows", "detail"),
     [
-        ("avx2", "4x4", 128, "rows in groups of 4, 16-column tiles, X^T packed in tile panels"),
-        ("avx512", "4x4", 128, "rows in groups of 4, 32-column tiles"),
-        ("avx2", "4x4", 37, "rows in groups of 4, 16-column tiles, X^T packed in tile panels"),
+        ("avx2", "4x4", 128, "rows in groups of 4, 4-column blocks, 16-column tiles" + _PANELS),
+        ("avx512", "4x4", 128, "rows in groups of 4, 4-column blocks, 32-column tiles"),
+        ("avx2", "4x4", 37, "rows in groups of 4, 4-column blocks, 16-column tiles" + _PANELS),
         ("avx2", "unstructured", 128, "K panels of 128, 64-column tiles, X^T copied tile-major"),
         ("avx512", "unstructured", 128, "K panels of 128, 128-column tiles"),
         ("avx2", "unstructured", 37, "rows, 32-column tiles, X^T packed in tile panels"),
-        ("avx2", "unstructured", 3, "rows, 3-column tiles"),
+        ("avx2", "unstructured", 3, "rows, 4-column tiles"),
+        ("avx2", "4x4", 8, "rows in groups of 4, 2-column blocks, 8-column tiles"),
+        ("avx2", "1x16", 16, "rows, 16-column blocks, 16-column tiles"),
+        ("avx2", "1x16", 12, "rows, 16-column blocks, 16-column tiles"),
+        ("avx2", "1x16", 1, "rows, 16-column blocks, 1-column tiles"),
+        ("avx512", "1x16", 37, "rows, 16-column blocks, 64-column tiles"),
+        ("avx2", "1x16", 64, "K panels of 128, 64-column tiles"),
     ],
 )
 def test_csr_layer_plans_by_family_and_matches_float64(family, weight, rows, detail):
@@ -70,7 +84,8 @@ def test_csr_layer_plans_by_family_and_matches_float64(family, weight, rows, det
     import tvm
 
     n, k = 64, 256
-    w = _blocks_4x4(n, k, rows) if weight == "4x4" else _unstructured(n, k, rows)
+    make = {"4x4": _blocks_4x4, "1x16": _blocks_1x16, "unstructured": _unstructured}[weight]
+    w = make(n, k, rows)
     layer = CsrSpmmLinear.plan(w, rows, CSR_TILINGS[family], threads=2)
     assert layer.detail() == detail
     x_layout, y_layout = layer.layout_funcs(tvm.target.Target("llvm"))

@@ -28,6 +28,7 @@ from tvm_sparse_rnn.transform.dispatch.cost_model import (
     CostParams,
     block_stats,
     choose_block_size,
+    csr_col_block,
     csr_row_group,
     dense_tiles,
     parse_block_size,
@@ -437,6 +438,24 @@ def test_unstructured_layers_over_wide_inputs_run_in_k_panels(x_shape, panels):
 def test_csr_row_group_follows_the_rows_pruned_together(block, most, group):
     rng = np.random.default_rng(14)
     assert csr_row_group(pruned_weight(rng, (64, 64), 0.9, block), most) == group
+
+
+@pytest.mark.parametrize(
+    ("block", "row_group", "most", "col_block"),
+    [
+        ((1, 16), 1, 16, 16),
+        ((1, 16), 1, 4, 4),
+        ((4, 4), 4, 16, 4),
+        ((4, 4), 4, 2, 2),
+        ((2, 8), 2, 16, 8),
+        ((1, 1), 1, 16, 1),
+        ((1, 16), 1, 64, 16),  # 32 columns would store half zeros
+    ],
+)
+def test_csr_col_block_follows_the_columns_pruned_together(block, row_group, most, col_block):
+    rng = np.random.default_rng(15)
+    weight = pruned_weight(rng, (64, 96), 0.9, block)
+    assert csr_col_block(weight, row_group, most) == col_block
 
 
 def test_block_pruned_layers_from_16_rows_take_the_csr_kernel_in_row_groups():

@@ -219,7 +219,9 @@ def test_recurrent_kernel_configs_match_reference(kind, options, density, config
     ("m", "tile", "padded", "chains"),
     [
         (1, 1, 1, 4),
-        (12, 12, 12, 4),
+        (3, 4, 4, 4),
+        (6, 8, 8, 4),
+        (12, 16, 16, 4),
         (16, 16, 16, 4),
         (95, 32, 96, 2),
         (128, 64, 128, 1),
@@ -227,8 +229,8 @@ def test_recurrent_kernel_configs_match_reference(kind, options, density, config
     ],
 )
 def test_projection_tile_is_a_power_of_two_with_little_padding(m, tile, padded, chains):
-    """Power-of-two tiles (``m`` itself below 16), 64 accumulator floats in flight (4 chains at
-    most)."""
+    """Power-of-two tiles (``m`` rounded up below 16), 64 accumulator floats in flight (4 chains
+    at most)."""
     assert projection_tile(m) == tile
     assert padded_columns(m, tile) == padded
     assert projection_chains(tile) == chains
@@ -351,23 +353,39 @@ def test_projection_row_group_fits_the_accumulator_registers(tile, group):
     assert projection_row_group(tile) == group
 
 
-@pytest.mark.parametrize(("row_group", "m", "chains"), [(2, 37, None), (4, 128, None), (4, 12, 2)])
-def test_row_groups_share_x_loads_and_match_numpy(row_group, m, chains):
-    """Rows packed in groups (one column list per group, zeros where a row lacks a column; an
-    empty group included) give the same ``Y^T`` as the row-by-row packing."""
+@pytest.mark.parametrize(
+    ("row_group", "col_block", "m", "chains"),
+    [
+        (2, 1, 37, None),
+        (4, 1, 128, None),
+        (4, 1, 12, 2),
+        (1, 4, 1, None),  # one column: the lane path is for single columns only
+        (1, 8, 16, None),
+        (4, 4, 16, None),
+        (4, 2, 8, 2),
+        (2, 4, 3, 4),  # more chains than the columns of a block
+    ],
+)
+def test_row_groups_share_x_loads_and_match_numpy(row_group, col_block, m, chains):
+    """Rows packed in groups and columns in blocks (one column index per block, zeros where a
+    row or column of the block holds none; an empty group included) give the same ``Y^T`` as
+    the row-by-row packing."""
     import tvm
 
-    rng = np.random.default_rng(row_group * m)
+    rng = np.random.default_rng(row_group * m + col_block)
     blocks = rng.random((4, 10)) < 0.3
     w = np.kron(blocks, np.ones((4, 4))) * rng.uniform(-1, 1, (16, 40))
-    w[5, 7] = 0.5  # a scattered nonzero: the group's other rows store a zero there
+    w[5, 7] = 0.5  # a scattered nonzero: the block's other values are stored zeros
     w[12:] = 0
     w = w.astype("float32")
-    packed = pack_row_groups(w, row_group)
+    packed = pack_row_groups(w, row_group, col_block)
     assert packed.row_group == row_group and packed.indptr.shape == (16 // row_group + 1,)
-    assert packed.entries == sum(
-        np.count_nonzero(w[g : g + row_group].any(axis=0)) for g in range(0, 16, row_group)
-    )
+    assert packed.col_block == col_block and packed.layout.col_block == col_block
+    stored = [
+        w[g : g + row_group].reshape(row_group, 40 // col_block, col_block).any(axis=(0, 2))
+        for g in range(0, 16, row_group)
+    ]
+    assert packed.entries == sum(np.count_nonzero(s) for s in stored)
     tile = projection_tile(m)
     func = projection_prim_func(packed, 1, m, tile=tile, chains=chains)
     xt = np.zeros((40, padded_columns(m, tile)), "float32")
@@ -380,6 +398,8 @@ def test_row_groups_share_x_loads_and_match_numpy(row_group, m, chains):
     np.testing.assert_allclose(tensors[-1].numpy()[0], want, rtol=RTOL, atol=ATOL)
     with pytest.raises(ValueError, match="must divide the 16 rows"):
         pack_row_groups(w, 3)
+    with pytest.raises(ValueError, match="col_block 16 must divide the 40 columns"):
+        pack_row_groups(w, 1, 16)
 
 
 @pytest.mark.parametrize(

@@ -183,11 +183,18 @@ _PANELS = ", X^T packed in tile panels"
             (4, 4),
             32,
             {
-                "avx512": "rows in groups of 4, 32-column tiles",
-                "avx2": "rows in groups of 4, 16-column tiles" + _PANELS,
+                "avx512": "rows in groups of 4, 4-column blocks, 32-column tiles",
+                "avx2": "rows in groups of 4, 4-column blocks, 16-column tiles" + _PANELS,
             },
         ),
-        ((1, 16), 16, {"avx512": "rows, 16-column tiles", "avx2": "rows, 16-column tiles"}),
+        (
+            (1, 16),
+            16,
+            {
+                "avx512": "rows, 16-column blocks, 16-column tiles",
+                "avx2": "rows, 16-column blocks, 16-column tiles",
+            },
+        ),
     ],
     ids=str,
 )

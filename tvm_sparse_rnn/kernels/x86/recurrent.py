@@ -101,6 +101,11 @@ ROW_GROUP_NARROW_MAX_K = 2048
 _ROW_GROUP_NARROW_TILE = 32
 #: Multiply-adds (per step for the recurrence) below which a kernel runs on one core.
 MIN_PARALLEL_WORK = 1 << 14
+#: Most columns of a block sharing one column index in the projection (:func:`pack_row_groups`).
+MAX_COL_BLOCK = 16
+#: Most values of a column block times accumulator chains of a row group (see
+#: :func:`projection_col_block`).
+COL_BLOCK_GROUP_VALUES = 16
 #: Entries of a row's values and columns the projection prefetches ahead where it streams ``W``.
 PREFETCH_ENTRIES = 512
 #: Packed weights from this size (bytes) on are streamed from L3 or memory, beyond L2.
@@ -141,6 +146,12 @@ class PackedWeight:
         of its rows' columns) and ``values[e * row_group + j]`` for entry ``e`` and row ``j``
         (zero where row ``j`` lacks the column), so one load of ``X^T[c, :]`` feeds
         ``row_group`` rows (a weight pruned in ``row_group x c`` blocks stores no zero).
+    col_block : int
+        Consecutive columns sharing one index (sparse, ``G = 1``): entry ``e`` of a group is
+        the block of columns ``indices[e] ... indices[e] + col_block - 1`` and its values are
+        ``values[(e * col_block + i) * row_group + j]`` for column ``i`` and row ``j`` of the
+        block, so a weight pruned in ``row_group x col_block`` blocks reads one index a block
+        and contiguous rows of ``X^T``.
     """
 
     values: np.ndarray
@@ -152,6 +163,7 @@ class PackedWeight:
     row_multiple: int
     nonzeros: int
     row_group: int = 1
+    col_block: int = 1
 
     @property
     def dense(self) -> bool:
@@ -166,8 +178,8 @@ class PackedWeight:
     @property
     def entries(self) -> int:
         """Entries per row group (the length of :attr:`indices`; of :attr:`values` for
-        ``row_group = 1``), padding included."""
-        return int(self.values.size) // self.row_group
+        ``row_group = col_block = 1``), padding included."""
+        return int(self.values.size) // (self.row_group * self.col_block)
 
     @property
     def layout(self) -> PackedLayout:
@@ -180,6 +192,7 @@ class PackedWeight:
             self.entries,
             self.index_dtype,
             self.row_group,
+            self.col_block,
         )
 
     def arrays(self) -> list[np.ndarray]:
@@ -209,6 +222,8 @@ class PackedLayout:
         dtype of the column indices; ``None`` for the dense variant.
     row_group : int
         Rows sharing one column list (:attr:`PackedWeight.row_group`).
+    col_block : int
+        Columns sharing one index (:attr:`PackedWeight.col_block`).
     """
 
     shape: tuple[int, int]
@@ -218,6 +233,7 @@ class PackedLayout:
     entries: int
     index_dtype: str | None
     row_group: int = 1
+    col_block: int = 1
 
     @property
     def dense(self) -> bool:
@@ -277,31 +293,39 @@ def pack_weight(
     )
 
 
-def pack_row_groups(w: np.ndarray | sp.sparray, row_group: int) -> PackedWeight:
+def pack_row_groups(w: np.ndarray | sp.sparray, row_group: int, col_block: int = 1) -> PackedWeight:
     """Pack an ``(N, K)`` linear weight for the CSR kernel with ``row_group`` rows per column
-    list (:attr:`PackedWeight.row_group`; ``G = 1``, no padding).
+    list and ``col_block`` columns per index (:attr:`PackedWeight.row_group`,
+    :attr:`PackedWeight.col_block`; ``G = 1``, no padding; a block holding any nonzero is
+    stored whole).
 
     Raises
     ------
     ValueError
-        If ``row_group`` does not divide ``N``.
+        If ``row_group`` does not divide ``N`` or ``col_block`` does not divide ``K``.
     """
     n, k = w.shape
     if row_group < 1 or n % row_group:
         raise ValueError(f"row_group {row_group} must divide the {n} rows of the weight")
+    if col_block < 1 or k % col_block:
+        raise ValueError(f"col_block {col_block} must divide the {k} columns of the weight")
     csr = sp.csr_array(w, dtype=np.float32)
     csr.eliminate_zeros()
     csr.sort_indices()
     rows = np.repeat(np.arange(n), np.diff(csr.indptr))
     group = rows // row_group
-    keys = np.unique(group * k + csr.indices)  # each group's column list, in order
-    indptr = np.searchsorted(keys, np.arange(n // row_group + 1) * k).astype(np.int32)
+    k_blocks = k // col_block
+    key_of = group * k_blocks + csr.indices // col_block
+    keys = np.unique(key_of)  # each group's column blocks, in order
+    indptr = np.searchsorted(keys, np.arange(n // row_group + 1) * k_blocks).astype(np.int32)
     entries = max(keys.size, 1)  # TVM buffers can't be empty
-    vals = np.zeros((entries, row_group), np.float32)
-    vals[np.searchsorted(keys, group * k + csr.indices), rows % row_group] = csr.data
+    vals = np.zeros((entries, col_block, row_group), np.float32)
+    vals[np.searchsorted(keys, key_of), csr.indices % col_block, rows % row_group] = csr.data
     cols = np.zeros(entries, np.uint16 if k <= np.iinfo(np.uint16).max else np.int32)
-    cols[: keys.size] = keys % k
-    return PackedWeight(vals.reshape(-1), cols, indptr, 1, (n, k), k, 1, int(csr.nnz), row_group)
+    cols[: keys.size] = keys % k_blocks * col_block
+    return PackedWeight(
+        vals.reshape(-1), cols, indptr, 1, (n, k), k, 1, int(csr.nnz), row_group, col_block
+    )
 
 
 def _f32(value: float) -> tirx.PrimExpr:
@@ -468,6 +492,7 @@ def entries_in_lanes(packed: PackedWeight | PackedLayout, columns: int, accumula
         and accumulators == UNROLL
         and not packed.dense
         and packed.row_group == 1
+        and packed.col_block == 1
         and packed.row_multiple % UNROLL == 0
         and packed.index_dtype == np.dtype(np.uint16).name
     )
@@ -758,10 +783,14 @@ def projection_tile(m: int) -> int:
     Power-of-two tiles of 32-128 floats measured 82-88 GFLOPS on the 2-core AVX-512 VM (2048 ->
     3072 at 10 %, ``m`` = 96 or 128) and tiles of 48 or 96 floats 11 (LLVM legalizes those
     vectors badly), 16 floats 50: the tile is the one of :data:`PROJECTION_TILES` (16 counted
-    :data:`_NARROW_TILE_COST` times) with the fewest padded columns, ``m`` itself below 16.
+    :data:`_NARROW_TILE_COST` times) with the fewest padded columns. Below 16 columns it is
+    ``m`` rounded up to a power of two: on the 2-core Zen 3 VM (AVX2, one thread, 90 %
+    unstructured ``N = K`` = 1024 / 4096) ``m`` = 3, 5, 6, 7 and 12 ran at 9.1, 14.2, 16.9,
+    13.9 and 8.6 / 5.7, 9.3, 11.6, 10.7, 8.2 GFLOPS on a tile of ``m`` and 12.9, 21.2, 25.6,
+    29.0, 33.0 / 9.6, 14.2, 17.4, 20.4, 25.5 on tiles of 4, 8, 8, 8, 16 (session 25).
     """
     if m < PROJECTION_TILES[-1]:
-        return m
+        return 1 << (m - 1).bit_length()
 
     def cost(tile: int) -> float:
         narrow = _NARROW_TILE_COST if tile == PROJECTION_TILES[-1] else 1.0
@@ -811,6 +840,18 @@ def projection_row_group(tile: int, group_floats: int = PROJECTION_GROUP_FLOATS)
     return group
 
 
+def projection_col_block(row_group: int, chains: int) -> int:
+    """The most columns per block of :func:`pack_row_groups` (one column index for each
+    ``row_group x col_block`` block of values) for :func:`projection_prim_func` with
+    ``chains`` accumulator chains: :data:`MAX_COL_BLOCK` for single rows; for row groups, at
+    most :data:`COL_BLOCK_GROUP_VALUES` values over all chains, past which LLVM loads a
+    block's broadcasts ahead and spills (4x4 blocks in groups of 4, ``m`` = 8, two chains,
+    one thread on the Zen 3 VM: 2 columns a block 70 GFLOPS, 4 columns 45, 1 column 68)."""
+    if row_group == 1:
+        return MAX_COL_BLOCK
+    return max(1, COL_BLOCK_GROUP_VALUES // (row_group * chains))
+
+
 def projection_prefetch(tile: int, packed: PackedWeight | PackedLayout) -> int:
     """Entries :func:`projection_prim_func` prefetches ahead in ``W``'s values and columns:
     :data:`PREFETCH_ENTRIES` where the kernel streams a large sparse ``W`` with little reuse
@@ -826,7 +867,7 @@ def projection_prefetch(tile: int, packed: PackedWeight | PackedLayout) -> int:
     if packed.dense or tile >= CACHE_LINE_FLOATS:
         return 0
     index_bytes = np.dtype(packed.index_dtype).itemsize
-    weight_bytes = packed.entries * (packed.row_group * 4 + index_bytes)
+    weight_bytes = packed.entries * (packed.row_group * packed.col_block * 4 + index_bytes)
     return PREFETCH_ENTRIES if weight_bytes >= PREFETCH_MIN_BYTES else 0
 
 
@@ -914,7 +955,7 @@ def projection_prim_func(
         ``W``'s.
     """
     rows, k_in = packed.shape
-    rg = packed.row_group
+    rg, cb = packed.row_group, packed.col_block
     m = seq_len * batch
     tile = tile or projection_tile(m)
     m_pad = padded_columns(m, tile)
@@ -922,14 +963,14 @@ def projection_prim_func(
     prefetch = projection_prefetch(tile, packed) if prefetch is None else prefetch
     lanes_of_entries = entries_in_lanes(packed, tile, chains)
     if parallel is None:
-        parallel = packed.entries * rg * m >= MIN_PARALLEL_WORK
+        parallel = packed.entries * cb * rg * m >= MIN_PARALLEL_WORK
     loop = T.parallel if parallel else T.serial
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("projection_x86")
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             XT = _arg("XT", (k_in, m_pad))
-            vals = _arg("W_values", (packed.entries * rg,))
+            vals = _arg("W_values", (packed.entries * cb * rg,))
             if not packed.dense:
                 idx = _arg("W_indices", (packed.entries,), packed.index_dtype)
                 ptr = _arg("W_indptr", (rows // rg + 1,), "int32")
@@ -946,20 +987,23 @@ def projection_prim_func(
                     with T.vectorized(0, tile) as mi:
                         T.buffer_store(acc, tirx.const(0.0, _F32), [c, mi])
 
-                def accumulate(k: tirx.PrimExpr, chain: int | tirx.PrimExpr) -> None:
-                    if packed.dense:
-                        col = k
-                    else:
-                        col = tirx.Cast("int64", idx[k])
+                def accumulate(
+                    entry: tirx.PrimExpr, col: tirx.PrimExpr, chain: int | tirx.PrimExpr
+                ) -> None:
+                    """Add ``W[rows of g, col] * X^T[col, tile]``; the rows' values are at
+                    ``entry`` (in row-group units)."""
                     with T.vectorized(0, tile) as mi:
                         x = x_at(col, mi)  # one load for the group's rows
                         for j in range(rg):
                             if packed.dense:
-                                w_val = vals[g * packed.padded_cols + k]
+                                w_val = vals[g * packed.padded_cols + entry]
                             else:
-                                w_val = vals[k * rg + j]
+                                w_val = vals[entry * rg + j]
                             value = acc[chain * rg + j, mi] + w_val * x
                             T.buffer_store(acc, value, [chain * rg + j, mi])
+
+                def accumulate_entry(k: tirx.PrimExpr, chain: int | tirx.PrimExpr) -> None:
+                    accumulate(k, k if packed.dense else tirx.Cast("int64", idx[k]), chain)
 
                 if packed.dense:
                     start, end = 0, k_in
@@ -968,19 +1012,33 @@ def projection_prim_func(
                     # row groups of 4, M = 128, one thread: 3072 x 768 76-77 -> 80-82 GFLOPS,
                     # 768 x 3072 47-65 -> 66-68; see docs/results, session 24)
                     start, end = tirx.Cast("int64", ptr[g]), tirx.Cast("int64", ptr[g + 1])
-                with T.serial(0, (end - start) // chains) as group:
-                    if prefetch:
-                        ahead = start + group * chains + prefetch
-                        _prefetch(vals, ahead * rg)
-                        _prefetch(idx, ahead)
-                    if lanes_of_entries:
-                        word = start // UNROLL + group
-                        _lane_fma(acc, vals, words, word, lambda col: x_at(col, 0))
-                    else:
-                        with T.unroll(0, chains) as c:
-                            accumulate(start + group * chains + c, c)
-                with T.serial(start + (end - start) // chains * chains, end) as k:
-                    accumulate(k, 0)
+                if cb > 1:
+                    # one index per block, its columns' X^T rows contiguous (one thread, Zen 3
+                    # VM, 90 %, N = K = 1024 / 4096, GFLOPS: 1x16 blocks m = 16 42 / 30 -> 50 /
+                    # 37, m = 1 6.9 / 5.7 -> 13.9 / 10.2; 4x4 in groups of 4, m = 16 83 / 54
+                    # -> 95 / 80; see docs/results, session 25)
+                    with T.serial(start, end) as blk:
+                        if prefetch:
+                            ahead = blk + prefetch // cb
+                            _prefetch(vals, ahead * cb * rg)
+                            _prefetch(idx, ahead)
+                        first = tirx.Cast("int64", idx[blk])
+                        for i in range(cb):
+                            accumulate(blk * cb + i, first + i, i % chains)
+                else:
+                    with T.serial(0, (end - start) // chains) as group:
+                        if prefetch:
+                            ahead = start + group * chains + prefetch
+                            _prefetch(vals, ahead * rg)
+                            _prefetch(idx, ahead)
+                        if lanes_of_entries:
+                            word = start // UNROLL + group
+                            _lane_fma(acc, vals, words, word, lambda col: x_at(col, 0))
+                        else:
+                            with T.unroll(0, chains) as c:
+                                accumulate_entry(start + group * chains + c, c)
+                    with T.serial(start + (end - start) // chains * chains, end) as k:
+                        accumulate_entry(k, 0)
                 for j in range(rg):
                     r = g * rg + j
                     with T.vectorized(0, tile) as mi:

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -398,13 +399,32 @@ def csr_row_group(weight: np.ndarray, most: int) -> int:
     of two up to ``most`` dividing ``N`` whose ``g x 1`` blocks store at most
     :data:`MAX_ROW_GROUP_FILL` zeros (4 for a weight pruned in 4x4 blocks, 1 for an
     unstructured one)."""
+    return _widest_filled_block(np.asarray(weight) != 0, most, lambda rows: (rows, 1))
+
+
+def csr_col_block(weight: np.ndarray, row_group: int, most: int) -> int:
+    """Columns per index of the x86 CSR kernel for ``weight`` (``N x K``) packed in row groups
+    of ``row_group``: the largest power of two up to ``most`` dividing ``K`` whose
+    ``row_group x col_block`` blocks store at most :data:`MAX_ROW_GROUP_FILL` zeros (16 for a
+    weight pruned in 1x16 blocks, 4 for 4x4 blocks in groups of 4, 1 for an unstructured
+    one)."""
     nonzero = np.asarray(weight) != 0
-    group = most
-    while group > 1:
-        divides = nonzero.shape[0] % group == 0
-        if divides and block_stats(nonzero, (group, 1), 0.0).fill <= MAX_ROW_GROUP_FILL:
-            return group
-        group //= 2
+    return _widest_filled_block(nonzero, most, lambda columns: (row_group, columns))
+
+
+def _widest_filled_block(
+    nonzero: np.ndarray, most: int, block_of: Callable[[int], tuple[int, int]]
+) -> int:
+    """The largest power of two ``b`` up to ``most`` whose blocks ``block_of(b)`` divide the
+    ``(N, K)`` mask ``nonzero`` and store at most :data:`MAX_ROW_GROUP_FILL` zeros; 1 if
+    none."""
+    size = most
+    while size > 1:
+        block = block_of(size)
+        divides = all(d % b == 0 for d, b in zip(nonzero.shape, block, strict=True))
+        if divides and block_stats(nonzero, block, 0.0).fill <= MAX_ROW_GROUP_FILL:
+            return size
+        size //= 2
     return 1
 
 

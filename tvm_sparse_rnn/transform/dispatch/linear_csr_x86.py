@@ -2,9 +2,10 @@
 
 ``Y^T = activation(W X^T + bias)``: every nonzero ``W[n, k]`` times the contiguous row
 ``X^T[k, :]`` (Elsen et al., "Fast Sparse ConvNets", CVPR 2020; XNNPACK's SpMM). The weight is
-packed in one of three ways: rows in groups where they were pruned together (one load of
-``X^T[k, :]`` for the group, :func:`~tvm_sparse_rnn.kernels.x86.recurrent.pack_row_groups`), in K
-panels for unstructured weights over wide inputs
+packed in one of three ways: rows in groups and columns in blocks where they were pruned
+together (one load of ``X^T[k, :]`` for the group, one column index for the block,
+:func:`~tvm_sparse_rnn.kernels.x86.recurrent.pack_row_groups`), in K panels for single rows over
+wide inputs
 (:mod:`~tvm_sparse_rnn.kernels.x86.panel_spmm`), else plain CSR rows
 (:func:`~tvm_sparse_rnn.kernels.x86.recurrent.pack_weight`). The model dispatch
 (:mod:`.linear`) and the standalone ``sparse_dense`` kernel
@@ -38,6 +39,8 @@ from ...kernels.x86.recurrent import (
     pack_row_groups,
     pack_weight,
     padded_columns,
+    projection_chains,
+    projection_col_block,
     projection_prim_func,
     projection_row_group,
     projection_row_multiple,
@@ -45,7 +48,7 @@ from ...kernels.x86.recurrent import (
     row_group_tile,
 )
 from ...ops.epilogue import Activation
-from .cost_model import csr_row_group
+from .cost_model import csr_col_block, csr_row_group
 from .projection_x86 import pad_columns
 
 logger = logging.getLogger(__name__)
@@ -100,13 +103,16 @@ class CsrSpmmLinear:
         tile = min(projection_tile(rows), tiling.max_tile)
         group_tile = min(tile, tiling.group_tile or tile)
         group = csr_row_group(weight, projection_row_group(group_tile, tiling.group_floats))
-        if group > 1:  # rows pruned together share one load of X^T per column
-            if tiling.group_tile is None:
-                group_tile = row_group_tile(rows, weight.shape[1], group)
-            packed, tile = pack_row_groups(weight, group), group_tile
-        elif uses_k_panels(rows, group, tiling.panel_tiles):
+        if group > 1 and tiling.group_tile is None:
+            group_tile = row_group_tile(rows, weight.shape[1], group)
+        tile = group_tile if group > 1 else tile
+        if uses_k_panels(rows, group, tiling.panel_tiles):
             tile = panel_tile(rows, tiling.panel_tiles)
             return cls(pack_k_panels(weight, threads), rows, tile, threads)
+        most = projection_col_block(group, projection_chains(tile, group))
+        col_block = csr_col_block(weight, group, most)
+        if group > 1 or col_block > 1:  # rows or columns pruned together share loads
+            packed = pack_row_groups(weight, group, col_block)
         else:
             row_multiple = projection_row_multiple(tile)
             packed = pack_weight(weight, 1, dense=False, row_multiple=row_multiple)
@@ -129,10 +135,11 @@ class CsrSpmmLinear:
         if self.panels:
             tile_major = ", X^T copied tile-major" if self.rows > self.tile else ""
             return f"K panels of {K_PANEL}, {self.tile}-column tiles{tile_major}"
-        group = self.packed.row_group
-        if group > 1:
-            return f"rows in groups of {group}, {self.tile}-column tiles{x_layout}"
-        return f"rows, {self.tile}-column tiles{x_layout}"
+        group, col_block = self.packed.row_group, self.packed.col_block
+        packing = f"rows in groups of {group}" if group > 1 else "rows"
+        if col_block > 1:
+            packing += f", {col_block}-column blocks"
+        return f"{packing}, {self.tile}-column tiles{x_layout}"
 
     def prim_func(self, activation: Activation = Activation.NONE) -> tirx.PrimFunc:
         """The kernel ``main(XT (K, padded_rows), <weight arrays>, b (N,), Y^T (1, N, rows))``
