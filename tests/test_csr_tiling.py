@@ -71,6 +71,8 @@ def _unstructured(n: int, k: int, seed: int) -> np.ndarray:
         ("avx2", "unstructured", 37, "rows, 32-column tiles, X^T packed in tile panels"),
         ("avx2", "unstructured", 3, "rows, 4-column tiles"),
         ("avx2", "4x4", 8, "rows in groups of 4, 2-column blocks, 8-column tiles"),
+        ("avx2", "4x4", 4, "rows in groups of 4, 2-column blocks, 4-column tiles"),
+        ("avx2", "4x4", 1, "rows in groups of 4, 4-column blocks, 1-column tiles"),
         ("avx2", "1x16", 16, "rows, 16-column blocks, 16-column tiles"),
         ("avx2", "1x16", 12, "rows, 16-column blocks, 16-column tiles"),
         ("avx2", "1x16", 1, "rows, 16-column blocks, 1-column tiles"),

@@ -15,6 +15,7 @@ from tvm_sparse_rnn.kernels.x86.recurrent import (
     pack_weight,
     padded_columns,
     projection_chains,
+    projection_col_block,
     projection_prefetch,
     projection_prim_func,
     projection_row_group,
@@ -346,6 +347,14 @@ def test_prefetching_projection_matches_numpy_and_prefetches():
 )
 def test_row_group_tile_is_narrow_for_short_grouped_rows(m, k, row_group, tile):
     assert row_group_tile(m, k, row_group) == tile
+
+
+@pytest.mark.parametrize(
+    ("row_group", "chains", "tile", "most"),
+    [(1, 4, 16, 16), (4, 1, 16, 4), (4, 2, 8, 2), (4, 4, 4, 2), (4, 4, 1, 4), (8, 4, 1, 2)],
+)
+def test_projection_col_block_keeps_a_block_in_the_registers(row_group, chains, tile, most):
+    assert projection_col_block(row_group, chains, tile) == most
 
 
 @pytest.mark.parametrize(("tile", "group"), [(16, 8), (32, 8), (64, 4), (128, 2), (256, 1)])

@@ -840,16 +840,25 @@ def projection_row_group(tile: int, group_floats: int = PROJECTION_GROUP_FLOATS)
     return group
 
 
-def projection_col_block(row_group: int, chains: int) -> int:
+def projection_col_block(row_group: int, chains: int, tile: int) -> int:
     """The most columns per block of :func:`pack_row_groups` (one column index for each
     ``row_group x col_block`` block of values) for :func:`projection_prim_func` with
-    ``chains`` accumulator chains: :data:`MAX_COL_BLOCK` for single rows; for row groups, at
-    most :data:`COL_BLOCK_GROUP_VALUES` values over all chains, past which LLVM loads a
-    block's broadcasts ahead and spills (4x4 blocks in groups of 4, ``m`` = 8, two chains,
-    one thread on the Zen 3 VM: 2 columns a block 70 GFLOPS, 4 columns 45, 1 column 68)."""
+    ``chains`` accumulator chains of ``tile`` columns: :data:`MAX_COL_BLOCK` for single rows.
+    For row groups, :data:`COL_BLOCK_GROUP_VALUES` values over all chains (at one column, over
+    one chain: the accumulators are scalars), at least 2 columns.
+
+    Measured with 4x4 blocks in groups of 4 (one thread on the Zen 3 VM, 90 %, ``N = K`` =
+    1024 / 4096, GFLOPS at 1 / 2 / 4 columns a block): ``m`` = 1 17.2 / 18.0 / 21.5 and 14.6 /
+    13.9 / 17.4; ``m`` = 2 12.3 / 19.1 / 13.9 and 11.7 / 16.2 / 13.4; ``m`` = 4 23.9 / 36.6 /
+    27.9 and 23.3 / 31.6 / 27.1; ``m`` = 8 (two chains) 68.4 / 72.3 / 45.0 and 57.8 / 59.3 / 42.6
+    (LLVM loads four columns' broadcasts ahead and spills); ``m`` = 16 (one chain) four columns
+    83 -> 95 and 54 -> 80 against one.
+    """
     if row_group == 1:
         return MAX_COL_BLOCK
-    return max(1, COL_BLOCK_GROUP_VALUES // (row_group * chains))
+    if tile == 1:
+        return max(1, COL_BLOCK_GROUP_VALUES // row_group)
+    return max(2, COL_BLOCK_GROUP_VALUES // (row_group * chains))
 
 
 def projection_prefetch(tile: int, packed: PackedWeight | PackedLayout) -> int:

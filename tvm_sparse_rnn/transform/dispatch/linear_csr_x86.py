@@ -109,7 +109,7 @@ class CsrSpmmLinear:
         if uses_k_panels(rows, group, tiling.panel_tiles):
             tile = panel_tile(rows, tiling.panel_tiles)
             return cls(pack_k_panels(weight, threads), rows, tile, threads)
-        most = projection_col_block(group, projection_chains(tile, group))
+        most = projection_col_block(group, projection_chains(tile, group), tile)
         col_block = csr_col_block(weight, group, most)
         if group > 1 or col_block > 1:  # rows or columns pruned together share loads
             packed = pack_row_groups(weight, group, col_block)
