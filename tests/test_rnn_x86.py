@@ -124,19 +124,23 @@ def test_one_sample_mat_vec_reads_index_words_into_vector_lanes(batch, accumulat
     assert ('"int64"' in script and "T.Shuffle" in script) == lanes
 
 
-@pytest.mark.parametrize(("m", "lanes"), [(1, True), (4, False)])
-def test_one_column_projection_reads_index_words_into_vector_lanes(m, lanes):
+@pytest.mark.parametrize(
+    ("m", "chains", "lanes"), [(1, None, True), (1, 8, True), (4, None, False)]
+)
+def test_one_column_projection_reads_index_words_into_vector_lanes(m, chains, lanes):
     """A linear layer over one row of ``X`` pads ``W``'s rows to four entries and multiplies
-    them as the lanes of one vector; from two rows the tile's columns are the lanes."""
+    them as the lanes of one vector (or of two, words in turn, a row's last word alone); from two
+    rows the tile's columns are the lanes."""
     import tvm
 
     w = sp.random(40, 64, density=0.2, random_state=0, dtype=np.float32).toarray()
     w[3] = 0
     tile = projection_tile(m)
     packed = pack_weight(w, 1, False, row_multiple=projection_row_multiple(tile))
-    func = projection_prim_func(packed, 1, m, tile=tile)
+    func = projection_prim_func(packed, 1, m, tile=tile, chains=chains)
     script = func.script()
     assert ('"int64"' in script and "T.Shuffle" in script) == lanes
+    assert script.count("T.Shuffle") == (chains or 4) // 4 * lanes
     x = np.random.default_rng(1).standard_normal((64, padded_columns(m, tile))).astype("float32")
     bias = np.arange(40, dtype="float32")
     args = [x, *packed.arrays(), bias, np.zeros((1, 40, m), "float32")]
@@ -355,6 +359,16 @@ def test_row_group_tile_is_narrow_for_short_grouped_rows(m, k, row_group, tile):
 )
 def test_projection_col_block_keeps_a_block_in_the_registers(row_group, chains, tile, most):
     assert projection_col_block(row_group, chains, tile) == most
+
+
+@pytest.mark.parametrize(
+    ("tile", "row_group", "streamed", "chains"),
+    [(1, 1, True, 8), (1, 1, False, 4), (1, 4, True, 4), (16, 1, True, 4), (4, 1, True, 4)],
+)
+def test_one_column_over_a_streamed_weight_takes_two_lane_vectors(
+    tile, row_group, streamed, chains
+):
+    assert projection_chains(tile, row_group, streamed) == chains
 
 
 @pytest.mark.parametrize(("tile", "group"), [(16, 8), (32, 8), (64, 4), (128, 2), (256, 1)])

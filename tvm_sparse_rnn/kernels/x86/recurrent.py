@@ -476,7 +476,8 @@ def default_recurrent_config(
 def entries_in_lanes(packed: PackedWeight | PackedLayout, columns: int, accumulators: int) -> bool:
     """Whether a mat-vec over ``packed`` (:func:`recurrent_prim_func`'s at ``N = columns``,
     :func:`projection_prim_func`'s at a tile of ``columns``) runs with a row's :data:`UNROLL`
-    entries as the lanes of one vector FMA: one column, one accumulator per entry, rows padded
+    entries as the lanes of one vector FMA: one column, one accumulator per entry (whole
+    vectors of them), rows padded
     to :data:`UNROLL` entries and 16-bit column indices (:data:`UNROLL` of them read as one
     64-bit word, :func:`_word_index`), where the scalar loop spends three loads per entry.
 
@@ -489,7 +490,7 @@ def entries_in_lanes(packed: PackedWeight | PackedLayout, columns: int, accumula
     """
     return (
         columns == 1
-        and accumulators == UNROLL
+        and accumulators % UNROLL == 0
         and not packed.dense
         and packed.row_group == 1
         and packed.col_block == 1
@@ -504,13 +505,16 @@ def _lane_fma(
     words: tirx.Buffer,
     word: tirx.PrimExpr,
     x_of_column: Callable[[tirx.PrimExpr], tirx.PrimExpr],
+    vector: int = 0,
 ) -> None:
-    """``acc[0:UNROLL] += vals[entries] * x(columns)`` for the :data:`UNROLL` entries of index
-    word ``word`` (:func:`entries_in_lanes`); ``acc`` is an :data:`UNROLL`-float stack buffer."""
+    """``acc[v:v + UNROLL] += vals[entries] * x(columns)`` for the :data:`UNROLL` entries of
+    index word ``word`` (:func:`entries_in_lanes`), ``v = vector * UNROLL``; ``acc`` is a stack
+    buffer of whole :data:`UNROLL`-float vectors."""
     cols = [_word_index(words[word], u) for u in range(UNROLL)]
     x_lanes = tirx.Shuffle([x_of_column(col) for col in cols], list(range(UNROLL)))
-    lanes = tirx.Ramp(0, 1, UNROLL)
-    flat = T.decl_buffer((UNROLL,), _F32, data=acc.data)
+    lanes = tirx.Ramp(vector * UNROLL, 1, UNROLL)
+    size = int(np.prod([int(d) for d in acc.shape]))
+    flat = T.decl_buffer((size,), _F32, data=acc.data)
     T.buffer_store(flat, flat[lanes] + vals[tirx.Ramp(word * UNROLL, 1, UNROLL)] * x_lanes, [lanes])
 
 
@@ -816,10 +820,19 @@ def row_group_tile(m: int, k: int, row_group: int) -> int:
     return tile
 
 
-def projection_chains(tile: int, row_group: int = 1) -> int:
+def projection_chains(tile: int, row_group: int = 1, streamed: bool = False) -> int:
     """Accumulator chains of :func:`projection_prim_func` for a ``tile``-column accumulator
     of ``row_group`` rows: enough that :data:`PROJECTION_CHAIN_FLOATS` floats are in flight
-    (an FMA's latency is ~4 cycles, its throughput 2 per cycle), at most 4."""
+    (an FMA's latency is ~4 cycles, its throughput 2 per cycle), at most 4; at one column over
+    a ``streamed`` weight (:func:`streams_weight`), two vectors of :data:`UNROLL` lanes.
+
+    Two lane vectors at ``m`` = 1 (90 % unstructured, two threads on the Zen 3 VM, 80 rounds
+    paired, two runs, a call after 64 MB were touched / the calls after it): ``4096 x 4096``
+    1.01-1.02x / 1.08-1.09x, ``2048 x 2048`` 1.06-1.07x / 1.05-1.07x, ``1024 x 1024`` (in L2)
+    0.99-1.01x / 0.96-0.97x.
+    """
+    if tile == 1 and row_group == 1 and streamed:
+        return 2 * UNROLL
     return max(1, min(4, PROJECTION_CHAIN_FLOATS // (tile * row_group)))
 
 
@@ -873,11 +886,19 @@ def projection_prefetch(tile: int, packed: PackedWeight | PackedLayout) -> int:
     ``mlp4096_unstructured`` model 1.18x (paired median); cache-resident layers lose 3-12 %
     (``M = 128`` BERT layers: 5 %).
     """
-    if packed.dense or tile >= CACHE_LINE_FLOATS:
+    if tile >= CACHE_LINE_FLOATS:
         return 0
+    return PREFETCH_ENTRIES if streams_weight(packed) else 0
+
+
+def streams_weight(packed: PackedWeight | PackedLayout) -> bool:
+    """Whether ``packed`` is a sparse weight of :data:`PREFETCH_MIN_BYTES` or more: read from
+    L3 or memory, beyond L2."""
+    if packed.dense:
+        return False
     index_bytes = np.dtype(packed.index_dtype).itemsize
     weight_bytes = packed.entries * (packed.row_group * packed.col_block * 4 + index_bytes)
-    return PREFETCH_ENTRIES if weight_bytes >= PREFETCH_MIN_BYTES else 0
+    return weight_bytes >= PREFETCH_MIN_BYTES
 
 
 def padded_columns(m: int, tile: int) -> int:
@@ -968,7 +989,7 @@ def projection_prim_func(
     m = seq_len * batch
     tile = tile or projection_tile(m)
     m_pad = padded_columns(m, tile)
-    chains = chains or projection_chains(tile, rg)
+    chains = chains or projection_chains(tile, rg, streams_weight(packed))
     prefetch = projection_prefetch(tile, packed) if prefetch is None else prefetch
     lanes_of_entries = entries_in_lanes(packed, tile, chains)
     if parallel is None:
@@ -1040,9 +1061,11 @@ def projection_prim_func(
                             ahead = start + group * chains + prefetch
                             _prefetch(vals, ahead * rg)
                             _prefetch(idx, ahead)
-                        if lanes_of_entries:
-                            word = start // UNROLL + group
-                            _lane_fma(acc, vals, words, word, lambda col: x_at(col, 0))
+                        if lanes_of_entries:  # chains / UNROLL vector accumulators
+                            vectors = chains // UNROLL
+                            for v in range(vectors):
+                                word = start // UNROLL + group * vectors + v
+                                _lane_fma(acc, vals, words, word, lambda col: x_at(col, 0), v)
                         else:
                             with T.unroll(0, chains) as c:
                                 accumulate_entry(start + group * chains + c, c)
