@@ -382,7 +382,7 @@ def test_projection_row_group_fits_the_accumulator_registers(tile, group):
         (2, 1, 37, None),
         (4, 1, 128, None),
         (4, 1, 12, 2),
-        (1, 4, 1, None),  # one column: the lane path is for single columns only
+        (1, 4, 1, None),  # one column: blocks of columns, not the lane path
         (1, 8, 16, None),
         (4, 4, 16, None),
         (4, 2, 8, 2),
