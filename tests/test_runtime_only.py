@@ -11,9 +11,11 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 from tvm_sparse_rnn.compile import compile_onnx
 from tvm_sparse_rnn.demo import build_demo_model, random_inputs
+from tvm_sparse_rnn.errors import ModelError
 from tvm_sparse_rnn.frontend.onnx import model_signature
 from tvm_sparse_rnn.runtime.compiled import load_compiled
 from tvm_sparse_rnn.testing import TOLERANCES
@@ -66,10 +68,8 @@ def test_compiled_model_runs_with_the_runtime_library_only(tmp_path):
             np.testing.assert_allclose(got[name], want, rtol=rtol, atol=atol)
 
 
-def test_run_returns_arrays_of_the_callers_own(tmp_path):
-    """``CompiledModel.run`` stages inputs in tensors it reuses: an output that is a view of an
-    input (a Reshape) and an output of an earlier call keep their values through the next call,
-    and changing a fed array after the call changes nothing."""
+def _views_model(tmp_path):
+    """A compiled ``x (2, 6)`` -> ``view`` (Reshape to 3 x 4), ``double`` (x + x) model."""
     x_info = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 6])
     outputs = [
         onnx.helper.make_tensor_value_info("view", onnx.TensorProto.FLOAT, [3, 4]),
@@ -83,7 +83,14 @@ def test_run_returns_arrays_of_the_callers_own(tmp_path):
     graph = onnx.helper.make_graph(nodes, "views", [x_info], outputs, [shape])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     library, _ = compile_onnx(model, tmp_path / "views.so", target="llvm")
-    compiled = load_compiled(library)
+    return load_compiled(library)
+
+
+def test_run_returns_arrays_of_the_callers_own(tmp_path):
+    """``CompiledModel.run`` stages inputs in tensors it reuses: an output that is a view of an
+    input (a Reshape) and an output of an earlier call keep their values through the next call,
+    and changing a fed array after the call changes nothing."""
+    compiled = _views_model(tmp_path)
     rng = np.random.default_rng(0)
     x1, x2 = (rng.standard_normal((2, 6)).astype(np.float32) for _ in range(2))
     first = compiled.run({"x": x1})
@@ -95,3 +102,21 @@ def test_run_returns_arrays_of_the_callers_own(tmp_path):
     np.testing.assert_array_equal(second["view"], x2.reshape(3, 4))
     second["double"][:] = 0.0
     np.testing.assert_array_equal(compiled.run({"x": x2})["double"], 2 * x2)
+
+
+def test_run_checks_what_is_not_an_array_as_declared(tmp_path):
+    """Arrays of the declared dtype and shape go in as they are; a float64 array, a transposed
+    view and a nested list are converted to the same numbers; a wrong name, shape or dtype is a
+    ``ModelError`` naming the input."""
+    compiled = _views_model(tmp_path)
+    x = np.random.default_rng(1).standard_normal((2, 6)).astype(np.float32)
+    assert compiled.check_inputs({"x": x})[0] is x
+    want = compiled.run({"x": x})["double"]
+    for fed in (x.astype(np.float64), np.asfortranarray(x), x.tolist()):
+        np.testing.assert_array_equal(compiled.run({"x": fed})["double"], want)
+    with pytest.raises(ModelError, match="unknown"):
+        compiled.run({"y": x})
+    with pytest.raises(ModelError, match="'x' has shape"):
+        compiled.run({"x": x.reshape(3, 4)})
+    with pytest.raises(ModelError, match="'x' has dtype complex64"):
+        compiled.run({"x": x.astype(np.complex64)})
