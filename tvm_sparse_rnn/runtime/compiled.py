@@ -116,7 +116,8 @@ def _as_declared(array: object, spec: TensorSpec) -> np.ndarray | None:
     """``array`` if it is a C-contiguous numpy array of ``spec``'s dtype and static shape, else
     ``None`` (then :meth:`CompiledModel.check_inputs` checks and converts it). One input on the
     2-core Zen 3 VM: 5.3-6.8 us a call with the full checks, 2.8-2.9 with this one (git-ignored
-    ``.old/s25/p_run_prof.py``); a 1024 x 1024 sparse layer's whole call at ``M`` = 1 is ~60 us.
+    ``.old/s25/p_run_prof.py``); a 1024 x 1024 sparse layer's whole call at ``M`` = 1 took 64-71 us
+    (``benchmarks/bench_cpu_kernels.py``, session 25).
     """
     if (
         type(array) is np.ndarray

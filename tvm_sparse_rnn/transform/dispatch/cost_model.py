@@ -408,8 +408,7 @@ def csr_col_block(weight: np.ndarray, row_group: int, most: int) -> int:
     ``row_group x col_block`` blocks store at most :data:`MAX_ROW_GROUP_FILL` zeros (16 for a
     weight pruned in 1x16 blocks, 4 for 4x4 blocks in groups of 4, 1 for an unstructured
     one)."""
-    nonzero = np.asarray(weight) != 0
-    return _widest_filled_block(nonzero, most, lambda columns: (row_group, columns))
+    return _widest_filled_block(np.asarray(weight) != 0, most, lambda cols: (row_group, cols))
 
 
 def _widest_filled_block(

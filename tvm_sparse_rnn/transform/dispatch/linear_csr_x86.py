@@ -103,15 +103,15 @@ class CsrSpmmLinear:
         tile = min(projection_tile(rows), tiling.max_tile)
         group_tile = min(tile, tiling.group_tile or tile)
         group = csr_row_group(weight, projection_row_group(group_tile, tiling.group_floats))
-        if group > 1 and tiling.group_tile is None:
-            group_tile = row_group_tile(rows, weight.shape[1], group)
-        tile = group_tile if group > 1 else tile
+        if group > 1:  # rows pruned together share one load of X^T per column
+            own_rule = tiling.group_tile is None  # AVX-512: the projection's rule
+            tile = row_group_tile(rows, weight.shape[1], group) if own_rule else group_tile
         if uses_k_panels(rows, group, tiling.panel_tiles):
             tile = panel_tile(rows, tiling.panel_tiles)
             return cls(pack_k_panels(weight, threads), rows, tile, threads)
         most = projection_col_block(group, projection_chains(tile, group), tile)
         col_block = csr_col_block(weight, group, most)
-        if group > 1 or col_block > 1:  # rows or columns pruned together share loads
+        if group > 1 or col_block > 1:
             packed = pack_row_groups(weight, group, col_block)
         else:
             row_multiple = projection_row_multiple(tile)
